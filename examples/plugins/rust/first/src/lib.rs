@@ -1,0 +1,26 @@
+//! Example user balancer `first`: always the lowest eligible slot, so traffic
+//! fills the first backend and moves to the next only when it is down or
+//! fails — HAProxy's `balance first`. Built by path, not bundled.
+
+use weir_sdk::balancer::*;
+
+struct First;
+
+impl Balancer for First {
+    fn init(_config: Config) -> Result<Self, Error> {
+        log(LogLevel::Info, "first: ready");
+        Ok(First)
+    }
+
+    fn pick(
+        &mut self,
+        pool: &PoolView,
+        _conn: &Connection,
+        _key: Option<&str>,
+    ) -> Result<u32, Error> {
+        eligible_or_err(pool)?;
+        Ok(pool.eligible(0))
+    }
+}
+
+weir_sdk::export_balancer!(First);

@@ -1,0 +1,89 @@
+//! The access phase: allow or deny a connection (L4 and L7) or a request (L7).
+//!
+//! Implement [`AccessFilter`] and call [`export_access_filter!`](crate::export_access_filter).
+
+#[doc(hidden)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "access-filter",
+        with: {
+            "weir:plugin/host@0.1.0": crate::imports::weir::plugin::host,
+            "weir:plugin/types@0.1.0": crate::imports::weir::plugin::types,
+        },
+        pub_export_macro: true,
+        export_macro_name: "__export_access_filter_world",
+        default_bindings_module: "weir_sdk::access::bindings",
+    });
+}
+
+pub use crate::common::*;
+pub use bindings::exports::weir::plugin::access::{DenyInfo, Verdict};
+pub use bindings::weir::plugin::http::Request;
+
+/// An access filter plugin.
+pub trait AccessFilter: Sized + 'static {
+    /// Build the filter from its instance config.
+    fn init(config: Config) -> Result<Self, Error>;
+
+    /// Decide on a new connection. Allows by default.
+    fn check_connection(&mut self, _conn: &Connection) -> Result<Verdict, Error> {
+        Ok(Verdict::Allow)
+    }
+
+    /// Decide on an HTTP request head. Allows by default.
+    fn check_request(&mut self, _conn: &Connection, _req: &Request) -> Result<Verdict, Error> {
+        Ok(Verdict::Allow)
+    }
+}
+
+/// A deny verdict with a reason and an optional HTTP status.
+pub fn deny(reason: impl Into<String>, status: Option<u16>) -> Verdict {
+    Verdict::Deny(DenyInfo {
+        reason: reason.into(),
+        status,
+    })
+}
+
+/// Export an [`AccessFilter`] implementation as the plugin's `access-filter` world.
+#[macro_export]
+macro_rules! export_access_filter {
+    ($plugin:ty) => {
+        const _: () = {
+            use $crate::access::bindings::exports::weir::plugin::access::{Guest, Verdict};
+            use $crate::access::bindings::weir::plugin::http::Request;
+            use $crate::imports::weir::plugin::types::{Connection, Error};
+            use $crate::access::AccessFilter;
+            use std::cell::RefCell;
+
+            thread_local! {
+                static STATE: RefCell<Option<$plugin>> = const { RefCell::new(None) };
+            }
+
+            fn with_state<R>(f: impl FnOnce(&mut $plugin) -> Result<R, Error>) -> Result<R, Error> {
+                STATE.with_borrow_mut(|s| match s.as_mut() {
+                    Some(p) => f(p),
+                    None => Err(Error::Other("plugin not initialised".into())),
+                })
+            }
+
+            struct WeirExport;
+
+            impl Guest for WeirExport {
+                fn init(config: String) -> Result<(), Error> {
+                    let plugin = <$plugin as AccessFilter>::init($crate::Config::from_json(config))?;
+                    STATE.with_borrow_mut(|s| *s = Some(plugin));
+                    Ok(())
+                }
+                fn check_connection(conn: Connection) -> Result<Verdict, Error> {
+                    with_state(|p| p.check_connection(&conn))
+                }
+                fn check_request(conn: Connection, req: &Request) -> Result<Verdict, Error> {
+                    with_state(|p| p.check_request(&conn, req))
+                }
+            }
+
+            $crate::access::bindings::__export_access_filter_world!(WeirExport with_types_in $crate::access::bindings);
+        };
+    };
+}

@@ -1,0 +1,92 @@
+//! The balance phase: pick a backend of a pool.
+//!
+//! Implement [`Balancer`] and call [`export_balancer!`](crate::export_balancer).
+
+#[doc(hidden)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "balancer",
+        with: {
+            "weir:plugin/host@0.1.0": crate::imports::weir::plugin::host,
+            "weir:plugin/types@0.1.0": crate::imports::weir::plugin::types,
+        },
+        pub_export_macro: true,
+        export_macro_name: "__export_balancer_world",
+        default_bindings_module: "weir_sdk::balancer::bindings",
+    });
+}
+
+pub use crate::common::*;
+pub use bindings::weir::plugin::pool::PoolView;
+
+/// A balancer plugin. One value lives per plugin instance (per worker thread);
+/// state that must be shared across threads belongs in a [`SharedCounter`].
+pub trait Balancer: Sized + 'static {
+    /// Build the balancer from its instance config.
+    fn init(config: Config) -> Result<Self, Error>;
+
+    /// The static data of a pool's backends, sent when the pool is created or changes.
+    fn set_backends(&mut self, _pool: u32, _backends: Vec<Backend>) -> Result<(), Error> {
+        Ok(())
+    }
+
+    /// Pick the slot of an eligible backend.
+    fn pick(
+        &mut self,
+        pool: &PoolView,
+        conn: &Connection,
+        hash_key: Option<&str>,
+    ) -> Result<u32, Error>;
+}
+
+/// The number of eligible backends, or an `unavailable` error when there are none.
+pub fn eligible_or_err(pool: &PoolView) -> Result<u32, Error> {
+    match pool.eligible_count() {
+        0 => Err(Error::Unavailable("no eligible backend".into())),
+        n => Ok(n),
+    }
+}
+
+/// Export a [`Balancer`] implementation as the plugin's `balancer` world.
+#[macro_export]
+macro_rules! export_balancer {
+    ($plugin:ty) => {
+        const _: () = {
+            use $crate::balancer::bindings::exports::weir::plugin::balance::Guest;
+            use $crate::balancer::bindings::weir::plugin::pool::PoolView;
+            use $crate::imports::weir::plugin::types::{Backend, Connection, Error};
+            use $crate::balancer::Balancer;
+            use std::cell::RefCell;
+
+            thread_local! {
+                static STATE: RefCell<Option<$plugin>> = const { RefCell::new(None) };
+            }
+
+            fn with_state<R>(f: impl FnOnce(&mut $plugin) -> Result<R, Error>) -> Result<R, Error> {
+                STATE.with_borrow_mut(|s| match s.as_mut() {
+                    Some(p) => f(p),
+                    None => Err(Error::Other("plugin not initialised".into())),
+                })
+            }
+
+            struct WeirExport;
+
+            impl Guest for WeirExport {
+                fn init(config: String) -> Result<(), Error> {
+                    let plugin = <$plugin as Balancer>::init($crate::Config::from_json(config))?;
+                    STATE.with_borrow_mut(|s| *s = Some(plugin));
+                    Ok(())
+                }
+                fn set_backends(pool: u32, backends: Vec<Backend>) -> Result<(), Error> {
+                    with_state(|p| p.set_backends(pool, backends))
+                }
+                fn pick(pool: &PoolView, conn: Connection, hash_key: Option<String>) -> Result<u32, Error> {
+                    with_state(|p| p.pick(pool, &conn, hash_key.as_deref()))
+                }
+            }
+
+            $crate::balancer::bindings::__export_balancer_world!(WeirExport with_types_in $crate::balancer::bindings);
+        };
+    };
+}

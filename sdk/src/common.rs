@@ -1,0 +1,114 @@
+//! Host imports every plugin may use, wrapped for Rust: logging, clock,
+//! randomness, shared counters and the shared key-value store.
+
+use crate::imports::weir::plugin::host;
+pub use crate::imports::weir::plugin::types::{
+    Backend, Connection, Error, IpAddress, Protocol, SocketAddress,
+};
+use std::collections::HashMap;
+
+pub use host::SharedCounter;
+
+/// Log levels accepted by [`log`].
+pub use host::LogLevel;
+
+/// Write a line to weir's log, tagged with this plugin instance's name.
+pub fn log(level: LogLevel, message: &str) {
+    host::log(level, message);
+}
+
+/// Monotonic clock, nanoseconds.
+pub fn now_nanos() -> u64 {
+    host::now_nanos()
+}
+
+/// 64 random bits from the host (not for cryptography).
+pub fn random_u64() -> u64 {
+    host::random_u64()
+}
+
+/// A uniformly distributed number in `0..n` (`n` > 0).
+pub fn random_below(n: u32) -> u32 {
+    ((random_u64() >> 32) * n as u64 >> 32) as u32
+}
+
+/// Read a value from the host's shared key-value store.
+pub fn kv_get(key: &str) -> Option<Vec<u8>> {
+    host::kv_get(key)
+}
+
+/// Write a value to the host's shared key-value store.
+pub fn kv_set(key: &str, value: &[u8]) {
+    host::kv_set(key, value)
+}
+
+/// Delete a value from the host's shared key-value store.
+pub fn kv_delete(key: &str) {
+    host::kv_delete(key)
+}
+
+/// One host-owned [`SharedCounter`] per pool, opened on first use.
+///
+/// Counters are shared by every instance of the plugin instance (one per
+/// worker thread) and survive hot swaps, so a round-robin sequence stays exact
+/// whichever thread serves a connection.
+pub struct PerPoolCounter {
+    prefix: &'static str,
+    counters: HashMap<u32, SharedCounter>,
+}
+
+impl PerPoolCounter {
+    /// Counters named `<prefix>/<pool id>`.
+    pub fn new(prefix: &'static str) -> Self {
+        Self {
+            prefix,
+            counters: HashMap::new(),
+        }
+    }
+
+    /// Add one to the pool's counter and return its previous value.
+    pub fn next(&mut self, pool: u32) -> u64 {
+        self.counter(pool).fetch_add(1) as u64
+    }
+
+    /// The pool's counter.
+    pub fn counter(&mut self, pool: u32) -> &SharedCounter {
+        let prefix = self.prefix;
+        self.counters
+            .entry(pool)
+            .or_insert_with(|| SharedCounter::new(&format!("{prefix}/{pool}")))
+    }
+}
+
+/// The JSON config of a plugin instance, as written in weir's TOML config.
+#[derive(Debug, Clone)]
+pub struct Config(String);
+
+impl Config {
+    #[doc(hidden)]
+    pub fn from_json(json: String) -> Self {
+        Self(json)
+    }
+
+    /// The raw JSON text.
+    pub fn as_json(&self) -> &str {
+        &self.0
+    }
+
+    /// Deserialize into the plugin's own config type. An empty config reads
+    /// as an empty table. The error names the field that does not fit.
+    pub fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, String> {
+        let text = if self.0.trim().is_empty() {
+            "{}"
+        } else {
+            &self.0
+        };
+        serde_json::from_str(text).map_err(|e| format!("invalid config: {e}"))
+    }
+}
+
+impl From<String> for Error {
+    fn from(message: String) -> Self {
+        Error::InvalidConfig(message)
+    }
+}
