@@ -1,1 +1,15 @@
+//! weir: a programmable L4/L7 load balancer whose decisions (access, route,
+//! balance, health check, discovery) are WebAssembly components.
+//!
+//! The binary is a thin CLI over this library; integration tests drive the
+//! library in-process and the binary as a user would.
 
+pub mod clock;
+pub mod config;
+pub mod demo;
+pub mod l4;
+pub mod plugin;
+pub mod server;
+pub mod upstream;
+
+pub use server::{Prepared, Server};

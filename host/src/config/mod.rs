@@ -1,0 +1,447 @@
+//! The TOML configuration: parsing with exact error locations, and the checks
+//! that need no plugin (references between sections, addresses, durations).
+
+mod units;
+
+pub use units::{ByteSize, Duration};
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use toml::Spanned;
+
+/// A config error: where it is and what is wrong, as one line.
+#[derive(Debug, thiserror::Error)]
+#[error("{origin}:{line}:{column}: {message}")]
+pub struct ConfigError {
+    /// The file (or other origin) the config came from.
+    pub origin: String,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+    /// What is wrong, naming the key.
+    pub message: String,
+}
+
+/// Config text with its origin, to turn byte offsets into line and column.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// File name or other origin shown in errors.
+    pub origin: String,
+    /// The TOML text.
+    pub text: String,
+}
+
+impl Source {
+    /// Read a config file.
+    pub fn read(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            origin: path.display().to_string(),
+            line: 1,
+            column: 1,
+            message: format!("cannot read config: {e}"),
+        })?;
+        Ok(Self {
+            origin: path.display().to_string(),
+            text,
+        })
+    }
+
+    /// An error at a byte offset.
+    pub fn error_at(&self, offset: usize, message: impl Into<String>) -> ConfigError {
+        let offset = offset.min(self.text.len());
+        let before = &self.text[..offset];
+        let line = before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        ConfigError {
+            origin: self.origin.clone(),
+            line,
+            column,
+            message: message.into(),
+        }
+    }
+
+    /// An error at a spanned value.
+    pub fn error<T>(&self, at: &Spanned<T>, message: impl Into<String>) -> ConfigError {
+        self.error_at(at.span().start, message)
+    }
+}
+
+/// Whether a phase that fails lets the work through with a native default or refuses it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Fallback {
+    /// Use the native default (allow; native round-robin).
+    FailOpen,
+    /// Refuse the connection or request.
+    FailClosed,
+}
+
+/// `[runtime]`: process-wide settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Runtime {
+    /// Worker threads (default: one per core).
+    pub workers: Option<usize>,
+    /// How long in-flight connections may finish after SIGINT/SIGTERM.
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_grace: Duration,
+    /// Where compiled plugins are cached (default: the user's cache directory).
+    pub plugin_cache: Option<String>,
+}
+
+fn default_shutdown_grace() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl Default for Runtime {
+    fn default() -> Self {
+        Self {
+            workers: None,
+            shutdown_grace: default_shutdown_grace(),
+            plugin_cache: None,
+        }
+    }
+}
+
+/// `[plugins.NAME]`: a plugin instance, a component plus its config.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginInstance {
+    /// `builtin:<name>` or a path to a component file (relative to the config file).
+    pub source: Spanned<String>,
+    /// The plugin's own config, handed to its `init` as JSON.
+    #[serde(default)]
+    pub config: Option<Spanned<toml::Table>>,
+    /// CPU time one call may take before it is interrupted.
+    #[serde(default = "default_call_timeout")]
+    pub timeout: Duration,
+    /// Linear memory one instance may grow to.
+    #[serde(default = "default_memory_limit")]
+    pub memory_limit: ByteSize,
+    /// What a connection gets when the plugin fails (default depends on the phase).
+    pub fallback: Option<Fallback>,
+}
+
+fn default_call_timeout() -> Duration {
+    Duration::from_millis(20)
+}
+
+fn default_memory_limit() -> ByteSize {
+    ByteSize(32 << 20)
+}
+
+/// One backend in a pool: `"host:port"` or a table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum BackendSpec {
+    /// Just an address, weight 1.
+    Address(String),
+    /// Address with weight, priority and tags.
+    Full(BackendTable),
+}
+
+/// The table form of a backend.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendTable {
+    /// `host:port`.
+    pub address: String,
+    /// Relative share of traffic.
+    #[serde(default = "one")]
+    pub weight: u32,
+    /// Lower is preferred by priority-aware balancers.
+    #[serde(default)]
+    pub priority: u32,
+    /// Free-form labels a plugin can read.
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl BackendSpec {
+    /// The table form.
+    pub fn table(&self) -> BackendTable {
+        match self {
+            BackendSpec::Address(a) => BackendTable {
+                address: a.clone(),
+                weight: 1,
+                priority: 0,
+                tags: vec![],
+            },
+            BackendSpec::Full(t) => t.clone(),
+        }
+    }
+}
+
+/// `[pools.NAME]`: backends with one balancer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pool {
+    /// A plugin instance name from `[plugins]`, or `builtin:<name>` with no config.
+    #[serde(default = "default_balancer")]
+    pub balancer: Spanned<String>,
+    /// Static backends.
+    #[serde(default = "no_backends")]
+    pub backends: Spanned<Vec<Spanned<BackendSpec>>>,
+    /// How long a backend connect may take.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: Duration,
+    /// Backends tried per connection before giving up (each a different one).
+    #[serde(default = "default_max_tries")]
+    pub max_tries: u32,
+}
+
+fn default_balancer() -> Spanned<String> {
+    Spanned::new(0..0, "builtin:round-robin".to_string())
+}
+
+fn no_backends() -> Spanned<Vec<Spanned<BackendSpec>>> {
+    Spanned::new(0..0, Vec::new())
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(3)
+}
+
+fn default_max_tries() -> u32 {
+    3
+}
+
+/// Listener protocols.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// Plain TCP, proxied byte for byte.
+    Tcp,
+}
+
+/// `[listeners.NAME]`: a bound address and what to do with its traffic.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    /// Address to bind, `ip:port` (port 0 picks a free one).
+    pub bind: Spanned<String>,
+    /// Protocol spoken on the listener.
+    #[serde(default = "default_protocol")]
+    pub protocol: Protocol,
+    /// The pool the traffic goes to.
+    pub pool: Spanned<String>,
+    /// Access plugin instances, checked in order; every one must allow.
+    #[serde(default)]
+    pub access: Vec<Spanned<String>>,
+    /// Close a connection with no traffic either way for this long.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: Duration,
+    /// Listen backlog.
+    #[serde(default = "default_backlog")]
+    pub backlog: u32,
+}
+
+fn default_protocol() -> Protocol {
+    Protocol::Tcp
+}
+
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(300)
+}
+
+fn default_backlog() -> u32 {
+    4096
+}
+
+/// The whole config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Process-wide settings.
+    #[serde(default)]
+    pub runtime: Runtime,
+    /// Named plugin instances.
+    #[serde(default)]
+    pub plugins: BTreeMap<String, PluginInstance>,
+    /// Named pools.
+    #[serde(default)]
+    pub pools: BTreeMap<String, Pool>,
+    /// Named listeners.
+    #[serde(default)]
+    pub listeners: BTreeMap<String, Listener>,
+}
+
+/// A parsed config together with its source, for located errors later.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// The config.
+    pub config: Config,
+    /// Where it came from.
+    pub source: Source,
+}
+
+impl Loaded {
+    /// Parse and check a config text.
+    pub fn parse(source: Source) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(&source.text).map_err(|e| {
+            let offset = e.span().map_or(0, |s| s.start);
+            source.error_at(offset, e.message().trim().replace('\n', " "))
+        })?;
+        let loaded = Self { config, source };
+        loaded.check()?;
+        Ok(loaded)
+    }
+
+    /// Read, parse and check a config file.
+    pub fn read(path: &Path) -> Result<Self, ConfigError> {
+        Self::parse(Source::read(path)?)
+    }
+
+    /// The directory relative plugin paths are resolved against.
+    pub fn base_dir(&self) -> &Path {
+        Path::new(&self.source.origin)
+            .parent()
+            .unwrap_or(Path::new("."))
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let src = &self.source;
+        let c = &self.config;
+        for (name, l) in &c.listeners {
+            l.bind.get_ref().parse::<SocketAddr>().map_err(|_| {
+                src.error(
+                    &l.bind,
+                    format!(
+                        "listeners.{name}.bind: `{}` is not an ip:port address",
+                        l.bind.get_ref()
+                    ),
+                )
+            })?;
+            if !c.pools.contains_key(l.pool.get_ref()) {
+                return Err(src.error(
+                    &l.pool,
+                    format!(
+                        "listeners.{name}.pool: no pool named `{}`",
+                        l.pool.get_ref()
+                    ),
+                ));
+            }
+            for a in &l.access {
+                self.check_plugin_ref(&format!("listeners.{name}.access"), a)?;
+            }
+        }
+        for (name, p) in &c.pools {
+            self.check_plugin_ref(&format!("pools.{name}.balancer"), &p.balancer)?;
+            if p.max_tries == 0 {
+                return Err(src.error(
+                    &p.backends,
+                    format!("pools.{name}.max_tries: must be at least 1"),
+                ));
+            }
+            for b in p.backends.get_ref() {
+                let t = b.get_ref().table();
+                if t.address
+                    .rsplit_once(':')
+                    .and_then(|(_, port)| port.parse::<u16>().ok())
+                    .is_none()
+                {
+                    return Err(src.error(
+                        b,
+                        format!(
+                            "pools.{name}.backends: `{}` is not a host:port address",
+                            t.address
+                        ),
+                    ));
+                }
+            }
+        }
+        for (name, p) in &c.plugins {
+            let s = p.source.get_ref();
+            if s.is_empty() {
+                return Err(src.error(&p.source, format!("plugins.{name}.source: empty")));
+            }
+            if p.timeout.0.is_zero() {
+                return Err(src.error(
+                    &p.source,
+                    format!("plugins.{name}.timeout: must be above zero"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_plugin_ref(&self, key: &str, r: &Spanned<String>) -> Result<(), ConfigError> {
+        let name = r.get_ref();
+        if name.starts_with("builtin:") || self.config.plugins.contains_key(name) {
+            Ok(())
+        } else {
+            Err(self.source.error(r, format!("{key}: no plugin instance named `{name}` (define [plugins.{name}] or use builtin:<name>)")))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Loaded, ConfigError> {
+        Loaded::parse(Source {
+            origin: "t.toml".into(),
+            text: text.into(),
+        })
+    }
+
+    const GOOD: &str = r#"
+[pools.web]
+backends = ["127.0.0.1:1", { address = "127.0.0.1:2", weight = 3 }]
+
+[listeners.front]
+bind = "127.0.0.1:0"
+pool = "web"
+"#;
+
+    #[test]
+    fn good_config_parses_with_defaults() {
+        let l = parse(GOOD).unwrap();
+        let pool = &l.config.pools["web"];
+        assert_eq!(pool.balancer.get_ref(), "builtin:round-robin");
+        assert_eq!(pool.backends.get_ref()[1].get_ref().table().weight, 3);
+        assert_eq!(
+            l.config.listeners["front"].idle_timeout.0,
+            std::time::Duration::from_secs(300)
+        );
+    }
+
+    #[test]
+    fn typo_names_line_column_and_key() {
+        let text = GOOD.replace("pool = \"web\"", "pool = \"web\"\nidle_timeot = \"1s\"");
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(e.starts_with("t.toml:8:1: "), "{e}");
+        assert!(e.contains("idle_timeot"), "{e}");
+    }
+
+    #[test]
+    fn unknown_pool_is_located() {
+        let e = parse(&GOOD.replace("pool = \"web\"", "pool = \"wbe\""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("t.toml:7:8: listeners.front.pool: no pool named `wbe`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_durations_and_addresses() {
+        let e = parse(&GOOD.replace("bind = \"127.0.0.1:0\"", "bind = \"localhost\""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("listeners.front.bind"), "{e}");
+        let e = parse(&format!("{GOOD}idle_timeout = \"5 parsecs\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("5 parsecs"), "{e}");
+    }
+}

@@ -1,0 +1,156 @@
+//! Bidirectional copy between client and backend: `splice(2)` through a pipe
+//! on Linux (the bytes never enter user space), a buffered copy elsewhere.
+//! Each direction ends on EOF by shutting down the other side's write half,
+//! so half-closed connections keep flowing the other way.
+
+use crate::upstream::BackendStats;
+use std::io;
+use std::net::Shutdown;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::net::TcpStream;
+
+/// Copy both ways until both sides are done, an error occurs, or neither side
+/// moves a byte for `idle`. Counts bytes into `stats` (tx: to the backend).
+pub async fn proxy(
+    client: TcpStream,
+    backend: TcpStream,
+    stats: &BackendStats,
+    idle: Duration,
+) -> io::Result<()> {
+    let last = AtomicU64::new(crate::clock::now_nanos());
+    let up = one_way(&client, &backend, &last, |n| stats.add_tx(n));
+    let down = one_way(&backend, &client, &last, |n| stats.add_rx(n));
+    tokio::select! {
+        r = async { tokio::try_join!(up, down) } => r.map(|_| ()),
+        _ = idle_watch(&last, idle) => Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout")),
+    }
+}
+
+async fn idle_watch(last: &AtomicU64, idle: Duration) {
+    loop {
+        let since = crate::clock::now_nanos().saturating_sub(last.load(Ordering::Relaxed));
+        let since = Duration::from_nanos(since);
+        if since >= idle {
+            return;
+        }
+        tokio::time::sleep(idle - since).await;
+    }
+}
+
+fn touch(last: &AtomicU64) {
+    last.store(crate::clock::now_nanos(), Ordering::Relaxed);
+}
+
+fn shutdown_write(s: &TcpStream) {
+    let _ = socket2::SockRef::from(s).shutdown(Shutdown::Write);
+}
+
+#[cfg(target_os = "linux")]
+async fn one_way(
+    src: &TcpStream,
+    dst: &TcpStream,
+    last: &AtomicU64,
+    count: impl Fn(u64),
+) -> io::Result<()> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+    use tokio::io::Interest;
+
+    const CHUNK: usize = 1 << 16;
+
+    fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+        // SAFETY: plain syscall on fds owned by the caller; null offsets.
+        let n = unsafe {
+            libc::splice(
+                from,
+                std::ptr::null_mut(),
+                to,
+                std::ptr::null_mut(),
+                len,
+                libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+            )
+        };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 succeeded, so both fds are open and owned by us alone.
+    let (pipe_r, pipe_w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let (src_fd, dst_fd) = (src.as_raw_fd(), dst.as_raw_fd());
+
+    loop {
+        let mut in_pipe = loop {
+            src.readable().await?;
+            match src.try_io(Interest::READABLE, || {
+                splice(src_fd, pipe_w.as_raw_fd(), CHUNK)
+            }) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        };
+        if in_pipe == 0 {
+            shutdown_write(dst);
+            return Ok(());
+        }
+        touch(last);
+        count(in_pipe as u64);
+        while in_pipe > 0 {
+            dst.writable().await?;
+            match dst.try_io(Interest::WRITABLE, || {
+                splice(pipe_r.as_raw_fd(), dst_fd, in_pipe)
+            }) {
+                Ok(n) => {
+                    in_pipe -= n;
+                    touch(last);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+async fn one_way(
+    src: &TcpStream,
+    dst: &TcpStream,
+    last: &AtomicU64,
+    count: impl Fn(u64),
+) -> io::Result<()> {
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        src.readable().await?;
+        let n = match src.try_read(&mut buf) {
+            Ok(0) => {
+                shutdown_write(dst);
+                return Ok(());
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        };
+        touch(last);
+        count(n as u64);
+        let mut off = 0;
+        while off < n {
+            dst.writable().await?;
+            match dst.try_write(&buf[off..n]) {
+                Ok(w) => {
+                    off += w;
+                    touch(last);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! The L4 TCP proxy: access phase, balance phase with retries on connect
+//! failure, then a bidirectional byte copy (zero-copy `splice(2)` on Linux)
+//! with half-close and an idle timeout.
+
+mod copy;
+
+use crate::config::Fallback;
+use crate::plugin::bindings::types;
+use crate::plugin::{PluginInstance, Verdict};
+use crate::upstream::{Backend, Pool};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use copy::proxy;
+
+/// What a TCP listener does with its connections.
+pub struct TcpService {
+    /// Listener name.
+    pub name: Arc<str>,
+    /// Bound address.
+    pub local: SocketAddr,
+    /// Where connections go.
+    pub pool: Arc<Pool>,
+    /// Access filters, in order.
+    pub access: Vec<Arc<PluginInstance>>,
+    /// Idle timeout of a proxied connection.
+    pub idle_timeout: Duration,
+}
+
+/// The `socket-address` record of an address.
+pub fn wit_socket_address(addr: SocketAddr) -> types::SocketAddress {
+    let ip = match addr.ip() {
+        IpAddr::V4(v4) => {
+            let [a, b, c, d] = v4.octets();
+            types::IpAddress::Ipv4((a, b, c, d))
+        }
+        IpAddr::V6(v6) => {
+            let [a, b, c, d, e, f, g, h] = v6.segments();
+            types::IpAddress::Ipv6((a, b, c, d, e, f, g, h))
+        }
+    };
+    types::SocketAddress {
+        ip,
+        port: addr.port(),
+    }
+}
+
+impl TcpService {
+    fn connection(&self, peer: SocketAddr) -> types::Connection {
+        types::Connection {
+            client: wit_socket_address(peer),
+            local: wit_socket_address(self.local),
+            listener: self.name.to_string(),
+            protocol: types::Protocol::Tcp,
+            sni: None,
+        }
+    }
+
+    /// Run the access phase; `true` lets the connection through.
+    fn admit(&self, conn: &types::Connection, peer: SocketAddr) -> bool {
+        for filter in &self.access {
+            match filter.check_connection(conn) {
+                Ok(Verdict::Allow) => {}
+                Ok(Verdict::Deny { reason, .. }) => {
+                    tracing::debug!(listener = %self.name, %peer, plugin = filter.name(), "denied: {reason}");
+                    return false;
+                }
+                Err(e) => {
+                    let open = filter.fallback() == Fallback::FailOpen;
+                    tracing::debug!(listener = %self.name, %peer, fail_open = open, "access plugin failed: {e}");
+                    if !open {
+                        return false;
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    /// Balance and connect, trying a different backend after each failure.
+    async fn connect(&self, conn: &types::Connection) -> Option<(TcpStream, Arc<Backend>)> {
+        let pool = &self.pool;
+        let mut tried: Vec<u32> = Vec::new();
+        for _ in 0..pool.max_tries {
+            let eligible = pool.eligible(&tried);
+            if eligible.is_empty() {
+                break;
+            }
+            let slot = match pool.balancer.pick(pool, eligible.clone(), conn, None) {
+                Ok(slot) => slot,
+                Err(e) => {
+                    tracing::debug!(pool = %pool.name, "balancer failed: {e}");
+                    match pool.balancer.fallback() {
+                        Fallback::FailOpen => pool.fallback_pick(&eligible)?,
+                        Fallback::FailClosed => return None,
+                    }
+                }
+            };
+            let backend = &pool.backends[slot as usize];
+            let started = Instant::now();
+            match tokio::time::timeout(
+                pool.connect_timeout,
+                TcpStream::connect(backend.address.as_str()),
+            )
+            .await
+            {
+                Ok(Ok(stream)) => {
+                    backend.stats.record_latency(started.elapsed());
+                    return Some((stream, backend.clone()));
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(pool = %pool.name, backend = %backend.address, "connect failed: {e}")
+                }
+                Err(_) => {
+                    tracing::debug!(pool = %pool.name, backend = %backend.address, "connect timed out")
+                }
+            }
+            backend.stats.record_failure();
+            tried.push(slot);
+        }
+        tracing::warn!(pool = %pool.name, tried = tried.len(), "no backend reachable; connection closed");
+        None
+    }
+
+    async fn handle(self: Arc<Self>, client: TcpStream, peer: SocketAddr) {
+        let conn = self.connection(peer);
+        if !self.admit(&conn, peer) {
+            return;
+        }
+        let Some((upstream, backend)) = self.connect(&conn).await else {
+            return;
+        };
+        let _active = backend.stats.open();
+        let _ = client.set_nodelay(true);
+        let _ = upstream.set_nodelay(true);
+        if let Err(e) = proxy(client, upstream, &backend.stats, self.idle_timeout).await {
+            tracing::debug!(listener = %self.name, %peer, "connection ended: {e}");
+        }
+    }
+}
+
+/// Accept connections until `stop` is cancelled; each runs on `tracker`.
+pub async fn serve(
+    listener: TcpListener,
+    service: Arc<TcpService>,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => break,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((client, peer)) => {
+                tracker.spawn(service.clone().handle(client, peer));
+            }
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(listener = %service.name, "accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}

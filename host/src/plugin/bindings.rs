@@ -1,0 +1,32 @@
+//! Host-side bindings generated from `wit/` for the worlds weir calls.
+
+pub use crate::plugin::state::{PoolViewRep, RequestRep, SharedCounterRep};
+
+/// The `balancer` world; also defines the shared `types`, `host` and `pool` interfaces.
+pub mod balancer {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "balancer",
+        imports: { default: trappable },
+        with: {
+            "weir:plugin/host.shared-counter": super::SharedCounterRep,
+            "weir:plugin/pool.pool-view": super::PoolViewRep,
+        },
+    });
+}
+
+/// The `access-filter` world; defines the `http` interface.
+pub mod access {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "access-filter",
+        imports: { default: trappable },
+        with: {
+            "weir:plugin/types": super::balancer::weir::plugin::types,
+            "weir:plugin/host": super::balancer::weir::plugin::host,
+            "weir:plugin/http.request": super::RequestRep,
+        },
+    });
+}
+
+pub use balancer::weir::plugin::types;

@@ -1,0 +1,434 @@
+//! A named plugin instance: a component, its config, its limits, and a set
+//! of live Wasm instances reused across calls. Every call runs under an
+//! epoch deadline and a memory cap; an instance that traps, times out or
+//! hits the cap is dropped and replaced on the next call.
+
+use super::bindings::{access, balancer, types};
+use super::state::{PickCall, PluginState, RequestHead};
+use super::{LoadError, Runtime, World};
+use crate::config::Fallback;
+use crate::upstream::Pool;
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use wasmtime::component::{InstancePre, Resource};
+use wasmtime::{Store, StoreLimitsBuilder, Trap};
+
+/// Per-call limits of a plugin instance.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// CPU time one call may take.
+    pub timeout: Duration,
+    /// Linear memory an instance may grow to, in bytes.
+    pub memory: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_millis(20),
+            memory: 32 << 20,
+        }
+    }
+}
+
+/// How a call failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallErrorKind {
+    /// The plugin returned an error value.
+    Error,
+    /// The plugin trapped.
+    Trap,
+    /// The plugin ran past its deadline.
+    Timeout,
+    /// The plugin tried to grow past its memory limit.
+    Memory,
+    /// A fresh instance could not be made (instantiation or `init` failed).
+    Instantiate,
+    /// The plugin answered something impossible (e.g. an ineligible slot).
+    BadAnswer,
+}
+
+/// A failed plugin call.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("plugin {plugin}: {kind:?}: {message}")]
+pub struct CallError {
+    /// The plugin instance name.
+    pub plugin: Arc<str>,
+    /// What went wrong.
+    pub kind: CallErrorKind,
+    /// Detail for the log.
+    pub message: String,
+}
+
+/// Call counters of a plugin instance.
+#[derive(Debug, Default)]
+pub struct PluginStats {
+    /// Calls made.
+    pub calls: AtomicU64,
+    /// Calls that returned an error value.
+    pub errors: AtomicU64,
+    /// Calls that trapped.
+    pub traps: AtomicU64,
+    /// Calls interrupted at their deadline.
+    pub timeouts: AtomicU64,
+    /// Calls that hit the memory limit.
+    pub memory_exceeded: AtomicU64,
+    /// Fresh instances that failed to start.
+    pub instantiate_failures: AtomicU64,
+    /// Answers the host rejected.
+    pub bad_answers: AtomicU64,
+    /// Wasm instances created (first ones and replacements).
+    pub instances_created: AtomicU64,
+}
+
+impl PluginStats {
+    /// Traps, timeouts and memory-limit hits: the failures that recycle an instance.
+    pub fn recycled(&self) -> u64 {
+        self.traps.load(Ordering::Relaxed)
+            + self.timeouts.load(Ordering::Relaxed)
+            + self.memory_exceeded.load(Ordering::Relaxed)
+    }
+}
+
+/// An access decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Let it through.
+    Allow,
+    /// Refuse it.
+    Deny {
+        /// Why, for the log.
+        reason: String,
+        /// HTTP status for L7 (403 when none).
+        status: Option<u16>,
+    },
+}
+
+enum Bound {
+    Balancer(balancer::Balancer),
+    Access(access::AccessFilter),
+}
+
+struct Slot {
+    store: Store<PluginState>,
+    bound: Bound,
+    /// Pool id -> version of the backend list this instance was given.
+    seen_pools: HashMap<u32, u64>,
+}
+
+/// One loaded version of a plugin instance.
+struct Generation {
+    pre: InstancePre<PluginState>,
+    config_json: String,
+    limits: Limits,
+    idle: Mutex<Vec<Slot>>,
+    hash: String,
+}
+
+/// A named plugin instance from the config.
+pub struct PluginInstance {
+    name: Arc<str>,
+    source: String,
+    world: World,
+    fallback: Fallback,
+    runtime: Arc<Runtime>,
+    current: ArcSwap<Generation>,
+    stats: PluginStats,
+}
+
+impl PluginInstance {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn new(
+        runtime: Arc<Runtime>,
+        name: &str,
+        source: &str,
+        world: World,
+        pre: InstancePre<PluginState>,
+        config_json: String,
+        limits: Limits,
+        fallback: Fallback,
+        hash: String,
+    ) -> Result<Arc<Self>, LoadError> {
+        let generation = Generation {
+            pre,
+            config_json,
+            limits,
+            idle: Mutex::new(Vec::new()),
+            hash,
+        };
+        let this = Self {
+            name: name.into(),
+            source: source.into(),
+            world,
+            fallback,
+            runtime,
+            current: ArcSwap::from_pointee(generation),
+            stats: PluginStats::default(),
+        };
+        // Make the first instance now so that a bad config or a trapping
+        // init is reported at load time; keep it for the first call.
+        let generation = this.current.load_full();
+        let slot = this
+            .instantiate(&generation)
+            .map_err(|e| LoadError::Init(e.message))?;
+        generation.idle.lock().push(slot);
+        Ok(Arc::new(this))
+    }
+
+    /// The instance name from the config.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Where the component came from (`builtin:<name>` or a path).
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// The world it implements.
+    pub fn world(&self) -> World {
+        self.world
+    }
+
+    /// What callers do when a call fails.
+    pub fn fallback(&self) -> Fallback {
+        self.fallback
+    }
+
+    /// Call counters.
+    pub fn stats(&self) -> &PluginStats {
+        &self.stats
+    }
+
+    /// Short content hash of the component in use.
+    pub fn content_hash(&self) -> String {
+        self.current.load().hash.clone()
+    }
+
+    fn deadline_ticks(limits: &Limits) -> u64 {
+        (limits.timeout.as_micros() / super::EPOCH_TICK.as_micros()).max(1) as u64 + 1
+    }
+
+    fn fail(&self, kind: CallErrorKind, message: String) -> CallError {
+        CallError {
+            plugin: self.name.clone(),
+            kind,
+            message,
+        }
+    }
+
+    fn instantiate(&self, generation: &Generation) -> Result<Slot, CallError> {
+        self.stats.instances_created.fetch_add(1, Ordering::Relaxed);
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(generation.limits.memory)
+            .trap_on_grow_failure(true)
+            .instances(16)
+            .tables(16)
+            .memories(4)
+            .build();
+        let mut store = Store::new(
+            self.runtime.engine(),
+            PluginState::new(self.name.clone(), self.runtime.shared().clone(), limits),
+        );
+        store.limiter(|s| &mut s.limits);
+        store.set_epoch_deadline(Self::deadline_ticks(&generation.limits));
+        let failed = |e: wasmtime::Error| {
+            self.stats
+                .instantiate_failures
+                .fetch_add(1, Ordering::Relaxed);
+            self.fail(CallErrorKind::Instantiate, format!("{e:#}"))
+        };
+        let config = generation.config_json.clone();
+        let init_failed = |e: types::Error| {
+            self.stats
+                .instantiate_failures
+                .fetch_add(1, Ordering::Relaxed);
+            self.fail(CallErrorKind::Instantiate, describe(&e))
+        };
+        let bound = match self.world {
+            World::Balancer => {
+                let b = balancer::BalancerPre::new(generation.pre.clone())
+                    .and_then(|p| p.instantiate(&mut store))
+                    .map_err(failed)?;
+                b.weir_plugin_balance()
+                    .call_init(&mut store, &config)
+                    .map_err(failed)?
+                    .map_err(init_failed)?;
+                Bound::Balancer(b)
+            }
+            World::AccessFilter => {
+                let a = access::AccessFilterPre::new(generation.pre.clone())
+                    .and_then(|p| p.instantiate(&mut store))
+                    .map_err(failed)?;
+                a.weir_plugin_access()
+                    .call_init(&mut store, &config)
+                    .map_err(failed)?
+                    .map_err(init_failed)?;
+                Bound::Access(a)
+            }
+            other => {
+                return Err(self.fail(
+                    CallErrorKind::Instantiate,
+                    format!("the {other} phase is not wired yet"),
+                ));
+            }
+        };
+        Ok(Slot {
+            store,
+            bound,
+            seen_pools: HashMap::new(),
+        })
+    }
+
+    /// Run `f` on an idle instance under the call limits. A trap, timeout or
+    /// memory-limit hit drops the instance; anything else returns it.
+    fn with_slot<R>(
+        &self,
+        f: impl FnOnce(&mut Slot) -> wasmtime::Result<Result<R, types::Error>>,
+    ) -> Result<R, CallError> {
+        self.stats.calls.fetch_add(1, Ordering::Relaxed);
+        let generation = self.current.load_full();
+        let idle = generation.idle.lock().pop();
+        let mut slot = match idle {
+            Some(s) => s,
+            None => self.instantiate(&generation)?,
+        };
+        slot.store
+            .set_epoch_deadline(Self::deadline_ticks(&generation.limits));
+        match f(&mut slot) {
+            Ok(Ok(r)) => {
+                generation.idle.lock().push(slot);
+                Ok(r)
+            }
+            Ok(Err(e)) => {
+                generation.idle.lock().push(slot);
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                Err(self.fail(CallErrorKind::Error, describe(&e)))
+            }
+            Err(e) => {
+                // The instance may be in any state after a trap: drop it.
+                let kind = classify(&e);
+                let counter = match kind {
+                    CallErrorKind::Timeout => &self.stats.timeouts,
+                    CallErrorKind::Memory => &self.stats.memory_exceeded,
+                    _ => &self.stats.traps,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                let err = self.fail(
+                    kind,
+                    format!("{e:#}")
+                        .lines()
+                        .next()
+                        .unwrap_or_default()
+                        .to_string(),
+                );
+                tracing::warn!(plugin = %self.name, kind = ?kind, "plugin instance recycled: {}", err.message);
+                Err(err)
+            }
+        }
+    }
+
+    /// Ask a balancer for a slot of `pool` among `eligible`.
+    pub fn pick(
+        &self,
+        pool: &Arc<Pool>,
+        eligible: Arc<Vec<u32>>,
+        conn: &types::Connection,
+        hash_key: Option<&str>,
+    ) -> Result<u32, CallError> {
+        let check = eligible.clone();
+        let slot = self.with_slot(|slot| {
+            let Bound::Balancer(b) = &slot.bound else {
+                unreachable!("balancer slot")
+            };
+            let b = b.weir_plugin_balance();
+            if slot.seen_pools.get(&pool.id) != Some(&pool.version) {
+                match b.call_set_backends(&mut slot.store, pool.id, &pool.wit_backends)? {
+                    Ok(()) => {
+                        slot.seen_pools.insert(pool.id, pool.version);
+                    }
+                    Err(e) => return Ok(Err(e)),
+                }
+            }
+            slot.store.data_mut().pick = Some(PickCall {
+                pool: pool.clone(),
+                eligible,
+            });
+            let result = b.call_pick(&mut slot.store, Resource::new_borrow(0), conn, hash_key);
+            slot.store.data_mut().pick = None;
+            result
+        })?;
+        if check.binary_search(&slot).is_err() {
+            self.stats.bad_answers.fetch_add(1, Ordering::Relaxed);
+            return Err(self.fail(
+                CallErrorKind::BadAnswer,
+                format!("picked slot {slot}, which is not eligible"),
+            ));
+        }
+        Ok(slot)
+    }
+
+    /// Ask an access filter about a new connection.
+    pub fn check_connection(&self, conn: &types::Connection) -> Result<Verdict, CallError> {
+        self.with_slot(|slot| {
+            let Bound::Access(a) = &slot.bound else {
+                unreachable!("access slot")
+            };
+            Ok(a.weir_plugin_access()
+                .call_check_connection(&mut slot.store, conn)?
+                .map(verdict))
+        })
+    }
+
+    /// Ask an access filter about an HTTP request head.
+    pub fn check_request(
+        &self,
+        conn: &types::Connection,
+        head: Arc<RequestHead>,
+    ) -> Result<Verdict, CallError> {
+        self.with_slot(|slot| {
+            let Bound::Access(a) = &slot.bound else {
+                unreachable!("access slot")
+            };
+            slot.store.data_mut().request = Some(head);
+            let r = a.weir_plugin_access().call_check_request(
+                &mut slot.store,
+                conn,
+                Resource::new_borrow(0),
+            );
+            slot.store.data_mut().request = None;
+            Ok(r?.map(verdict))
+        })
+    }
+}
+
+fn verdict(v: access::exports::weir::plugin::access::Verdict) -> Verdict {
+    use access::exports::weir::plugin::access::Verdict as V;
+    match v {
+        V::Allow => Verdict::Allow,
+        V::Deny(d) => Verdict::Deny {
+            reason: d.reason,
+            status: d.status,
+        },
+    }
+}
+
+fn describe(e: &types::Error) -> String {
+    match e {
+        types::Error::InvalidConfig(m) => format!("invalid config: {m}"),
+        types::Error::Unavailable(m) => format!("unavailable: {m}"),
+        types::Error::Other(m) => m.clone(),
+    }
+}
+
+fn classify(e: &wasmtime::Error) -> CallErrorKind {
+    match e.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => CallErrorKind::Timeout,
+        _ if format!("{e:?}").contains("forcing a memory growth failure") => CallErrorKind::Memory,
+        _ => CallErrorKind::Trap,
+    }
+}

@@ -1,0 +1,335 @@
+//! The plugin runtime: one wasmtime [`Engine`] for the process, components
+//! compiled once (and cached on disk), instances reused per worker, and
+//! limits on every call.
+
+pub mod bindings;
+mod bundled;
+mod instance;
+pub mod state;
+
+pub use bundled::{bundled, BUNDLED};
+pub use instance::{CallError, CallErrorKind, Limits, PluginInstance, PluginStats, Verdict};
+pub use state::SharedStore;
+
+use sha2::{Digest, Sha256};
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::Engine;
+
+use state::PluginState;
+
+/// The package every world lives in.
+pub const PACKAGE: &str = "weir:plugin";
+/// The package version this host implements.
+pub const PACKAGE_VERSION: &str = "0.1.0";
+
+/// How often the epoch advances: the resolution of call deadlines.
+pub const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// The phase a plugin implements, by the world it targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum World {
+    /// `balancer`: exports `balance`.
+    Balancer,
+    /// `access-filter`: exports `access`.
+    AccessFilter,
+    /// `router`: exports `route`.
+    Router,
+    /// `health-checker`: exports `healthcheck`.
+    HealthChecker,
+    /// `discovery-adapter`: exports `discovery`.
+    DiscoveryAdapter,
+}
+
+impl World {
+    /// Every world, in phase order.
+    pub const ALL: [World; 5] = [
+        World::AccessFilter,
+        World::Router,
+        World::Balancer,
+        World::HealthChecker,
+        World::DiscoveryAdapter,
+    ];
+
+    /// The world's name in `wit/`.
+    pub fn name(self) -> &'static str {
+        match self {
+            World::Balancer => "balancer",
+            World::AccessFilter => "access-filter",
+            World::Router => "router",
+            World::HealthChecker => "health-checker",
+            World::DiscoveryAdapter => "discovery-adapter",
+        }
+    }
+
+    /// The interface the world exports.
+    pub fn export(self) -> &'static str {
+        match self {
+            World::Balancer => "balance",
+            World::AccessFilter => "access",
+            World::Router => "route",
+            World::HealthChecker => "healthcheck",
+            World::DiscoveryAdapter => "discovery",
+        }
+    }
+
+    fn export_name(self) -> String {
+        format!("{PACKAGE}/{}@{PACKAGE_VERSION}", self.export())
+    }
+}
+
+impl std::fmt::Display for World {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Why a plugin could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The component file could not be read.
+    #[error("cannot read plugin file {path}: {reason}")]
+    Read {
+        /// The path tried.
+        path: String,
+        /// The OS error.
+        reason: String,
+    },
+    /// `builtin:<name>` names no bundled plugin.
+    #[error("no bundled plugin `{0}` (see `weir plugins`)")]
+    UnknownBuiltin(String),
+    /// Not a Wasm component at all, or one wasmtime rejects.
+    #[error("not a loadable Wasm component: {0}")]
+    Compile(String),
+    /// The component exports a different world than the phase needs.
+    #[error("exports {found}, but a {expected} plugin must export {PACKAGE}/{export}@{PACKAGE_VERSION}", export = expected.export())]
+    WrongWorld {
+        /// The world the phase needs.
+        expected: World,
+        /// What the component exports instead.
+        found: String,
+    },
+    /// The component imports something weir does not provide.
+    #[error("cannot be linked: {0}")]
+    Link(String),
+    /// The plugin's `init` refused its config, or trapped.
+    #[error("init failed: {0}")]
+    Init(String),
+}
+
+/// The process-wide plugin runtime.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<PluginState>,
+    shared: Arc<SharedStore>,
+    cache_dir: Option<PathBuf>,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Runtime {
+    /// A runtime caching compiled components in `cache_dir` (none: no cache).
+    pub fn new(cache_dir: Option<PathBuf>) -> anyhow::Result<Arc<Self>> {
+        let mut config = wasmtime::Config::new();
+        config.wasm_component_model(true).epoch_interruption(true);
+        let engine = Engine::new(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| anyhow::anyhow!("{e}"))?;
+        use bindings::balancer::weir::plugin as p;
+        p::host::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        p::pool::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        bindings::access::weir::plugin::http::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        let (e, stop) = (engine.clone(), ticker_stop.clone());
+        std::thread::Builder::new()
+            .name("weir-epoch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    e.increment_epoch();
+                }
+            })?;
+        if let Some(dir) = &cache_dir {
+            if let Err(e) = std::fs::create_dir_all(dir) {
+                tracing::warn!(
+                    "plugin cache {} unusable, compiling every time: {e}",
+                    dir.display()
+                );
+            }
+        }
+        Ok(Arc::new(Self {
+            engine,
+            linker,
+            shared: Arc::default(),
+            cache_dir,
+            ticker_stop,
+        }))
+    }
+
+    /// The default cache directory: `$WEIR_CACHE_DIR`, else `<user cache>/weir/components`.
+    pub fn default_cache_dir() -> Option<PathBuf> {
+        std::env::var_os("WEIR_CACHE_DIR")
+            .map(PathBuf::from)
+            .or_else(|| dirs::cache_dir().map(|d| d.join("weir").join("components")))
+    }
+
+    /// The host-owned shared store.
+    pub fn shared(&self) -> &Arc<SharedStore> {
+        &self.shared
+    }
+
+    /// The bytes of a plugin source: `builtin:<name>` or a file path
+    /// (relative paths resolved against `base`).
+    pub fn read_source(source: &str, base: &Path) -> Result<Vec<u8>, LoadError> {
+        if let Some(name) = source.strip_prefix("builtin:") {
+            return bundled(name)
+                .map(<[u8]>::to_vec)
+                .ok_or_else(|| LoadError::UnknownBuiltin(name.into()));
+        }
+        let path = base.join(source);
+        std::fs::read(&path).map_err(|e| LoadError::Read {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Compile a component, through the on-disk cache when there is one.
+    pub fn compile(&self, bytes: &[u8]) -> Result<Component, LoadError> {
+        if !wasmparser_is_component(bytes) {
+            return Err(LoadError::Compile(if bytes.starts_with(b"\0asm") {
+                "a core Wasm module, not a component (run it through `wasm-tools component new`)"
+                    .into()
+            } else {
+                "not WebAssembly (no \\0asm header)".into()
+            }));
+        }
+        let mut compat = std::collections::hash_map::DefaultHasher::new();
+        self.engine
+            .precompile_compatibility_hash()
+            .hash(&mut compat);
+        let mut digest = Sha256::new();
+        digest.update(bytes);
+        digest.update(compat.finish().to_le_bytes());
+        let key = hex::encode(&digest.finalize()[..16]);
+        let cached = self
+            .cache_dir
+            .as_ref()
+            .map(|d| d.join(format!("{key}.cwasm")));
+        if let Some(path) = cached.as_ref().filter(|p| p.exists()) {
+            // SAFETY: the file was written by `Component::serialize` of an
+            // engine with the same compatibility hash (part of the key), in
+            // a directory weir owns.
+            match unsafe { Component::deserialize_file(&self.engine, path) } {
+                Ok(c) => return Ok(c),
+                Err(e) => tracing::warn!("ignoring bad cache entry {}: {e}", path.display()),
+            }
+        }
+        let component = Component::new(&self.engine, bytes)
+            .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        if let Some(path) = cached {
+            if let Ok(data) = component.serialize() {
+                let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+                if std::fs::write(&tmp, data)
+                    .and_then(|_| std::fs::rename(&tmp, &path))
+                    .is_err()
+                {
+                    let _ = std::fs::remove_file(&tmp);
+                }
+            }
+        }
+        Ok(component)
+    }
+
+    /// The names of the interfaces a component exports.
+    pub fn exports(&self, component: &Component) -> Vec<String> {
+        component
+            .component_type()
+            .exports(&self.engine)
+            .map(|(name, _)| name.to_string())
+            .collect()
+    }
+
+    /// The names of the interfaces a component imports.
+    pub fn imports(&self, component: &Component) -> Vec<String> {
+        component
+            .component_type()
+            .imports(&self.engine)
+            .map(|(name, _)| name.to_string())
+            .collect()
+    }
+
+    /// The worlds whose export a component provides.
+    pub fn worlds(&self, component: &Component) -> Vec<World> {
+        let exports = self.exports(component);
+        World::ALL
+            .into_iter()
+            .filter(|w| exports.contains(&w.export_name()))
+            .collect()
+    }
+
+    /// Load a plugin instance: compile, check the world, link, instantiate
+    /// and `init` with its config, so that a bad plugin fails here and not
+    /// on the first connection.
+    pub fn load(
+        self: &Arc<Self>,
+        name: &str,
+        source: &str,
+        bytes: &[u8],
+        world: World,
+        config_json: String,
+        limits: Limits,
+        fallback: crate::config::Fallback,
+    ) -> Result<Arc<PluginInstance>, LoadError> {
+        let component = self.compile(bytes)?;
+        if !self.worlds(&component).contains(&world) {
+            let found = self.exports(&component);
+            let found = if found.is_empty() {
+                "nothing".to_string()
+            } else {
+                found.join(", ")
+            };
+            return Err(LoadError::WrongWorld {
+                expected: world,
+                found,
+            });
+        }
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::Link(format!("{e:#}")))?;
+        let hash = hex::encode(&Sha256::digest(bytes)[..8]);
+        PluginInstance::new(
+            self.clone(),
+            name,
+            source,
+            world,
+            pre,
+            config_json,
+            limits,
+            fallback,
+            hash,
+        )
+    }
+
+    pub(crate) fn engine(&self) -> &Engine {
+        &self.engine
+    }
+}
+
+fn wasmparser_is_component(bytes: &[u8]) -> bool {
+    // Magic `\0asm`, then a version/layer word whose layer half is 1 for components.
+    bytes.len() >= 8 && &bytes[..4] == b"\0asm" && bytes[6..8] == [1, 0]
+}

@@ -1,0 +1,353 @@
+//! Per-store state of a plugin instance and the host imports it is given:
+//! log, clock, random, shared counters and key-value store, the pool view of
+//! a `pick` call and the request head of an HTTP phase call.
+
+use super::bindings::access::weir::plugin::http;
+use super::bindings::balancer::weir::plugin::{host, pool};
+use crate::upstream::Pool;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use wasmtime::component::{Resource, ResourceTable};
+use wasmtime::StoreLimits;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+/// Host data behind a guest's `shared-counter` handle.
+pub struct SharedCounterRep(Arc<AtomicI64>);
+
+/// Marker for the `pool-view` handle; the data is the store's current [`PickCall`].
+pub struct PoolViewRep;
+
+/// Marker for the `request` handle; the data is the store's current request head.
+pub struct RequestRep;
+
+/// Counters and key-value pairs owned by the host, namespaced by plugin
+/// instance name, shared across worker threads and generations.
+#[derive(Default)]
+pub struct SharedStore {
+    counters: Mutex<HashMap<(Arc<str>, String), Arc<AtomicI64>>>,
+    kv: Mutex<HashMap<(Arc<str>, String), Vec<u8>>>,
+}
+
+impl SharedStore {
+    /// The counter `name` of namespace `ns`, created at zero.
+    pub fn counter(&self, ns: &Arc<str>, name: String) -> Arc<AtomicI64> {
+        self.counters
+            .lock()
+            .entry((ns.clone(), name))
+            .or_default()
+            .clone()
+    }
+}
+
+/// What a `pick` call's `pool-view` shows.
+pub struct PickCall {
+    /// The pool being balanced.
+    pub pool: Arc<Pool>,
+    /// Slots eligible for this call, ascending.
+    pub eligible: Arc<Vec<u32>>,
+}
+
+/// An HTTP request head as plugins see it.
+pub struct RequestHead {
+    /// Method.
+    pub method: ::http::Method,
+    /// Target URI.
+    pub uri: ::http::Uri,
+    /// Header fields.
+    pub headers: ::http::HeaderMap,
+}
+
+/// The data of one plugin store.
+pub struct PluginState {
+    pub(crate) name: Arc<str>,
+    pub(crate) shared: Arc<SharedStore>,
+    pub(crate) limits: StoreLimits,
+    table: ResourceTable,
+    wasi: WasiCtx,
+    pub(crate) pick: Option<PickCall>,
+    pub(crate) request: Option<Arc<RequestHead>>,
+}
+
+impl PluginState {
+    pub(crate) fn new(name: Arc<str>, shared: Arc<SharedStore>, limits: StoreLimits) -> Self {
+        Self {
+            name,
+            shared,
+            limits,
+            table: ResourceTable::new(),
+            // Nothing granted: no files, no network, no environment, no args.
+            wasi: WasiCtx::builder().build(),
+            pick: None,
+            request: None,
+        }
+    }
+
+    fn pick(&self) -> wasmtime::Result<&PickCall> {
+        self.pick
+            .as_ref()
+            .ok_or_else(|| wasmtime::format_err!("pool-view used outside of pick"))
+    }
+
+    fn request(&self) -> wasmtime::Result<&RequestHead> {
+        self.request
+            .as_deref()
+            .ok_or_else(|| wasmtime::format_err!("request used outside of its call"))
+    }
+}
+
+impl WasiView for PluginState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl host::Host for PluginState {
+    fn log(&mut self, level: host::LogLevel, message: String) -> wasmtime::Result<()> {
+        let plugin = &*self.name;
+        match level {
+            host::LogLevel::Trace => tracing::trace!(plugin, "{message}"),
+            host::LogLevel::Debug => tracing::debug!(plugin, "{message}"),
+            host::LogLevel::Info => tracing::info!(plugin, "{message}"),
+            host::LogLevel::Warn => tracing::warn!(plugin, "{message}"),
+            host::LogLevel::Error => tracing::error!(plugin, "{message}"),
+        }
+        Ok(())
+    }
+
+    fn now_nanos(&mut self) -> wasmtime::Result<u64> {
+        Ok(crate::clock::now_nanos())
+    }
+
+    fn random_u64(&mut self) -> wasmtime::Result<u64> {
+        Ok(rand::random())
+    }
+
+    fn kv_get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
+        Ok(self
+            .shared
+            .kv
+            .lock()
+            .get(&(self.name.clone(), key))
+            .cloned())
+    }
+
+    fn kv_set(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<()> {
+        self.shared
+            .kv
+            .lock()
+            .insert((self.name.clone(), key), value);
+        Ok(())
+    }
+
+    fn kv_delete(&mut self, key: String) -> wasmtime::Result<()> {
+        self.shared.kv.lock().remove(&(self.name.clone(), key));
+        Ok(())
+    }
+}
+
+impl host::HostSharedCounter for PluginState {
+    fn new(&mut self, name: String) -> wasmtime::Result<Resource<SharedCounterRep>> {
+        let counter = self.shared.counter(&self.name, name);
+        Ok(self.table.push(SharedCounterRep(counter))?)
+    }
+
+    fn fetch_add(&mut self, this: Resource<SharedCounterRep>, delta: i64) -> wasmtime::Result<i64> {
+        Ok(self.table.get(&this)?.0.fetch_add(delta, Ordering::Relaxed))
+    }
+
+    fn get(&mut self, this: Resource<SharedCounterRep>) -> wasmtime::Result<i64> {
+        Ok(self.table.get(&this)?.0.load(Ordering::Relaxed))
+    }
+
+    fn set(&mut self, this: Resource<SharedCounterRep>, value: i64) -> wasmtime::Result<()> {
+        self.table.get(&this)?.0.store(value, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn drop(&mut self, this: Resource<SharedCounterRep>) -> wasmtime::Result<()> {
+        self.table.delete(this)?;
+        Ok(())
+    }
+}
+
+impl pool::Host for PluginState {}
+
+fn slot_of(call: &PickCall, slot: u32) -> wasmtime::Result<&crate::upstream::Backend> {
+    call.pool
+        .backends
+        .get(slot as usize)
+        .map(|b| &**b)
+        .ok_or_else(|| wasmtime::format_err!("slot {slot} out of range"))
+}
+
+impl pool::HostPoolView for PluginState {
+    fn id(&mut self, _: Resource<PoolViewRep>) -> wasmtime::Result<u32> {
+        Ok(self.pick()?.pool.id)
+    }
+
+    fn eligible_count(&mut self, _: Resource<PoolViewRep>) -> wasmtime::Result<u32> {
+        Ok(self.pick()?.eligible.len() as u32)
+    }
+
+    fn eligible(&mut self, _: Resource<PoolViewRep>, index: u32) -> wasmtime::Result<u32> {
+        let call = self.pick()?;
+        call.eligible.get(index as usize).copied().ok_or_else(|| {
+            wasmtime::format_err!(
+                "eligible index {index} out of range ({})",
+                call.eligible.len()
+            )
+        })
+    }
+
+    fn eligible_slots(&mut self, _: Resource<PoolViewRep>) -> wasmtime::Result<Vec<u32>> {
+        Ok(self.pick()?.eligible.to_vec())
+    }
+
+    fn is_eligible(&mut self, _: Resource<PoolViewRep>, slot: u32) -> wasmtime::Result<bool> {
+        Ok(self.pick()?.eligible.binary_search(&slot).is_ok())
+    }
+
+    fn active(&mut self, _: Resource<PoolViewRep>, slot: u32) -> wasmtime::Result<u32> {
+        Ok(slot_of(self.pick()?, slot)?.stats.active())
+    }
+
+    fn eligible_active(&mut self, _: Resource<PoolViewRep>) -> wasmtime::Result<Vec<u32>> {
+        let call = self.pick()?;
+        Ok(call
+            .eligible
+            .iter()
+            .map(|&s| call.pool.backends[s as usize].stats.active())
+            .collect())
+    }
+
+    fn eligible_latency_us(&mut self, _: Resource<PoolViewRep>) -> wasmtime::Result<Vec<u32>> {
+        let call = self.pick()?;
+        Ok(call
+            .eligible
+            .iter()
+            .map(|&s| call.pool.backends[s as usize].stats.latency_us())
+            .collect())
+    }
+
+    fn eligible_bytes_per_sec(&mut self, _: Resource<PoolViewRep>) -> wasmtime::Result<Vec<u64>> {
+        let call = self.pick()?;
+        Ok(call
+            .eligible
+            .iter()
+            .map(|&s| call.pool.backends[s as usize].stats.bytes_per_sec())
+            .collect())
+    }
+
+    fn drop(&mut self, _: Resource<PoolViewRep>) -> wasmtime::Result<()> {
+        Ok(())
+    }
+}
+
+impl http::Host for PluginState {}
+
+fn header_str(v: &::http::HeaderValue) -> Option<String> {
+    v.to_str().ok().map(str::to_owned)
+}
+
+impl http::HostRequest for PluginState {
+    fn method(&mut self, _: Resource<RequestRep>) -> wasmtime::Result<String> {
+        Ok(self.request()?.method.as_str().to_owned())
+    }
+
+    fn path(&mut self, _: Resource<RequestRep>) -> wasmtime::Result<String> {
+        Ok(self.request()?.uri.path().to_owned())
+    }
+
+    fn query(&mut self, _: Resource<RequestRep>) -> wasmtime::Result<Option<String>> {
+        Ok(self.request()?.uri.query().map(str::to_owned))
+    }
+
+    fn host(&mut self, _: Resource<RequestRep>) -> wasmtime::Result<Option<String>> {
+        let req = self.request()?;
+        let host = req.uri.host().map(str::to_owned).or_else(|| {
+            req.headers
+                .get(::http::header::HOST)
+                .and_then(header_str)
+                .map(|h| strip_port(&h).to_owned())
+        });
+        Ok(host)
+    }
+
+    fn header(
+        &mut self,
+        _: Resource<RequestRep>,
+        name: String,
+    ) -> wasmtime::Result<Option<String>> {
+        Ok(self
+            .request()?
+            .headers
+            .get(name.as_str())
+            .and_then(header_str))
+    }
+
+    fn header_all(
+        &mut self,
+        _: Resource<RequestRep>,
+        name: String,
+    ) -> wasmtime::Result<Vec<String>> {
+        Ok(self
+            .request()?
+            .headers
+            .get_all(name.as_str())
+            .iter()
+            .filter_map(header_str)
+            .collect())
+    }
+
+    fn cookie(
+        &mut self,
+        _: Resource<RequestRep>,
+        name: String,
+    ) -> wasmtime::Result<Option<String>> {
+        let req = self.request()?;
+        let found = req
+            .headers
+            .get_all(::http::header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.to_owned());
+        Ok(found)
+    }
+
+    fn query_param(
+        &mut self,
+        _: Resource<RequestRep>,
+        name: String,
+    ) -> wasmtime::Result<Option<String>> {
+        let req = self.request()?;
+        let found = req
+            .uri
+            .query()
+            .unwrap_or("")
+            .split('&')
+            .filter_map(|pair| pair.split_once('=').or(Some((pair, ""))))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.to_owned());
+        Ok(found)
+    }
+
+    fn drop(&mut self, _: Resource<RequestRep>) -> wasmtime::Result<()> {
+        Ok(())
+    }
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        host.split_once(']').map_or(host, |(h, _)| &h[1..])
+    } else {
+        host.rsplit_once(':').map_or(host, |(h, _)| h)
+    }
+}

@@ -1,0 +1,290 @@
+//! Builds the running proxy from a config: loads every plugin instance,
+//! builds pools, binds listeners and runs them until shutdown.
+
+use crate::config::{ConfigError, Fallback, Loaded};
+use crate::l4::{self, TcpService};
+use crate::plugin::{Limits, LoadError, PluginInstance, Runtime, World};
+use crate::upstream::{BackendSpec, Pool};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use toml::Spanned;
+
+/// Everything a config describes, loaded but not yet bound to sockets.
+pub struct Prepared {
+    /// Plugin instances by name (named ones and `builtin:` references).
+    pub plugins: BTreeMap<String, Arc<PluginInstance>>,
+    /// Pools by name.
+    pub pools: BTreeMap<String, Arc<Pool>>,
+    loaded: Loaded,
+}
+
+fn default_fallback(world: World) -> Fallback {
+    match world {
+        // An access filter that breaks must not open the door.
+        World::AccessFilter => Fallback::FailClosed,
+        _ => Fallback::FailOpen,
+    }
+}
+
+impl Prepared {
+    /// Load every plugin and build every pool of a checked config.
+    pub fn load(loaded: Loaded, runtime: &Arc<Runtime>) -> Result<Self, ConfigError> {
+        let src = &loaded.source;
+        let cfg = &loaded.config;
+        // Which phase each referenced plugin instance serves.
+        let mut uses: BTreeMap<String, (World, Spanned<String>)> = BTreeMap::new();
+        let mut note =
+            |r: &Spanned<String>, world: World, key: String| -> Result<(), ConfigError> {
+                match uses.get(r.get_ref()) {
+                    Some((w, _)) if *w != world => Err(src.error(
+                        r,
+                        format!(
+                            "{key}: plugin instance `{}` is already used as a {w} plugin",
+                            r.get_ref()
+                        ),
+                    )),
+                    Some(_) => Ok(()),
+                    None => {
+                        uses.insert(r.get_ref().clone(), (world, r.clone()));
+                        Ok(())
+                    }
+                }
+            };
+        for (name, pool) in &cfg.pools {
+            note(
+                &pool.balancer,
+                World::Balancer,
+                format!("pools.{name}.balancer"),
+            )?;
+        }
+        for (name, l) in &cfg.listeners {
+            for a in &l.access {
+                note(a, World::AccessFilter, format!("listeners.{name}.access"))?;
+            }
+        }
+
+        let mut plugins = BTreeMap::new();
+        for (name, p) in &cfg.plugins {
+            let key = format!("plugins.{name}");
+            let at =
+                |e: LoadError| src.error(&p.source, format!("{key}: {}: {e}", p.source.get_ref()));
+            let bytes = Runtime::read_source(p.source.get_ref(), loaded.base_dir()).map_err(at)?;
+            let world = match uses.get(name) {
+                Some((w, _)) => *w,
+                None => {
+                    let component = runtime.compile(&bytes).map_err(at)?;
+                    *runtime.worlds(&component).first().ok_or_else(|| {
+                        at(LoadError::WrongWorld {
+                            expected: World::Balancer,
+                            found: runtime.exports(&component).join(", "),
+                        })
+                    })?
+                }
+            };
+            let config = p
+                .config
+                .as_ref()
+                .map(|c| c.get_ref().clone())
+                .unwrap_or_default();
+            let json = serde_json::to_string(&config).expect("TOML tables are JSON-representable");
+            let limits = Limits {
+                timeout: p.timeout.0,
+                memory: p.memory_limit.0 as usize,
+            };
+            let fallback = p.fallback.unwrap_or(default_fallback(world));
+            let at_config = |e: LoadError| match &p.config {
+                Some(c) => src.error(c, format!("{key}.config: {e}")),
+                None => at(e),
+            };
+            let instance = runtime
+                .load(
+                    name,
+                    p.source.get_ref(),
+                    &bytes,
+                    world,
+                    json,
+                    limits,
+                    fallback,
+                )
+                .map_err(|e| {
+                    if matches!(e, LoadError::Init(_)) {
+                        at_config(e)
+                    } else {
+                        at(e)
+                    }
+                })?;
+            plugins.insert(name.clone(), instance);
+        }
+        for (name, (world, at)) in &uses {
+            if plugins.contains_key(name) {
+                continue;
+            }
+            // `builtin:<name>` used directly: default config and limits.
+            let fail = |e: LoadError| src.error(at, format!("{name}: {e}"));
+            let bytes = Runtime::read_source(name, loaded.base_dir()).map_err(fail)?;
+            let instance = runtime
+                .load(
+                    name,
+                    name,
+                    &bytes,
+                    *world,
+                    "{}".into(),
+                    Limits::default(),
+                    default_fallback(*world),
+                )
+                .map_err(fail)?;
+            plugins.insert(name.clone(), instance);
+        }
+
+        let mut pools = BTreeMap::new();
+        for (name, p) in &cfg.pools {
+            let specs = p
+                .backends
+                .get_ref()
+                .iter()
+                .map(|b| {
+                    let t = b.get_ref().table();
+                    BackendSpec {
+                        address: t.address,
+                        weight: t.weight,
+                        priority: t.priority,
+                        tags: t.tags,
+                    }
+                })
+                .collect();
+            let balancer = plugins[p.balancer.get_ref()].clone();
+            let pool = Pool::new(name, specs, balancer, p.connect_timeout.0, p.max_tries);
+            pools.insert(name.clone(), Arc::new(pool));
+        }
+        Ok(Self {
+            plugins,
+            pools,
+            loaded,
+        })
+    }
+}
+
+/// A running weir.
+pub struct Server {
+    prepared: Prepared,
+    listeners: BTreeMap<String, SocketAddr>,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+    grace: Duration,
+    _runtime: Arc<Runtime>,
+}
+
+fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(backlog.min(i32::MAX as u32) as i32)?;
+    tokio::net::TcpListener::from_std(socket.into())
+}
+
+impl Server {
+    /// Load plugins, build pools, bind every listener and start serving.
+    pub async fn start(loaded: Loaded, runtime: Arc<Runtime>) -> anyhow::Result<Self> {
+        let grace = loaded.config.runtime.shutdown_grace.0;
+        let prepared = Prepared::load(loaded, &runtime)?;
+        let stop = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let mut listeners = BTreeMap::new();
+        let cfg = &prepared.loaded.config;
+        for (name, l) in &cfg.listeners {
+            let addr: SocketAddr = l.bind.get_ref().parse()?;
+            let listener = bind(addr, l.backlog).map_err(|e| {
+                prepared.loaded.source.error(
+                    &l.bind,
+                    format!("listeners.{name}.bind: cannot bind {addr}: {e}"),
+                )
+            })?;
+            let local = listener.local_addr()?;
+            let service = Arc::new(TcpService {
+                name: name.as_str().into(),
+                local,
+                pool: prepared.pools[l.pool.get_ref()].clone(),
+                access: l
+                    .access
+                    .iter()
+                    .map(|a| prepared.plugins[a.get_ref()].clone())
+                    .collect(),
+                idle_timeout: l.idle_timeout.0,
+            });
+            tracing::info!(listener = %name, %local, pool = %l.pool.get_ref(), "listening (tcp)");
+            tokio::spawn(l4::serve(listener, service, stop.clone(), tracker.clone()));
+            listeners.insert(name.clone(), local);
+        }
+        Ok(Self {
+            prepared,
+            listeners,
+            stop,
+            tracker,
+            grace,
+            _runtime: runtime,
+        })
+    }
+
+    /// The bound address of a listener.
+    pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.listeners.get(name).copied()
+    }
+
+    /// A plugin instance by name.
+    pub fn plugin(&self, name: &str) -> Option<&Arc<PluginInstance>> {
+        self.prepared.plugins.get(name)
+    }
+
+    /// A pool by name.
+    pub fn pool(&self, name: &str) -> Option<&Arc<Pool>> {
+        self.prepared.pools.get(name)
+    }
+
+    /// Connections being proxied now.
+    pub fn connections(&self) -> usize {
+        self.tracker.len()
+    }
+
+    /// Stop accepting, then let in-flight connections finish for up to the
+    /// configured grace period. Returns how many were cut off.
+    pub async fn shutdown(self) -> usize {
+        self.stop.cancel();
+        self.tracker.close();
+        let open = self.tracker.len();
+        if open > 0 {
+            tracing::info!(open, grace = ?self.grace, "draining connections");
+        }
+        match tokio::time::timeout(self.grace, self.tracker.wait()).await {
+            Ok(()) => 0,
+            Err(_) => {
+                let left = self.tracker.len();
+                tracing::warn!(left, "grace period over; closing remaining connections");
+                left
+            }
+        }
+    }
+}
+
+/// Resolve when SIGINT or SIGTERM arrives.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}

@@ -1,0 +1,247 @@
+//! Pools and backends with the live numbers the host keeps for them.
+
+use crate::plugin::bindings::types;
+use crate::plugin::PluginInstance;
+use arc_swap::ArcSwap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Live counters of one backend, kept by the host.
+#[derive(Debug, Default)]
+pub struct BackendStats {
+    active: AtomicU32,
+    total: AtomicU64,
+    /// Bytes received from the backend.
+    rx: AtomicU64,
+    /// Bytes sent to the backend.
+    tx: AtomicU64,
+    /// Connect failures.
+    failures: AtomicU64,
+    latency_us: AtomicU32,
+    bytes_per_sec: AtomicU64,
+}
+
+impl BackendStats {
+    /// Connections (or requests) open now.
+    pub fn active(&self) -> u32 {
+        self.active.load(Ordering::Relaxed)
+    }
+    /// Connections (or requests) ever sent.
+    pub fn total(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
+    }
+    /// Bytes received from the backend.
+    pub fn rx(&self) -> u64 {
+        self.rx.load(Ordering::Relaxed)
+    }
+    /// Bytes sent to the backend.
+    pub fn tx(&self) -> u64 {
+        self.tx.load(Ordering::Relaxed)
+    }
+    /// Failed connection attempts.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+    /// Recent connect latency, microseconds (EWMA).
+    pub fn latency_us(&self) -> u32 {
+        self.latency_us.load(Ordering::Relaxed)
+    }
+    /// Recent rx+tx bytes per second.
+    pub fn bytes_per_sec(&self) -> u64 {
+        self.bytes_per_sec.load(Ordering::Relaxed)
+    }
+    /// Count bytes received from the backend.
+    pub fn add_rx(&self, n: u64) {
+        self.rx.fetch_add(n, Ordering::Relaxed);
+    }
+    /// Count bytes sent to the backend.
+    pub fn add_tx(&self, n: u64) {
+        self.tx.fetch_add(n, Ordering::Relaxed);
+    }
+    /// Record a failed connection attempt.
+    pub fn record_failure(&self) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+    }
+    /// Record a connect latency sample (EWMA with weight 1/8).
+    pub fn record_latency(&self, d: Duration) {
+        let sample = d.as_micros().min(u32::MAX as u128) as u32;
+        let old = self.latency_us.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            sample
+        } else {
+            old - old / 8 + sample / 8
+        };
+        self.latency_us.store(new, Ordering::Relaxed);
+    }
+    /// Mark a connection as open; the guard closes it.
+    pub fn open(self: &Arc<Self>) -> ActiveGuard {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        self.total.fetch_add(1, Ordering::Relaxed);
+        ActiveGuard(self.clone())
+    }
+}
+
+/// Decrements a backend's active count when dropped.
+pub struct ActiveGuard(Arc<BackendStats>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One backend of a pool.
+#[derive(Debug)]
+pub struct Backend {
+    /// Position in the pool.
+    pub slot: u32,
+    /// `host:port`.
+    pub address: String,
+    /// Relative weight.
+    pub weight: u32,
+    /// Priority group (lower preferred).
+    pub priority: u32,
+    /// Labels.
+    pub tags: Vec<String>,
+    /// Live counters.
+    pub stats: Arc<BackendStats>,
+    healthy: AtomicBool,
+}
+
+impl Backend {
+    /// Whether the backend may receive new work.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+}
+
+/// Static backend data for building a pool.
+#[derive(Debug, Clone)]
+pub struct BackendSpec {
+    /// `host:port`.
+    pub address: String,
+    /// Relative weight.
+    pub weight: u32,
+    /// Priority group.
+    pub priority: u32,
+    /// Labels.
+    pub tags: Vec<String>,
+}
+
+/// A named set of backends with one balancer.
+pub struct Pool {
+    /// Process-unique id, handed to balancers.
+    pub id: u32,
+    /// Name from the config.
+    pub name: String,
+    /// Version of the backend list; balancers get `set-backends` when it changes.
+    pub version: u64,
+    /// The backends, indexed by slot.
+    pub backends: Vec<Arc<Backend>>,
+    /// The backend list as balancers receive it.
+    pub wit_backends: Vec<types::Backend>,
+    /// The balancer plugin.
+    pub balancer: Arc<PluginInstance>,
+    /// Backend connect timeout.
+    pub connect_timeout: Duration,
+    /// Backends tried per connection.
+    pub max_tries: u32,
+    healthy: ArcSwap<Vec<u32>>,
+    fallback_next: AtomicUsize,
+}
+
+static NEXT_POOL_ID: AtomicU32 = AtomicU32::new(1);
+
+impl Pool {
+    /// A pool with every backend healthy.
+    pub fn new(
+        name: &str,
+        specs: Vec<BackendSpec>,
+        balancer: Arc<PluginInstance>,
+        connect_timeout: Duration,
+        max_tries: u32,
+    ) -> Self {
+        let backends: Vec<Arc<Backend>> = specs
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| {
+                Arc::new(Backend {
+                    slot: i as u32,
+                    address: s.address,
+                    weight: s.weight,
+                    priority: s.priority,
+                    tags: s.tags,
+                    stats: Arc::default(),
+                    healthy: AtomicBool::new(true),
+                })
+            })
+            .collect();
+        let wit_backends = backends
+            .iter()
+            .map(|b| types::Backend {
+                slot: b.slot,
+                address: b.address.clone(),
+                weight: b.weight,
+                priority: b.priority,
+                tags: b.tags.clone(),
+            })
+            .collect();
+        let healthy = (0..backends.len() as u32).collect();
+        Self {
+            id: NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed),
+            name: name.into(),
+            version: 1,
+            backends,
+            wit_backends,
+            balancer,
+            connect_timeout,
+            max_tries,
+            healthy: ArcSwap::from_pointee(healthy),
+            fallback_next: AtomicUsize::new(0),
+        }
+    }
+
+    /// Mark a backend healthy or not; returns whether that changed anything.
+    pub fn set_healthy(&self, slot: u32, healthy: bool) -> bool {
+        let Some(b) = self.backends.get(slot as usize) else {
+            return false;
+        };
+        if b.healthy.swap(healthy, Ordering::Relaxed) == healthy {
+            return false;
+        }
+        let list: Vec<u32> = self
+            .backends
+            .iter()
+            .filter(|b| b.is_healthy())
+            .map(|b| b.slot)
+            .collect();
+        self.healthy.store(Arc::new(list));
+        true
+    }
+
+    /// Slots eligible for a new attempt: healthy and not in `tried`.
+    /// Without exclusions this is the shared healthy list, not a copy.
+    pub fn eligible(&self, tried: &[u32]) -> Arc<Vec<u32>> {
+        let healthy = self.healthy.load_full();
+        if tried.is_empty() {
+            return healthy;
+        }
+        Arc::new(
+            healthy
+                .iter()
+                .copied()
+                .filter(|s| !tried.contains(s))
+                .collect(),
+        )
+    }
+
+    /// The native default used when the balancer plugin fails open: round-robin.
+    pub fn fallback_pick(&self, eligible: &[u32]) -> Option<u32> {
+        if eligible.is_empty() {
+            return None;
+        }
+        let n = self.fallback_next.fetch_add(1, Ordering::Relaxed);
+        Some(eligible[n % eligible.len()])
+    }
+}
