@@ -4,7 +4,7 @@
 use crate::config::{ConfigError, Fallback, Loaded};
 use crate::l4::{self, TcpService};
 use crate::plugin::{Limits, LoadError, PluginInstance, Runtime, World};
-use crate::upstream::{BackendSpec, Pool};
+use crate::upstream::{BackendSpec, Pool, PoolSettings};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -157,7 +157,13 @@ impl Prepared {
                 })
                 .collect();
             let balancer = plugins[p.balancer.get_ref()].clone();
-            let pool = Pool::new(name, specs, balancer, p.connect_timeout.0, p.max_tries);
+            let settings = PoolSettings {
+                connect_timeout: p.connect_timeout.0,
+                max_tries: p.max_tries,
+                max_fails: p.max_fails,
+                fail_timeout: p.fail_timeout.0,
+            };
+            let pool = Pool::new(name, specs, balancer, settings);
             pools.insert(name.clone(), Arc::new(pool));
         }
         Ok(Self {

@@ -1,1 +1,177 @@
-//! Shared helpers for weir integration tests.
+//! Shared helpers for weir's integration tests: tagged echo backends that can
+//! be stopped and restarted, weir started in-process from a config text, a
+//! client that sends, half-closes and reads everything back, and the paths of
+//! the example and test plugin components.
+
+use anyhow::{bail, Context, Result};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use weir::config::{Loaded, Source};
+use weir::plugin::Runtime;
+use weir::Server;
+
+/// Every network wait in the tests is bounded by this.
+pub const STEP: Duration = Duration::from_secs(10);
+
+/// A component built from `examples/plugins/rust/<name>` or `tests/plugins/<name>`.
+pub fn component(package: &str) -> PathBuf {
+    let path = PathBuf::from(env!("WEIR_TEST_COMPONENTS")).join(format!("{package}.wasm"));
+    assert!(path.exists(), "{} was not built", path.display());
+    path
+}
+
+/// A backend that writes its name and a newline, then echoes every byte it
+/// receives until the client half-closes, then closes its side.
+pub struct EchoBackend {
+    /// Name sent first on every connection.
+    pub name: String,
+    /// Bound address.
+    pub addr: SocketAddr,
+    accepted: Arc<AtomicU64>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl EchoBackend {
+    /// Start on a free loopback port.
+    pub async fn start(name: &str) -> Result<Self> {
+        Self::start_on(name, "127.0.0.1:0".parse()?).await
+    }
+
+    /// Start on a given address (to restart a stopped backend on its port).
+    pub async fn start_on(name: &str, addr: SocketAddr) -> Result<Self> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
+        let addr = listener.local_addr()?;
+        let accepted = Arc::new(AtomicU64::new(0));
+        let task = tokio::spawn(serve_echo(listener, name.to_string(), accepted.clone()));
+        Ok(Self {
+            name: name.into(),
+            addr,
+            accepted,
+            task: Some(task),
+        })
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Stop listening (new connections are refused) and end open connections.
+    pub async fn stop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+
+    /// Start again on the same port.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.stop().await;
+        let again = Self::start_on(&self.name, self.addr).await?;
+        *self = again;
+        Ok(())
+    }
+}
+
+impl Drop for EchoBackend {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+async fn serve_echo(listener: TcpListener, name: String, accepted: Arc<AtomicU64>) {
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            continue;
+        };
+        accepted.fetch_add(1, Ordering::SeqCst);
+        let name = name.clone();
+        // Owned by the set: aborting the server task closes these too.
+        conns.spawn(async move {
+            let (mut r, mut w) = stream.split();
+            if w.write_all(format!("{name}\n").as_bytes()).await.is_ok() {
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            }
+        });
+        while conns.try_join_next().is_some() {}
+    }
+}
+
+/// Connect, send `payload`, half-close, and read until the other side closes.
+/// Returns the backend's name and the echoed bytes.
+pub async fn exchange(addr: SocketAddr, payload: &[u8]) -> Result<(String, Vec<u8>)> {
+    let mut stream = tokio::time::timeout(STEP, TcpStream::connect(addr)).await??;
+    let (mut r, mut w) = stream.split();
+    let send = async {
+        w.write_all(payload).await?;
+        w.shutdown().await?;
+        Ok::<_, std::io::Error>(())
+    };
+    let mut got = Vec::with_capacity(payload.len() + 32);
+    let recv = r.read_to_end(&mut got);
+    let (sent, received) = tokio::time::timeout(STEP, async { tokio::join!(send, recv) }).await?;
+    sent?;
+    received?;
+    let Some(newline) = got.iter().position(|&b| b == b'\n') else {
+        bail!("no backend name in reply ({} bytes)", got.len())
+    };
+    let name = String::from_utf8(got[..newline].to_vec())?;
+    Ok((name, got[newline + 1..].to_vec()))
+}
+
+/// Connect and return what the server sent before closing (with a deadline).
+pub async fn read_all(addr: SocketAddr) -> Result<Vec<u8>> {
+    let mut stream = tokio::time::timeout(STEP, TcpStream::connect(addr)).await??;
+    let mut got = Vec::new();
+    tokio::time::timeout(STEP, stream.read_to_end(&mut got)).await??;
+    Ok(got)
+}
+
+/// A plugin runtime with a compile cache shared by the test processes.
+pub fn runtime() -> Arc<Runtime> {
+    let cache = std::env::temp_dir().join("weir-test-plugin-cache");
+    Runtime::new(Some(cache)).expect("plugin runtime")
+}
+
+/// Parse a config text (paths relative to the current directory).
+pub fn config(text: &str) -> Result<Loaded> {
+    Ok(Loaded::parse(Source {
+        origin: "test.toml".into(),
+        text: text.into(),
+    })?)
+}
+
+/// Start weir in-process on a config text.
+pub async fn start_weir(text: &str) -> Result<Server> {
+    Server::start(config(text)?, runtime()).await
+}
+
+/// Poll `cond` every 10 ms until it holds or `STEP` passes.
+pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + STEP;
+    while !cond() {
+        if tokio::time::Instant::now() > deadline {
+            bail!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
+/// TOML array of the backends' addresses.
+pub fn addresses(backends: &[&EchoBackend]) -> String {
+    let list: Vec<String> = backends.iter().map(|b| format!("\"{}\"", b.addr)).collect();
+    format!("[{}]", list.join(", "))
+}

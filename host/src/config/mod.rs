@@ -195,6 +195,16 @@ pub struct Pool {
     /// Backends tried per connection before giving up (each a different one).
     #[serde(default = "default_max_tries")]
     pub max_tries: u32,
+    /// Consecutive failed connects that take a backend out of rotation (0: never).
+    #[serde(default = "one")]
+    pub max_fails: u32,
+    /// How long a backend taken out of rotation stays out before it is tried again.
+    #[serde(default = "default_fail_timeout")]
+    pub fail_timeout: Duration,
+}
+
+fn default_fail_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 
 fn default_balancer() -> Spanned<String> {

@@ -85,7 +85,7 @@ impl TcpService {
     async fn connect(&self, conn: &types::Connection) -> Option<(TcpStream, Arc<Backend>)> {
         let pool = &self.pool;
         let mut tried: Vec<u32> = Vec::new();
-        for _ in 0..pool.max_tries {
+        for _ in 0..pool.settings.max_tries {
             let eligible = pool.eligible(&tried);
             if eligible.is_empty() {
                 break;
@@ -103,13 +103,14 @@ impl TcpService {
             let backend = &pool.backends[slot as usize];
             let started = Instant::now();
             match tokio::time::timeout(
-                pool.connect_timeout,
+                pool.settings.connect_timeout,
                 TcpStream::connect(backend.address.as_str()),
             )
             .await
             {
                 Ok(Ok(stream)) => {
                     backend.stats.record_latency(started.elapsed());
+                    pool.report_success(slot);
                     return Some((stream, backend.clone()));
                 }
                 Ok(Err(e)) => {
@@ -119,7 +120,7 @@ impl TcpService {
                     tracing::debug!(pool = %pool.name, backend = %backend.address, "connect timed out")
                 }
             }
-            backend.stats.record_failure();
+            pool.report_failure(slot);
             tried.push(slot);
         }
         tracing::warn!(pool = %pool.name, tried = tried.len(), "no backend reachable; connection closed");

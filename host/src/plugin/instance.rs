@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use wasmtime::component::{InstancePre, Resource};
-use wasmtime::{Store, StoreLimitsBuilder, Trap};
+use wasmtime::{Store, Trap};
 
 /// Per-call limits of a plugin instance.
 #[derive(Debug, Clone, Copy)]
@@ -223,16 +223,13 @@ impl PluginInstance {
 
     fn instantiate(&self, generation: &Generation) -> Result<Slot, CallError> {
         self.stats.instances_created.fetch_add(1, Ordering::Relaxed);
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(generation.limits.memory)
-            .trap_on_grow_failure(true)
-            .instances(16)
-            .tables(16)
-            .memories(4)
-            .build();
         let mut store = Store::new(
             self.runtime.engine(),
-            PluginState::new(self.name.clone(), self.runtime.shared().clone(), limits),
+            PluginState::new(
+                self.name.clone(),
+                self.runtime.shared().clone(),
+                generation.limits.memory,
+            ),
         );
         store.limiter(|s| &mut s.limits);
         store.set_epoch_deadline(Self::deadline_ticks(&generation.limits));
@@ -311,7 +308,11 @@ impl PluginInstance {
             }
             Err(e) => {
                 // The instance may be in any state after a trap: drop it.
-                let kind = classify(&e);
+                let kind = if slot.store.data().limits.hit {
+                    CallErrorKind::Memory
+                } else {
+                    classify(&e)
+                };
                 let counter = match kind {
                     CallErrorKind::Timeout => &self.stats.timeouts,
                     CallErrorKind::Memory => &self.stats.memory_exceeded,
@@ -428,7 +429,6 @@ fn describe(e: &types::Error) -> String {
 fn classify(e: &wasmtime::Error) -> CallErrorKind {
     match e.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => CallErrorKind::Timeout,
-        _ if format!("{e:?}").contains("forcing a memory growth failure") => CallErrorKind::Memory,
         _ => CallErrorKind::Trap,
     }
 }

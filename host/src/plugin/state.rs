@@ -10,7 +10,6 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use wasmtime::component::{Resource, ResourceTable};
-use wasmtime::StoreLimits;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 /// Host data behind a guest's `shared-counter` handle.
@@ -59,11 +58,53 @@ pub struct RequestHead {
     pub headers: ::http::HeaderMap,
 }
 
+/// The memory cap of a store, remembering whether it was hit so that a
+/// failed call can be told apart from an ordinary trap.
+pub struct MemoryCap {
+    /// Bytes of linear memory the instance may have.
+    pub max_bytes: usize,
+    /// Whether a growth past the cap was refused.
+    pub hit: bool,
+}
+
+/// Table elements an instance may have (indirect-call tables are small).
+const MAX_TABLE_ELEMENTS: usize = 100_000;
+
+impl wasmtime::ResourceLimiter for MemoryCap {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.max_bytes {
+            self.hit = true;
+            wasmtime::bail!(
+                "memory limit of {} bytes reached (wanted {desired})",
+                self.max_bytes
+            );
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > MAX_TABLE_ELEMENTS {
+            wasmtime::bail!("table limit of {MAX_TABLE_ELEMENTS} elements reached");
+        }
+        Ok(true)
+    }
+}
+
 /// The data of one plugin store.
 pub struct PluginState {
     pub(crate) name: Arc<str>,
     pub(crate) shared: Arc<SharedStore>,
-    pub(crate) limits: StoreLimits,
+    pub(crate) limits: MemoryCap,
     table: ResourceTable,
     wasi: WasiCtx,
     pub(crate) pick: Option<PickCall>,
@@ -71,11 +112,14 @@ pub struct PluginState {
 }
 
 impl PluginState {
-    pub(crate) fn new(name: Arc<str>, shared: Arc<SharedStore>, limits: StoreLimits) -> Self {
+    pub(crate) fn new(name: Arc<str>, shared: Arc<SharedStore>, max_memory: usize) -> Self {
         Self {
             name,
             shared,
-            limits,
+            limits: MemoryCap {
+                max_bytes: max_memory,
+                hit: false,
+            },
             table: ResourceTable::new(),
             // Nothing granted: no files, no network, no environment, no args.
             wasi: WasiCtx::builder().build(),

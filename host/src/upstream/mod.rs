@@ -107,6 +107,7 @@ pub struct Backend {
     /// Live counters.
     pub stats: Arc<BackendStats>,
     healthy: AtomicBool,
+    consecutive_failures: AtomicU32,
 }
 
 impl Backend {
@@ -129,6 +130,19 @@ pub struct BackendSpec {
     pub tags: Vec<String>,
 }
 
+/// How a pool connects to its backends and reacts to failures.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolSettings {
+    /// Backend connect timeout.
+    pub connect_timeout: Duration,
+    /// Backends tried per connection, each a different one.
+    pub max_tries: u32,
+    /// Consecutive failed connects that take a backend out of rotation (0: never).
+    pub max_fails: u32,
+    /// How long such a backend stays out before it is tried again.
+    pub fail_timeout: Duration,
+}
+
 /// A named set of backends with one balancer.
 pub struct Pool {
     /// Process-unique id, handed to balancers.
@@ -143,10 +157,8 @@ pub struct Pool {
     pub wit_backends: Vec<types::Backend>,
     /// The balancer plugin.
     pub balancer: Arc<PluginInstance>,
-    /// Backend connect timeout.
-    pub connect_timeout: Duration,
-    /// Backends tried per connection.
-    pub max_tries: u32,
+    /// Connection and failure settings.
+    pub settings: PoolSettings,
     healthy: ArcSwap<Vec<u32>>,
     fallback_next: AtomicUsize,
 }
@@ -159,8 +171,7 @@ impl Pool {
         name: &str,
         specs: Vec<BackendSpec>,
         balancer: Arc<PluginInstance>,
-        connect_timeout: Duration,
-        max_tries: u32,
+        settings: PoolSettings,
     ) -> Self {
         let backends: Vec<Arc<Backend>> = specs
             .into_iter()
@@ -174,6 +185,7 @@ impl Pool {
                     tags: s.tags,
                     stats: Arc::default(),
                     healthy: AtomicBool::new(true),
+                    consecutive_failures: AtomicU32::new(0),
                 })
             })
             .collect();
@@ -195,8 +207,7 @@ impl Pool {
             backends,
             wit_backends,
             balancer,
-            connect_timeout,
-            max_tries,
+            settings,
             healthy: ArcSwap::from_pointee(healthy),
             fallback_next: AtomicUsize::new(0),
         }
@@ -234,6 +245,38 @@ impl Pool {
                 .filter(|s| !tried.contains(s))
                 .collect(),
         )
+    }
+
+    /// A connect to `slot` succeeded.
+    pub fn report_success(&self, slot: u32) {
+        self.backends[slot as usize]
+            .consecutive_failures
+            .store(0, Ordering::Relaxed);
+    }
+
+    /// A connect to `slot` failed. After `max_fails` in a row the backend
+    /// leaves rotation for `fail_timeout`, then is tried again (nginx's
+    /// `max_fails`/`fail_timeout`).
+    pub fn report_failure(self: &Arc<Self>, slot: u32) {
+        let backend = &self.backends[slot as usize];
+        backend.stats.record_failure();
+        let max = self.settings.max_fails;
+        let failures = backend.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if max == 0 || failures < max || !self.set_healthy(slot, false) {
+            return;
+        }
+        let wait = self.settings.fail_timeout;
+        tracing::warn!(pool = %self.name, backend = %backend.address, failures, "out of rotation for {wait:?}");
+        let pool = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            pool.backends[slot as usize]
+                .consecutive_failures
+                .store(0, Ordering::Relaxed);
+            if pool.set_healthy(slot, true) {
+                tracing::info!(pool = %pool.name, backend = %pool.backends[slot as usize].address, "back in rotation");
+            }
+        });
     }
 
     /// The native default used when the balancer plugin fails open: round-robin.

@@ -1,0 +1,72 @@
+//! Test balancer: on every `every`-th call (counted across instances by a
+//! shared counter, starting with the first) it misbehaves as `mode` says —
+//! `trap`, `spin` (loop forever) or `hog` (grow memory without bound) — and
+//! otherwise picks the last eligible backend, so the tests can tell its
+//! answers from the host's fallback.
+
+use serde::Deserialize;
+use weir_sdk::balancer::*;
+
+#[derive(Deserialize)]
+struct Settings {
+    mode: String,
+    #[serde(default = "one")]
+    every: i64,
+}
+
+fn one() -> i64 {
+    1
+}
+
+struct Misbehave {
+    settings: Settings,
+    calls: SharedCounter,
+}
+
+impl Balancer for Misbehave {
+    fn init(config: Config) -> Result<Self, Error> {
+        let settings: Settings = config.parse()?;
+        if !["trap", "spin", "hog", "init-trap"].contains(&settings.mode.as_str()) {
+            return Err(Error::InvalidConfig(format!(
+                "unknown mode `{}`",
+                settings.mode
+            )));
+        }
+        if settings.mode == "init-trap" {
+            panic!("trap in init");
+        }
+        Ok(Self {
+            settings,
+            calls: SharedCounter::new("calls"),
+        })
+    }
+
+    fn pick(
+        &mut self,
+        pool: &PoolView,
+        _conn: &Connection,
+        _key: Option<&str>,
+    ) -> Result<u32, Error> {
+        let n = eligible_or_err(pool)?;
+        if self.calls.fetch_add(1) % self.settings.every.max(1) == 0 {
+            match self.settings.mode.as_str() {
+                "trap" => panic!("misbehave: trap"),
+                "spin" => {
+                    let mut x = 0u64;
+                    loop {
+                        x = std::hint::black_box(x.wrapping_add(1));
+                    }
+                }
+                _ => {
+                    let mut hoard: Vec<Vec<u8>> = Vec::new();
+                    loop {
+                        hoard.push(std::hint::black_box(vec![1u8; 1 << 20]));
+                    }
+                }
+            }
+        }
+        Ok(pool.eligible(n - 1))
+    }
+}
+
+weir_sdk::export_balancer!(Misbehave);
