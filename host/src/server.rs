@@ -3,7 +3,7 @@
 
 use crate::config::{ConfigError, Fallback, Loaded};
 use crate::l4::{self, TcpService};
-use crate::plugin::{Limits, LoadError, PluginInstance, Runtime, World};
+use crate::plugin::{Limits, LoadError, PluginInstance, PluginSpec, Runtime, World};
 use crate::upstream::{BackendSpec, Pool, PoolSettings};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -100,23 +100,21 @@ impl Prepared {
                 Some(c) => src.error(c, format!("{key}.config: {e}")),
                 None => at(e),
             };
-            let instance = runtime
-                .load(
-                    name,
-                    p.source.get_ref(),
-                    &bytes,
-                    world,
-                    json,
-                    limits,
-                    fallback,
-                )
-                .map_err(|e| {
-                    if matches!(e, LoadError::Init(_)) {
-                        at_config(e)
-                    } else {
-                        at(e)
-                    }
-                })?;
+            let spec = PluginSpec {
+                name: name.clone(),
+                source: p.source.get_ref().clone(),
+                world,
+                config_json: json,
+                limits,
+                fallback,
+            };
+            let instance = runtime.load(spec, &bytes).map_err(|e| {
+                if matches!(e, LoadError::Init(_)) {
+                    at_config(e)
+                } else {
+                    at(e)
+                }
+            })?;
             plugins.insert(name.clone(), instance);
         }
         for (name, (world, at)) in &uses {
@@ -126,17 +124,15 @@ impl Prepared {
             // `builtin:<name>` used directly: default config and limits.
             let fail = |e: LoadError| src.error(at, format!("{name}: {e}"));
             let bytes = Runtime::read_source(name, loaded.base_dir()).map_err(fail)?;
-            let instance = runtime
-                .load(
-                    name,
-                    name,
-                    &bytes,
-                    *world,
-                    "{}".into(),
-                    Limits::default(),
-                    default_fallback(*world),
-                )
-                .map_err(fail)?;
+            let spec = PluginSpec {
+                name: name.clone(),
+                source: name.clone(),
+                world: *world,
+                config_json: "{}".into(),
+                limits: Limits::default(),
+                fallback: default_fallback(*world),
+            };
+            let instance = runtime.load(spec, &bytes).map_err(fail)?;
             plugins.insert(name.clone(), instance);
         }
 

@@ -29,7 +29,7 @@ pub fn random_u64() -> u64 {
 
 /// A uniformly distributed number in `0..n` (`n` > 0).
 pub fn random_below(n: u32) -> u32 {
-    ((random_u64() >> 32) * n as u64 >> 32) as u32
+    (((random_u64() >> 32) * n as u64) >> 32) as u32
 }
 
 /// Read a value from the host's shared key-value store.

@@ -5,7 +5,7 @@
 
 use super::bindings::{access, balancer, types};
 use super::state::{PickCall, PluginState, RequestHead};
-use super::{LoadError, Runtime, World};
+use super::{LoadError, PluginSpec, Runtime, World};
 use crate::config::Fallback;
 use crate::upstream::Pool;
 use arc_swap::ArcSwap;
@@ -141,30 +141,24 @@ pub struct PluginInstance {
 }
 
 impl PluginInstance {
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         runtime: Arc<Runtime>,
-        name: &str,
-        source: &str,
-        world: World,
+        spec: PluginSpec,
         pre: InstancePre<PluginState>,
-        config_json: String,
-        limits: Limits,
-        fallback: Fallback,
         hash: String,
     ) -> Result<Arc<Self>, LoadError> {
         let generation = Generation {
             pre,
-            config_json,
-            limits,
+            config_json: spec.config_json,
+            limits: spec.limits,
             idle: Mutex::new(Vec::new()),
             hash,
         };
         let this = Self {
-            name: name.into(),
-            source: source.into(),
-            world,
-            fallback,
+            name: spec.name.into(),
+            source: spec.source,
+            world: spec.world,
+            fallback: spec.fallback,
             runtime,
             current: ArcSwap::from_pointee(generation),
             stats: PluginStats::default(),

@@ -121,6 +121,23 @@ pub enum LoadError {
     Init(String),
 }
 
+/// What a plugin instance is: everything but the component bytes.
+#[derive(Debug, Clone)]
+pub struct PluginSpec {
+    /// Instance name (config key, or `builtin:<name>` when used directly).
+    pub name: String,
+    /// Where the component came from.
+    pub source: String,
+    /// The phase it serves.
+    pub world: World,
+    /// Its config as JSON, handed to `init`.
+    pub config_json: String,
+    /// Per-call limits.
+    pub limits: Limits,
+    /// What callers do when a call fails.
+    pub fallback: crate::config::Fallback,
+}
+
 /// The process-wide plugin runtime.
 pub struct Runtime {
     engine: Engine,
@@ -285,15 +302,11 @@ impl Runtime {
     /// on the first connection.
     pub fn load(
         self: &Arc<Self>,
-        name: &str,
-        source: &str,
+        spec: PluginSpec,
         bytes: &[u8],
-        world: World,
-        config_json: String,
-        limits: Limits,
-        fallback: crate::config::Fallback,
     ) -> Result<Arc<PluginInstance>, LoadError> {
         let component = self.compile(bytes)?;
+        let world = spec.world;
         if !self.worlds(&component).contains(&world) {
             let found = self.exports(&component);
             let found = if found.is_empty() {
@@ -311,17 +324,7 @@ impl Runtime {
             .instantiate_pre(&component)
             .map_err(|e| LoadError::Link(format!("{e:#}")))?;
         let hash = hex::encode(&Sha256::digest(bytes)[..8]);
-        PluginInstance::new(
-            self.clone(),
-            name,
-            source,
-            world,
-            pre,
-            config_json,
-            limits,
-            fallback,
-            hash,
-        )
+        PluginInstance::new(self.clone(), spec, pre, hash)
     }
 
     pub(crate) fn engine(&self) -> &Engine {

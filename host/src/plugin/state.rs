@@ -25,9 +25,12 @@ pub struct RequestRep;
 /// instance name, shared across worker threads and generations.
 #[derive(Default)]
 pub struct SharedStore {
-    counters: Mutex<HashMap<(Arc<str>, String), Arc<AtomicI64>>>,
-    kv: Mutex<HashMap<(Arc<str>, String), Vec<u8>>>,
+    counters: Mutex<HashMap<Key, Arc<AtomicI64>>>,
+    kv: Mutex<HashMap<Key, Vec<u8>>>,
 }
+
+/// (plugin instance name, key).
+type Key = (Arc<str>, String);
 
 impl SharedStore {
     /// The counter `name` of namespace `ns`, created at zero.
