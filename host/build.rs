@@ -11,10 +11,7 @@ fn main() {
     for dir in ["plugins", "sdk", "wit"] {
         println!("cargo:rerun-if-changed={}", workspace.join(dir).display());
     }
-    println!(
-        "cargo:rerun-if-changed={}",
-        workspace.join("Cargo.lock").display()
-    );
+    println!("cargo:rerun-if-changed={}", workspace.join("Cargo.lock").display());
 
     let mut say = |line: &str| println!("cargo:warning=weir: {line}");
     let toolchain = match weir_xtask::ensure_toolchain(&mut say) {
@@ -22,29 +19,16 @@ fn main() {
         Err(e) => panic!("{e:#}"),
     };
     let dirs = weir_xtask::plugin_dirs(&workspace.join("plugins")).unwrap();
-    let packages: Vec<String> = dirs
-        .iter()
-        .map(|d| weir_xtask::package_name(d).unwrap())
-        .collect();
+    let packages: Vec<String> = dirs.iter().map(|d| weir_xtask::package_name(d).unwrap()).collect();
     let target = weir_xtask::target_dir_from_out_dir(&out_dir).join("wasm");
-    let built = weir_xtask::build_components(
-        &toolchain,
-        &workspace,
-        &packages,
-        &target,
-        &out_dir.join("plugins"),
-    )
-    .unwrap_or_else(|e| panic!("{e:#}"));
+    let built = weir_xtask::build_components(&toolchain, &workspace, &packages, &target, &out_dir.join("plugins"))
+        .unwrap_or_else(|e| panic!("{e:#}"));
 
-    let mut code = String::from("/// Bundled plugins: (name, component bytes).\npub static BUNDLED: &[(&str, &[u8])] = &[\n");
+    let mut code =
+        String::from("/// Bundled plugins: (name, component bytes).\npub static BUNDLED: &[(&str, &[u8])] = &[\n");
     for (dir, path) in dirs.iter().zip(&built) {
         let name = dir.file_name().unwrap().to_string_lossy();
-        writeln!(
-            code,
-            "    ({name:?}, include_bytes!({:?})),",
-            path.display().to_string()
-        )
-        .unwrap();
+        writeln!(code, "    ({name:?}, include_bytes!({:?})),", path.display().to_string()).unwrap();
     }
     code.push_str("];\n");
     std::fs::write(out_dir.join("bundled.rs"), code).unwrap();

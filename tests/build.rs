@@ -7,14 +7,8 @@ fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
     let workspace = manifest.parent().unwrap().to_path_buf();
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").unwrap());
-    let sources = [
-        workspace.join("examples/plugins/rust"),
-        manifest.join("plugins"),
-    ];
-    for dir in sources
-        .iter()
-        .chain([&workspace.join("sdk"), &workspace.join("wit")])
-    {
+    let sources = [workspace.join("examples/plugins/rust"), manifest.join("plugins")];
+    for dir in sources.iter().chain([&workspace.join("sdk"), &workspace.join("wit")]) {
         println!("cargo:rerun-if-changed={}", dir.display());
     }
     let mut say = |line: &str| println!("cargo:warning=weir: {line}");
@@ -29,8 +23,5 @@ fn main() {
     let components = out_dir.join("components");
     weir_xtask::build_components(&toolchain, &workspace, &packages, &target, &components)
         .unwrap_or_else(|e| panic!("{e:#}"));
-    println!(
-        "cargo:rustc-env=WEIR_TEST_COMPONENTS={}",
-        components.display()
-    );
+    println!("cargo:rustc-env=WEIR_TEST_COMPONENTS={}", components.display());
 }

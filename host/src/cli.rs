@@ -9,11 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(
-    name = "weir",
-    version,
-    about = "A load balancer whose decisions are WebAssembly plugins"
-)]
+#[command(name = "weir", version, about = "A load balancer whose decisions are WebAssembly plugins")]
 struct Cli {
     /// Log filter (e.g. `info`, `weir=debug`); `RUST_LOG` is used when unset.
     #[arg(long, global = true)]
@@ -69,13 +65,7 @@ fn tokio_runtime(workers: Option<usize>) -> Result<tokio::runtime::Runtime> {
 }
 
 fn plugin_runtime(loaded: &Loaded) -> Result<std::sync::Arc<Runtime>> {
-    let cache = loaded
-        .config
-        .runtime
-        .plugin_cache
-        .as_ref()
-        .map(PathBuf::from)
-        .or_else(Runtime::default_cache_dir);
+    let cache = loaded.config.runtime.plugin_cache.as_ref().map(PathBuf::from).or_else(Runtime::default_cache_dir);
     Runtime::new(cache)
 }
 
@@ -109,19 +99,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Plugins => {
             let runtime = Runtime::new(Runtime::default_cache_dir())?;
             for (name, bytes) in BUNDLED {
-                let component = runtime
-                    .compile(bytes)
-                    .with_context(|| format!("bundled plugin {name}"))?;
-                let worlds: Vec<&str> = runtime
-                    .worlds(&component)
-                    .iter()
-                    .map(|w| w.name())
-                    .collect();
-                println!(
-                    "builtin:{name:<24} {:<16} {:>7} bytes",
-                    worlds.join(","),
-                    bytes.len()
-                );
+                let component = runtime.compile(bytes).with_context(|| format!("bundled plugin {name}"))?;
+                let worlds: Vec<&str> = runtime.worlds(&component).iter().map(|w| w.name()).collect();
+                println!("builtin:{name:<24} {:<16} {:>7} bytes", worlds.join(","), bytes.len());
             }
         }
         Command::Demo { port } => {
@@ -129,11 +109,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 origin: "examples/quickstart.toml".into(),
                 text: crate::demo::QUICKSTART.into(),
             })?;
-            let front = loaded
-                .config
-                .listeners
-                .get_mut("front")
-                .expect("quick-start listener");
+            let front = loaded.config.listeners.get_mut("front").expect("quick-start listener");
             *front.bind.get_mut() = format!("127.0.0.1:{port}");
             let backends: Vec<std::net::SocketAddr> = loaded.config.pools["demo"]
                 .backends

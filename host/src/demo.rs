@@ -34,12 +34,10 @@ async fn answer(mut stream: TcpStream, name: &str) -> std::io::Result<()> {
         }
     }
     let data = &buf[..len];
-    let is_http = data.split(|&b| b == b' ').next().is_some_and(|m| {
-        matches!(
-            m,
-            b"GET" | b"HEAD" | b"POST" | b"PUT" | b"DELETE" | b"OPTIONS" | b"PATCH"
-        )
-    });
+    let is_http = data
+        .split(|&b| b == b' ')
+        .next()
+        .is_some_and(|m| matches!(m, b"GET" | b"HEAD" | b"POST" | b"PUT" | b"DELETE" | b"OPTIONS" | b"PATCH"));
     if is_http {
         let body = format!("hello from {name}\n");
         let reply = format!(

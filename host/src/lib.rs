@@ -9,6 +9,7 @@ pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod l4;
+pub mod l7;
 pub mod plugin;
 pub mod server;
 pub mod upstream;

@@ -1,8 +1,10 @@
 //! Builds the running proxy from a config: loads every plugin instance,
 //! builds pools, binds listeners and runs them until shutdown.
 
+use crate::config::Protocol;
 use crate::config::{ConfigError, Fallback, Loaded};
 use crate::l4::{self, TcpService};
+use crate::l7::{self, HttpPool, HttpService, HttpSettings};
 use crate::plugin::{Limits, LoadError, PluginInstance, PluginSpec, Runtime, World};
 use crate::upstream::{BackendSpec, Pool, PoolSettings};
 use std::collections::BTreeMap;
@@ -40,13 +42,8 @@ impl Prepared {
         let mut note =
             |r: &Spanned<String>, world: World, key: String| -> Result<(), ConfigError> {
                 match uses.get(r.get_ref()) {
-                    Some((w, _)) if *w != world => Err(src.error(
-                        r,
-                        format!(
-                            "{key}: plugin instance `{}` is already used as a {w} plugin",
-                            r.get_ref()
-                        ),
-                    )),
+                    Some((w, _)) if *w != world => Err(src
+                        .error(r, format!("{key}: plugin instance `{}` is already used as a {w} plugin", r.get_ref()))),
                     Some(_) => Ok(()),
                     None => {
                         uses.insert(r.get_ref().clone(), (world, r.clone()));
@@ -55,23 +52,21 @@ impl Prepared {
                 }
             };
         for (name, pool) in &cfg.pools {
-            note(
-                &pool.balancer,
-                World::Balancer,
-                format!("pools.{name}.balancer"),
-            )?;
+            note(&pool.balancer, World::Balancer, format!("pools.{name}.balancer"))?;
         }
         for (name, l) in &cfg.listeners {
             for a in &l.access {
                 note(a, World::AccessFilter, format!("listeners.{name}.access"))?;
+            }
+            if let Some(r) = &l.router {
+                note(r, World::Router, format!("listeners.{name}.router"))?;
             }
         }
 
         let mut plugins = BTreeMap::new();
         for (name, p) in &cfg.plugins {
             let key = format!("plugins.{name}");
-            let at =
-                |e: LoadError| src.error(&p.source, format!("{key}: {}: {e}", p.source.get_ref()));
+            let at = |e: LoadError| src.error(&p.source, format!("{key}: {}: {e}", p.source.get_ref()));
             let bytes = Runtime::read_source(p.source.get_ref(), loaded.base_dir()).map_err(at)?;
             let world = match uses.get(name) {
                 Some((w, _)) => *w,
@@ -85,16 +80,9 @@ impl Prepared {
                     })?
                 }
             };
-            let config = p
-                .config
-                .as_ref()
-                .map(|c| c.get_ref().clone())
-                .unwrap_or_default();
+            let config = p.config.as_ref().map(|c| c.get_ref().clone()).unwrap_or_default();
             let json = serde_json::to_string(&config).expect("TOML tables are JSON-representable");
-            let limits = Limits {
-                timeout: p.timeout.0,
-                memory: p.memory_limit.0 as usize,
-            };
+            let limits = Limits { timeout: p.timeout.0, memory: p.memory_limit.0 as usize };
             let fallback = p.fallback.unwrap_or(default_fallback(world));
             let at_config = |e: LoadError| match &p.config {
                 Some(c) => src.error(c, format!("{key}.config: {e}")),
@@ -144,12 +132,7 @@ impl Prepared {
                 .iter()
                 .map(|b| {
                     let t = b.get_ref().table();
-                    BackendSpec {
-                        address: t.address,
-                        weight: t.weight,
-                        priority: t.priority,
-                        tags: t.tags,
-                    }
+                    BackendSpec { address: t.address, weight: t.weight, priority: t.priority, tags: t.tags }
                 })
                 .collect();
             let balancer = plugins[p.balancer.get_ref()].clone();
@@ -158,15 +141,28 @@ impl Prepared {
                 max_tries: p.max_tries,
                 max_fails: p.max_fails,
                 fail_timeout: p.fail_timeout.0,
+                response_timeout: p.response_timeout.0,
+                hash_key: p.hash_key.as_ref().and_then(|k| crate::upstream::HashKey::parse(k.get_ref())),
             };
             let pool = Pool::new(name, specs, balancer, settings);
             pools.insert(name.clone(), Arc::new(pool));
         }
-        Ok(Self {
-            plugins,
-            pools,
-            loaded,
-        })
+        Ok(Self { plugins, pools, loaded })
+    }
+}
+
+impl Prepared {
+    /// Every pool with an HTTP client of its own.
+    fn http_pools(&self) -> BTreeMap<String, HttpPool> {
+        let cfg = &self.loaded.config;
+        self.pools
+            .iter()
+            .map(|(name, pool)| {
+                let p = &cfg.pools[name];
+                let client = l7::upstream_client(p.http2, p.keepalive, p.keepalive_timeout.0, p.connect_timeout.0);
+                (name.clone(), HttpPool { pool: pool.clone(), client, http2: p.http2 })
+            })
+            .collect()
     }
 }
 
@@ -181,11 +177,7 @@ pub struct Server {
 }
 
 fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<tokio::net::TcpListener> {
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::STREAM,
-        None,
-    )?;
+    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
@@ -201,39 +193,49 @@ impl Server {
         let stop = CancellationToken::new();
         let tracker = TaskTracker::new();
         let mut listeners = BTreeMap::new();
+        let mut http_pools = None;
         let cfg = &prepared.loaded.config;
         for (name, l) in &cfg.listeners {
             let addr: SocketAddr = l.bind.get_ref().parse()?;
             let listener = bind(addr, l.backlog).map_err(|e| {
-                prepared.loaded.source.error(
-                    &l.bind,
-                    format!("listeners.{name}.bind: cannot bind {addr}: {e}"),
-                )
+                prepared.loaded.source.error(&l.bind, format!("listeners.{name}.bind: cannot bind {addr}: {e}"))
             })?;
             let local = listener.local_addr()?;
-            let service = Arc::new(TcpService {
-                name: name.as_str().into(),
-                local,
-                pool: prepared.pools[l.pool.get_ref()].clone(),
-                access: l
-                    .access
-                    .iter()
-                    .map(|a| prepared.plugins[a.get_ref()].clone())
-                    .collect(),
-                idle_timeout: l.idle_timeout.0,
-            });
-            tracing::info!(listener = %name, %local, pool = %l.pool.get_ref(), "listening (tcp)");
-            tokio::spawn(l4::serve(listener, service, stop.clone(), tracker.clone()));
+            let access = l.access.iter().map(|a| prepared.plugins[a.get_ref()].clone()).collect();
+            match l.protocol {
+                Protocol::Tcp => {
+                    let service = Arc::new(TcpService {
+                        name: name.as_str().into(),
+                        local,
+                        pool: prepared.pools[l.pool.get_ref()].clone(),
+                        access,
+                        idle_timeout: l.idle_timeout.0,
+                    });
+                    tokio::spawn(l4::serve(listener, service, stop.clone(), tracker.clone()));
+                }
+                Protocol::Http => {
+                    let pools = http_pools.get_or_insert_with(|| Arc::new(prepared.http_pools()));
+                    let service = Arc::new(HttpService {
+                        name: name.as_str().into(),
+                        local,
+                        default_pool: pools[l.pool.get_ref()].clone(),
+                        pools: pools.clone(),
+                        access,
+                        router: l.router.as_ref().map(|r| prepared.plugins[r.get_ref()].clone()),
+                        settings: HttpSettings {
+                            header_timeout: l.header_timeout.0,
+                            max_header_size: l.max_header_size.0 as usize,
+                            x_forwarded: l.x_forwarded,
+                            via: l.via,
+                        },
+                    });
+                    tokio::spawn(l7::serve(listener, service, stop.clone(), tracker.clone()));
+                }
+            }
+            tracing::info!(listener = %name, %local, protocol = ?l.protocol, pool = %l.pool.get_ref(), "listening");
             listeners.insert(name.clone(), local);
         }
-        Ok(Self {
-            prepared,
-            listeners,
-            stop,
-            tracker,
-            grace,
-            _runtime: runtime,
-        })
+        Ok(Self { prepared, listeners, stop, tracker, grace, _runtime: runtime })
     }
 
     /// The bound address of a listener.

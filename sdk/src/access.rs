@@ -39,10 +39,7 @@ pub trait AccessFilter: Sized + 'static {
 
 /// A deny verdict with a reason and an optional HTTP status.
 pub fn deny(reason: impl Into<String>, status: Option<u16>) -> Verdict {
-    Verdict::Deny(DenyInfo {
-        reason: reason.into(),
-        status,
-    })
+    Verdict::Deny(DenyInfo { reason: reason.into(), status })
 }
 
 /// Export an [`AccessFilter`] implementation as the plugin's `access-filter` world.
@@ -50,11 +47,11 @@ pub fn deny(reason: impl Into<String>, status: Option<u16>) -> Verdict {
 macro_rules! export_access_filter {
     ($plugin:ty) => {
         const _: () = {
+            use std::cell::RefCell;
             use $crate::access::bindings::exports::weir::plugin::access::{Guest, Verdict};
             use $crate::access::bindings::weir::plugin::http::Request;
-            use $crate::imports::weir::plugin::types::{Connection, Error};
             use $crate::access::AccessFilter;
-            use std::cell::RefCell;
+            use $crate::imports::weir::plugin::types::{Connection, Error};
 
             thread_local! {
                 static STATE: RefCell<Option<$plugin>> = const { RefCell::new(None) };
@@ -86,9 +83,13 @@ macro_rules! export_access_filter {
             // Exports exist only on wasm32; natively the plugin is a plain
             // library for unit tests, and this keeps its code counted as used.
             #[cfg(target_arch = "wasm32")]
-            $crate::access::bindings::__export_access_filter_world!(WeirExport with_types_in $crate::access::bindings);
+    $crate::access::bindings::__export_access_filter_world!(WeirExport with_types_in $crate::access::bindings);
             #[cfg(not(target_arch = "wasm32"))]
-            let _ = [<WeirExport as Guest>::init as *const (), <WeirExport as Guest>::check_connection as *const (), <WeirExport as Guest>::check_request as *const ()];
+            let _ = [
+                <WeirExport as Guest>::init as *const (),
+                <WeirExport as Guest>::check_connection as *const (),
+                <WeirExport as Guest>::check_request as *const (),
+            ];
         };
     };
 }

@@ -32,12 +32,7 @@ pub trait Balancer: Sized + 'static {
     }
 
     /// Pick the slot of an eligible backend.
-    fn pick(
-        &mut self,
-        pool: &PoolView,
-        conn: &Connection,
-        hash_key: Option<&str>,
-    ) -> Result<u32, Error>;
+    fn pick(&mut self, pool: &PoolView, conn: &Connection, hash_key: Option<&str>) -> Result<u32, Error>;
 }
 
 /// The number of eligible backends, or an `unavailable` error when there are none.
@@ -53,11 +48,11 @@ pub fn eligible_or_err(pool: &PoolView) -> Result<u32, Error> {
 macro_rules! export_balancer {
     ($plugin:ty) => {
         const _: () = {
+            use std::cell::RefCell;
             use $crate::balancer::bindings::exports::weir::plugin::balance::Guest;
             use $crate::balancer::bindings::weir::plugin::pool::PoolView;
-            use $crate::imports::weir::plugin::types::{Backend, Connection, Error};
             use $crate::balancer::Balancer;
-            use std::cell::RefCell;
+            use $crate::imports::weir::plugin::types::{Backend, Connection, Error};
 
             thread_local! {
                 static STATE: RefCell<Option<$plugin>> = const { RefCell::new(None) };
@@ -89,9 +84,13 @@ macro_rules! export_balancer {
             // Exports exist only on wasm32; natively the plugin is a plain
             // library for unit tests, and this keeps its code counted as used.
             #[cfg(target_arch = "wasm32")]
-            $crate::balancer::bindings::__export_balancer_world!(WeirExport with_types_in $crate::balancer::bindings);
+    $crate::balancer::bindings::__export_balancer_world!(WeirExport with_types_in $crate::balancer::bindings);
             #[cfg(not(target_arch = "wasm32"))]
-            let _ = [<WeirExport as Guest>::init as *const (), <WeirExport as Guest>::set_backends as *const (), <WeirExport as Guest>::pick as *const ()];
+            let _ = [
+                <WeirExport as Guest>::init as *const (),
+                <WeirExport as Guest>::set_backends as *const (),
+                <WeirExport as Guest>::pick as *const (),
+            ];
         };
     };
 }

@@ -2,9 +2,7 @@
 //! randomness, shared counters and the shared key-value store.
 
 use crate::imports::weir::plugin::host;
-pub use crate::imports::weir::plugin::types::{
-    Backend, Connection, Error, IpAddress, Protocol, SocketAddress,
-};
+pub use crate::imports::weir::plugin::types::{Backend, Connection, Error, IpAddress, Protocol, SocketAddress};
 use std::collections::HashMap;
 
 pub use host::SharedCounter;
@@ -60,10 +58,7 @@ pub struct PerPoolCounter {
 impl PerPoolCounter {
     /// Counters named `<prefix>/<pool id>`.
     pub fn new(prefix: &'static str) -> Self {
-        Self {
-            prefix,
-            counters: HashMap::new(),
-        }
+        Self { prefix, counters: HashMap::new() }
     }
 
     /// Add one to the pool's counter and return its previous value.
@@ -74,9 +69,7 @@ impl PerPoolCounter {
     /// The pool's counter.
     pub fn counter(&mut self, pool: u32) -> &SharedCounter {
         let prefix = self.prefix;
-        self.counters
-            .entry(pool)
-            .or_insert_with(|| SharedCounter::new(&format!("{prefix}/{pool}")))
+        self.counters.entry(pool).or_insert_with(|| SharedCounter::new(&format!("{prefix}/{pool}")))
     }
 }
 
@@ -98,11 +91,7 @@ impl Config {
     /// Deserialize into the plugin's own config type. An empty config reads
     /// as an empty table. The error names the field that does not fit.
     pub fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, String> {
-        let text = if self.0.trim().is_empty() {
-            "{}"
-        } else {
-            &self.0
-        };
+        let text = if self.0.trim().is_empty() { "{}" } else { &self.0 };
         serde_json::from_str(text).map_err(|e| format!("invalid config: {e}"))
     }
 }

@@ -42,5 +42,8 @@ pub mod balancer;
 #[cfg(feature = "access-filter")]
 pub mod access;
 
+#[cfg(feature = "router")]
+pub mod router;
+
 #[doc(hidden)]
 pub use wit_bindgen as __wit_bindgen;

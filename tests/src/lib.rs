@@ -3,6 +3,8 @@
 //! client that sends, half-closes and reads everything back, and the paths of
 //! the example and test plugin components.
 
+pub mod web;
+
 use anyhow::{bail, Context, Result};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -45,18 +47,11 @@ impl EchoBackend {
 
     /// Start on a given address (to restart a stopped backend on its port).
     pub async fn start_on(name: &str, addr: SocketAddr) -> Result<Self> {
-        let listener = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding {addr}"))?;
+        let listener = TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
         let addr = listener.local_addr()?;
         let accepted = Arc::new(AtomicU64::new(0));
         let task = tokio::spawn(serve_echo(listener, name.to_string(), accepted.clone()));
-        Ok(Self {
-            name: name.into(),
-            addr,
-            accepted,
-            task: Some(task),
-        })
+        Ok(Self { name: name.into(), addr, accepted, task: Some(task) })
     }
 
     /// Connections accepted so far.
@@ -147,10 +142,7 @@ pub fn runtime() -> Arc<Runtime> {
 
 /// Parse a config text (paths relative to the current directory).
 pub fn config(text: &str) -> Result<Loaded> {
-    Ok(Loaded::parse(Source {
-        origin: "test.toml".into(),
-        text: text.into(),
-    })?)
+    Ok(Loaded::parse(Source { origin: "test.toml".into(), text: text.into() })?)
 }
 
 /// Start weir in-process on a config text.

@@ -22,10 +22,7 @@ fn weir(args: &[&str], dir: &Path) -> Outcome {
     let out = Command::new(weir_bin())
         .args(args)
         .current_dir(dir)
-        .env(
-            "WEIR_CACHE_DIR",
-            std::env::temp_dir().join("weir-test-plugin-cache"),
-        )
+        .env("WEIR_CACHE_DIR", std::env::temp_dir().join("weir-test-plugin-cache"))
         .stdin(Stdio::null())
         .output()
         .expect("running weir");
@@ -64,11 +61,7 @@ fn check(dir: &Path, text: &str) -> Outcome {
 /// The one-line error `weir check` printed.
 fn error_line(o: &Outcome) -> String {
     assert!(!o.ok, "expected failure, got success: {}", o.stdout);
-    let lines: Vec<&str> = o
-        .stderr
-        .lines()
-        .filter(|l| l.starts_with("error: "))
-        .collect();
+    let lines: Vec<&str> = o.stderr.lines().filter(|l| l.starts_with("error: ")).collect();
     assert_eq!(lines.len(), 1, "one error line expected:\n{}", o.stderr);
     lines[0].to_string()
 }
@@ -78,21 +71,13 @@ fn check_accepts_a_good_config() {
     let dir = scratch("good");
     let o = check(&dir, GOOD);
     assert!(o.ok, "{}", o.stderr);
-    assert!(
-        o.stdout
-            .contains("weir.toml: ok (1 listeners, 1 pools, 2 plugin instances)"),
-        "{}",
-        o.stdout
-    );
+    assert!(o.stdout.contains("weir.toml: ok (1 listeners, 1 pools, 2 plugin instances)"), "{}", o.stdout);
 }
 
 #[test]
 fn check_names_file_line_column_and_key_of_a_typo() {
     let dir = scratch("typo");
-    let o = check(
-        &dir,
-        &GOOD.replace("pool = \"web\"", "pool = \"web\"\nidle_timout = \"5s\""),
-    );
+    let o = check(&dir, &GOOD.replace("pool = \"web\"", "pool = \"web\"\nidle_timout = \"5s\""));
     let e = error_line(&o);
     assert!(e.starts_with("error: weir.toml:12:1: "), "{e}");
     assert!(e.contains("unknown field `idle_timout`"), "{e}");
@@ -101,17 +86,9 @@ fn check_names_file_line_column_and_key_of_a_typo() {
 #[test]
 fn check_reports_a_missing_plugin_file() {
     let dir = scratch("missing");
-    let o = check(
-        &dir,
-        &GOOD.replace("builtin:ip-access", "plugins/nope.wasm"),
-    );
+    let o = check(&dir, &GOOD.replace("builtin:ip-access", "plugins/nope.wasm"));
     let e = error_line(&o);
-    assert!(
-        e.starts_with(
-            "error: weir.toml:3:10: plugins.acl: plugins/nope.wasm: cannot read plugin file"
-        ),
-        "{e}"
-    );
+    assert!(e.starts_with("error: weir.toml:3:10: plugins.acl: plugins/nope.wasm: cannot read plugin file"), "{e}");
     assert!(e.contains("No such file"), "{e}");
 }
 
@@ -122,63 +99,28 @@ fn check_reports_a_plugin_of_the_wrong_world() {
     std::fs::copy(&balancer, dir.join("first.wasm")).unwrap();
     let o = check(&dir, &GOOD.replace("builtin:ip-access", "first.wasm"));
     let e = error_line(&o);
-    assert!(
-        e.starts_with(
-            "error: weir.toml:3:10: plugins.acl: first.wasm: exports weir:plugin/balance@0.1.0"
-        ),
-        "{e}"
-    );
-    assert!(
-        e.contains("access-filter plugin must export weir:plugin/access@0.1.0"),
-        "{e}"
-    );
+    assert!(e.starts_with("error: weir.toml:3:10: plugins.acl: first.wasm: exports weir:plugin/balance@0.1.0"), "{e}");
+    assert!(e.contains("access-filter plugin must export weir:plugin/access@0.1.0"), "{e}");
 }
 
 #[test]
 fn check_reports_a_file_that_is_not_wasm_and_a_bad_plugin_config() {
     let dir = scratch("notwasm");
     std::fs::write(dir.join("junk.wasm"), "this is not wasm").unwrap();
-    let e = error_line(&check(
-        &dir,
-        &GOOD.replace("builtin:ip-access", "junk.wasm"),
-    ));
-    assert!(
-        e.contains("plugins.acl: junk.wasm: not a loadable Wasm component: not WebAssembly"),
-        "{e}"
-    );
+    let e = error_line(&check(&dir, &GOOD.replace("builtin:ip-access", "junk.wasm")));
+    assert!(e.contains("plugins.acl: junk.wasm: not a loadable Wasm component: not WebAssembly"), "{e}");
 
-    let e = error_line(&check(
-        &dir,
-        &GOOD.replace("default = \"allow\"", "default = \"maybe\""),
-    ));
-    assert!(
-        e.starts_with(
-            "error: weir.toml:4:10: plugins.acl.config: init failed: invalid config: default"
-        ),
-        "{e}"
-    );
+    let e = error_line(&check(&dir, &GOOD.replace("default = \"allow\"", "default = \"maybe\"")));
+    assert!(e.starts_with("error: weir.toml:4:10: plugins.acl.config: init failed: invalid config: default"), "{e}");
 }
 
 #[test]
 fn plugins_lists_bundled_plugins_with_their_world() {
     let o = weir(&["plugins"], &std::env::temp_dir());
     assert!(o.ok, "{}", o.stderr);
-    let line = |name: &str| {
-        o.stdout
-            .lines()
-            .find(|l| l.starts_with(&format!("builtin:{name} ")))
-            .map(str::to_owned)
-    };
-    assert!(
-        line("round-robin").unwrap().contains(" balancer "),
-        "{}",
-        o.stdout
-    );
-    assert!(
-        line("ip-access").unwrap().contains(" access-filter "),
-        "{}",
-        o.stdout
-    );
+    let line = |name: &str| o.stdout.lines().find(|l| l.starts_with(&format!("builtin:{name} "))).map(str::to_owned);
+    assert!(line("round-robin").unwrap().contains(" balancer "), "{}", o.stdout);
+    assert!(line("ip-access").unwrap().contains(" access-filter "), "{}", o.stdout);
 }
 
 #[test]
@@ -191,10 +133,7 @@ fn run_serves_traffic_and_stops_on_sigterm() -> Result<()> {
     let mut child = Command::new(weir_bin())
         .args(["--log-level", "info", "run", "-c", "weir.toml"])
         .current_dir(&dir)
-        .env(
-            "WEIR_CACHE_DIR",
-            std::env::temp_dir().join("weir-test-plugin-cache"),
-        )
+        .env("WEIR_CACHE_DIR", std::env::temp_dir().join("weir-test-plugin-cache"))
         .stdin(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()?;
@@ -205,18 +144,11 @@ fn run_serves_traffic_and_stops_on_sigterm() -> Result<()> {
         assert!(Instant::now() < deadline, "no listening line");
         let line = lines.next().expect("weir exited early")?;
         if let Some(rest) = line.split("local=").nth(1) {
-            break rest
-                .split_whitespace()
-                .next()
-                .unwrap()
-                .parse::<std::net::SocketAddr>()?;
+            break rest.split_whitespace().next().unwrap().parse::<std::net::SocketAddr>()?;
         }
     };
     let (name, echoed) = rt.block_on(exchange(addr, b"through the binary"))?;
-    assert_eq!(
-        (name.as_str(), echoed.as_slice()),
-        ("cli", &b"through the binary"[..])
-    );
+    assert_eq!((name.as_str(), echoed.as_slice()), ("cli", &b"through the binary"[..]));
 
     // SAFETY: signalling our own child process.
     unsafe { libc_kill(child.id() as i32, 15) };

@@ -38,31 +38,18 @@ async fn tally(addr: std::net::SocketAddr, n: usize) -> Result<HashMap<String, u
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_robin_splits_exactly_across_worker_threads() -> Result<()> {
-    let (a, b, c) = (
-        EchoBackend::start("a").await?,
-        EchoBackend::start("b").await?,
-        EchoBackend::start("c").await?,
-    );
+    let (a, b, c) = (EchoBackend::start("a").await?, EchoBackend::start("b").await?, EchoBackend::start("c").await?);
     let weir = start_weir(&rr_config(&addresses(&[&a, &b, &c]))).await?;
     let addr = weir.listener_addr("l").unwrap();
     let seen = tally(addr, 300).await?;
-    assert_eq!(
-        seen,
-        HashMap::from([("a".into(), 100), ("b".into(), 100), ("c".into(), 100)])
-    );
+    assert_eq!(seen, HashMap::from([("a".into(), 100), ("b".into(), 100), ("c".into(), 100)]));
     // The round-robin plugin ran (no fallback), and the host counted the connections.
     let rr = weir.plugin("builtin:round-robin").unwrap();
-    assert_eq!(
-        rr.stats().calls.load(std::sync::atomic::Ordering::Relaxed),
-        300
-    );
+    assert_eq!(rr.stats().calls.load(std::sync::atomic::Ordering::Relaxed), 300);
     assert_eq!(rr.stats().recycled(), 0);
     let pool = weir.pool("p").unwrap();
     assert!(pool.backends.iter().all(|b| b.stats.total() == 100));
-    eventually("active connections to drain", || {
-        pool.backends.iter().all(|b| b.stats.active() == 0)
-    })
-    .await?;
+    eventually("active connections to drain", || pool.backends.iter().all(|b| b.stats.active() == 0)).await?;
     weir.shutdown().await;
     Ok(())
 }
@@ -75,9 +62,7 @@ async fn payloads_arrive_intact_both_ways_with_half_close() -> Result<()> {
     let mut sent = 0u64;
     for size in [1usize, 64 << 10, 16 << 20] {
         // A pattern that catches reordering and truncation, not just length.
-        let payload: Vec<u8> = (0..size)
-            .map(|i| (i % 251) as u8 ^ (i >> 16) as u8)
-            .collect();
+        let payload: Vec<u8> = (0..size).map(|i| (i % 251) as u8 ^ (i >> 16) as u8).collect();
         let (name, echoed) = exchange(addr, &payload).await?;
         assert_eq!(name, "a");
         assert_eq!(echoed.len(), payload.len(), "size {size}");
@@ -85,47 +70,31 @@ async fn payloads_arrive_intact_both_ways_with_half_close() -> Result<()> {
         sent += size as u64;
     }
     let stats = &weir.pool("p").unwrap().backends[0].stats;
-    eventually("byte counters", || {
-        stats.tx() == sent && stats.rx() == sent + 3 * 2
-    })
-    .await?;
+    eventually("byte counters", || stats.tx() == sent && stats.rx() == sent + 3 * 2).await?;
     weir.shutdown().await;
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopped_backend_is_skipped_and_rejoins() -> Result<()> {
-    let (a, mut b, c) = (
-        EchoBackend::start("a").await?,
-        EchoBackend::start("b").await?,
-        EchoBackend::start("c").await?,
-    );
+    let (a, mut b, c) =
+        (EchoBackend::start("a").await?, EchoBackend::start("b").await?, EchoBackend::start("c").await?);
     let weir = start_weir(&rr_config(&addresses(&[&a, &b, &c]))).await?;
     let addr = weir.listener_addr("l").unwrap();
     assert_eq!(tally(addr, 30).await?.len(), 3);
 
     b.stop().await;
     let seen = tally(addr, 60).await?;
-    assert_eq!(
-        seen.values().sum::<usize>(),
-        60,
-        "every connection succeeded"
-    );
+    assert_eq!(seen.values().sum::<usize>(), 60, "every connection succeeded");
     assert!(!seen.contains_key("b"), "{seen:?}");
     // One failed connect takes b out of rotation, so a and c share evenly.
-    assert!(
-        (29..=31).contains(&seen["a"]) && (29..=31).contains(&seen["c"]),
-        "{seen:?}"
-    );
+    assert!((29..=31).contains(&seen["a"]) && (29..=31).contains(&seen["c"]), "{seen:?}");
     let pool = weir.pool("p").unwrap();
     assert_eq!(pool.backends[1].stats.failures(), 1);
     assert!(!pool.backends[1].is_healthy());
 
     b.restart().await?;
-    eventually("b back in rotation after fail_timeout", || {
-        pool.backends[1].is_healthy()
-    })
-    .await?;
+    eventually("b back in rotation after fail_timeout", || pool.backends[1].is_healthy()).await?;
     let seen = tally(addr, 30).await?;
     assert_eq!(seen.get("b"), Some(&10), "{seen:?}");
     weir.shutdown().await;
@@ -163,23 +132,16 @@ access = ["acl"]
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn user_plugin_loaded_by_path_carries_traffic() -> Result<()> {
-    let (mut a, b) = (
-        EchoBackend::start("a").await?,
-        EchoBackend::start("b").await?,
-    );
+    let (mut a, b) = (EchoBackend::start("a").await?, EchoBackend::start("b").await?);
     let path = component("weir-example-first");
-    let text = rr_config(&addresses(&[&a, &b]))
-        .replace("balancer = \"builtin:round-robin\"", "balancer = \"first\"")
+    let text = rr_config(&addresses(&[&a, &b])).replace("balancer = \"builtin:round-robin\"", "balancer = \"first\"")
         + &format!("\n[plugins.first]\nsource = \"{}\"\n", path.display());
     let weir = start_weir(&text).await?;
     let addr = weir.listener_addr("l").unwrap();
     assert_eq!(tally(addr, 20).await?, HashMap::from([("a".into(), 20)]));
     a.stop().await;
     assert_eq!(tally(addr, 20).await?, HashMap::from([("b".into(), 20)]));
-    assert_eq!(
-        weir.plugin("first").unwrap().source(),
-        path.display().to_string()
-    );
+    assert_eq!(weir.plugin("first").unwrap().source(), path.display().to_string());
     weir.shutdown().await;
     Ok(())
 }
@@ -187,20 +149,15 @@ async fn user_plugin_loaded_by_path_carries_traffic() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_are_closed() -> Result<()> {
     let a = EchoBackend::start("a").await?;
-    let weir = start_weir(
-        &rr_config(&addresses(&[&a])).replace("idle_timeout = \"10s\"", "idle_timeout = \"300ms\""),
-    )
-    .await?;
+    let weir =
+        start_weir(&rr_config(&addresses(&[&a])).replace("idle_timeout = \"10s\"", "idle_timeout = \"300ms\"")).await?;
     let mut s = TcpStream::connect(weir.listener_addr("l").unwrap()).await?;
     let started = Instant::now();
     let mut got = Vec::new();
     tokio::time::timeout(STEP, s.read_to_end(&mut got)).await??;
     let waited = started.elapsed();
     assert_eq!(got, b"a\n");
-    assert!(
-        waited >= Duration::from_millis(250) && waited < Duration::from_secs(3),
-        "closed after {waited:?}"
-    );
+    assert!(waited >= Duration::from_millis(250) && waited < Duration::from_secs(3), "closed after {waited:?}");
     weir.shutdown().await;
     Ok(())
 }
@@ -217,10 +174,7 @@ async fn shutdown_stops_accepting_and_drains_in_flight() -> Result<()> {
 
     let draining = tokio::spawn(weir.shutdown());
     // New connections are refused once the listener is closed.
-    eventually("listener closed", || {
-        std::net::TcpStream::connect(addr).is_err()
-    })
-    .await?;
+    eventually("listener closed", || std::net::TcpStream::connect(addr).is_err()).await?;
     // The in-flight connection still works, then ends cleanly.
     s.write_all(b"still here").await?;
     s.shutdown().await?;

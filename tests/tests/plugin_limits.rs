@@ -39,10 +39,7 @@ fn failures(stats: &PluginStats, mode: &str) -> u64 {
 }
 
 async fn contained(mode: &str) -> Result<()> {
-    let (a, b) = (
-        EchoBackend::start("a").await?,
-        EchoBackend::start("b").await?,
-    );
+    let (a, b) = (EchoBackend::start("a").await?, EchoBackend::start("b").await?);
     // Misbehave on calls 0, 3, 6, ...; otherwise pick the last backend ("b").
     let weir = start_weir(&config(&addresses(&[&a, &b]), mode, 3, "fail-open")).await?;
     let addr = weir.listener_addr("l").unwrap();
@@ -54,17 +51,10 @@ async fn contained(mode: &str) -> Result<()> {
         let (name, echoed) = exchange(addr, b"ping").await?;
         let took = started.elapsed();
         assert_eq!(echoed, b"ping", "{mode}: connection {i} was served");
-        assert!(
-            took < Duration::from_secs(2),
-            "{mode}: connection {i} took {took:?}"
-        );
+        assert!(took < Duration::from_secs(2), "{mode}: connection {i} took {took:?}");
         names.push(name);
     }
-    assert_eq!(
-        failures(stats, mode),
-        3,
-        "{mode}: every misbehaving call counted"
-    );
+    assert_eq!(failures(stats, mode), 3, "{mode}: every misbehaving call counted");
     assert_eq!(stats.recycled(), 3, "{mode}: nothing else failed");
     // Well-behaved calls were answered by the plugin (always "b"); only the
     // failed ones fell back to the host's native round-robin.
@@ -74,10 +64,7 @@ async fn contained(mode: &str) -> Result<()> {
         }
     }
     // Each failure recycled its instance; replacements were made.
-    assert!(
-        stats.instances_created.load(Ordering::Relaxed) >= 4,
-        "{mode}: instances recycled"
-    );
+    assert!(stats.instances_created.load(Ordering::Relaxed) >= 4, "{mode}: instances recycled");
     weir.shutdown().await;
     Ok(())
 }
@@ -106,10 +93,7 @@ async fn deadline_is_the_configured_timeout() -> Result<()> {
     exchange(addr, b"x").await?;
     let took = started.elapsed();
     // 50 ms of CPU time, measured in 1 ms epochs, plus connection set-up.
-    assert!(
-        took >= Duration::from_millis(45) && took < Duration::from_millis(1000),
-        "took {took:?}"
-    );
+    assert!(took >= Duration::from_millis(45) && took < Duration::from_millis(1000), "took {took:?}");
     weir.shutdown().await;
     Ok(())
 }
@@ -123,14 +107,7 @@ async fn fail_closed_refuses_without_touching_a_backend() -> Result<()> {
         assert!(read_all(addr).await?.is_empty());
     }
     assert_eq!(a.accepted(), 0);
-    assert_eq!(
-        weir.plugin("bad")
-            .unwrap()
-            .stats()
-            .traps
-            .load(Ordering::Relaxed),
-        3
-    );
+    assert_eq!(weir.plugin("bad").unwrap().stats().traps.load(Ordering::Relaxed), 3);
     weir.shutdown().await;
     Ok(())
 }
@@ -142,10 +119,7 @@ async fn trap_in_init_is_refused_at_load() -> Result<()> {
         Ok(_) => panic!("a plugin trapping in init was accepted"),
         Err(e) => e.to_string(),
     };
-    assert!(
-        err.starts_with("test.toml:2:1: plugins.bad:") || err.contains("plugins.bad"),
-        "{err}"
-    );
+    assert!(err.starts_with("test.toml:2:1: plugins.bad:") || err.contains("plugins.bad"), "{err}");
     assert!(err.contains("init failed"), "{err}");
     Ok(())
 }

@@ -30,18 +30,13 @@ pub enum Toolchain {
 }
 
 fn rustup_has_target() -> bool {
-    let out = Command::new("rustc")
-        .args(["--print", "target-libdir", "--target", TARGET])
-        .output();
+    let out = Command::new("rustc").args(["--print", "target-libdir", "--target", TARGET]).output();
     match out {
         Ok(o) if o.status.success() => {
             let dir = String::from_utf8_lossy(&o.stdout).trim().to_string();
             Path::new(&dir).join("libstd.rlib").exists()
                 || std::fs::read_dir(&dir)
-                    .map(|d| {
-                        d.flatten()
-                            .any(|e| e.file_name().to_string_lossy().starts_with("libstd-"))
-                    })
+                    .map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().starts_with("libstd-")))
                     .unwrap_or(false)
         }
         _ => false,
@@ -49,9 +44,7 @@ fn rustup_has_target() -> bool {
 }
 
 fn debian_ready() -> bool {
-    Path::new(DEBIAN_RUSTC).exists()
-        && Path::new(DEBIAN_CARGO).exists()
-        && Path::new(DEBIAN_STD_SRC).exists()
+    Path::new(DEBIAN_RUSTC).exists() && Path::new(DEBIAN_CARGO).exists() && Path::new(DEBIAN_STD_SRC).exists()
 }
 
 /// The toolchain present on this machine, if any.
@@ -66,10 +59,7 @@ pub fn detect() -> Option<Toolchain> {
 }
 
 fn run_quiet(cmd: &mut Command) -> bool {
-    cmd.stdin(std::process::Stdio::null())
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
+    cmd.stdin(std::process::Stdio::null()).output().map(|o| o.status.success()).unwrap_or(false)
 }
 
 /// Find a toolchain, installing one when none is present. `say` gets one
@@ -82,11 +72,7 @@ pub fn ensure_toolchain(say: &mut dyn FnMut(&str)) -> Result<Toolchain> {
         say(&format!("installed the {TARGET} target with rustup"));
         return Ok(Toolchain::Rustup);
     }
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| o.stdout.starts_with(b"0"))
-        .unwrap_or(false);
+    let root = Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0")).unwrap_or(false);
     let sudo: &[&str] = if root { &[] } else { &["sudo", "-n"] };
     let apt = |args: &[&str]| {
         let mut all: Vec<&str> = sudo.to_vec();
@@ -119,15 +105,8 @@ pub fn ensure_toolchain(say: &mut dyn FnMut(&str)) -> Result<Toolchain> {
 
 /// Variables the nested cargo may inherit; everything else (the outer
 /// build's RUSTC, RUSTFLAGS, CARGO_* of a build script) is dropped.
-const KEEP_ENV: &[&str] = &[
-    "PATH",
-    "HOME",
-    "CARGO_HOME",
-    "RUSTUP_HOME",
-    "TMPDIR",
-    "CARGO_NET_OFFLINE",
-    "CARGO_NET_RETRY",
-];
+const KEEP_ENV: &[&str] =
+    &["PATH", "HOME", "CARGO_HOME", "RUSTUP_HOME", "TMPDIR", "CARGO_NET_OFFLINE", "CARGO_NET_RETRY"];
 
 /// Compile the given packages of the workspace at `workspace` into core Wasm
 /// modules under `target_dir`, then turn each into a component written to
@@ -160,43 +139,22 @@ pub fn build_components(
             }
         } else {
             let path = std::env::var("PATH").unwrap_or_default();
-            cmd.env("PATH", format!("/usr/bin:{path}"))
-                .env("RUSTC", DEBIAN_RUSTC)
-                .env("RUSTC_BOOTSTRAP", "1");
+            cmd.env("PATH", format!("/usr/bin:{path}")).env("RUSTC", DEBIAN_RUSTC).env("RUSTC_BOOTSTRAP", "1");
         }
         cmd.current_dir(workspace)
-            .args([
-                "build",
-                "--quiet",
-                "--profile",
-                PROFILE,
-                "--target",
-                TARGET,
-                "-p",
-                package,
-            ])
+            .args(["build", "--quiet", "--profile", PROFILE, "--target", TARGET, "-p", package])
             .arg("--target-dir")
             .arg(target_dir);
         if *toolchain == Toolchain::DebianBuildStd {
             cmd.arg("-Zbuild-std=std,panic_abort");
         }
-        let out = cmd
-            .stdin(std::process::Stdio::null())
-            .output()
-            .context("running cargo for wasm32")?;
+        let out = cmd.stdin(std::process::Stdio::null()).output().context("running cargo for wasm32")?;
         if !out.status.success() {
-            bail!(
-                "building plugin {package} for {TARGET} failed:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            bail!("building plugin {package} for {TARGET} failed:\n{}", String::from_utf8_lossy(&out.stderr));
         }
-        let core = target_dir
-            .join(TARGET)
-            .join(PROFILE)
-            .join(format!("{}.wasm", package.replace('-', "_")));
+        let core = target_dir.join(TARGET).join(PROFILE).join(format!("{}.wasm", package.replace('-', "_")));
         let module = std::fs::read(&core).with_context(|| format!("reading {}", core.display()))?;
-        let component =
-            componentize(&module).with_context(|| format!("componentizing {package}"))?;
+        let component = componentize(&module).with_context(|| format!("componentizing {package}"))?;
         let dest = out_dir.join(format!("{package}.wasm"));
         write_if_changed(&dest, &component)?;
         built.push(dest);
@@ -206,10 +164,7 @@ pub fn build_components(
 
 /// Turn a core module built with wit-bindgen into a component.
 pub fn componentize(module: &[u8]) -> Result<Vec<u8>> {
-    wit_component::ComponentEncoder::default()
-        .module(module)?
-        .validate(true)
-        .encode()
+    wit_component::ComponentEncoder::default().module(module)?.validate(true).encode()
 }
 
 fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<()> {

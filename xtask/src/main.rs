@@ -18,17 +18,11 @@ fn main() -> Result<()> {
         }
         Some("plugins") if args.len() == 3 => {
             let t = ensure_toolchain(&mut say)?;
-            let packages = plugin_dirs(&PathBuf::from(&args[1]))?
-                .iter()
-                .map(|d| package_name(d))
-                .collect::<Result<Vec<_>>>()?;
-            for p in build_components(
-                &t,
-                &workspace,
-                &packages,
-                &workspace.join("target/wasm"),
-                &PathBuf::from(&args[2]),
-            )? {
+            let packages =
+                plugin_dirs(&PathBuf::from(&args[1]))?.iter().map(|d| package_name(d)).collect::<Result<Vec<_>>>()?;
+            for p in
+                build_components(&t, &workspace, &packages, &workspace.join("target/wasm"), &PathBuf::from(&args[2]))?
+            {
                 println!("{}", p.display());
             }
         }

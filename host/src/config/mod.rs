@@ -43,10 +43,7 @@ impl Source {
             column: 1,
             message: format!("cannot read config: {e}"),
         })?;
-        Ok(Self {
-            origin: path.display().to_string(),
-            text,
-        })
+        Ok(Self { origin: path.display().to_string(), text })
     }
 
     /// An error at a byte offset.
@@ -55,12 +52,7 @@ impl Source {
         let before = &self.text[..offset];
         let line = before.matches('\n').count() + 1;
         let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-        ConfigError {
-            origin: self.origin.clone(),
-            line,
-            column,
-            message: message.into(),
-        }
+        ConfigError { origin: self.origin.clone(), line, column, message: message.into() }
     }
 
     /// An error at a spanned value.
@@ -98,11 +90,7 @@ fn default_shutdown_grace() -> Duration {
 
 impl Default for Runtime {
     fn default() -> Self {
-        Self {
-            workers: None,
-            shutdown_grace: default_shutdown_grace(),
-            plugin_cache: None,
-        }
+        Self { workers: None, shutdown_grace: default_shutdown_grace(), plugin_cache: None }
     }
 }
 
@@ -168,12 +156,7 @@ impl BackendSpec {
     /// The table form.
     pub fn table(&self) -> BackendTable {
         match self {
-            BackendSpec::Address(a) => BackendTable {
-                address: a.clone(),
-                weight: 1,
-                priority: 0,
-                tags: vec![],
-            },
+            BackendSpec::Address(a) => BackendTable { address: a.clone(), weight: 1, priority: 0, tags: vec![] },
             BackendSpec::Full(t) => t.clone(),
         }
     }
@@ -201,6 +184,33 @@ pub struct Pool {
     /// How long a backend taken out of rotation stays out before it is tried again.
     #[serde(default = "default_fail_timeout")]
     pub fail_timeout: Duration,
+    /// HTTP: the balancer's hash key when the router gives none:
+    /// `client-ip`, `path`, `header:NAME` or `cookie:NAME`.
+    pub hash_key: Option<Spanned<String>>,
+    /// HTTP: time a backend has to send its response head (504 after).
+    #[serde(default = "default_response_timeout")]
+    pub response_timeout: Duration,
+    /// HTTP: speak HTTP/2 without TLS (h2c) to the backends.
+    #[serde(default)]
+    pub http2: bool,
+    /// HTTP: idle keep-alive connections kept per backend.
+    #[serde(default = "default_keepalive")]
+    pub keepalive: usize,
+    /// HTTP: how long an idle keep-alive connection is kept.
+    #[serde(default = "default_keepalive_timeout")]
+    pub keepalive_timeout: Duration,
+}
+
+fn default_response_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_keepalive() -> usize {
+    256
+}
+
+fn default_keepalive_timeout() -> Duration {
+    Duration::from_secs(60)
 }
 
 fn default_fail_timeout() -> Duration {
@@ -229,6 +239,8 @@ fn default_max_tries() -> u32 {
 pub enum Protocol {
     /// Plain TCP, proxied byte for byte.
     Tcp,
+    /// HTTP/1.1 and HTTP/2 (h2c prior knowledge), proxied request by request.
+    Http,
 }
 
 /// `[listeners.NAME]`: a bound address and what to do with its traffic.
@@ -240,17 +252,43 @@ pub struct Listener {
     /// Protocol spoken on the listener.
     #[serde(default = "default_protocol")]
     pub protocol: Protocol,
-    /// The pool the traffic goes to.
+    /// The pool the traffic goes to (HTTP: when the router has no match).
     pub pool: Spanned<String>,
     /// Access plugin instances, checked in order; every one must allow.
     #[serde(default)]
     pub access: Vec<Spanned<String>>,
+    /// HTTP: the router plugin instance that picks a pool per request.
+    pub router: Option<Spanned<String>>,
+    /// HTTP: time a client has to send a request head (408 after).
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout: Duration,
+    /// HTTP: largest request head accepted (431 above).
+    #[serde(default = "default_max_header_size")]
+    pub max_header_size: ByteSize,
+    /// HTTP: add `X-Forwarded-For`, `-Proto` and `-Host`.
+    #[serde(default = "yes")]
+    pub x_forwarded: bool,
+    /// HTTP: add `Via: 1.1 weir`.
+    #[serde(default)]
+    pub via: bool,
     /// Close a connection with no traffic either way for this long.
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout: Duration,
     /// Listen backlog.
     #[serde(default = "default_backlog")]
     pub backlog: u32,
+}
+
+fn default_header_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_max_header_size() -> ByteSize {
+    ByteSize(64 << 10)
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_protocol() -> Protocol {
@@ -311,9 +349,7 @@ impl Loaded {
 
     /// The directory relative plugin paths are resolved against.
     pub fn base_dir(&self) -> &Path {
-        Path::new(&self.source.origin)
-            .parent()
-            .unwrap_or(Path::new("."))
+        Path::new(&self.source.origin).parent().unwrap_or(Path::new("."))
     }
 
     fn check(&self) -> Result<(), ConfigError> {
@@ -321,49 +357,43 @@ impl Loaded {
         let c = &self.config;
         for (name, l) in &c.listeners {
             l.bind.get_ref().parse::<SocketAddr>().map_err(|_| {
-                src.error(
-                    &l.bind,
-                    format!(
-                        "listeners.{name}.bind: `{}` is not an ip:port address",
-                        l.bind.get_ref()
-                    ),
-                )
+                src.error(&l.bind, format!("listeners.{name}.bind: `{}` is not an ip:port address", l.bind.get_ref()))
             })?;
             if !c.pools.contains_key(l.pool.get_ref()) {
-                return Err(src.error(
-                    &l.pool,
-                    format!(
-                        "listeners.{name}.pool: no pool named `{}`",
-                        l.pool.get_ref()
-                    ),
-                ));
+                return Err(src.error(&l.pool, format!("listeners.{name}.pool: no pool named `{}`", l.pool.get_ref())));
             }
             for a in &l.access {
                 self.check_plugin_ref(&format!("listeners.{name}.access"), a)?;
+            }
+            if let Some(r) = &l.router {
+                self.check_plugin_ref(&format!("listeners.{name}.router"), r)?;
+                if l.protocol != Protocol::Http {
+                    return Err(src.error(r, format!("listeners.{name}.router: needs protocol = \"http\"")));
+                }
             }
         }
         for (name, p) in &c.pools {
             self.check_plugin_ref(&format!("pools.{name}.balancer"), &p.balancer)?;
             if p.max_tries == 0 {
-                return Err(src.error(
-                    &p.backends,
-                    format!("pools.{name}.max_tries: must be at least 1"),
-                ));
+                return Err(src.error(&p.backends, format!("pools.{name}.max_tries: must be at least 1")));
+            }
+            if let Some(k) = &p.hash_key {
+                if crate::upstream::HashKey::parse(k.get_ref()).is_none() {
+                    return Err(src.error(
+                        k,
+                        format!(
+                            "pools.{name}.hash_key: `{}` is not one of client-ip, path, header:NAME, cookie:NAME",
+                            k.get_ref()
+                        ),
+                    ));
+                }
             }
             for b in p.backends.get_ref() {
                 let t = b.get_ref().table();
-                if t.address
-                    .rsplit_once(':')
-                    .and_then(|(_, port)| port.parse::<u16>().ok())
-                    .is_none()
-                {
-                    return Err(src.error(
-                        b,
-                        format!(
-                            "pools.{name}.backends: `{}` is not a host:port address",
-                            t.address
-                        ),
-                    ));
+                if t.address.rsplit_once(':').and_then(|(_, port)| port.parse::<u16>().ok()).is_none() {
+                    return Err(
+                        src.error(b, format!("pools.{name}.backends: `{}` is not a host:port address", t.address))
+                    );
                 }
             }
         }
@@ -373,10 +403,7 @@ impl Loaded {
                 return Err(src.error(&p.source, format!("plugins.{name}.source: empty")));
             }
             if p.timeout.0.is_zero() {
-                return Err(src.error(
-                    &p.source,
-                    format!("plugins.{name}.timeout: must be above zero"),
-                ));
+                return Err(src.error(&p.source, format!("plugins.{name}.timeout: must be above zero")));
             }
         }
         Ok(())
@@ -387,7 +414,10 @@ impl Loaded {
         if name.starts_with("builtin:") || self.config.plugins.contains_key(name) {
             Ok(())
         } else {
-            Err(self.source.error(r, format!("{key}: no plugin instance named `{name}` (define [plugins.{name}] or use builtin:<name>)")))
+            Err(self.source.error(
+                r,
+                format!("{key}: no plugin instance named `{name}` (define [plugins.{name}] or use builtin:<name>)"),
+            ))
         }
     }
 }
@@ -397,10 +427,7 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<Loaded, ConfigError> {
-        Loaded::parse(Source {
-            origin: "t.toml".into(),
-            text: text.into(),
-        })
+        Loaded::parse(Source { origin: "t.toml".into(), text: text.into() })
     }
 
     const GOOD: &str = r#"
@@ -418,10 +445,7 @@ pool = "web"
         let pool = &l.config.pools["web"];
         assert_eq!(pool.balancer.get_ref(), "builtin:round-robin");
         assert_eq!(pool.backends.get_ref()[1].get_ref().table().weight, 3);
-        assert_eq!(
-            l.config.listeners["front"].idle_timeout.0,
-            std::time::Duration::from_secs(300)
-        );
+        assert_eq!(l.config.listeners["front"].idle_timeout.0, std::time::Duration::from_secs(300));
     }
 
     #[test]
@@ -434,24 +458,15 @@ pool = "web"
 
     #[test]
     fn unknown_pool_is_located() {
-        let e = parse(&GOOD.replace("pool = \"web\"", "pool = \"wbe\""))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.starts_with("t.toml:7:8: listeners.front.pool: no pool named `wbe`"),
-            "{e}"
-        );
+        let e = parse(&GOOD.replace("pool = \"web\"", "pool = \"wbe\"")).unwrap_err().to_string();
+        assert!(e.starts_with("t.toml:7:8: listeners.front.pool: no pool named `wbe`"), "{e}");
     }
 
     #[test]
     fn bad_durations_and_addresses() {
-        let e = parse(&GOOD.replace("bind = \"127.0.0.1:0\"", "bind = \"localhost\""))
-            .unwrap_err()
-            .to_string();
+        let e = parse(&GOOD.replace("bind = \"127.0.0.1:0\"", "bind = \"localhost\"")).unwrap_err().to_string();
         assert!(e.contains("listeners.front.bind"), "{e}");
-        let e = parse(&format!("{GOOD}idle_timeout = \"5 parsecs\"\n"))
-            .unwrap_err()
-            .to_string();
+        let e = parse(&format!("{GOOD}idle_timeout = \"5 parsecs\"\n")).unwrap_err().to_string();
         assert!(e.contains("5 parsecs"), "{e}");
     }
 }

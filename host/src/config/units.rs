@@ -29,9 +29,7 @@ impl<'de> Deserialize<'de> for Duration {
         match Raw::deserialize(d)? {
             Raw::Int(ms) => Ok(Self::from_millis(ms)),
             Raw::Text(s) => humantime::parse_duration(&s).map(Self).map_err(|e| {
-                serde::de::Error::custom(format!(
-                    "`{s}` is not a duration ({e}); write e.g. \"250ms\" or \"5s\""
-                ))
+                serde::de::Error::custom(format!("`{s}` is not a duration ({e}); write e.g. \"250ms\" or \"5s\""))
             }),
         }
     }
@@ -46,9 +44,7 @@ impl<'de> Deserialize<'de> for ByteSize {
         match Raw::deserialize(d)? {
             Raw::Int(b) => Ok(Self(b)),
             Raw::Text(s) => parse_size(&s).map(Self).ok_or_else(|| {
-                serde::de::Error::custom(format!(
-                    "`{s}` is not a size; write e.g. \"64MiB\" or \"512KiB\""
-                ))
+                serde::de::Error::custom(format!("`{s}` is not a size; write e.g. \"64MiB\" or \"512KiB\""))
             }),
         }
     }

@@ -12,12 +12,7 @@ use tokio::net::TcpStream;
 
 /// Copy both ways until both sides are done, an error occurs, or neither side
 /// moves a byte for `idle`. Counts bytes into `stats` (tx: to the backend).
-pub async fn proxy(
-    client: TcpStream,
-    backend: TcpStream,
-    stats: &BackendStats,
-    idle: Duration,
-) -> io::Result<()> {
+pub async fn proxy(client: TcpStream, backend: TcpStream, stats: &BackendStats, idle: Duration) -> io::Result<()> {
     let last = AtomicU64::new(crate::clock::now_nanos());
     let up = one_way(&client, &backend, &last, |n| stats.add_tx(n));
     let down = one_way(&backend, &client, &last, |n| stats.add_rx(n));
@@ -47,12 +42,7 @@ fn shutdown_write(s: &TcpStream) {
 }
 
 #[cfg(target_os = "linux")]
-async fn one_way(
-    src: &TcpStream,
-    dst: &TcpStream,
-    last: &AtomicU64,
-    count: impl Fn(u64),
-) -> io::Result<()> {
+async fn one_way(src: &TcpStream, dst: &TcpStream, last: &AtomicU64, count: impl Fn(u64)) -> io::Result<()> {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
     use tokio::io::Interest;
 
@@ -89,9 +79,7 @@ async fn one_way(
     loop {
         let mut in_pipe = loop {
             src.readable().await?;
-            match src.try_io(Interest::READABLE, || {
-                splice(src_fd, pipe_w.as_raw_fd(), CHUNK)
-            }) {
+            match src.try_io(Interest::READABLE, || splice(src_fd, pipe_w.as_raw_fd(), CHUNK)) {
                 Ok(n) => break n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Err(e),
@@ -105,9 +93,7 @@ async fn one_way(
         count(in_pipe as u64);
         while in_pipe > 0 {
             dst.writable().await?;
-            match dst.try_io(Interest::WRITABLE, || {
-                splice(pipe_r.as_raw_fd(), dst_fd, in_pipe)
-            }) {
+            match dst.try_io(Interest::WRITABLE, || splice(pipe_r.as_raw_fd(), dst_fd, in_pipe)) {
                 Ok(n) => {
                     in_pipe -= n;
                     touch(last);
@@ -120,12 +106,7 @@ async fn one_way(
 }
 
 #[cfg(not(target_os = "linux"))]
-async fn one_way(
-    src: &TcpStream,
-    dst: &TcpStream,
-    last: &AtomicU64,
-    count: impl Fn(u64),
-) -> io::Result<()> {
+async fn one_way(src: &TcpStream, dst: &TcpStream, last: &AtomicU64, count: impl Fn(u64)) -> io::Result<()> {
     let mut buf = vec![0u8; 1 << 16];
     loop {
         src.readable().await?;

@@ -43,10 +43,7 @@ pub fn wit_socket_address(addr: SocketAddr) -> types::SocketAddress {
             types::IpAddress::Ipv6((a, b, c, d, e, f, g, h))
         }
     };
-    types::SocketAddress {
-        ip,
-        port: addr.port(),
-    }
+    types::SocketAddress { ip, port: addr.port() }
 }
 
 impl TcpService {
@@ -102,11 +99,8 @@ impl TcpService {
             };
             let backend = &pool.backends[slot as usize];
             let started = Instant::now();
-            match tokio::time::timeout(
-                pool.settings.connect_timeout,
-                TcpStream::connect(backend.address.as_str()),
-            )
-            .await
+            match tokio::time::timeout(pool.settings.connect_timeout, TcpStream::connect(backend.address.as_str()))
+                .await
             {
                 Ok(Ok(stream)) => {
                     backend.stats.record_latency(started.elapsed());
@@ -145,12 +139,7 @@ impl TcpService {
 }
 
 /// Accept connections until `stop` is cancelled; each runs on `tracker`.
-pub async fn serve(
-    listener: TcpListener,
-    service: Arc<TcpService>,
-    stop: CancellationToken,
-    tracker: TaskTracker,
-) {
+pub async fn serve(listener: TcpListener, service: Arc<TcpService>, stop: CancellationToken, tracker: TaskTracker) {
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => break,

@@ -30,3 +30,17 @@ pub mod access {
 }
 
 pub use balancer::weir::plugin::types;
+
+/// The `router` world.
+pub mod router {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "router",
+        imports: { default: trappable },
+        with: {
+            "weir:plugin/types": super::balancer::weir::plugin::types,
+            "weir:plugin/host": super::balancer::weir::plugin::host,
+            "weir:plugin/http": super::access::weir::plugin::http,
+        },
+    });
+}

@@ -3,7 +3,7 @@
 //! epoch deadline and a memory cap; an instance that traps, times out or
 //! hits the cap is dropped and replaced on the next call.
 
-use super::bindings::{access, balancer, types};
+use super::bindings::{access, balancer, router, types};
 use super::state::{PickCall, PluginState, RequestHead};
 use super::{LoadError, PluginSpec, Runtime, World};
 use crate::config::Fallback;
@@ -28,10 +28,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self {
-            timeout: Duration::from_millis(20),
-            memory: 32 << 20,
-        }
+        Self { timeout: Duration::from_millis(20), memory: 32 << 20 }
     }
 }
 
@@ -111,6 +108,37 @@ pub enum Verdict {
 enum Bound {
     Balancer(balancer::Balancer),
     Access(access::AccessFilter),
+    Router(router::Router),
+}
+
+/// A header edit from a route decision: `None` removes the header.
+pub type HeaderEdit = (String, Option<String>);
+
+/// Where a router sends a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteDecision {
+    /// Forward to a pool.
+    Forward {
+        /// Pool name.
+        pool: String,
+        /// Key for the pool's balancer.
+        hash_key: Option<String>,
+        /// Edits to the request headers.
+        request_headers: Vec<HeaderEdit>,
+        /// Edits to the response headers.
+        response_headers: Vec<HeaderEdit>,
+    },
+    /// Answer directly.
+    Respond {
+        /// Status code.
+        status: u16,
+        /// Header fields.
+        headers: Vec<(String, String)>,
+        /// Body.
+        body: Vec<u8>,
+    },
+    /// No rule matched: the listener's default pool.
+    NoMatch,
 }
 
 struct Slot {
@@ -147,13 +175,8 @@ impl PluginInstance {
         pre: InstancePre<PluginState>,
         hash: String,
     ) -> Result<Arc<Self>, LoadError> {
-        let generation = Generation {
-            pre,
-            config_json: spec.config_json,
-            limits: spec.limits,
-            idle: Mutex::new(Vec::new()),
-            hash,
-        };
+        let generation =
+            Generation { pre, config_json: spec.config_json, limits: spec.limits, idle: Mutex::new(Vec::new()), hash };
         let this = Self {
             name: spec.name.into(),
             source: spec.source,
@@ -166,9 +189,7 @@ impl PluginInstance {
         // Make the first instance now so that a bad config or a trapping
         // init is reported at load time; keep it for the first call.
         let generation = this.current.load_full();
-        let slot = this
-            .instantiate(&generation)
-            .map_err(|e| LoadError::Init(e.message))?;
+        let slot = this.instantiate(&generation).map_err(|e| LoadError::Init(e.message))?;
         generation.idle.lock().push(slot);
         Ok(Arc::new(this))
     }
@@ -208,36 +229,24 @@ impl PluginInstance {
     }
 
     fn fail(&self, kind: CallErrorKind, message: String) -> CallError {
-        CallError {
-            plugin: self.name.clone(),
-            kind,
-            message,
-        }
+        CallError { plugin: self.name.clone(), kind, message }
     }
 
     fn instantiate(&self, generation: &Generation) -> Result<Slot, CallError> {
         self.stats.instances_created.fetch_add(1, Ordering::Relaxed);
         let mut store = Store::new(
             self.runtime.engine(),
-            PluginState::new(
-                self.name.clone(),
-                self.runtime.shared().clone(),
-                generation.limits.memory,
-            ),
+            PluginState::new(self.name.clone(), self.runtime.shared().clone(), generation.limits.memory),
         );
         store.limiter(|s| &mut s.limits);
         store.set_epoch_deadline(Self::deadline_ticks(&generation.limits));
         let failed = |e: wasmtime::Error| {
-            self.stats
-                .instantiate_failures
-                .fetch_add(1, Ordering::Relaxed);
+            self.stats.instantiate_failures.fetch_add(1, Ordering::Relaxed);
             self.fail(CallErrorKind::Instantiate, format!("{e:#}"))
         };
         let config = generation.config_json.clone();
         let init_failed = |e: types::Error| {
-            self.stats
-                .instantiate_failures
-                .fetch_add(1, Ordering::Relaxed);
+            self.stats.instantiate_failures.fetch_add(1, Ordering::Relaxed);
             self.fail(CallErrorKind::Instantiate, describe(&e))
         };
         let bound = match self.world {
@@ -245,34 +254,28 @@ impl PluginInstance {
                 let b = balancer::BalancerPre::new(generation.pre.clone())
                     .and_then(|p| p.instantiate(&mut store))
                     .map_err(failed)?;
-                b.weir_plugin_balance()
-                    .call_init(&mut store, &config)
-                    .map_err(failed)?
-                    .map_err(init_failed)?;
+                b.weir_plugin_balance().call_init(&mut store, &config).map_err(failed)?.map_err(init_failed)?;
                 Bound::Balancer(b)
             }
             World::AccessFilter => {
                 let a = access::AccessFilterPre::new(generation.pre.clone())
                     .and_then(|p| p.instantiate(&mut store))
                     .map_err(failed)?;
-                a.weir_plugin_access()
-                    .call_init(&mut store, &config)
-                    .map_err(failed)?
-                    .map_err(init_failed)?;
+                a.weir_plugin_access().call_init(&mut store, &config).map_err(failed)?.map_err(init_failed)?;
                 Bound::Access(a)
             }
+            World::Router => {
+                let r = router::RouterPre::new(generation.pre.clone())
+                    .and_then(|p| p.instantiate(&mut store))
+                    .map_err(failed)?;
+                r.weir_plugin_route().call_init(&mut store, &config).map_err(failed)?.map_err(init_failed)?;
+                Bound::Router(r)
+            }
             other => {
-                return Err(self.fail(
-                    CallErrorKind::Instantiate,
-                    format!("the {other} phase is not wired yet"),
-                ));
+                return Err(self.fail(CallErrorKind::Instantiate, format!("the {other} phase is not wired yet")));
             }
         };
-        Ok(Slot {
-            store,
-            bound,
-            seen_pools: HashMap::new(),
-        })
+        Ok(Slot { store, bound, seen_pools: HashMap::new() })
     }
 
     /// Run `f` on an idle instance under the call limits. A trap, timeout or
@@ -288,8 +291,7 @@ impl PluginInstance {
             Some(s) => s,
             None => self.instantiate(&generation)?,
         };
-        slot.store
-            .set_epoch_deadline(Self::deadline_ticks(&generation.limits));
+        slot.store.set_epoch_deadline(Self::deadline_ticks(&generation.limits));
         match f(&mut slot) {
             Ok(Ok(r)) => {
                 generation.idle.lock().push(slot);
@@ -302,25 +304,14 @@ impl PluginInstance {
             }
             Err(e) => {
                 // The instance may be in any state after a trap: drop it.
-                let kind = if slot.store.data().limits.hit {
-                    CallErrorKind::Memory
-                } else {
-                    classify(&e)
-                };
+                let kind = if slot.store.data().limits.hit { CallErrorKind::Memory } else { classify(&e) };
                 let counter = match kind {
                     CallErrorKind::Timeout => &self.stats.timeouts,
                     CallErrorKind::Memory => &self.stats.memory_exceeded,
                     _ => &self.stats.traps,
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
-                let err = self.fail(
-                    kind,
-                    format!("{e:#}")
-                        .lines()
-                        .next()
-                        .unwrap_or_default()
-                        .to_string(),
-                );
+                let err = self.fail(kind, format!("{e:#}").lines().next().unwrap_or_default().to_string());
                 tracing::warn!(plugin = %self.name, kind = ?kind, "plugin instance recycled: {}", err.message);
                 Err(err)
             }
@@ -337,9 +328,7 @@ impl PluginInstance {
     ) -> Result<u32, CallError> {
         let check = eligible.clone();
         let slot = self.with_slot(|slot| {
-            let Bound::Balancer(b) = &slot.bound else {
-                unreachable!("balancer slot")
-            };
+            let Bound::Balancer(b) = &slot.bound else { unreachable!("balancer slot") };
             let b = b.weir_plugin_balance();
             if slot.seen_pools.get(&pool.id) != Some(&pool.version) {
                 match b.call_set_backends(&mut slot.store, pool.id, &pool.wit_backends)? {
@@ -349,20 +338,14 @@ impl PluginInstance {
                     Err(e) => return Ok(Err(e)),
                 }
             }
-            slot.store.data_mut().pick = Some(PickCall {
-                pool: pool.clone(),
-                eligible,
-            });
+            slot.store.data_mut().pick = Some(PickCall { pool: pool.clone(), eligible });
             let result = b.call_pick(&mut slot.store, Resource::new_borrow(0), conn, hash_key);
             slot.store.data_mut().pick = None;
             result
         })?;
         if check.binary_search(&slot).is_err() {
             self.stats.bad_answers.fetch_add(1, Ordering::Relaxed);
-            return Err(self.fail(
-                CallErrorKind::BadAnswer,
-                format!("picked slot {slot}, which is not eligible"),
-            ));
+            return Err(self.fail(CallErrorKind::BadAnswer, format!("picked slot {slot}, which is not eligible")));
         }
         Ok(slot)
     }
@@ -370,34 +353,49 @@ impl PluginInstance {
     /// Ask an access filter about a new connection.
     pub fn check_connection(&self, conn: &types::Connection) -> Result<Verdict, CallError> {
         self.with_slot(|slot| {
-            let Bound::Access(a) = &slot.bound else {
-                unreachable!("access slot")
-            };
-            Ok(a.weir_plugin_access()
-                .call_check_connection(&mut slot.store, conn)?
-                .map(verdict))
+            let Bound::Access(a) = &slot.bound else { unreachable!("access slot") };
+            Ok(a.weir_plugin_access().call_check_connection(&mut slot.store, conn)?.map(verdict))
         })
     }
 
     /// Ask an access filter about an HTTP request head.
-    pub fn check_request(
-        &self,
-        conn: &types::Connection,
-        head: Arc<RequestHead>,
-    ) -> Result<Verdict, CallError> {
+    pub fn check_request(&self, conn: &types::Connection, head: Arc<RequestHead>) -> Result<Verdict, CallError> {
         self.with_slot(|slot| {
-            let Bound::Access(a) = &slot.bound else {
-                unreachable!("access slot")
-            };
+            let Bound::Access(a) = &slot.bound else { unreachable!("access slot") };
             slot.store.data_mut().request = Some(head);
-            let r = a.weir_plugin_access().call_check_request(
-                &mut slot.store,
-                conn,
-                Resource::new_borrow(0),
-            );
+            let r = a.weir_plugin_access().call_check_request(&mut slot.store, conn, Resource::new_borrow(0));
             slot.store.data_mut().request = None;
             Ok(r?.map(verdict))
         })
+    }
+}
+
+impl PluginInstance {
+    /// Ask a router where an HTTP request goes.
+    pub fn route_request(&self, conn: &types::Connection, head: Arc<RequestHead>) -> Result<RouteDecision, CallError> {
+        self.with_slot(|slot| {
+            let Bound::Router(r) = &slot.bound else { unreachable!("router slot") };
+            slot.store.data_mut().request = Some(head);
+            let d = r.weir_plugin_route().call_route_request(&mut slot.store, conn, Resource::new_borrow(0));
+            slot.store.data_mut().request = None;
+            Ok(d?.map(decision))
+        })
+    }
+}
+
+fn decision(d: router::exports::weir::plugin::route::Decision) -> RouteDecision {
+    use router::exports::weir::plugin::route::Decision as D;
+    let edits =
+        |v: Vec<router::exports::weir::plugin::route::HeaderEdit>| v.into_iter().map(|e| (e.name, e.value)).collect();
+    match d {
+        D::Forward(f) => RouteDecision::Forward {
+            pool: f.pool,
+            hash_key: f.hash_key,
+            request_headers: edits(f.request_headers),
+            response_headers: edits(f.response_headers),
+        },
+        D::Respond(r) => RouteDecision::Respond { status: r.status, headers: r.headers, body: r.body },
+        D::NoMatch => RouteDecision::NoMatch,
     }
 }
 
@@ -405,10 +403,7 @@ fn verdict(v: access::exports::weir::plugin::access::Verdict) -> Verdict {
     use access::exports::weir::plugin::access::Verdict as V;
     match v {
         V::Allow => Verdict::Allow,
-        V::Deny(d) => Verdict::Deny {
-            reason: d.reason,
-            status: d.status,
-        },
+        V::Deny(d) => Verdict::Deny { reason: d.reason, status: d.status },
     }
 }
 

@@ -8,7 +8,7 @@ mod instance;
 pub mod state;
 
 pub use bundled::{bundled, BUNDLED};
-pub use instance::{CallError, CallErrorKind, Limits, PluginInstance, PluginStats, Verdict};
+pub use instance::{CallError, CallErrorKind, HeaderEdit, Limits, PluginInstance, PluginStats, RouteDecision, Verdict};
 pub use state::SharedStore;
 
 use sha2::{Digest, Sha256};
@@ -47,13 +47,8 @@ pub enum World {
 
 impl World {
     /// Every world, in phase order.
-    pub const ALL: [World; 5] = [
-        World::AccessFilter,
-        World::Router,
-        World::Balancer,
-        World::HealthChecker,
-        World::DiscoveryAdapter,
-    ];
+    pub const ALL: [World; 5] =
+        [World::AccessFilter, World::Router, World::Balancer, World::HealthChecker, World::DiscoveryAdapter];
 
     /// The world's name in `wit/`.
     pub fn name(self) -> &'static str {
@@ -162,38 +157,25 @@ impl Runtime {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| anyhow::anyhow!("{e}"))?;
         use bindings::balancer::weir::plugin as p;
-        p::host::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        p::pool::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        p::host::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(|e| anyhow::anyhow!("{e}"))?;
+        p::pool::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(|e| anyhow::anyhow!("{e}"))?;
         bindings::access::weir::plugin::http::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
 
         let ticker_stop = Arc::new(AtomicBool::new(false));
         let (e, stop) = (engine.clone(), ticker_stop.clone());
-        std::thread::Builder::new()
-            .name("weir-epoch".into())
-            .spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    std::thread::sleep(EPOCH_TICK);
-                    e.increment_epoch();
-                }
-            })?;
+        std::thread::Builder::new().name("weir-epoch".into()).spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(EPOCH_TICK);
+                e.increment_epoch();
+            }
+        })?;
         if let Some(dir) = &cache_dir {
             if let Err(e) = std::fs::create_dir_all(dir) {
-                tracing::warn!(
-                    "plugin cache {} unusable, compiling every time: {e}",
-                    dir.display()
-                );
+                tracing::warn!("plugin cache {} unusable, compiling every time: {e}", dir.display());
             }
         }
-        Ok(Arc::new(Self {
-            engine,
-            linker,
-            shared: Arc::default(),
-            cache_dir,
-            ticker_stop,
-        }))
+        Ok(Arc::new(Self { engine, linker, shared: Arc::default(), cache_dir, ticker_stop }))
     }
 
     /// The default cache directory: `$WEIR_CACHE_DIR`, else `<user cache>/weir/components`.
@@ -212,39 +194,28 @@ impl Runtime {
     /// (relative paths resolved against `base`).
     pub fn read_source(source: &str, base: &Path) -> Result<Vec<u8>, LoadError> {
         if let Some(name) = source.strip_prefix("builtin:") {
-            return bundled(name)
-                .map(<[u8]>::to_vec)
-                .ok_or_else(|| LoadError::UnknownBuiltin(name.into()));
+            return bundled(name).map(<[u8]>::to_vec).ok_or_else(|| LoadError::UnknownBuiltin(name.into()));
         }
         let path = base.join(source);
-        std::fs::read(&path).map_err(|e| LoadError::Read {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })
+        std::fs::read(&path).map_err(|e| LoadError::Read { path: path.display().to_string(), reason: e.to_string() })
     }
 
     /// Compile a component, through the on-disk cache when there is one.
     pub fn compile(&self, bytes: &[u8]) -> Result<Component, LoadError> {
         if !wasmparser_is_component(bytes) {
             return Err(LoadError::Compile(if bytes.starts_with(b"\0asm") {
-                "a core Wasm module, not a component (run it through `wasm-tools component new`)"
-                    .into()
+                "a core Wasm module, not a component (run it through `wasm-tools component new`)".into()
             } else {
                 "not WebAssembly (no \\0asm header)".into()
             }));
         }
         let mut compat = std::collections::hash_map::DefaultHasher::new();
-        self.engine
-            .precompile_compatibility_hash()
-            .hash(&mut compat);
+        self.engine.precompile_compatibility_hash().hash(&mut compat);
         let mut digest = Sha256::new();
         digest.update(bytes);
         digest.update(compat.finish().to_le_bytes());
         let key = hex::encode(&digest.finalize()[..16]);
-        let cached = self
-            .cache_dir
-            .as_ref()
-            .map(|d| d.join(format!("{key}.cwasm")));
+        let cached = self.cache_dir.as_ref().map(|d| d.join(format!("{key}.cwasm")));
         if let Some(path) = cached.as_ref().filter(|p| p.exists()) {
             // SAFETY: the file was written by `Component::serialize` of an
             // engine with the same compatibility hash (part of the key), in
@@ -254,15 +225,11 @@ impl Runtime {
                 Err(e) => tracing::warn!("ignoring bad cache entry {}: {e}", path.display()),
             }
         }
-        let component = Component::new(&self.engine, bytes)
-            .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        let component = Component::new(&self.engine, bytes).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
         if let Some(path) = cached {
             if let Ok(data) = component.serialize() {
                 let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-                if std::fs::write(&tmp, data)
-                    .and_then(|_| std::fs::rename(&tmp, &path))
-                    .is_err()
-                {
+                if std::fs::write(&tmp, data).and_then(|_| std::fs::rename(&tmp, &path)).is_err() {
                     let _ = std::fs::remove_file(&tmp);
                 }
             }
@@ -272,57 +239,32 @@ impl Runtime {
 
     /// The names of the interfaces a component exports.
     pub fn exports(&self, component: &Component) -> Vec<String> {
-        component
-            .component_type()
-            .exports(&self.engine)
-            .map(|(name, _)| name.to_string())
-            .collect()
+        component.component_type().exports(&self.engine).map(|(name, _)| name.to_string()).collect()
     }
 
     /// The names of the interfaces a component imports.
     pub fn imports(&self, component: &Component) -> Vec<String> {
-        component
-            .component_type()
-            .imports(&self.engine)
-            .map(|(name, _)| name.to_string())
-            .collect()
+        component.component_type().imports(&self.engine).map(|(name, _)| name.to_string()).collect()
     }
 
     /// The worlds whose export a component provides.
     pub fn worlds(&self, component: &Component) -> Vec<World> {
         let exports = self.exports(component);
-        World::ALL
-            .into_iter()
-            .filter(|w| exports.contains(&w.export_name()))
-            .collect()
+        World::ALL.into_iter().filter(|w| exports.contains(&w.export_name())).collect()
     }
 
     /// Load a plugin instance: compile, check the world, link, instantiate
     /// and `init` with its config, so that a bad plugin fails here and not
     /// on the first connection.
-    pub fn load(
-        self: &Arc<Self>,
-        spec: PluginSpec,
-        bytes: &[u8],
-    ) -> Result<Arc<PluginInstance>, LoadError> {
+    pub fn load(self: &Arc<Self>, spec: PluginSpec, bytes: &[u8]) -> Result<Arc<PluginInstance>, LoadError> {
         let component = self.compile(bytes)?;
         let world = spec.world;
         if !self.worlds(&component).contains(&world) {
             let found = self.exports(&component);
-            let found = if found.is_empty() {
-                "nothing".to_string()
-            } else {
-                found.join(", ")
-            };
-            return Err(LoadError::WrongWorld {
-                expected: world,
-                found,
-            });
+            let found = if found.is_empty() { "nothing".to_string() } else { found.join(", ") };
+            return Err(LoadError::WrongWorld { expected: world, found });
         }
-        let pre = self
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|e| LoadError::Link(format!("{e:#}")))?;
+        let pre = self.linker.instantiate_pre(&component).map_err(|e| LoadError::Link(format!("{e:#}")))?;
         let hash = hex::encode(&Sha256::digest(bytes)[..8]);
         PluginInstance::new(self.clone(), spec, pre, hash)
     }

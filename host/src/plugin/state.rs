@@ -35,11 +35,7 @@ type Key = (Arc<str>, String);
 impl SharedStore {
     /// The counter `name` of namespace `ns`, created at zero.
     pub fn counter(&self, ns: &Arc<str>, name: String) -> Arc<AtomicI64> {
-        self.counters
-            .lock()
-            .entry((ns.clone(), name))
-            .or_default()
-            .clone()
+        self.counters.lock().entry((ns.clone(), name)).or_default().clone()
     }
 }
 
@@ -51,15 +47,9 @@ pub struct PickCall {
     pub eligible: Arc<Vec<u32>>,
 }
 
-/// An HTTP request head as plugins see it.
-pub struct RequestHead {
-    /// Method.
-    pub method: ::http::Method,
-    /// Target URI.
-    pub uri: ::http::Uri,
-    /// Header fields.
-    pub headers: ::http::HeaderMap,
-}
+/// An HTTP request head as plugins see it: the request's own parts, lent
+/// for the duration of the phase calls and taken back afterwards.
+pub type RequestHead = ::http::request::Parts;
 
 /// The memory cap of a store, remembering whether it was hit so that a
 /// failed call can be told apart from an ordinary trap.
@@ -74,28 +64,15 @@ pub struct MemoryCap {
 const MAX_TABLE_ELEMENTS: usize = 100_000;
 
 impl wasmtime::ResourceLimiter for MemoryCap {
-    fn memory_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         if desired > self.max_bytes {
             self.hit = true;
-            wasmtime::bail!(
-                "memory limit of {} bytes reached (wanted {desired})",
-                self.max_bytes
-            );
+            wasmtime::bail!("memory limit of {} bytes reached (wanted {desired})", self.max_bytes);
         }
         Ok(true)
     }
 
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         if desired > MAX_TABLE_ELEMENTS {
             wasmtime::bail!("table limit of {MAX_TABLE_ELEMENTS} elements reached");
         }
@@ -119,10 +96,7 @@ impl PluginState {
         Self {
             name,
             shared,
-            limits: MemoryCap {
-                max_bytes: max_memory,
-                hit: false,
-            },
+            limits: MemoryCap { max_bytes: max_memory, hit: false },
             table: ResourceTable::new(),
             // Nothing granted: no files, no network, no environment, no args.
             wasi: WasiCtx::builder().build(),
@@ -132,24 +106,17 @@ impl PluginState {
     }
 
     fn pick(&self) -> wasmtime::Result<&PickCall> {
-        self.pick
-            .as_ref()
-            .ok_or_else(|| wasmtime::format_err!("pool-view used outside of pick"))
+        self.pick.as_ref().ok_or_else(|| wasmtime::format_err!("pool-view used outside of pick"))
     }
 
     fn request(&self) -> wasmtime::Result<&RequestHead> {
-        self.request
-            .as_deref()
-            .ok_or_else(|| wasmtime::format_err!("request used outside of its call"))
+        self.request.as_deref().ok_or_else(|| wasmtime::format_err!("request used outside of its call"))
     }
 }
 
 impl WasiView for PluginState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
     }
 }
 
@@ -175,19 +142,11 @@ impl host::Host for PluginState {
     }
 
     fn kv_get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
-        Ok(self
-            .shared
-            .kv
-            .lock()
-            .get(&(self.name.clone(), key))
-            .cloned())
+        Ok(self.shared.kv.lock().get(&(self.name.clone(), key)).cloned())
     }
 
     fn kv_set(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<()> {
-        self.shared
-            .kv
-            .lock()
-            .insert((self.name.clone(), key), value);
+        self.shared.kv.lock().insert((self.name.clone(), key), value);
         Ok(())
     }
 
@@ -225,11 +184,7 @@ impl host::HostSharedCounter for PluginState {
 impl pool::Host for PluginState {}
 
 fn slot_of(call: &PickCall, slot: u32) -> wasmtime::Result<&crate::upstream::Backend> {
-    call.pool
-        .backends
-        .get(slot as usize)
-        .map(|b| &**b)
-        .ok_or_else(|| wasmtime::format_err!("slot {slot} out of range"))
+    call.pool.backends.get(slot as usize).map(|b| &**b).ok_or_else(|| wasmtime::format_err!("slot {slot} out of range"))
 }
 
 impl pool::HostPoolView for PluginState {
@@ -243,12 +198,10 @@ impl pool::HostPoolView for PluginState {
 
     fn eligible(&mut self, _: Resource<PoolViewRep>, index: u32) -> wasmtime::Result<u32> {
         let call = self.pick()?;
-        call.eligible.get(index as usize).copied().ok_or_else(|| {
-            wasmtime::format_err!(
-                "eligible index {index} out of range ({})",
-                call.eligible.len()
-            )
-        })
+        call.eligible
+            .get(index as usize)
+            .copied()
+            .ok_or_else(|| wasmtime::format_err!("eligible index {index} out of range ({})", call.eligible.len()))
     }
 
     fn eligible_slots(&mut self, _: Resource<PoolViewRep>) -> wasmtime::Result<Vec<u32>> {
@@ -265,29 +218,17 @@ impl pool::HostPoolView for PluginState {
 
     fn eligible_active(&mut self, _: Resource<PoolViewRep>) -> wasmtime::Result<Vec<u32>> {
         let call = self.pick()?;
-        Ok(call
-            .eligible
-            .iter()
-            .map(|&s| call.pool.backends[s as usize].stats.active())
-            .collect())
+        Ok(call.eligible.iter().map(|&s| call.pool.backends[s as usize].stats.active()).collect())
     }
 
     fn eligible_latency_us(&mut self, _: Resource<PoolViewRep>) -> wasmtime::Result<Vec<u32>> {
         let call = self.pick()?;
-        Ok(call
-            .eligible
-            .iter()
-            .map(|&s| call.pool.backends[s as usize].stats.latency_us())
-            .collect())
+        Ok(call.eligible.iter().map(|&s| call.pool.backends[s as usize].stats.latency_us()).collect())
     }
 
     fn eligible_bytes_per_sec(&mut self, _: Resource<PoolViewRep>) -> wasmtime::Result<Vec<u64>> {
         let call = self.pick()?;
-        Ok(call
-            .eligible
-            .iter()
-            .map(|&s| call.pool.backends[s as usize].stats.bytes_per_sec())
-            .collect())
+        Ok(call.eligible.iter().map(|&s| call.pool.backends[s as usize].stats.bytes_per_sec()).collect())
     }
 
     fn drop(&mut self, _: Resource<PoolViewRep>) -> wasmtime::Result<()> {
@@ -316,46 +257,22 @@ impl http::HostRequest for PluginState {
 
     fn host(&mut self, _: Resource<RequestRep>) -> wasmtime::Result<Option<String>> {
         let req = self.request()?;
-        let host = req.uri.host().map(str::to_owned).or_else(|| {
-            req.headers
-                .get(::http::header::HOST)
-                .and_then(header_str)
-                .map(|h| strip_port(&h).to_owned())
-        });
+        let host =
+            req.uri.host().map(str::to_owned).or_else(|| {
+                req.headers.get(::http::header::HOST).and_then(header_str).map(|h| strip_port(&h).to_owned())
+            });
         Ok(host)
     }
 
-    fn header(
-        &mut self,
-        _: Resource<RequestRep>,
-        name: String,
-    ) -> wasmtime::Result<Option<String>> {
-        Ok(self
-            .request()?
-            .headers
-            .get(name.as_str())
-            .and_then(header_str))
+    fn header(&mut self, _: Resource<RequestRep>, name: String) -> wasmtime::Result<Option<String>> {
+        Ok(self.request()?.headers.get(name.as_str()).and_then(header_str))
     }
 
-    fn header_all(
-        &mut self,
-        _: Resource<RequestRep>,
-        name: String,
-    ) -> wasmtime::Result<Vec<String>> {
-        Ok(self
-            .request()?
-            .headers
-            .get_all(name.as_str())
-            .iter()
-            .filter_map(header_str)
-            .collect())
+    fn header_all(&mut self, _: Resource<RequestRep>, name: String) -> wasmtime::Result<Vec<String>> {
+        Ok(self.request()?.headers.get_all(name.as_str()).iter().filter_map(header_str).collect())
     }
 
-    fn cookie(
-        &mut self,
-        _: Resource<RequestRep>,
-        name: String,
-    ) -> wasmtime::Result<Option<String>> {
+    fn cookie(&mut self, _: Resource<RequestRep>, name: String) -> wasmtime::Result<Option<String>> {
         let req = self.request()?;
         let found = req
             .headers
@@ -369,11 +286,7 @@ impl http::HostRequest for PluginState {
         Ok(found)
     }
 
-    fn query_param(
-        &mut self,
-        _: Resource<RequestRep>,
-        name: String,
-    ) -> wasmtime::Result<Option<String>> {
+    fn query_param(&mut self, _: Resource<RequestRep>, name: String) -> wasmtime::Result<Option<String>> {
         let req = self.request()?;
         let found = req
             .uri

@@ -67,11 +67,7 @@ impl BackendStats {
     pub fn record_latency(&self, d: Duration) {
         let sample = d.as_micros().min(u32::MAX as u128) as u32;
         let old = self.latency_us.load(Ordering::Relaxed);
-        let new = if old == 0 {
-            sample
-        } else {
-            old - old / 8 + sample / 8
-        };
+        let new = if old == 0 { sample } else { old - old / 8 + sample / 8 };
         self.latency_us.store(new, Ordering::Relaxed);
     }
     /// Mark a connection as open; the guard closes it.
@@ -131,7 +127,7 @@ pub struct BackendSpec {
 }
 
 /// How a pool connects to its backends and reacts to failures.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct PoolSettings {
     /// Backend connect timeout.
     pub connect_timeout: Duration,
@@ -141,6 +137,54 @@ pub struct PoolSettings {
     pub max_fails: u32,
     /// How long such a backend stays out before it is tried again.
     pub fail_timeout: Duration,
+    /// HTTP: time a backend has to send its response head.
+    pub response_timeout: Duration,
+    /// HTTP: the balancer's hash key when the route gives none.
+    pub hash_key: Option<HashKey>,
+}
+
+/// Where an HTTP request's hash key comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    /// The client's IP address.
+    ClientIp,
+    /// The request path.
+    Path,
+    /// A header's value.
+    Header(http::HeaderName),
+    /// A cookie's value.
+    Cookie(String),
+}
+
+impl HashKey {
+    /// Parse `client-ip`, `path`, `header:NAME` or `cookie:NAME`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.split_once(':') {
+            None if s == "client-ip" => Some(Self::ClientIp),
+            None if s == "path" => Some(Self::Path),
+            Some(("header", name)) => http::HeaderName::from_bytes(name.trim().as_bytes()).ok().map(Self::Header),
+            Some(("cookie", name)) if !name.trim().is_empty() => Some(Self::Cookie(name.trim().to_string())),
+            _ => None,
+        }
+    }
+
+    /// The key of a request, if it has one.
+    pub fn extract(&self, head: &http::request::Parts, peer: std::net::SocketAddr) -> Option<String> {
+        match self {
+            Self::ClientIp => Some(peer.ip().to_string()),
+            Self::Path => Some(head.uri.path().to_string()),
+            Self::Header(name) => head.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned),
+            Self::Cookie(name) => head
+                .headers
+                .get_all(http::header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .filter_map(|pair| pair.trim().split_once('='))
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.to_owned()),
+        }
+    }
 }
 
 /// A named set of backends with one balancer.
@@ -167,12 +211,7 @@ static NEXT_POOL_ID: AtomicU32 = AtomicU32::new(1);
 
 impl Pool {
     /// A pool with every backend healthy.
-    pub fn new(
-        name: &str,
-        specs: Vec<BackendSpec>,
-        balancer: Arc<PluginInstance>,
-        settings: PoolSettings,
-    ) -> Self {
+    pub fn new(name: &str, specs: Vec<BackendSpec>, balancer: Arc<PluginInstance>, settings: PoolSettings) -> Self {
         let backends: Vec<Arc<Backend>> = specs
             .into_iter()
             .enumerate()
@@ -221,12 +260,7 @@ impl Pool {
         if b.healthy.swap(healthy, Ordering::Relaxed) == healthy {
             return false;
         }
-        let list: Vec<u32> = self
-            .backends
-            .iter()
-            .filter(|b| b.is_healthy())
-            .map(|b| b.slot)
-            .collect();
+        let list: Vec<u32> = self.backends.iter().filter(|b| b.is_healthy()).map(|b| b.slot).collect();
         self.healthy.store(Arc::new(list));
         true
     }
@@ -238,20 +272,12 @@ impl Pool {
         if tried.is_empty() {
             return healthy;
         }
-        Arc::new(
-            healthy
-                .iter()
-                .copied()
-                .filter(|s| !tried.contains(s))
-                .collect(),
-        )
+        Arc::new(healthy.iter().copied().filter(|s| !tried.contains(s)).collect())
     }
 
     /// A connect to `slot` succeeded.
     pub fn report_success(&self, slot: u32) {
-        self.backends[slot as usize]
-            .consecutive_failures
-            .store(0, Ordering::Relaxed);
+        self.backends[slot as usize].consecutive_failures.store(0, Ordering::Relaxed);
     }
 
     /// A connect to `slot` failed. After `max_fails` in a row the backend
@@ -270,9 +296,7 @@ impl Pool {
         let pool = self.clone();
         tokio::spawn(async move {
             tokio::time::sleep(wait).await;
-            pool.backends[slot as usize]
-                .consecutive_failures
-                .store(0, Ordering::Relaxed);
+            pool.backends[slot as usize].consecutive_failures.store(0, Ordering::Relaxed);
             if pool.set_healthy(slot, true) {
                 tracing::info!(pool = %pool.name, backend = %pool.backends[slot as usize].address, "back in rotation");
             }

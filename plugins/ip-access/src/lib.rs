@@ -53,24 +53,19 @@ impl Rules {
             .iter()
             .enumerate()
             .map(|(i, rule)| {
-                let (action, net) = rule.split_once(char::is_whitespace).ok_or_else(|| {
-                    format!("rules[{i}]: expected `allow CIDR` or `deny CIDR`, found `{rule}`")
-                })?;
+                let (action, net) = rule
+                    .split_once(char::is_whitespace)
+                    .ok_or_else(|| format!("rules[{i}]: expected `allow CIDR` or `deny CIDR`, found `{rule}`"))?;
                 let action = parse_action(action).map_err(|e| format!("rules[{i}]: {e}"))?;
                 let net = net.trim();
                 let net = net
                     .parse::<IpNet>()
                     .or_else(|_| net.parse::<IpAddr>().map(IpNet::from))
-                    .map_err(|_| {
-                        format!("rules[{i}]: `{net}` is not an address or CIDR network")
-                    })?;
+                    .map_err(|_| format!("rules[{i}]: `{net}` is not an address or CIDR network"))?;
                 Ok((action, net))
             })
             .collect::<Result<_, String>>()?;
-        Ok(Self {
-            rules,
-            default_allow,
-        })
+        Ok(Self { rules, default_allow })
     }
 
     /// Whether the address is allowed.
@@ -79,10 +74,7 @@ impl Rules {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
             v4 => v4,
         };
-        self.rules
-            .iter()
-            .find(|(_, net)| net.contains(&ip))
-            .map_or(self.default_allow, |(allow, _)| *allow)
+        self.rules.iter().find(|(_, net)| net.contains(&ip)).map_or(self.default_allow, |(allow, _)| *allow)
     }
 }
 
@@ -94,9 +86,7 @@ struct IpAccess {
 fn to_std(ip: &IpAddress) -> IpAddr {
     match *ip {
         IpAddress::Ipv4((a, b, c, d)) => IpAddr::V4(Ipv4Addr::new(a, b, c, d)),
-        IpAddress::Ipv6((a, b, c, d, e, f, g, h)) => {
-            IpAddr::V6(Ipv6Addr::new(a, b, c, d, e, f, g, h))
-        }
+        IpAddress::Ipv6((a, b, c, d, e, f, g, h)) => IpAddr::V6(Ipv6Addr::new(a, b, c, d, e, f, g, h)),
     }
 }
 
@@ -115,10 +105,7 @@ impl AccessFilter for IpAccess {
     fn init(config: Config) -> Result<Self, Error> {
         let s: Settings = config.parse()?;
         let rules = Rules::parse(&s.default, &s.rules).map_err(Error::InvalidConfig)?;
-        Ok(Self {
-            rules,
-            status: s.status,
-        })
+        Ok(Self { rules, status: s.status })
     }
 
     fn check_connection(&mut self, conn: &Connection) -> Result<Verdict, Error> {
@@ -137,11 +124,7 @@ mod tests {
     use super::*;
 
     fn rules(default: &str, r: &[&str]) -> Rules {
-        Rules::parse(
-            default,
-            &r.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
-        )
-        .unwrap()
+        Rules::parse(default, &r.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap()
     }
 
     #[test]
@@ -158,24 +141,15 @@ mod tests {
         assert!(!r.allows("127.0.0.1".parse().unwrap()));
         assert!(r.allows("127.0.0.2".parse().unwrap()));
         assert!(!r.allows("::1".parse().unwrap()));
-        assert!(
-            !r.allows("::ffff:127.0.0.1".parse().unwrap()),
-            "v4-mapped v6 matches v4 rules"
-        );
+        assert!(!r.allows("::ffff:127.0.0.1".parse().unwrap()), "v4-mapped v6 matches v4 rules");
     }
 
     #[test]
     fn bad_rules_name_their_position() {
-        let err = Rules::parse(
-            "allow",
-            &["allow 10.0.0.0/8".into(), "permit 1.2.3.4".into()],
-        )
-        .unwrap_err();
+        let err = Rules::parse("allow", &["allow 10.0.0.0/8".into(), "permit 1.2.3.4".into()]).unwrap_err();
         assert!(err.contains("rules[1]"), "{err}");
         let err = Rules::parse("allow", &["deny 300.1.1.1".into()]).unwrap_err();
         assert!(err.contains("300.1.1.1"), "{err}");
-        assert!(Rules::parse("maybe", &[])
-            .unwrap_err()
-            .starts_with("default"));
+        assert!(Rules::parse("maybe", &[]).unwrap_err().starts_with("default"));
     }
 }

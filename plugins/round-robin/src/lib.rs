@@ -10,12 +10,7 @@ impl Balancer for RoundRobin {
         Ok(Self(PerPoolCounter::new("round-robin")))
     }
 
-    fn pick(
-        &mut self,
-        pool: &PoolView,
-        _conn: &Connection,
-        _key: Option<&str>,
-    ) -> Result<u32, Error> {
+    fn pick(&mut self, pool: &PoolView, _conn: &Connection, _key: Option<&str>) -> Result<u32, Error> {
         let n = eligible_or_err(pool)?;
         Ok(pool.eligible((self.0.next(pool.id()) % n as u64) as u32))
     }

@@ -27,26 +27,15 @@ impl Balancer for Misbehave {
     fn init(config: Config) -> Result<Self, Error> {
         let settings: Settings = config.parse()?;
         if !["trap", "spin", "hog", "init-trap"].contains(&settings.mode.as_str()) {
-            return Err(Error::InvalidConfig(format!(
-                "unknown mode `{}`",
-                settings.mode
-            )));
+            return Err(Error::InvalidConfig(format!("unknown mode `{}`", settings.mode)));
         }
         if settings.mode == "init-trap" {
             panic!("trap in init");
         }
-        Ok(Self {
-            settings,
-            calls: SharedCounter::new("calls"),
-        })
+        Ok(Self { settings, calls: SharedCounter::new("calls") })
     }
 
-    fn pick(
-        &mut self,
-        pool: &PoolView,
-        _conn: &Connection,
-        _key: Option<&str>,
-    ) -> Result<u32, Error> {
+    fn pick(&mut self, pool: &PoolView, _conn: &Connection, _key: Option<&str>) -> Result<u32, Error> {
         let n = eligible_or_err(pool)?;
         if self.calls.fetch_add(1) % self.settings.every.max(1) == 0 {
             match self.settings.mode.as_str() {

@@ -12,12 +12,7 @@ impl Balancer for First {
         Ok(First)
     }
 
-    fn pick(
-        &mut self,
-        pool: &PoolView,
-        _conn: &Connection,
-        _key: Option<&str>,
-    ) -> Result<u32, Error> {
+    fn pick(&mut self, pool: &PoolView, _conn: &Connection, _key: Option<&str>) -> Result<u32, Error> {
         eligible_or_err(pool)?;
         Ok(pool.eligible(0))
     }

@@ -1,0 +1,71 @@
+//! Bodies as the proxy streams them: boxed, counted per backend, and holding
+//! the backend's active-request mark until the last byte has passed.
+
+use super::Direction;
+use crate::upstream::{ActiveGuard, BackendStats};
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{BodyExt, Empty, Full};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+/// The body type on both sides of the proxy.
+pub type ProxyBody = http_body_util::combinators::UnsyncBoxBody<Bytes, hyper::Error>;
+
+/// A body of known bytes.
+pub fn full(b: impl Into<Bytes>) -> ProxyBody {
+    Full::new(b.into()).map_err(|never| match never {}).boxed_unsync()
+}
+
+/// An empty body.
+pub fn empty() -> ProxyBody {
+    Empty::new().map_err(|never| match never {}).boxed_unsync()
+}
+
+/// Counts data bytes into a backend's rx or tx, and drops `active` when the
+/// body ends (or is dropped), so "active" means "response still streaming".
+pub struct Counted<B> {
+    inner: B,
+    stats: Arc<BackendStats>,
+    direction: Direction,
+    active: Option<ActiveGuard>,
+}
+
+impl<B> Counted<B> {
+    /// Wrap a body.
+    pub fn new(inner: B, stats: Arc<BackendStats>, direction: Direction, active: Option<ActiveGuard>) -> Self {
+        Self { inner, stats, direction, active }
+    }
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for Counted<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let n = data.len() as u64;
+                    match self.direction {
+                        Direction::ToBackend => self.stats.add_tx(n),
+                        Direction::FromBackend => self.stats.add_rx(n),
+                    }
+                }
+            }
+            Poll::Ready(_) => self.active = None,
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

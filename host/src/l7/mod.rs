@@ -1,0 +1,401 @@
+//! The L7 HTTP proxy: HTTP/1.1 and HTTP/2 (h2c) from clients, per request
+//! access → route → balance → forward over pooled keep-alive connections,
+//! bodies streamed both ways, WebSocket upgrades passed through.
+
+mod body;
+mod headers;
+
+use crate::config::Fallback;
+use crate::plugin::bindings::types;
+use crate::plugin::{PluginInstance, RouteDecision, Verdict};
+use crate::upstream::{Backend, Pool};
+use body::{full, Counted, ProxyBody};
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::{Body as _, Incoming};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Client to one pool's backends, with its own keep-alive pool.
+pub type UpstreamClient = Client<HttpConnector, ProxyBody>;
+
+/// Build the client for a pool.
+pub fn upstream_client(
+    http2: bool,
+    keepalive: usize,
+    keepalive_timeout: Duration,
+    connect_timeout: Duration,
+) -> UpstreamClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(connect_timeout));
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(keepalive_timeout)
+        .pool_max_idle_per_host(keepalive)
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .http2_only(http2)
+        .build(connector)
+}
+
+/// A pool as an HTTP listener sees it: the pool and its client.
+#[derive(Clone)]
+pub struct HttpPool {
+    /// The pool.
+    pub pool: Arc<Pool>,
+    /// Its client.
+    pub client: UpstreamClient,
+    /// Whether backends speak h2c.
+    pub http2: bool,
+}
+
+/// Settings of an HTTP listener.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpSettings {
+    /// Time a client has to send a request head.
+    pub header_timeout: Duration,
+    /// Largest request head accepted.
+    pub max_header_size: usize,
+    /// Add `X-Forwarded-*`.
+    pub x_forwarded: bool,
+    /// Add `Via`.
+    pub via: bool,
+}
+
+/// What an HTTP listener does with its requests.
+pub struct HttpService {
+    /// Listener name.
+    pub name: Arc<str>,
+    /// Bound address.
+    pub local: SocketAddr,
+    /// Pool used when there is no router or it has no match.
+    pub default_pool: HttpPool,
+    /// Every pool a router may name.
+    pub pools: Arc<BTreeMap<String, HttpPool>>,
+    /// Access filters, in order.
+    pub access: Vec<Arc<PluginInstance>>,
+    /// Router.
+    pub router: Option<Arc<PluginInstance>>,
+    /// Listener settings.
+    pub settings: HttpSettings,
+}
+
+/// Per client connection.
+struct ClientConn {
+    record: types::Connection,
+    peer: SocketAddr,
+}
+
+/// Why a request got an error response; the one place statuses are chosen.
+#[derive(Debug)]
+enum Failure {
+    Denied(u16, String),
+    PluginFailed(String),
+    UnknownPool(String),
+    NoBackend,
+    Unreachable,
+    BackendError(String),
+    Timeout,
+}
+
+impl Failure {
+    fn status(&self) -> StatusCode {
+        match self {
+            Failure::Denied(s, _) => StatusCode::from_u16(*s).unwrap_or(StatusCode::FORBIDDEN),
+            Failure::PluginFailed(_) | Failure::NoBackend => StatusCode::SERVICE_UNAVAILABLE,
+            Failure::UnknownPool(_) | Failure::Unreachable | Failure::BackendError(_) => StatusCode::BAD_GATEWAY,
+            Failure::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// Detail for the log (the response says only [`Failure::reason`]).
+    fn detail(&self) -> &str {
+        match self {
+            Failure::Denied(_, d) | Failure::PluginFailed(d) | Failure::UnknownPool(d) | Failure::BackendError(d) => d,
+            _ => "",
+        }
+    }
+
+    fn reason(&self) -> &str {
+        match self {
+            Failure::Denied(_, r) => r,
+            Failure::PluginFailed(_) => "a plugin failed",
+            Failure::UnknownPool(_) => "route names an unknown pool",
+            Failure::NoBackend => "no healthy backend",
+            Failure::Unreachable => "no backend reachable",
+            Failure::BackendError(_) => "backend error",
+            Failure::Timeout => "backend response timed out",
+        }
+    }
+
+    fn response(&self, request_id: &HeaderValue) -> Response<ProxyBody> {
+        let status = self.status();
+        let body = format!(
+            "{} {}: {}\nrequest-id: {}\n",
+            status.as_str(),
+            status.canonical_reason().unwrap_or(""),
+            self.reason(),
+            request_id.to_str().unwrap_or("")
+        );
+        let mut resp = Response::new(full(body));
+        *resp.status_mut() = status;
+        let h = resp.headers_mut();
+        h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        h.insert(headers::X_REQUEST_ID, request_id.clone());
+        resp
+    }
+}
+
+fn request_id() -> HeaderValue {
+    HeaderValue::from_str(&format!("{:016x}", rand::random::<u64>())).expect("hex is a valid header value")
+}
+
+impl HttpService {
+    fn connection(&self, peer: SocketAddr) -> types::Connection {
+        types::Connection {
+            client: crate::l4::wit_socket_address(peer),
+            local: crate::l4::wit_socket_address(self.local),
+            listener: self.name.to_string(),
+            protocol: types::Protocol::Http,
+            sni: None,
+        }
+    }
+
+    async fn handle(
+        self: Arc<Self>,
+        conn: Arc<ClientConn>,
+        req: Request<Incoming>,
+    ) -> Result<Response<ProxyBody>, Infallible> {
+        let id = req.headers().get(headers::X_REQUEST_ID).cloned().unwrap_or_else(request_id);
+        match self.forward(&conn, req, &id).await {
+            Ok(resp) => Ok(resp),
+            Err(failure) => {
+                tracing::debug!(listener = %self.name, peer = %conn.peer, request_id = ?id, status = %failure.status(), "{}: {}", failure.reason(), failure.detail());
+                Ok(failure.response(&id))
+            }
+        }
+    }
+
+    async fn forward(
+        &self,
+        conn: &ClientConn,
+        req: Request<Incoming>,
+        id: &HeaderValue,
+    ) -> Result<Response<ProxyBody>, Failure> {
+        let (parts, body) = req.into_parts();
+        let head = Arc::new(parts);
+
+        for filter in &self.access {
+            match filter.check_request(&conn.record, head.clone()) {
+                Ok(Verdict::Allow) => {}
+                Ok(Verdict::Deny { reason, status }) => return Err(Failure::Denied(status.unwrap_or(403), reason)),
+                Err(e) if filter.fallback() == Fallback::FailOpen => tracing::debug!("access plugin failed open: {e}"),
+                Err(e) => return Err(Failure::PluginFailed(e.to_string())),
+            }
+        }
+
+        let mut target = &self.default_pool;
+        let mut hash_key = None;
+        let (mut request_edits, mut response_edits) = (Vec::new(), Vec::new());
+        if let Some(router) = &self.router {
+            match router.route_request(&conn.record, head.clone()) {
+                Ok(RouteDecision::Forward { pool, hash_key: key, request_headers, response_headers }) => {
+                    target = self.pools.get(&pool).ok_or(Failure::UnknownPool(pool))?;
+                    hash_key = key;
+                    request_edits = request_headers;
+                    response_edits = response_headers;
+                }
+                Ok(RouteDecision::Respond { status, headers, body }) => {
+                    return Ok(headers::direct_response(status, headers, body, id));
+                }
+                Ok(RouteDecision::NoMatch) => {}
+                Err(e) if router.fallback() == Fallback::FailOpen => tracing::debug!("router failed open: {e}"),
+                Err(e) => return Err(Failure::PluginFailed(e.to_string())),
+            }
+        }
+
+        let mut parts = Arc::try_unwrap(head).unwrap_or_else(|shared| (*shared).clone_parts());
+        let pool = &target.pool;
+        if hash_key.is_none() {
+            hash_key = pool.settings.hash_key.as_ref().and_then(|k| k.extract(&parts, conn.peer));
+        }
+        let upgrade = headers::prepare_request(&mut parts, conn.peer, &self.settings, id, &request_edits);
+        let on_client_upgrade = upgrade.then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>()).flatten();
+        parts.version = if target.http2 { http::Version::HTTP_2 } else { http::Version::HTTP_11 };
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+
+        // A request without a body can be sent again to another backend.
+        let mut body = Some(body);
+        let mut tried = Vec::new();
+        for _ in 0..pool.settings.max_tries {
+            let eligible = pool.eligible(&tried);
+            if eligible.is_empty() {
+                break;
+            }
+            let slot = match pool.balancer.pick(pool, eligible.clone(), &conn.record, hash_key.as_deref()) {
+                Ok(slot) => slot,
+                Err(e) => match pool.balancer.fallback() {
+                    Fallback::FailOpen => pool.fallback_pick(&eligible).ok_or(Failure::NoBackend)?,
+                    Fallback::FailClosed => return Err(Failure::PluginFailed(e.to_string())),
+                },
+            };
+            let backend = pool.backends[slot as usize].clone();
+            let replayable = body.as_ref().is_none_or(hyper::body::Body::is_end_stream);
+            let outgoing: ProxyBody = match body.take() {
+                Some(b) if !b.is_end_stream() => {
+                    Counted::new(b, backend.stats.clone(), Direction::ToBackend, None).boxed_unsync()
+                }
+                _ => body::empty(),
+            };
+            let mut upstream = Request::from_parts(parts.clone_parts(), outgoing);
+            *upstream.uri_mut() =
+                format!("http://{}{}", backend.address, path).parse().map_err(|_| Failure::Unreachable)?;
+            let active = backend.stats.open();
+            let started = Instant::now();
+            match tokio::time::timeout(pool.settings.response_timeout, target.client.request(upstream)).await {
+                Ok(Ok(resp)) => {
+                    pool.report_success(slot);
+                    backend.stats.record_latency(started.elapsed());
+                    return Ok(self.respond(resp, backend, active, on_client_upgrade, &response_edits, id));
+                }
+                Ok(Err(e)) if e.is_connect() => {
+                    tracing::debug!(pool = %pool.name, backend = %backend.address, "connect failed: {e}");
+                    pool.report_failure(slot);
+                    tried.push(slot);
+                    if !replayable {
+                        return Err(Failure::Unreachable);
+                    }
+                }
+                Ok(Err(e)) => return Err(Failure::BackendError(format!("{e:#}"))),
+                Err(_) => return Err(Failure::Timeout),
+            }
+        }
+        Err(if tried.is_empty() { Failure::NoBackend } else { Failure::Unreachable })
+    }
+
+    fn respond(
+        &self,
+        resp: Response<Incoming>,
+        backend: Arc<Backend>,
+        active: crate::upstream::ActiveGuard,
+        on_client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+        edits: &[crate::plugin::HeaderEdit],
+        id: &HeaderValue,
+    ) -> Response<ProxyBody> {
+        let (mut parts, body) = resp.into_parts();
+        if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+            if let (Some(client), Some(server)) =
+                (on_client_upgrade, parts.extensions.remove::<hyper::upgrade::OnUpgrade>())
+            {
+                tokio::spawn(tunnel(client, server, backend.stats.clone(), active));
+                return Response::from_parts(parts, body::empty());
+            }
+        }
+        headers::prepare_response(&mut parts, edits, id);
+        let body = Counted::new(body, backend.stats.clone(), Direction::FromBackend, Some(active)).boxed_unsync();
+        Response::from_parts(parts, body)
+    }
+}
+
+/// Which way a body flows, for byte counting.
+#[derive(Debug, Clone, Copy)]
+pub enum Direction {
+    /// Request body, client to backend (tx).
+    ToBackend,
+    /// Response body, backend to client (rx).
+    FromBackend,
+}
+
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    server: hyper::upgrade::OnUpgrade,
+    stats: Arc<crate::upstream::BackendStats>,
+    _active: crate::upstream::ActiveGuard,
+) {
+    let (Ok(client), Ok(server)) = (client.await, server.await) else { return };
+    let (mut client, mut server) = (TokioIo::new(client), TokioIo::new(server));
+    if let Ok((tx, rx)) = tokio::io::copy_bidirectional(&mut client, &mut server).await {
+        stats.add_tx(tx);
+        stats.add_rx(rx);
+    }
+}
+
+trait CloneParts {
+    fn clone_parts(&self) -> http::request::Parts;
+}
+
+impl CloneParts for http::request::Parts {
+    /// A copy of the head without its extensions (which are not `Clone`).
+    fn clone_parts(&self) -> http::request::Parts {
+        let mut req = Request::builder().method(self.method.clone()).uri(self.uri.clone()).version(self.version);
+        if let Some(h) = req.headers_mut() {
+            *h = self.headers.clone();
+        }
+        req.body(()).expect("valid parts").into_parts().0
+    }
+}
+
+/// Serve HTTP on `listener` until `stop` is cancelled.
+pub async fn serve(listener: TcpListener, service: Arc<HttpService>, stop: CancellationToken, tracker: TaskTracker) {
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => break,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                tracker.spawn(serve_connection(service.clone(), stream, peer, stop.clone()));
+            }
+            Err(e) => {
+                tracing::warn!(listener = %service.name, "accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+async fn serve_connection(service: Arc<HttpService>, stream: TcpStream, peer: SocketAddr, stop: CancellationToken) {
+    let _ = stream.set_nodelay(true);
+    let conn = Arc::new(ClientConn { record: service.connection(peer), peer });
+    // Connection-level access check, as on L4.
+    for filter in &service.access {
+        match filter.check_connection(&conn.record) {
+            Ok(Verdict::Allow) => {}
+            Ok(Verdict::Deny { .. }) => return,
+            Err(_) if filter.fallback() == Fallback::FailOpen => {}
+            Err(_) => return,
+        }
+    }
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(service.settings.header_timeout)
+        .max_buf_size(service.settings.max_header_size.max(8192))
+        .keep_alive(true);
+    builder.http2().timer(TokioTimer::new()).max_header_list_size(service.settings.max_header_size as u32);
+    let svc = service.clone();
+    let handler = hyper::service::service_fn(move |req| svc.clone().handle(conn.clone(), req));
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), handler);
+    tokio::pin!(connection);
+    tokio::select! {
+        r = connection.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(listener = %service.name, %peer, "connection: {e}");
+            }
+        }
+        _ = stop.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! The route phase: map an HTTP request (or a TLS connection by SNI) to a pool.
+//!
+//! Implement [`Router`] and call [`export_router!`](crate::export_router).
+
+#[doc(hidden)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "router",
+        with: {
+            "weir:plugin/host@0.1.0": crate::imports::weir::plugin::host,
+            "weir:plugin/types@0.1.0": crate::imports::weir::plugin::types,
+        },
+        pub_export_macro: true,
+        export_macro_name: "__export_router_world",
+        default_bindings_module: "weir_sdk::router::bindings",
+    });
+}
+
+pub use crate::common::*;
+pub use bindings::exports::weir::plugin::route::{Decision, Forward, HeaderEdit, Respond};
+pub use bindings::weir::plugin::http::Request;
+
+/// A router plugin.
+pub trait Router: Sized + 'static {
+    /// Build the router from its instance config.
+    fn init(config: Config) -> Result<Self, Error>;
+
+    /// Route an HTTP request head.
+    fn route_request(&mut self, conn: &Connection, req: &Request) -> Result<Decision, Error>;
+
+    /// Route a connection by its TLS SNI and ALPN (passthrough). No match by default.
+    fn route_connection(&mut self, _conn: &Connection, _alpn: &[String]) -> Result<Decision, Error> {
+        Ok(Decision::NoMatch)
+    }
+}
+
+/// Forward to `pool` with no hash key and no header edits.
+pub fn forward(pool: impl Into<String>) -> Decision {
+    Decision::Forward(Forward {
+        pool: pool.into(),
+        hash_key: None,
+        request_headers: Vec::new(),
+        response_headers: Vec::new(),
+    })
+}
+
+/// Export a [`Router`] implementation as the plugin's `router` world.
+#[macro_export]
+macro_rules! export_router {
+    ($plugin:ty) => {
+        const _: () = {
+            use std::cell::RefCell;
+            use $crate::imports::weir::plugin::types::{Connection, Error};
+            use $crate::router::bindings::exports::weir::plugin::route::{Decision, Guest};
+            use $crate::router::bindings::weir::plugin::http::Request;
+            use $crate::router::Router;
+
+            thread_local! {
+                static STATE: RefCell<Option<$plugin>> = const { RefCell::new(None) };
+            }
+
+            fn with_state<R>(f: impl FnOnce(&mut $plugin) -> Result<R, Error>) -> Result<R, Error> {
+                STATE.with_borrow_mut(|s| match s.as_mut() {
+                    Some(p) => f(p),
+                    None => Err(Error::Other("plugin not initialised".into())),
+                })
+            }
+
+            struct WeirExport;
+
+            impl Guest for WeirExport {
+                fn init(config: String) -> Result<(), Error> {
+                    let plugin = <$plugin as Router>::init($crate::Config::from_json(config))?;
+                    STATE.with_borrow_mut(|s| *s = Some(plugin));
+                    Ok(())
+                }
+                fn route_request(conn: Connection, req: &Request) -> Result<Decision, Error> {
+                    with_state(|p| p.route_request(&conn, req))
+                }
+                fn route_connection(conn: Connection, alpn: Vec<String>) -> Result<Decision, Error> {
+                    with_state(|p| p.route_connection(&conn, &alpn))
+                }
+            }
+
+            // Exports exist only on wasm32; natively the plugin is a plain
+            // library for unit tests, and this keeps its code counted as used.
+            #[cfg(target_arch = "wasm32")]
+    $crate::router::bindings::__export_router_world!(WeirExport with_types_in $crate::router::bindings);
+            #[cfg(not(target_arch = "wasm32"))]
+            let _ = [
+                <WeirExport as Guest>::init as *const (),
+                <WeirExport as Guest>::route_request as *const (),
+                <WeirExport as Guest>::route_connection as *const (),
+            ];
+        };
+    };
+}

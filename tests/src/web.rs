@@ -1,0 +1,155 @@
+//! HTTP peers for the L7 tests: a hyper backend that tags its answers and
+//! echoes what it saw, and clients for HTTP/1.1 and HTTP/2 (h2c).
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// Body type of test requests.
+pub type TestBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
+
+/// A body of bytes.
+pub fn body(b: impl Into<Bytes>) -> TestBody {
+    Full::new(b.into()).map_err(|never| match never {}).boxed()
+}
+
+/// An HTTP/1.1 + h2c backend. Every response carries `x-backend: NAME`;
+/// headers it received come back as `x-seen-<name>`; the body is echoed;
+/// `/status/N` answers N; `/sleep/MS` waits first.
+pub struct HttpBackend {
+    /// Name in `x-backend`.
+    pub name: String,
+    /// Bound address.
+    pub addr: SocketAddr,
+    connections: Arc<AtomicU64>,
+    requests: Arc<AtomicU64>,
+    task: JoinHandle<()>,
+}
+
+impl HttpBackend {
+    /// Start on a free loopback port.
+    pub async fn start(name: &str) -> Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (connections, requests) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let task = tokio::spawn(serve(listener, name.to_string(), connections.clone(), requests.clone()));
+        Ok(Self { name: name.into(), addr, connections, requests, task })
+    }
+
+    /// TCP connections accepted.
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::SeqCst)
+    }
+
+    /// Requests answered.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for HttpBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve(listener: TcpListener, name: String, connections: Arc<AtomicU64>, requests: Arc<AtomicU64>) {
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        connections.fetch_add(1, Ordering::SeqCst);
+        let (name, requests) = (name.clone(), requests.clone());
+        conns.spawn(async move {
+            let svc = hyper::service::service_fn(move |req| answer(name.clone(), requests.clone(), req));
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                .await;
+        });
+        while conns.try_join_next().is_some() {}
+    }
+}
+
+async fn answer(
+    name: String,
+    requests: Arc<AtomicU64>,
+    req: Request<Incoming>,
+) -> Result<Response<TestBody>, Infallible> {
+    requests.fetch_add(1, Ordering::SeqCst);
+    let path = req.uri().path().to_string();
+    let mut status = StatusCode::OK;
+    if let Some(ms) = path.strip_prefix("/sleep/").and_then(|s| s.parse().ok()) {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    if let Some(code) = path.strip_prefix("/status/").and_then(|s| s.parse().ok()) {
+        status = StatusCode::from_u16(code).unwrap_or(StatusCode::OK);
+    }
+    let mut resp = Response::builder()
+        .status(status)
+        .header("x-backend", &name)
+        .header("x-seen-path", req.uri().path_and_query().map_or("/", |p| p.as_str()))
+        .header("x-seen-method", req.method().as_str())
+        .header("x-seen-version", format!("{:?}", req.version()))
+        .header("connection", "x-drop-me")
+        .header("x-drop-me", "hop-by-hop");
+    for (k, v) in req.headers() {
+        resp = resp.header(format!("x-seen-{k}"), v);
+    }
+    // Echo the body as it streams in.
+    Ok(resp.body(req.into_body().boxed()).unwrap())
+}
+
+/// An HTTP/1.1 client with keep-alive.
+pub fn client_h1() -> hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, TestBody> {
+    hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// An HTTP/2 prior-knowledge (h2c) client.
+pub fn client_h2() -> hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, TestBody> {
+    hyper_util::client::legacy::Client::builder(TokioExecutor::new()).http2_only(true).build_http()
+}
+
+/// A response with its body read.
+pub struct Got {
+    /// Status.
+    pub status: StatusCode,
+    /// Headers.
+    pub headers: http::HeaderMap,
+    /// Body.
+    pub body: Bytes,
+}
+
+impl Got {
+    /// A header as text ("" when absent).
+    pub fn header(&self, name: &str) -> &str {
+        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+    }
+}
+
+/// Send a request and read the whole response (bounded by [`crate::STEP`]).
+pub async fn send(
+    client: &hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, TestBody>,
+    req: Request<TestBody>,
+) -> Result<Got> {
+    tokio::time::timeout(crate::STEP, async {
+        let resp = client.request(req).await.context("request")?;
+        let (parts, b) = resp.into_parts();
+        let body = b.collect().await.context("body")?.to_bytes();
+        Ok(Got { status: parts.status, headers: parts.headers, body })
+    })
+    .await?
+}
+
+/// `GET http://addr{path}` with a Host header.
+pub fn get(addr: SocketAddr, host: &str, path: &str) -> Request<TestBody> {
+    Request::get(format!("http://{addr}{path}")).header("host", host).body(body(Bytes::new())).unwrap()
+}

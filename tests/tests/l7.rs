@@ -1,0 +1,236 @@
+//! The L7 HTTP proxy end to end: hyper backends and real clients (hyper
+//! HTTP/1.1 and h2c, curl when installed) through weir on 127.0.0.1.
+
+use anyhow::Result;
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use std::collections::HashMap;
+use weir_tests::web::*;
+use weir_tests::*;
+
+fn http_config(pools: &[(&str, &[&HttpBackend])], extra_listener: &str, extra: &str) -> String {
+    let mut text = String::new();
+    for (name, backends) in pools {
+        let list: Vec<String> = backends.iter().map(|b| format!("\"{}\"", b.addr)).collect();
+        text += &format!("[pools.{name}]\nbackends = [{}]\nfail_timeout = \"300ms\"\n\n", list.join(", "));
+    }
+    text + &format!(
+        "[listeners.web]\nbind = \"127.0.0.1:0\"\nprotocol = \"http\"\npool = \"{}\"\n{extra_listener}\n{extra}",
+        pools[0].0
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_is_balanced_with_proxy_headers_and_keepalive() -> Result<()> {
+    let (a, b) = (HttpBackend::start("a").await?, HttpBackend::start("b").await?);
+    let weir = start_weir(&http_config(&[("p", &[&a, &b])], "via = true", "")).await?;
+    let addr = weir.listener_addr("web").unwrap();
+    let client = client_h1();
+    let mut seen = HashMap::<String, usize>::new();
+    for i in 0..100 {
+        let mut req = get(addr, "shop.test", &format!("/item/{i}?q=1"));
+        req.headers_mut().insert("connection", "keep-alive, x-secret".parse()?);
+        req.headers_mut().insert("x-secret", "hop".parse()?);
+        let got = send(&client, req).await?;
+        assert_eq!(got.status, StatusCode::OK);
+        assert_eq!(got.header("x-seen-path"), format!("/item/{i}?q=1"));
+        assert_eq!(got.header("x-seen-host"), "shop.test", "Host preserved");
+        assert_eq!(got.header("x-seen-x-forwarded-for"), "127.0.0.1");
+        assert_eq!(got.header("x-seen-x-forwarded-host"), "shop.test");
+        assert_eq!(got.header("x-seen-x-forwarded-proto"), "http");
+        assert_eq!(got.header("x-seen-via"), "1.1 weir");
+        assert_eq!(got.header("x-seen-x-secret"), "", "header named in Connection removed");
+        assert_eq!(got.header("x-drop-me"), "", "hop-by-hop removed from the response");
+        assert_eq!(got.header("x-request-id").len(), 16, "request id added");
+        assert_eq!(got.header("x-request-id"), got.header("x-seen-x-request-id"));
+        *seen.entry(got.header("x-backend").to_string()).or_default() += 1;
+    }
+    assert_eq!(seen, HashMap::from([("a".into(), 50), ("b".into(), 50)]));
+    // 100 sequential requests over keep-alive on both sides: a handful of
+    // backend connections, not one per request.
+    assert!(a.connections() <= 2 && b.connections() <= 2, "a {} b {}", a.connections(), b.connections());
+    weir.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_stream_both_ways_intact() -> Result<()> {
+    let a = HttpBackend::start("a").await?;
+    let weir = start_weir(&http_config(&[("p", &[&a])], "", "")).await?;
+    let addr = weir.listener_addr("web").unwrap();
+    let client = client_h1();
+    for size in [0usize, 1, 1 << 20, 8 << 20] {
+        let payload: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+        let req = Request::post(format!("http://{addr}/upload")).body(body(payload.clone()))?;
+        let got = send(&client, req).await?;
+        assert_eq!(got.status, StatusCode::OK);
+        assert_eq!(got.header("x-seen-method"), "POST");
+        assert!(got.body == payload, "{size} bytes echoed intact (got {})", got.body.len());
+    }
+    // Chunked upload (no content-length) from a streaming body.
+    let stream = streaming(vec![b"abc".to_vec(), vec![b'x'; 100_000], b"end".to_vec()]);
+    let got = send(&client, Request::put(format!("http://{addr}/chunked")).body(stream)?).await?;
+    assert_eq!(got.header("x-seen-transfer-encoding"), "chunked");
+    assert_eq!(got.body.len(), 100_006);
+    assert!(got.body.starts_with(b"abc") && got.body.ends_with(b"end"));
+    weir.shutdown().await;
+    Ok(())
+}
+
+/// A body sent in several frames with no length known up front.
+fn streaming(parts: Vec<Vec<u8>>) -> TestBody {
+    use http_body_util::BodyExt;
+    let frames = parts.into_iter().map(|p| Ok::<_, hyper::Error>(hyper::body::Frame::data(Bytes::from(p))));
+    http_body_util::StreamBody::new(futures::stream::iter(frames)).boxed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_client_to_http1_backend_and_h2c_to_h2c() -> Result<()> {
+    let a = HttpBackend::start("a").await?;
+    let text = http_config(&[("h1", &[&a]), ("h2", &[&a])], "", "");
+    let text = text.replace("[pools.h2]\n", "[pools.h2]\nhttp2 = true\n");
+    let weir = start_weir(&text).await?;
+    let addr = weir.listener_addr("web").unwrap();
+    let got = send(&client_h2(), get(addr, "h2.test", "/over-h2")).await?;
+    assert_eq!(got.status, StatusCode::OK);
+    assert_eq!(got.header("x-seen-version"), "HTTP/1.1", "client spoke h2c, backend got HTTP/1.1");
+    assert_eq!(got.header("x-seen-host"), "h2.test");
+    weir.shutdown().await;
+
+    let text = http_config(&[("h2", &[&a])], "", "").replace("[pools.h2]\n", "[pools.h2]\nhttp2 = true\n");
+    let weir = start_weir(&text).await?;
+    let addr = weir.listener_addr("web").unwrap();
+    let got = send(&client_h2(), get(addr, "h2.test", "/h2-all-the-way")).await?;
+    assert_eq!(got.header("x-seen-version"), "HTTP/2.0");
+    let payload = vec![7u8; 300_000];
+    let got = send(&client_h2(), Request::post(format!("http://{addr}/up")).body(body(payload.clone()))?).await?;
+    assert!(got.body == payload);
+    weir.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_have_the_right_status_and_a_request_id() -> Result<()> {
+    let a = HttpBackend::start("a").await?;
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        l.local_addr()?
+    };
+    let text = format!(
+        "[pools.dead]\nbackends = [\"{dead}\"]\n\n[pools.none]\n\n{}",
+        http_config(&[("p", &[&a])], "", "").replace("pool = \"p\"", "pool = \"dead\"")
+    );
+    let weir = start_weir(&text).await?;
+    let addr = weir.listener_addr("web").unwrap();
+    let got = send(&client_h1(), get(addr, "x", "/")).await?;
+    assert_eq!(got.status, StatusCode::BAD_GATEWAY);
+    let id = got.header("x-request-id").to_string();
+    assert!(String::from_utf8_lossy(&got.body).contains(&format!("request-id: {id}")), "{:?}", got.body);
+    // The dead backend is now out of rotation: no healthy backend.
+    let got = send(&client_h1(), get(addr, "x", "/")).await?;
+    assert_eq!(got.status, StatusCode::SERVICE_UNAVAILABLE);
+    weir.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_path_routes_like_bfe() -> Result<()> {
+    let names = ["apex", "wild", "wild-eu", "shop", "api", "v2", "admin", "login", "static", "fallback", "default"];
+    let mut backends = Vec::new();
+    for n in names {
+        backends.push(HttpBackend::start(n).await?);
+    }
+    let pools: Vec<(&str, Vec<&HttpBackend>)> = backends.iter().map(|b| (b.name.as_str(), vec![b])).collect();
+    let pools: Vec<(&str, &[&HttpBackend])> = pools.iter().map(|(n, v)| (*n, v.as_slice())).collect();
+    let mut text = http_config(&pools, "router = \"routes\"", "");
+    text = text.replace("pool = \"apex\"", "pool = \"default\"");
+    text += r#"
+[plugins.routes]
+source = "builtin:host-path"
+config.default = "fallback"
+config.routes = [
+  { host = "example.com", path = "/", pool = "apex" },
+  { host = "*.example.com", path = "/", pool = "wild" },
+  { host = "*.eu.example.com", path = "/", pool = "wild-eu" },
+  { host = "shop.eu.example.com", path = "/", pool = "shop" },
+  { host = "api.test", path = "/", pool = "api" },
+  { host = "api.test", path = "/v2/", pool = "v2" },
+  { host = "api.test", path = "/v2/admin/", pool = "admin" },
+  { host = "api.test", path = "=/v2/admin/login", pool = "login" },
+  { host = "*", path = "/static/", pool = "static" },
+]
+"#;
+    let weir = start_weir(&text).await?;
+    let addr = weir.listener_addr("web").unwrap();
+    let client = client_h1();
+    let cases = [
+        ("example.com", "/", "apex"),
+        ("www.example.com", "/", "wild"),
+        ("a.b.example.com", "/x", "wild"),
+        ("x.eu.example.com", "/", "wild-eu"),
+        ("shop.eu.example.com:8080", "/cart", "shop"),
+        ("api.test", "/v1/users", "api"),
+        ("api.test", "/v2/users", "v2"),
+        ("api.test", "/v2/admin/users", "admin"),
+        ("api.test", "/v2/admin/login", "login"),
+        ("api.test", "/v2/admin/login/", "admin"),
+        ("cdn.other", "/static/app.js", "static"),
+        ("cdn.other", "/", "fallback"),
+    ];
+    for (host, path, want) in cases {
+        let got = send(&client, get(addr, host, path)).await?;
+        assert_eq!(got.header("x-backend"), want, "{host}{path}");
+    }
+    // HTTP/2 requests carry the host in :authority (curl resolves api.test to weir).
+    let out = tokio::process::Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--http2-prior-knowledge", "-o", "/dev/null"])
+        .args([
+            "-w",
+            "%{http_version} %header{x-backend}",
+            "--connect-to",
+            &format!("api.test:80:{addr}"),
+            "http://api.test/v2/x",
+        ])
+        .output()
+        .await?;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "2 v2", "{}", String::from_utf8_lossy(&out.stderr));
+    weir.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_through_weir() -> Result<()> {
+    if std::process::Command::new("curl").arg("--version").output().is_err() {
+        eprintln!("curl not installed; skipped");
+        return Ok(());
+    }
+    let a = HttpBackend::start("a").await?;
+    let weir = start_weir(&http_config(&[("p", &[&a])], "", "")).await?;
+    let addr = weir.listener_addr("web").unwrap();
+    let out = tokio::process::Command::new("curl")
+        .args(["-sS", "--max-time", "10", "-D", "-", "-d", "hello curl", &format!("http://{addr}/from-curl")])
+        .output()
+        .await?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("x-backend: a"), "{text}");
+    assert!(text.ends_with("hello curl"), "{text}");
+    let out = tokio::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "10",
+            "--http2-prior-knowledge",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_version} %{http_code}",
+        ])
+        .arg(format!("http://{addr}/h2"))
+        .output()
+        .await?;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "2 200");
+    weir.shutdown().await;
+    Ok(())
+}
