@@ -39,7 +39,7 @@ pub trait AccessFilter: Sized + 'static {
 
 /// A deny verdict with a reason and an optional HTTP status.
 pub fn deny(reason: impl Into<String>, status: Option<u16>) -> Verdict {
-    Verdict::Deny(DenyInfo { reason: reason.into(), status })
+    Verdict::Deny(DenyInfo { reason: reason.into(), status, headers: Vec::new() })
 }
 
 /// Export an [`AccessFilter`] implementation as the plugin's `access-filter` world.

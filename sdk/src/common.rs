@@ -30,6 +30,16 @@ pub fn random_below(n: u32) -> u32 {
     (((random_u64() >> 32) * n as u64) >> 32) as u32
 }
 
+/// Take a token from the host-owned bucket `key` (`rate` a second, at most
+/// `burst` saved up). `Ok(())` when one was taken, else the wait until the
+/// next one is due. Buckets are shared by every instance and worker thread.
+pub fn take_token(key: &str, rate: u32, burst: u32) -> Result<(), std::time::Duration> {
+    match host::take_token(key, rate, burst) {
+        0 => Ok(()),
+        ms => Err(std::time::Duration::from_millis(ms as u64)),
+    }
+}
+
 /// Read a value from the host's shared key-value store.
 pub fn kv_get(key: &str) -> Option<Vec<u8>> {
     host::kv_get(key)

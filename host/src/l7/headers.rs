@@ -53,6 +53,10 @@ fn apply_edits(headers: &mut HeaderMap, edits: &[HeaderEdit]) {
     for (name, value) in edits {
         let Ok(name) = HeaderName::from_bytes(name.as_bytes()) else { continue };
         match value.as_deref().map(HeaderValue::from_str) {
+            // Cookies cannot be folded into one field: add, never replace.
+            Some(Ok(v)) if name == header::SET_COOKIE => {
+                headers.append(name, v);
+            }
             Some(Ok(v)) => {
                 headers.insert(name, v);
             }
@@ -116,6 +120,15 @@ pub fn prepare_response(parts: &mut http::response::Parts, edits: &[HeaderEdit],
     apply_edits(&mut parts.headers, edits);
 }
 
+/// Append `(name, value)` pairs, skipping invalid ones.
+pub fn add_all(h: &mut HeaderMap, pairs: &[(String, String)]) {
+    for (name, value) in pairs {
+        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
+            h.append(n, v);
+        }
+    }
+}
+
 /// A response a router answered itself.
 pub fn direct_response(
     status: u16,
@@ -125,11 +138,7 @@ pub fn direct_response(
 ) -> Response<ProxyBody> {
     let mut resp = Response::new(full(body));
     *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    for (name, value) in headers {
-        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(&value)) {
-            resp.headers_mut().append(n, v);
-        }
-    }
+    add_all(resp.headers_mut(), &headers);
     resp.headers_mut().insert(X_REQUEST_ID, id.clone());
     resp
 }

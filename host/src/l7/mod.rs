@@ -98,7 +98,7 @@ struct ClientConn {
 /// Why a request got an error response; the one place statuses are chosen.
 #[derive(Debug)]
 enum Failure {
-    Denied(u16, String),
+    Denied(u16, String, Vec<(String, String)>),
     PluginFailed(String),
     UnknownPool(String),
     NoBackend,
@@ -110,7 +110,7 @@ enum Failure {
 impl Failure {
     fn status(&self) -> StatusCode {
         match self {
-            Failure::Denied(s, _) => StatusCode::from_u16(*s).unwrap_or(StatusCode::FORBIDDEN),
+            Failure::Denied(s, _, _) => StatusCode::from_u16(*s).unwrap_or(StatusCode::FORBIDDEN),
             Failure::PluginFailed(_) | Failure::NoBackend => StatusCode::SERVICE_UNAVAILABLE,
             Failure::UnknownPool(_) | Failure::Unreachable | Failure::BackendError(_) => StatusCode::BAD_GATEWAY,
             Failure::Timeout => StatusCode::GATEWAY_TIMEOUT,
@@ -120,14 +120,17 @@ impl Failure {
     /// Detail for the log (the response says only [`Failure::reason`]).
     fn detail(&self) -> &str {
         match self {
-            Failure::Denied(_, d) | Failure::PluginFailed(d) | Failure::UnknownPool(d) | Failure::BackendError(d) => d,
+            Failure::Denied(_, d, _)
+            | Failure::PluginFailed(d)
+            | Failure::UnknownPool(d)
+            | Failure::BackendError(d) => d,
             _ => "",
         }
     }
 
     fn reason(&self) -> &str {
         match self {
-            Failure::Denied(_, r) => r,
+            Failure::Denied(_, r, _) => r,
             Failure::PluginFailed(_) => "a plugin failed",
             Failure::UnknownPool(_) => "route names an unknown pool",
             Failure::NoBackend => "no healthy backend",
@@ -151,6 +154,9 @@ impl Failure {
         let h = resp.headers_mut();
         h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
         h.insert(headers::X_REQUEST_ID, request_id.clone());
+        if let Failure::Denied(_, _, extra) = self {
+            headers::add_all(h, extra);
+        }
         resp
     }
 }
@@ -197,7 +203,9 @@ impl HttpService {
         for filter in &self.access {
             match filter.check_request(&conn.record, head.clone()) {
                 Ok(Verdict::Allow) => {}
-                Ok(Verdict::Deny { reason, status }) => return Err(Failure::Denied(status.unwrap_or(403), reason)),
+                Ok(Verdict::Deny { reason, status, headers }) => {
+                    return Err(Failure::Denied(status.unwrap_or(403), reason, headers));
+                }
                 Err(e) if filter.fallback() == Fallback::FailOpen => tracing::debug!("access plugin failed open: {e}"),
                 Err(e) => return Err(Failure::PluginFailed(e.to_string())),
             }
@@ -366,15 +374,8 @@ pub async fn serve(listener: TcpListener, service: Arc<HttpService>, stop: Cance
 async fn serve_connection(service: Arc<HttpService>, stream: TcpStream, peer: SocketAddr, stop: CancellationToken) {
     let _ = stream.set_nodelay(true);
     let conn = Arc::new(ClientConn { record: service.connection(peer), peer });
-    // Connection-level access check, as on L4.
-    for filter in &service.access {
-        match filter.check_connection(&conn.record) {
-            Ok(Verdict::Allow) => {}
-            Ok(Verdict::Deny { .. }) => return,
-            Err(_) if filter.fallback() == Fallback::FailOpen => {}
-            Err(_) => return,
-        }
-    }
+    // Access filters run per request (check-request), so a denial is an
+    // HTTP status, not a dropped connection.
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
         .http1()

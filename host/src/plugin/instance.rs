@@ -102,6 +102,8 @@ pub enum Verdict {
         reason: String,
         /// HTTP status for L7 (403 when none).
         status: Option<u16>,
+        /// Extra response headers for L7.
+        headers: Vec<(String, String)>,
     },
 }
 
@@ -403,7 +405,7 @@ fn verdict(v: access::exports::weir::plugin::access::Verdict) -> Verdict {
     use access::exports::weir::plugin::access::Verdict as V;
     match v {
         V::Allow => Verdict::Allow,
-        V::Deny(d) => Verdict::Deny { reason: d.reason, status: d.status },
+        V::Deny(d) => Verdict::Deny { reason: d.reason, status: d.status, headers: d.headers },
     }
 }
 

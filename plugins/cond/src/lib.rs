@@ -1,0 +1,203 @@
+//! Bundled router `cond`: BFE's condition expressions as an ordered rule list.
+//!
+//! ```toml
+//! [plugins.rules]
+//! source = "builtin:cond"
+//! config.default = "web"          # optional: pool when no rule matches
+//! config.rules = [
+//!   { cond = 'req_host_in("api.example.com") && req_path_prefix_in("/v2/", false)', pool = "api-v2" },
+//!   { cond = 'req_header_value_in("X-Beta", "1|yes", true) || req_cookie_value_in("beta", "1")', pool = "beta" },
+//!   { cond = '!req_method_in("GET|HEAD") && req_cip_range("10.0.0.0", "10.255.255.255")', pool = "internal-writes" },
+//! ]
+//! ```
+//!
+//! Primitives: `req_host_in`, `req_path_in`, `req_path_prefix_in`,
+//! `req_method_in`, `req_header_value_in`, `req_cookie_value_in`,
+//! `req_query_value_in` (values separated by `|`, an optional last `true`
+//! folds case) and `req_cip_range` (start and end address, or one CIDR).
+//! Rules are tried in order; the first true one picks the pool. A rule that
+//! does not parse is refused at load with its index and column.
+
+pub mod expr;
+
+use expr::{Cond, Facts};
+use serde::Deserialize;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use weir_sdk::router::*;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Settings {
+    #[serde(default)]
+    rules: Vec<RuleSpec>,
+    default: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleSpec {
+    cond: String,
+    pool: String,
+}
+
+/// Parse every rule, naming the first bad one.
+pub fn compile(rules: &[(String, String)]) -> Result<Vec<(Cond, String)>, String> {
+    rules
+        .iter()
+        .enumerate()
+        .map(|(i, (cond, pool))| {
+            expr::parse(cond)
+                .map(|c| (c, pool.clone()))
+                .map_err(|e| format!("rules[{i}]: column {}: {} in `{cond}`", e.column, e.message))
+        })
+        .collect()
+}
+
+struct RequestFacts<'a> {
+    req: &'a Request,
+    conn: &'a Connection,
+}
+
+impl Facts for RequestFacts<'_> {
+    fn host(&self) -> Option<String> {
+        self.req.host().map(|h| h.to_ascii_lowercase())
+    }
+    fn path(&self) -> String {
+        self.req.path()
+    }
+    fn method(&self) -> String {
+        self.req.method()
+    }
+    fn header(&self, name: &str) -> Option<String> {
+        self.req.header(name)
+    }
+    fn cookie(&self, name: &str) -> Option<String> {
+        self.req.cookie(name)
+    }
+    fn query(&self, name: &str) -> Option<String> {
+        self.req.query_param(name)
+    }
+    fn client_ip(&self) -> IpAddr {
+        match self.conn.client.ip {
+            IpAddress::Ipv4((a, b, c, d)) => IpAddr::V4(Ipv4Addr::new(a, b, c, d)),
+            IpAddress::Ipv6((a, b, c, d, e, f, g, h)) => IpAddr::V6(Ipv6Addr::new(a, b, c, d, e, f, g, h)),
+        }
+    }
+}
+
+struct CondRouter {
+    rules: Vec<(Cond, String)>,
+    default: Option<String>,
+}
+
+impl Router for CondRouter {
+    fn init(config: Config) -> Result<Self, Error> {
+        let s: Settings = config.parse()?;
+        let specs: Vec<(String, String)> = s.rules.into_iter().map(|r| (r.cond, r.pool)).collect();
+        let rules = compile(&specs).map_err(Error::InvalidConfig)?;
+        Ok(Self { rules, default: s.default })
+    }
+
+    fn route_request(&mut self, conn: &Connection, req: &Request) -> Result<Decision, Error> {
+        let facts = RequestFacts { req, conn };
+        let pool = self.rules.iter().find(|(c, _)| c.eval(&facts)).map(|(_, p)| p).or(self.default.as_ref());
+        Ok(pool.map_or(Decision::NoMatch, forward))
+    }
+}
+
+weir_sdk::export_router!(CondRouter);
+
+#[cfg(test)]
+mod tests {
+    use super::expr::*;
+    use std::collections::HashMap;
+    use std::net::IpAddr;
+
+    #[derive(Default)]
+    struct Req {
+        host: Option<String>,
+        path: String,
+        method: String,
+        headers: HashMap<String, String>,
+        cookies: HashMap<String, String>,
+        query: HashMap<String, String>,
+        ip: Option<IpAddr>,
+    }
+
+    impl Facts for Req {
+        fn host(&self) -> Option<String> {
+            self.host.clone()
+        }
+        fn path(&self) -> String {
+            self.path.clone()
+        }
+        fn method(&self) -> String {
+            self.method.clone()
+        }
+        fn header(&self, n: &str) -> Option<String> {
+            self.headers.get(&n.to_ascii_lowercase()).cloned()
+        }
+        fn cookie(&self, n: &str) -> Option<String> {
+            self.cookies.get(n).cloned()
+        }
+        fn query(&self, n: &str) -> Option<String> {
+            self.query.get(n).cloned()
+        }
+        fn client_ip(&self) -> IpAddr {
+            self.ip.unwrap_or("127.0.0.1".parse().unwrap())
+        }
+    }
+
+    fn req(host: &str, method: &str, path: &str) -> Req {
+        Req { host: Some(host.into()), method: method.into(), path: path.into(), ..Req::default() }
+    }
+
+    fn holds(src: &str, r: &Req) -> bool {
+        parse(src).unwrap_or_else(|e| panic!("{src}: {e:?}")).eval(r)
+    }
+
+    #[test]
+    fn primitives() {
+        let mut r = req("api.example.com", "POST", "/V2/users");
+        r.headers.insert("x-beta".into(), "Yes".into());
+        r.cookies.insert("ab".into(), "b".into());
+        r.query.insert("lang".into(), "fr".into());
+        r.ip = Some("10.1.2.3".parse().unwrap());
+        assert!(holds(r#"req_host_in("www.example.com|API.example.com")"#, &r));
+        assert!(!holds(r#"req_path_in("/v2/users")"#, &r));
+        assert!(holds(r#"req_path_in("/v2/users", true)"#, &r));
+        assert!(holds(r#"req_path_prefix_in("/v1/|/V2/", false)"#, &r));
+        assert!(holds(r#"req_method_in("get|post")"#, &r));
+        assert!(holds(r#"req_header_value_in("X-Beta", "1|yes", true)"#, &r));
+        assert!(!holds(r#"req_header_value_in("X-Beta", "1|yes")"#, &r));
+        assert!(holds(r#"req_cookie_value_in("ab", "a|b")"#, &r));
+        assert!(holds(r#"req_query_value_in("lang", "fr")"#, &r));
+        assert!(holds(r#"req_cip_range("10.0.0.0", "10.255.255.255")"#, &r));
+        assert!(holds(r#"req_cip_range("10.0.0.0/8")"#, &r));
+        assert!(!holds(r#"req_cip_range("192.168.0.0/16")"#, &r));
+    }
+
+    #[test]
+    fn operators_and_precedence() {
+        let r = req("a.com", "GET", "/x");
+        assert!(holds(r#"req_host_in("b.com") || req_host_in("a.com") && req_method_in("GET")"#, &r));
+        assert!(!holds(r#"(req_host_in("b.com") || req_host_in("a.com")) && req_method_in("POST")"#, &r));
+        assert!(holds(r#"!req_method_in("POST") && !!true"#, &r));
+        assert!(!holds(r#"!(req_path_prefix_in("/") )"#, &r));
+    }
+
+    #[test]
+    fn errors_name_the_column() {
+        let e = parse(r#"req_host_in("a") && req_pth_in("/")"#).unwrap_err();
+        assert_eq!(e.column, 21);
+        assert!(e.message.contains("unknown condition `req_pth_in`"));
+        let e = parse(r#"req_host_in("a") & true"#).unwrap_err();
+        assert_eq!(e.column, 18);
+        let e = parse(r#"(req_host_in("a")"#).unwrap_err();
+        assert_eq!(e.message, "expected `)`");
+        let e = parse(r#"req_header_value_in("x")"#).unwrap_err();
+        assert!(e.message.contains("wrong number of arguments"));
+        let err = super::compile(&[("true".into(), "a".into()), ("req_host_in(a)".into(), "b".into())]).unwrap_err();
+        assert!(err.starts_with("rules[1]: column 13:"), "{err}");
+    }
+}
