@@ -71,8 +71,9 @@ fn plugin_runtime(loaded: &Loaded) -> Result<std::sync::Arc<Runtime>> {
 
 async fn serve(loaded: Loaded) -> Result<()> {
     let runtime = plugin_runtime(&loaded)?;
+    let signal = crate::server::shutdown_signal()?;
     let server = Server::start(loaded, runtime).await?;
-    crate::server::shutdown_signal().await;
+    signal.await;
     tracing::info!("shutting down: no new connections");
     let cut = server.shutdown().await;
     tracing::info!(cut, "stopped");
