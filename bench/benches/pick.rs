@@ -36,6 +36,8 @@ fn pool(runtime: &Arc<Runtime>, plugin: &str, n: usize) -> Arc<Pool> {
         fail_timeout: std::time::Duration::from_secs(1),
         response_timeout: std::time::Duration::from_secs(1),
         hash_key: None,
+        retry_on: Vec::new(),
+        retry_budget: 0.0,
     };
     Arc::new(Pool::new("bench", backends, balancer, settings))
 }

@@ -143,6 +143,8 @@ impl Prepared {
                 fail_timeout: p.fail_timeout.0,
                 response_timeout: p.response_timeout.0,
                 hash_key: p.hash_key.as_ref().and_then(|k| crate::upstream::HashKey::parse(k.get_ref())),
+                retry_on: p.retry_on.clone(),
+                retry_budget: p.retry_budget,
             };
             let pool = Pool::new(name, specs, balancer, settings);
             pools.insert(name.clone(), Arc::new(pool));
@@ -226,6 +228,7 @@ impl Server {
                             header_timeout: l.header_timeout.0,
                             max_header_size: l.max_header_size.0 as usize,
                             x_forwarded: l.x_forwarded,
+                            forwarded: l.forwarded,
                             via: l.via,
                         },
                     });

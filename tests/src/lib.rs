@@ -167,3 +167,68 @@ pub fn addresses(backends: &[&EchoBackend]) -> String {
     let list: Vec<String> = backends.iter().map(|b| format!("\"{}\"", b.addr)).collect();
     format!("[{}]", list.join(", "))
 }
+
+/// weir run as a separate process (`weir run -c weir.toml` in a scratch
+/// directory), killed when dropped.
+pub struct WeirProcess {
+    /// The child process.
+    pub child: std::process::Child,
+    /// Bound address of the first listener the log reported.
+    pub addr: SocketAddr,
+    /// The scratch directory holding `weir.toml`.
+    pub dir: PathBuf,
+}
+
+impl WeirProcess {
+    /// Write `config` and start `bin run` on it; wait for its "listening" log line.
+    pub fn spawn(bin: &std::path::Path, name: &str, config: &str) -> Result<Self> {
+        use std::io::{BufRead, BufReader};
+        let dir = std::env::temp_dir().join(format!("weir-proc-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("weir.toml"), config)?;
+        let mut child = std::process::Command::new(bin)
+            .args(["--log-level", "info", "run", "-c", "weir.toml"])
+            .current_dir(&dir)
+            .env("WEIR_CACHE_DIR", std::env::temp_dir().join("weir-test-plugin-cache"))
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        let stderr = child.stderr.take().context("stderr")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        // Keep draining the log so weir never blocks on a full pipe.
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if !sent {
+                    if let Some(rest) = line.split("local=").nth(1) {
+                        let addr = rest.split_whitespace().next().unwrap_or("").parse::<SocketAddr>();
+                        sent = tx.send(addr).is_ok();
+                    }
+                }
+            }
+        });
+        let addr = match rx.recv_timeout(STEP) {
+            Ok(a) => a?,
+            Err(_) => {
+                let _ = child.kill();
+                bail!("weir did not report a listening address");
+            }
+        };
+        Ok(Self { child, addr, dir })
+    }
+
+    /// Peak resident memory (VmHWM) of the process, in KiB.
+    pub fn peak_rss_kib(&self) -> Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:")).context("no VmHWM")?;
+        Ok(line.split_whitespace().nth(1).context("VmHWM value")?.parse()?)
+    }
+}
+
+impl Drop for WeirProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

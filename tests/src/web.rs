@@ -39,10 +39,19 @@ pub struct HttpBackend {
 impl HttpBackend {
     /// Start on a free loopback port.
     pub async fn start(name: &str) -> Result<Self> {
+        Self::start_with(name, None).await
+    }
+
+    /// Start a backend that answers every request with `status`.
+    pub async fn failing(name: &str, status: u16) -> Result<Self> {
+        Self::start_with(name, Some(status)).await
+    }
+
+    async fn start_with(name: &str, fail_with: Option<u16>) -> Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let (connections, requests) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-        let task = tokio::spawn(serve(listener, name.to_string(), connections.clone(), requests.clone()));
+        let task = tokio::spawn(serve(listener, name.to_string(), fail_with, connections.clone(), requests.clone()));
         Ok(Self { name: name.into(), addr, connections, requests, task })
     }
 
@@ -63,14 +72,20 @@ impl Drop for HttpBackend {
     }
 }
 
-async fn serve(listener: TcpListener, name: String, connections: Arc<AtomicU64>, requests: Arc<AtomicU64>) {
+async fn serve(
+    listener: TcpListener,
+    name: String,
+    fail_with: Option<u16>,
+    connections: Arc<AtomicU64>,
+    requests: Arc<AtomicU64>,
+) {
     let mut conns = tokio::task::JoinSet::new();
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
         connections.fetch_add(1, Ordering::SeqCst);
         let (name, requests) = (name.clone(), requests.clone());
         conns.spawn(async move {
-            let svc = hyper::service::service_fn(move |req| answer(name.clone(), requests.clone(), req));
+            let svc = hyper::service::service_fn(move |req| answer(name.clone(), fail_with, requests.clone(), req));
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection_with_upgrades(TokioIo::new(stream), svc)
                 .await;
@@ -81,12 +96,37 @@ async fn serve(listener: TcpListener, name: String, connections: Arc<AtomicU64>,
 
 async fn answer(
     name: String,
+    fail_with: Option<u16>,
     requests: Arc<AtomicU64>,
     req: Request<Incoming>,
 ) -> Result<Response<TestBody>, Infallible> {
     requests.fetch_add(1, Ordering::SeqCst);
     let path = req.uri().path().to_string();
-    let mut status = StatusCode::OK;
+    let mut status = fail_with.and_then(|s| StatusCode::from_u16(s).ok()).unwrap_or(StatusCode::OK);
+    if path == "/discard" {
+        // Count the body without keeping it.
+        let mut body = req.into_body();
+        let mut n = 0u64;
+        while let Some(frame) = body.frame().await {
+            n += frame.ok().and_then(|f| f.into_data().ok()).map_or(0, |d| d.len() as u64);
+        }
+        return Ok(Response::builder().header("x-backend", &name).body(crate::web::body(n.to_string())).unwrap());
+    }
+    if let Some(n) = path.strip_prefix("/generate/").and_then(|s| s.parse::<u64>().ok()) {
+        // Stream n bytes in 64 KiB frames.
+        let chunk = Bytes::from(vec![b'g'; 64 << 10]);
+        let frames = futures::stream::unfold(n, move |left| {
+            let chunk = chunk.clone();
+            async move {
+                (left > 0).then(|| {
+                    let take = left.min(chunk.len() as u64);
+                    (Ok::<_, hyper::Error>(hyper::body::Frame::data(chunk.slice(..take as usize))), left - take)
+                })
+            }
+        });
+        let body = http_body_util::StreamBody::new(frames).boxed();
+        return Ok(Response::builder().header("x-backend", &name).body(body).unwrap());
+    }
     if let Some(ms) = path.strip_prefix("/sleep/").and_then(|s| s.parse().ok()) {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }

@@ -1,7 +1,6 @@
 //! The `weir` command line as a user runs it: `check`, `plugins`, `run`.
 
 use anyhow::Result;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -127,34 +126,15 @@ fn plugins_lists_bundled_plugins_with_their_world() {
 fn run_serves_traffic_and_stops_on_sigterm() -> Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     let backend = rt.block_on(EchoBackend::start("cli"))?;
-    let dir = scratch("run");
-    let text = GOOD.replace("127.0.0.1:9", &backend.addr.to_string());
-    std::fs::write(dir.join("weir.toml"), text)?;
-    let mut child = Command::new(weir_bin())
-        .args(["--log-level", "info", "run", "-c", "weir.toml"])
-        .current_dir(&dir)
-        .env("WEIR_CACHE_DIR", std::env::temp_dir().join("weir-test-plugin-cache"))
-        .stdin(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    // The log says where the listener bound.
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let deadline = Instant::now() + STEP;
-    let addr = loop {
-        assert!(Instant::now() < deadline, "no listening line");
-        let line = lines.next().expect("weir exited early")?;
-        if let Some(rest) = line.split("local=").nth(1) {
-            break rest.split_whitespace().next().unwrap().parse::<std::net::SocketAddr>()?;
-        }
-    };
-    let (name, echoed) = rt.block_on(exchange(addr, b"through the binary"))?;
+    let mut weir = WeirProcess::spawn(&weir_bin(), "run", &GOOD.replace("127.0.0.1:9", &backend.addr.to_string()))?;
+    let (name, echoed) = rt.block_on(exchange(weir.addr, b"through the binary"))?;
     assert_eq!((name.as_str(), echoed.as_slice()), ("cli", &b"through the binary"[..]));
 
     // SAFETY: signalling our own child process.
-    unsafe { libc_kill(child.id() as i32, 15) };
+    unsafe { libc_kill(weir.child.id() as i32, 15) };
     let started = Instant::now();
     loop {
-        if let Some(status) = child.try_wait()? {
+        if let Some(status) = weir.child.try_wait()? {
             assert!(status.success(), "weir exited with {status}");
             break;
         }

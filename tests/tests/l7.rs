@@ -23,7 +23,7 @@ fn http_config(pools: &[(&str, &[&HttpBackend])], extra_listener: &str, extra: &
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_is_balanced_with_proxy_headers_and_keepalive() -> Result<()> {
     let (a, b) = (HttpBackend::start("a").await?, HttpBackend::start("b").await?);
-    let weir = start_weir(&http_config(&[("p", &[&a, &b])], "via = true", "")).await?;
+    let weir = start_weir(&http_config(&[("p", &[&a, &b])], "via = true\nforwarded = true", "")).await?;
     let addr = weir.listener_addr("web").unwrap();
     let client = client_h1();
     let mut seen = HashMap::<String, usize>::new();
@@ -39,6 +39,7 @@ async fn get_is_balanced_with_proxy_headers_and_keepalive() -> Result<()> {
         assert_eq!(got.header("x-seen-x-forwarded-host"), "shop.test");
         assert_eq!(got.header("x-seen-x-forwarded-proto"), "http");
         assert_eq!(got.header("x-seen-via"), "1.1 weir");
+        assert_eq!(got.header("x-seen-forwarded"), "for=127.0.0.1;proto=http;host=\"shop.test\"");
         assert_eq!(got.header("x-seen-x-secret"), "", "header named in Connection removed");
         assert_eq!(got.header("x-drop-me"), "", "hop-by-hop removed from the response");
         assert_eq!(got.header("x-request-id").len(), 16, "request id added");
@@ -232,5 +233,109 @@ async fn curl_through_weir() -> Result<()> {
         .await?;
     assert_eq!(String::from_utf8_lossy(&out.stdout), "2 200");
     weir.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_requests_retry_on_configured_statuses() -> Result<()> {
+    let bad = HttpBackend::failing("bad", 503).await?;
+    let good = HttpBackend::start("good").await?;
+    // Passive ejection off, so that round-robin keeps offering `bad`.
+    let text = http_config(&[("p", &[&bad, &good])], "", "")
+        .replace("fail_timeout = \"300ms\"\n", "max_fails = 0\nretry_on = [502, 503]\nretry_budget = 1.0\n");
+    let weir = start_weir(&text).await?;
+    let addr = weir.listener_addr("web").unwrap();
+    let client = client_h1();
+    for _ in 0..40 {
+        let got = send(&client, get(addr, "x", "/")).await?;
+        assert_eq!((got.status, got.header("x-backend")), (StatusCode::OK, "good"));
+    }
+    // Each request tried `bad` first (the retry's pick advances round-robin too).
+    assert_eq!(bad.requests(), 40);
+    assert_eq!(weir.pool("p").unwrap().retries.retries(), 40);
+    // A request with a body is never replayed: its 503 reaches the client.
+    let mut statuses = HashMap::<u16, usize>::new();
+    for _ in 0..10 {
+        let got = send(&client, Request::post(format!("http://{addr}/x")).body(body("payload"))?).await?;
+        *statuses.entry(got.status.as_u16()).or_default() += 1;
+    }
+    assert_eq!(statuses, HashMap::from([(200, 5), (503, 5)]));
+    weir.shutdown().await;
+
+    // With the default passive health, one retried 503 takes `bad` out of rotation.
+    let text = http_config(&[("p", &[&bad, &good])], "", "").replace("[pools.p]\n", "[pools.p]\nretry_on = [503]\n");
+    let weir = start_weir(&text).await?;
+    let addr = weir.listener_addr("web").unwrap();
+    let before = bad.requests();
+    for _ in 0..20 {
+        assert_eq!(send(&client, get(addr, "x", "/")).await?.status, StatusCode::OK);
+    }
+    assert_eq!(bad.requests() - before, 1);
+    weir.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_trailers_pass_through() -> Result<()> {
+    use http_body_util::BodyExt;
+    let a = HttpBackend::start("a").await?;
+    let text = http_config(&[("p", &[&a])], "", "").replace("[pools.p]\n", "[pools.p]\nhttp2 = true\n");
+    let weir = start_weir(&text).await?;
+    let addr = weir.listener_addr("web").unwrap();
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", "0".parse()?);
+    let frames = vec![
+        Ok::<_, hyper::Error>(hyper::body::Frame::data(Bytes::from_static(b"message"))),
+        Ok(hyper::body::Frame::trailers(trailers)),
+    ];
+    let req = Request::post(format!("http://{addr}/rpc"))
+        .header("te", "trailers")
+        .body(http_body_util::StreamBody::new(futures::stream::iter(frames)).boxed())?;
+    let resp = tokio::time::timeout(STEP, client_h2().request(req)).await??;
+    assert_eq!(resp.headers()["x-seen-te"], "trailers");
+    let collected = tokio::time::timeout(STEP, resp.into_body().collect()).await??;
+    let got_trailers = collected.trailers().cloned().expect("trailers came back");
+    assert_eq!(got_trailers["grpc-status"], "0");
+    assert_eq!(collected.to_bytes(), "message");
+    weir.shutdown().await;
+    Ok(())
+}
+
+#[test]
+fn one_gib_each_way_with_bounded_memory() -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let backend = rt.block_on(HttpBackend::start("big"))?;
+    let text = format!(
+        "[pools.p]\nbackends = [\"{}\"]\n\n[listeners.web]\nbind = \"127.0.0.1:0\"\nprotocol = \"http\"\npool = \"p\"\n",
+        backend.addr
+    );
+    let weir = WeirProcess::spawn(std::path::Path::new(env!("CARGO_BIN_EXE_weir-under-test")), "gib", &text)?;
+    let addr = weir.addr;
+    const GIB: u64 = 1 << 30;
+    rt.block_on(async {
+        use http_body_util::BodyExt;
+        // Upload 1 GiB, generated as it is sent; the backend counts it.
+        let chunk = Bytes::from(vec![b'u'; 256 << 10]);
+        let frames = futures::stream::iter(
+            (0..GIB / chunk.len() as u64).map(move |_| Ok::<_, hyper::Error>(hyper::body::Frame::data(chunk.clone()))),
+        );
+        let req =
+            Request::post(format!("http://{addr}/discard")).body(http_body_util::StreamBody::new(frames).boxed())?;
+        let got = tokio::time::timeout(std::time::Duration::from_secs(120), send(&client_h1(), req)).await??;
+        assert_eq!(got.body, GIB.to_string());
+        // Download 1 GiB, counted as it arrives.
+        let req = get(addr, "x", &format!("/generate/{GIB}"));
+        let resp = client_h1().request(req).await?;
+        let mut body = resp.into_body();
+        let mut n = 0u64;
+        while let Some(frame) = tokio::time::timeout(STEP, body.frame()).await? {
+            n += frame?.into_data().map_or(0, |d| d.len() as u64);
+        }
+        assert_eq!(n, GIB);
+        anyhow::Ok(())
+    })?;
+    let peak = weir.peak_rss_kib()?;
+    eprintln!("weir peak RSS after 1 GiB up and 1 GiB down: {} MiB", peak / 1024);
+    assert!(peak < 128 * 1024, "peak RSS {peak} KiB: bodies must stream, not buffer");
     Ok(())
 }

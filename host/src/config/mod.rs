@@ -190,6 +190,13 @@ pub struct Pool {
     /// HTTP: time a backend has to send its response head (504 after).
     #[serde(default = "default_response_timeout")]
     pub response_timeout: Duration,
+    /// HTTP: statuses after which an idempotent request without a body is
+    /// retried on another backend (within the retry budget).
+    #[serde(default)]
+    pub retry_on: Vec<u16>,
+    /// HTTP: retries allowed as a share of requests (plus 10 a second of slack).
+    #[serde(default = "default_retry_budget")]
+    pub retry_budget: f64,
     /// HTTP: speak HTTP/2 without TLS (h2c) to the backends.
     #[serde(default)]
     pub http2: bool,
@@ -199,6 +206,10 @@ pub struct Pool {
     /// HTTP: how long an idle keep-alive connection is kept.
     #[serde(default = "default_keepalive_timeout")]
     pub keepalive_timeout: Duration,
+}
+
+fn default_retry_budget() -> f64 {
+    0.2
 }
 
 fn default_response_timeout() -> Duration {
@@ -268,6 +279,9 @@ pub struct Listener {
     /// HTTP: add `X-Forwarded-For`, `-Proto` and `-Host`.
     #[serde(default = "yes")]
     pub x_forwarded: bool,
+    /// HTTP: add an RFC 7239 `Forwarded` field.
+    #[serde(default)]
+    pub forwarded: bool,
     /// HTTP: add `Via: 1.1 weir`.
     #[serde(default)]
     pub via: bool,

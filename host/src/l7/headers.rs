@@ -105,6 +105,19 @@ pub fn prepare_request(
             h.insert("x-forwarded-host", host);
         }
     }
+    if settings.forwarded {
+        let node = match peer.ip() {
+            std::net::IpAddr::V6(v6) => format!("\"[{v6}]\""),
+            v4 => v4.to_string(),
+        };
+        let mut value = format!("for={node};proto=http");
+        if let Some(host) = h.get(header::HOST).and_then(|v| v.to_str().ok()) {
+            value += &format!(";host=\"{host}\"");
+        }
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            h.append(header::FORWARDED, v);
+        }
+    }
     if settings.via {
         h.append(header::VIA, HeaderValue::from_static("1.1 weir"));
     }
@@ -176,6 +189,7 @@ mod tests {
             header_timeout: std::time::Duration::from_secs(1),
             max_header_size: 8192,
             x_forwarded: true,
+            forwarded: true,
             via: true,
         };
         let id = HeaderValue::from_static("abc");
@@ -186,6 +200,7 @@ mod tests {
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
         assert_eq!(h["x-forwarded-host"], "example.com");
         assert_eq!(h["via"], "1.1 weir");
+        assert_eq!(h["forwarded"], "for=127.0.0.1;proto=http;host=\"example.com\"");
         assert_eq!(h["x-request-id"], "abc");
     }
 }

@@ -67,6 +67,8 @@ pub struct HttpSettings {
     pub max_header_size: usize,
     /// Add `X-Forwarded-*`.
     pub x_forwarded: bool,
+    /// Add `Forwarded`.
+    pub forwarded: bool,
     /// Add `Via`.
     pub via: bool,
 }
@@ -242,6 +244,12 @@ impl HttpService {
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
 
         // A request without a body can be sent again to another backend.
+        let idempotent = matches!(
+            parts.method,
+            http::Method::GET | http::Method::HEAD | http::Method::OPTIONS | http::Method::PUT | http::Method::DELETE
+        );
+        pool.retries.request();
+        let replayable = body.is_end_stream();
         let mut body = Some(body);
         let mut tried = Vec::new();
         for _ in 0..pool.settings.max_tries {
@@ -257,7 +265,6 @@ impl HttpService {
                 },
             };
             let backend = pool.backends[slot as usize].clone();
-            let replayable = body.as_ref().is_none_or(hyper::body::Body::is_end_stream);
             let outgoing: ProxyBody = match body.take() {
                 Some(b) if !b.is_end_stream() => {
                     Counted::new(b, backend.stats.clone(), Direction::ToBackend, None).boxed_unsync()
@@ -271,8 +278,25 @@ impl HttpService {
             let started = Instant::now();
             match tokio::time::timeout(pool.settings.response_timeout, target.client.request(upstream)).await {
                 Ok(Ok(resp)) => {
-                    pool.report_success(slot);
                     backend.stats.record_latency(started.elapsed());
+                    // A status the pool retries on counts as a failed attempt
+                    // for passive health, as in nginx's proxy_next_upstream.
+                    let failed = pool.settings.retry_on.contains(&resp.status().as_u16());
+                    if failed {
+                        pool.report_failure(slot);
+                    } else {
+                        pool.report_success(slot);
+                    }
+                    let retry = failed
+                        && idempotent
+                        && replayable
+                        && tried.len() + 1 < pool.settings.max_tries as usize
+                        && pool.retries.try_retry(pool.settings.retry_budget);
+                    if retry {
+                        tracing::debug!(pool = %pool.name, backend = %backend.address, status = %resp.status(), "retrying on another backend");
+                        tried.push(slot);
+                        continue;
+                    }
                     return Ok(self.respond(resp, backend, active, on_client_upgrade, &response_edits, id));
                 }
                 Ok(Err(e)) if e.is_connect() => {

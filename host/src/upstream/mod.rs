@@ -141,6 +141,36 @@ pub struct PoolSettings {
     pub response_timeout: Duration,
     /// HTTP: the balancer's hash key when the route gives none.
     pub hash_key: Option<HashKey>,
+    /// HTTP: statuses after which an idempotent, bodiless request is retried.
+    pub retry_on: Vec<u16>,
+    /// HTTP: retries allowed as a share of requests.
+    pub retry_budget: f64,
+}
+
+/// Retries a pool may still make: `budget × requests + 10` in all, so that a
+/// failing pool is not hammered with retries on top of its traffic.
+#[derive(Debug, Default)]
+pub struct RetryBudget {
+    requests: AtomicU64,
+    retries: AtomicU64,
+}
+
+impl RetryBudget {
+    /// Count a request.
+    pub fn request(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Take a retry if the budget allows one.
+    pub fn try_retry(&self, budget: f64) -> bool {
+        let allowed = (self.requests.load(Ordering::Relaxed) as f64 * budget) as u64 + 10;
+        self.retries.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| (r < allowed).then_some(r + 1)).is_ok()
+    }
+
+    /// Retries made so far.
+    pub fn retries(&self) -> u64 {
+        self.retries.load(Ordering::Relaxed)
+    }
 }
 
 /// Where an HTTP request's hash key comes from.
@@ -203,6 +233,8 @@ pub struct Pool {
     pub balancer: Arc<PluginInstance>,
     /// Connection and failure settings.
     pub settings: PoolSettings,
+    /// HTTP retry accounting.
+    pub retries: RetryBudget,
     healthy: ArcSwap<Vec<u32>>,
     fallback_next: AtomicUsize,
 }
@@ -247,6 +279,7 @@ impl Pool {
             wit_backends,
             balancer,
             settings,
+            retries: RetryBudget::default(),
             healthy: ArcSwap::from_pointee(healthy),
             fallback_next: AtomicUsize::new(0),
         }
