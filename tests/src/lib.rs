@@ -232,3 +232,62 @@ impl Drop for WeirProcess {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A real nginx on a loopback port, started from a generated config and
+/// stopped when dropped. `None` when nginx is not installed.
+pub struct Nginx {
+    child: std::process::Child,
+    /// Bound address.
+    pub addr: SocketAddr,
+    /// Scratch directory (config, logs, `www/` document root).
+    pub dir: PathBuf,
+}
+
+impl Nginx {
+    /// Start nginx serving `www/` plus `location` blocks given in `locations`.
+    pub async fn start(name: &str, locations: &str, files: &[(&str, &[u8])]) -> Result<Option<Self>> {
+        let bin = ["/usr/sbin/nginx", "/usr/bin/nginx"].into_iter().find(|p| std::path::Path::new(p).exists());
+        let Some(bin) = bin else { return Ok(None) };
+        let dir = std::env::temp_dir().join(format!("weir-nginx-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("www"))?;
+        for (file, content) in files {
+            std::fs::write(dir.join("www").join(file), content)?;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let d = dir.display();
+        let conf = format!(
+            "daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+             events {{ worker_connections 1024; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {d}/tmp;\n  proxy_temp_path {d}/tmp;\n\
+             fastcgi_temp_path {d}/tmp;\n  uwsgi_temp_path {d}/tmp;\n  scgi_temp_path {d}/tmp;\n\
+             default_type application/octet-stream;\n\
+             server {{\n    listen 127.0.0.1:{port};\n    root {d}/www;\n    add_header X-BE {name};\n{locations}\n  }}\n}}\n"
+        );
+        std::fs::create_dir_all(dir.join("tmp"))?;
+        std::fs::write(dir.join("nginx.conf"), conf)?;
+        let child = std::process::Command::new(bin)
+            .args(["-e", &format!("{d}/error.log"), "-c"])
+            .arg(dir.join("nginx.conf"))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+        let deadline = std::time::Instant::now() + STEP;
+        while TcpStream::connect(addr).await.is_err() {
+            if std::time::Instant::now() > deadline {
+                bail!("nginx did not start: {}", std::fs::read_to_string(dir.join("error.log")).unwrap_or_default());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(Some(Self { child, addr, dir }))
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -339,3 +339,36 @@ fn one_gib_each_way_with_bounded_memory() -> Result<()> {
     assert!(peak < 128 * 1024, "peak RSS {peak} KiB: bodies must stream, not buffer");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_nginx_backends() -> Result<()> {
+    let file: Vec<u8> = (0..100 * 1024).map(|i| (i % 253) as u8).collect();
+    let locations = "    location = /ok { return 200 \"ok\"; }\n";
+    let Some(n1) = Nginx::start("n1", locations, &[("file.bin", &file)]).await? else {
+        eprintln!("nginx not installed; skipped (scripts/setup --test installs it)");
+        return Ok(());
+    };
+    let n2 = Nginx::start("n2", locations, &[("file.bin", &file)]).await?.expect("nginx");
+    let text = format!(
+        "[pools.p]\nbackends = [\"{}\", \"{}\"]\n\n[listeners.web]\nbind = \"127.0.0.1:0\"\nprotocol = \"http\"\npool = \"p\"\n",
+        n1.addr, n2.addr
+    );
+    let weir = start_weir(&text).await?;
+    let addr = weir.listener_addr("web").unwrap();
+    let client = client_h1();
+    let mut seen = HashMap::<String, usize>::new();
+    for _ in 0..20 {
+        let got = send(&client, get(addr, "x", "/ok")).await?;
+        assert_eq!((got.status, got.body.as_ref()), (StatusCode::OK, &b"ok"[..]));
+        *seen.entry(got.header("x-be").to_string()).or_default() += 1;
+        let got = send(&client, get(addr, "x", "/file.bin")).await?;
+        assert!(got.body == file, "100 KiB file intact");
+        assert_eq!(got.header("content-length"), "102400");
+        *seen.entry(got.header("x-be").to_string()).or_default() += 1;
+    }
+    assert_eq!(seen, HashMap::from([("n1".into(), 20), ("n2".into(), 20)]));
+    let got = send(&client, get(addr, "x", "/missing")).await?;
+    assert_eq!(got.status, StatusCode::NOT_FOUND, "backend statuses pass through");
+    weir.shutdown().await;
+    Ok(())
+}
