@@ -46,7 +46,7 @@ fn connection() -> types::Connection {
     types::Connection {
         client: wit_socket_address("127.0.0.1:40000".parse().unwrap()),
         local: wit_socket_address("127.0.0.1:80".parse().unwrap()),
-        listener: "bench".into(),
+        listener: 0,
         protocol: types::Protocol::Tcp,
         sni: None,
     }

@@ -208,6 +208,7 @@ impl Server {
                 Protocol::Tcp => {
                     let service = Arc::new(TcpService {
                         name: name.as_str().into(),
+                        listener_id: runtime.shared().listener_id(name),
                         local,
                         pool: prepared.pools[l.pool.get_ref()].clone(),
                         access,
@@ -219,6 +220,7 @@ impl Server {
                     let pools = http_pools.get_or_insert_with(|| Arc::new(prepared.http_pools()));
                     let service = Arc::new(HttpService {
                         name: name.as_str().into(),
+                        listener_id: runtime.shared().listener_id(name),
                         local,
                         default_pool: pools[l.pool.get_ref()].clone(),
                         pools: pools.clone(),

@@ -18,6 +18,7 @@ pub mod bindings {
 }
 
 pub use crate::common::*;
+pub use bindings::exports::weir::plugin::balance::{Choice, PickContext};
 pub use bindings::weir::plugin::pool::PoolView;
 
 /// A balancer plugin. One value lives per plugin instance (per worker thread);
@@ -31,13 +32,19 @@ pub trait Balancer: Sized + 'static {
         Ok(())
     }
 
-    /// Pick the slot of an eligible backend.
-    fn pick(&mut self, pool: &PoolView, conn: &Connection, hash_key: Option<&str>) -> Result<u32, Error>;
+    /// Pick an eligible backend: by slot, or by its index among the eligible ones.
+    fn pick(
+        &mut self,
+        pool: &PoolView,
+        ctx: &PickContext,
+        conn: &Connection,
+        hash_key: Option<&str>,
+    ) -> Result<Choice, Error>;
 }
 
 /// The number of eligible backends, or an `unavailable` error when there are none.
-pub fn eligible_or_err(pool: &PoolView) -> Result<u32, Error> {
-    match pool.eligible_count() {
+pub fn eligible_or_err(ctx: &PickContext) -> Result<u32, Error> {
+    match ctx.eligible_count {
         0 => Err(Error::Unavailable("no eligible backend".into())),
         n => Ok(n),
     }
@@ -49,7 +56,7 @@ macro_rules! export_balancer {
     ($plugin:ty) => {
         const _: () = {
             use std::cell::RefCell;
-            use $crate::balancer::bindings::exports::weir::plugin::balance::Guest;
+            use $crate::balancer::bindings::exports::weir::plugin::balance::{Choice, Guest, PickContext};
             use $crate::balancer::bindings::weir::plugin::pool::PoolView;
             use $crate::balancer::Balancer;
             use $crate::imports::weir::plugin::types::{Backend, Connection, Error};
@@ -76,8 +83,13 @@ macro_rules! export_balancer {
                 fn set_backends(pool: u32, backends: Vec<Backend>) -> Result<(), Error> {
                     with_state(|p| p.set_backends(pool, backends))
                 }
-                fn pick(pool: &PoolView, conn: Connection, hash_key: Option<String>) -> Result<u32, Error> {
-                    with_state(|p| p.pick(pool, &conn, hash_key.as_deref()))
+                fn pick(
+                    pool: &PoolView,
+                    ctx: PickContext,
+                    conn: Connection,
+                    hash_key: Option<String>,
+                ) -> Result<Choice, Error> {
+                    with_state(|p| p.pick(pool, &ctx, &conn, hash_key.as_deref()))
                 }
             }
 

@@ -15,6 +15,11 @@ pub fn log(level: LogLevel, message: &str) {
     host::log(level, message);
 }
 
+/// The config name of a listener, from `Connection::listener`.
+pub fn listener_name(id: u32) -> String {
+    host::listener_name(id)
+}
+
 /// Monotonic clock, nanoseconds.
 pub fn now_nanos() -> u64 {
     host::now_nanos()

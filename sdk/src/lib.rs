@@ -7,16 +7,16 @@
 //! ```ignore
 //! use weir_sdk::balancer::*;
 //!
-//! #[derive(Default)]
-//! struct RoundRobin(PerPoolCounter);
+//! struct RoundRobin;
 //!
 //! impl Balancer for RoundRobin {
 //!     fn init(_config: Config) -> Result<Self, Error> {
-//!         Ok(Self(PerPoolCounter::new("round-robin")))
+//!         Ok(RoundRobin)
 //!     }
-//!     fn pick(&mut self, pool: &PoolView, _conn: &Connection, _key: Option<&str>) -> Result<u32, Error> {
-//!         let n = eligible_or_err(pool)?;
-//!         Ok(pool.eligible((self.0.next(pool.id()) % n as u64) as u32))
+//!     fn pick(&mut self, _pool: &PoolView, ctx: &PickContext, _conn: &Connection, _key: Option<&str>)
+//!         -> Result<Choice, Error> {
+//!         let n = eligible_or_err(ctx)?;
+//!         Ok(Choice::EligibleIndex((ctx.sequence % n as u64) as u32))
 //!     }
 //! }
 //!

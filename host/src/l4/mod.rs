@@ -21,6 +21,8 @@ pub use copy::proxy;
 pub struct TcpService {
     /// Listener name.
     pub name: Arc<str>,
+    /// Listener id as plugins see it (`connection.listener`).
+    pub listener_id: u32,
     /// Bound address.
     pub local: SocketAddr,
     /// Where connections go.
@@ -51,7 +53,7 @@ impl TcpService {
         types::Connection {
             client: wit_socket_address(peer),
             local: wit_socket_address(self.local),
-            listener: self.name.to_string(),
+            listener: self.listener_id,
             protocol: types::Protocol::Tcp,
             sni: None,
         }

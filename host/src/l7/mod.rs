@@ -77,6 +77,8 @@ pub struct HttpSettings {
 pub struct HttpService {
     /// Listener name.
     pub name: Arc<str>,
+    /// Listener id as plugins see it (`connection.listener`).
+    pub listener_id: u32,
     /// Bound address.
     pub local: SocketAddr,
     /// Pool used when there is no router or it has no match.
@@ -172,7 +174,7 @@ impl HttpService {
         types::Connection {
             client: crate::l4::wit_socket_address(peer),
             local: crate::l4::wit_socket_address(self.local),
-            listener: self.name.to_string(),
+            listener: self.listener_id,
             protocol: types::Protocol::Http,
             sni: None,
         }

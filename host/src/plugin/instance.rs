@@ -328,8 +328,10 @@ impl PluginInstance {
         conn: &types::Connection,
         hash_key: Option<&str>,
     ) -> Result<u32, CallError> {
+        use balancer::exports::weir::plugin::balance::{Choice, PickContext};
+        let ctx = PickContext { pool: pool.id, eligible_count: eligible.len() as u32, sequence: pool.next_pick() };
         let check = eligible.clone();
-        let slot = self.with_slot(|slot| {
+        let choice = self.with_slot(|slot| {
             let Bound::Balancer(b) = &slot.bound else { unreachable!("balancer slot") };
             let b = b.weir_plugin_balance();
             if slot.seen_pools.get(&pool.id) != Some(&pool.version) {
@@ -341,15 +343,19 @@ impl PluginInstance {
                 }
             }
             slot.store.data_mut().pick = Some(PickCall { pool: pool.clone(), eligible });
-            let result = b.call_pick(&mut slot.store, Resource::new_borrow(0), conn, hash_key);
+            let result = b.call_pick(&mut slot.store, Resource::new_borrow(0), ctx, conn, hash_key);
             slot.store.data_mut().pick = None;
             result
         })?;
-        if check.binary_search(&slot).is_err() {
+        let slot = match choice {
+            Choice::Slot(s) if check.binary_search(&s).is_ok() => Some(s),
+            Choice::EligibleIndex(i) => check.get(i as usize).copied(),
+            Choice::Slot(_) => None,
+        };
+        slot.ok_or_else(|| {
             self.stats.bad_answers.fetch_add(1, Ordering::Relaxed);
-            return Err(self.fail(CallErrorKind::BadAnswer, format!("picked slot {slot}, which is not eligible")));
-        }
-        Ok(slot)
+            self.fail(CallErrorKind::BadAnswer, format!("answered {choice:?}, which is not an eligible backend"))
+        })
     }
 
     /// Ask an access filter about a new connection.

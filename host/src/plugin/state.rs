@@ -28,6 +28,7 @@ pub struct SharedStore {
     counters: Mutex<HashMap<Key, Arc<AtomicI64>>>,
     kv: Mutex<HashMap<Key, Vec<u8>>>,
     buckets: parking_lot::RwLock<HashMap<Key, Arc<AtomicU64>>>,
+    listeners: parking_lot::RwLock<Vec<String>>,
 }
 
 /// Buckets kept before idle ones are swept.
@@ -37,6 +38,26 @@ const MAX_IDLE_BUCKETS: usize = 100_000;
 type Key = (Arc<str>, String);
 
 impl SharedStore {
+    /// The id of a listener name, registering it on first use.
+    pub fn listener_id(&self, name: &str) -> u32 {
+        if let Some(i) = self.listeners.read().iter().position(|n| n == name) {
+            return i as u32;
+        }
+        let mut names = self.listeners.write();
+        match names.iter().position(|n| n == name) {
+            Some(i) => i as u32,
+            None => {
+                names.push(name.to_string());
+                names.len() as u32 - 1
+            }
+        }
+    }
+
+    /// The name of a listener id ("" if unknown).
+    pub fn listener_name(&self, id: u32) -> String {
+        self.listeners.read().get(id as usize).cloned().unwrap_or_default()
+    }
+
     /// GCRA token bucket: the bucket stores its "theoretical arrival time";
     /// a token is granted when that time, advanced by one interval, is not
     /// more than `burst` intervals ahead of now. Returns the wait in ms (0: granted).
@@ -170,6 +191,10 @@ impl host::Host for PluginState {
 
     fn now_nanos(&mut self) -> wasmtime::Result<u64> {
         Ok(crate::clock::now_nanos())
+    }
+
+    fn listener_name(&mut self, id: u32) -> wasmtime::Result<String> {
+        Ok(self.shared.listener_name(id))
     }
 
     fn random_u64(&mut self) -> wasmtime::Result<u64> {

@@ -237,6 +237,7 @@ pub struct Pool {
     pub retries: RetryBudget,
     healthy: ArcSwap<Vec<u32>>,
     fallback_next: AtomicUsize,
+    picks: AtomicU64,
 }
 
 static NEXT_POOL_ID: AtomicU32 = AtomicU32::new(1);
@@ -282,6 +283,7 @@ impl Pool {
             retries: RetryBudget::default(),
             healthy: ArcSwap::from_pointee(healthy),
             fallback_next: AtomicUsize::new(0),
+            picks: AtomicU64::new(0),
         }
     }
 
@@ -306,6 +308,11 @@ impl Pool {
             return healthy;
         }
         Arc::new(healthy.iter().copied().filter(|s| !tried.contains(s)).collect())
+    }
+
+    /// The pool's pick sequence: 0, 1, 2, ... across every thread.
+    pub fn next_pick(&self) -> u64 {
+        self.picks.fetch_add(1, Ordering::Relaxed)
     }
 
     /// A connect to `slot` succeeded.

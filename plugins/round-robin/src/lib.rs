@@ -1,18 +1,25 @@
-//! Bundled balancer `round-robin`: the eligible backends in turn, one shared
-//! sequence per pool kept by the host so it is exact across worker threads.
+//! Bundled balancer `round-robin`: the eligible backends in turn. The turn
+//! is the host's per-pool pick sequence, so it is exact across worker
+//! threads, and the pick makes no host call at all.
 
 use weir_sdk::balancer::*;
 
-struct RoundRobin(PerPoolCounter);
+struct RoundRobin;
 
 impl Balancer for RoundRobin {
     fn init(_config: Config) -> Result<Self, Error> {
-        Ok(Self(PerPoolCounter::new("round-robin")))
+        Ok(RoundRobin)
     }
 
-    fn pick(&mut self, pool: &PoolView, _conn: &Connection, _key: Option<&str>) -> Result<u32, Error> {
-        let n = eligible_or_err(pool)?;
-        Ok(pool.eligible((self.0.next(pool.id()) % n as u64) as u32))
+    fn pick(
+        &mut self,
+        _pool: &PoolView,
+        ctx: &PickContext,
+        _conn: &Connection,
+        _key: Option<&str>,
+    ) -> Result<Choice, Error> {
+        let n = eligible_or_err(ctx)?;
+        Ok(Choice::EligibleIndex((ctx.sequence % n as u64) as u32))
     }
 }
 

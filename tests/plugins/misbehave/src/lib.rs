@@ -35,8 +35,14 @@ impl Balancer for Misbehave {
         Ok(Self { settings, calls: SharedCounter::new("calls") })
     }
 
-    fn pick(&mut self, pool: &PoolView, _conn: &Connection, _key: Option<&str>) -> Result<u32, Error> {
-        let n = eligible_or_err(pool)?;
+    fn pick(
+        &mut self,
+        pool: &PoolView,
+        ctx: &PickContext,
+        _conn: &Connection,
+        _key: Option<&str>,
+    ) -> Result<Choice, Error> {
+        let n = eligible_or_err(ctx)?;
         if self.calls.fetch_add(1) % self.settings.every.max(1) == 0 {
             match self.settings.mode.as_str() {
                 "trap" => panic!("misbehave: trap"),
@@ -54,7 +60,8 @@ impl Balancer for Misbehave {
                 }
             }
         }
-        Ok(pool.eligible(n - 1))
+        // Through the pool view, so the host imports are exercised too.
+        Ok(Choice::Slot(pool.eligible(n - 1)))
     }
 }
 

@@ -12,9 +12,15 @@ impl Balancer for First {
         Ok(First)
     }
 
-    fn pick(&mut self, pool: &PoolView, _conn: &Connection, _key: Option<&str>) -> Result<u32, Error> {
-        eligible_or_err(pool)?;
-        Ok(pool.eligible(0))
+    fn pick(
+        &mut self,
+        _pool: &PoolView,
+        ctx: &PickContext,
+        _conn: &Connection,
+        _key: Option<&str>,
+    ) -> Result<Choice, Error> {
+        eligible_or_err(ctx)?;
+        Ok(Choice::EligibleIndex(0))
     }
 }
 
