@@ -131,6 +131,17 @@ async fn errors_have_the_right_status_and_a_request_id() -> Result<()> {
     let got = send(&client_h1(), get(addr, "x", "/")).await?;
     assert_eq!(got.status, StatusCode::SERVICE_UNAVAILABLE);
     weir.shutdown().await;
+
+    // A backend slower than response_timeout: 504.
+    let slow = http_config(&[("p", &[&a])], "", "").replace("[pools.p]\n", "[pools.p]\nresponse_timeout = \"200ms\"\n");
+    let weir = start_weir(&slow).await?;
+    let addr = weir.listener_addr("web").unwrap();
+    let started = std::time::Instant::now();
+    let got = send(&client_h1(), get(addr, "x", "/sleep/2000")).await?;
+    assert_eq!(got.status, StatusCode::GATEWAY_TIMEOUT);
+    assert!(started.elapsed() < std::time::Duration::from_millis(1500));
+    assert_eq!(send(&client_h1(), get(addr, "x", "/fast")).await?.status, StatusCode::OK);
+    weir.shutdown().await;
     Ok(())
 }
 

@@ -19,6 +19,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
@@ -97,6 +98,7 @@ pub struct HttpService {
 struct ClientConn {
     record: types::Connection,
     peer: SocketAddr,
+    requests: std::sync::atomic::AtomicU64,
 }
 
 /// Why a request got an error response; the one place statuses are chosen.
@@ -185,6 +187,7 @@ impl HttpService {
         conn: Arc<ClientConn>,
         req: Request<Incoming>,
     ) -> Result<Response<ProxyBody>, Infallible> {
+        conn.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let id = req.headers().get(headers::X_REQUEST_ID).cloned().unwrap_or_else(request_id);
         match self.forward(&conn, req, &id).await {
             Ok(resp) => Ok(resp),
@@ -397,9 +400,23 @@ pub async fn serve(listener: TcpListener, service: Arc<HttpService>, stop: Cance
     }
 }
 
+/// Tell a client that never finished its first request head why it is cut off.
+fn request_timeout(socket: &std::net::TcpStream) {
+    use std::io::Write;
+    let mut s = socket;
+    let _ = s.write_all(b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n");
+}
+
 async fn serve_connection(service: Arc<HttpService>, stream: TcpStream, peer: SocketAddr, stop: CancellationToken) {
     let _ = stream.set_nodelay(true);
-    let conn = Arc::new(ClientConn { record: service.connection(peer), peer });
+    // A second handle on the socket, to answer 408 after hyper gives up on a
+    // request head (hyper itself just closes).
+    let spare = stream.as_fd().try_clone_to_owned().ok().map(std::net::TcpStream::from);
+    let conn = Arc::new(ClientConn { record: service.connection(peer), peer, requests: Default::default() });
+    let first_request_seen = {
+        let conn = conn.clone();
+        move || conn.requests.load(std::sync::atomic::Ordering::Relaxed) > 0
+    };
     // Access filters run per request (check-request), so a denial is an
     // HTTP status, not a dropped connection.
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -417,6 +434,10 @@ async fn serve_connection(service: Arc<HttpService>, stream: TcpStream, peer: So
     tokio::select! {
         r = connection.as_mut() => {
             if let Err(e) = r {
+                let timed_out = e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_timeout);
+                if let (true, false, Some(socket)) = (timed_out, first_request_seen(), &spare) {
+                    request_timeout(socket);
+                }
                 tracing::debug!(listener = %service.name, %peer, "connection: {e}");
             }
         }
