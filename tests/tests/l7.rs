@@ -47,6 +47,11 @@ async fn get_is_balanced_with_proxy_headers_and_keepalive() -> Result<()> {
         *seen.entry(got.header("x-backend").to_string()).or_default() += 1;
     }
     assert_eq!(seen, HashMap::from([("a".into(), 50), ("b".into(), 50)]));
+    // The host recorded each backend's outcomes.
+    for b in &weir.pool("p").unwrap().backends {
+        assert_eq!((b.stats.responses(2), b.stats.responses(5), b.stats.total()), (50, 0, 50));
+        assert!(b.stats.latency_us() > 0);
+    }
     // 100 sequential requests over keep-alive on both sides: a handful of
     // backend connections, not one per request.
     assert!(a.connections() <= 2 && b.connections() <= 2, "a {} b {}", a.connections(), b.connections());

@@ -284,6 +284,7 @@ impl HttpService {
             match tokio::time::timeout(pool.settings.response_timeout, target.client.request(upstream)).await {
                 Ok(Ok(resp)) => {
                     backend.stats.record_latency(started.elapsed());
+                    backend.stats.record_status(resp.status().as_u16());
                     // A status the pool retries on counts as a failed attempt
                     // for passive health, as in nginx's proxy_next_upstream.
                     let failed = pool.settings.retry_on.contains(&resp.status().as_u16());

@@ -20,6 +20,8 @@ pub struct BackendStats {
     failures: AtomicU64,
     latency_us: AtomicU32,
     bytes_per_sec: AtomicU64,
+    /// HTTP responses by status class: 1xx .. 5xx.
+    responses: [AtomicU64; 5],
 }
 
 impl BackendStats {
@@ -69,6 +71,16 @@ impl BackendStats {
         let old = self.latency_us.load(Ordering::Relaxed);
         let new = if old == 0 { sample } else { old - old / 8 + sample / 8 };
         self.latency_us.store(new, Ordering::Relaxed);
+    }
+    /// Record an HTTP response status.
+    pub fn record_status(&self, status: u16) {
+        if let Some(c) = self.responses.get((status / 100).wrapping_sub(1) as usize) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    /// HTTP responses with status `class`xx (1 to 5).
+    pub fn responses(&self, class: u16) -> u64 {
+        self.responses.get((class as usize).wrapping_sub(1)).map_or(0, |c| c.load(Ordering::Relaxed))
     }
     /// Mark a connection as open; the guard closes it.
     pub fn open(self: &Arc<Self>) -> ActiveGuard {
