@@ -47,29 +47,19 @@ pub fn deny(reason: impl Into<String>, status: Option<u16>) -> Verdict {
 macro_rules! export_access_filter {
     ($plugin:ty) => {
         const _: () = {
-            use std::cell::RefCell;
             use $crate::access::bindings::exports::weir::plugin::access::{Guest, Verdict};
             use $crate::access::bindings::weir::plugin::http::Request;
             use $crate::access::AccessFilter;
             use $crate::imports::weir::plugin::types::{Connection, Error};
 
-            thread_local! {
-                static STATE: RefCell<Option<$plugin>> = const { RefCell::new(None) };
-            }
-
-            fn with_state<R>(f: impl FnOnce(&mut $plugin) -> Result<R, Error>) -> Result<R, Error> {
-                STATE.with_borrow_mut(|s| match s.as_mut() {
-                    Some(p) => f(p),
-                    None => Err(Error::Other("plugin not initialised".into())),
-                })
-            }
+            $crate::__plugin_state!($plugin);
 
             struct WeirExport;
 
             impl Guest for WeirExport {
                 fn init(config: String) -> Result<(), Error> {
                     let plugin = <$plugin as AccessFilter>::init($crate::Config::from_json(config))?;
-                    STATE.with_borrow_mut(|s| *s = Some(plugin));
+                    set_state(plugin);
                     Ok(())
                 }
                 fn check_connection(conn: Connection) -> Result<Verdict, Error> {

@@ -55,29 +55,19 @@ pub fn eligible_or_err(ctx: &PickContext) -> Result<u32, Error> {
 macro_rules! export_balancer {
     ($plugin:ty) => {
         const _: () = {
-            use std::cell::RefCell;
             use $crate::balancer::bindings::exports::weir::plugin::balance::{Choice, Guest, PickContext};
             use $crate::balancer::bindings::weir::plugin::pool::PoolView;
             use $crate::balancer::Balancer;
             use $crate::imports::weir::plugin::types::{Backend, Connection, Error};
 
-            thread_local! {
-                static STATE: RefCell<Option<$plugin>> = const { RefCell::new(None) };
-            }
-
-            fn with_state<R>(f: impl FnOnce(&mut $plugin) -> Result<R, Error>) -> Result<R, Error> {
-                STATE.with_borrow_mut(|s| match s.as_mut() {
-                    Some(p) => f(p),
-                    None => Err(Error::Other("plugin not initialised".into())),
-                })
-            }
+            $crate::__plugin_state!($plugin);
 
             struct WeirExport;
 
             impl Guest for WeirExport {
                 fn init(config: String) -> Result<(), Error> {
                     let plugin = <$plugin as Balancer>::init($crate::Config::from_json(config))?;
-                    STATE.with_borrow_mut(|s| *s = Some(plugin));
+                    set_state(plugin);
                     Ok(())
                 }
                 fn set_backends(pool: u32, backends: Vec<Backend>) -> Result<(), Error> {

@@ -15,6 +15,20 @@ pub fn log(level: LogLevel, message: &str) {
     host::log(level, message);
 }
 
+/// A WIT address as a standard one.
+pub fn ip_addr(ip: &IpAddress) -> std::net::IpAddr {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    match *ip {
+        IpAddress::Ipv4((a, b, c, d)) => IpAddr::V4(Ipv4Addr::new(a, b, c, d)),
+        IpAddress::Ipv6((a, b, c, d, e, f, g, h)) => IpAddr::V6(Ipv6Addr::new(a, b, c, d, e, f, g, h)),
+    }
+}
+
+/// The client's IP address of a connection.
+pub fn client_ip(conn: &Connection) -> std::net::IpAddr {
+    ip_addr(&conn.client.ip)
+}
+
 /// The config name of a listener, from `Connection::listener`.
 pub fn listener_name(id: u32) -> String {
     host::listener_name(id)

@@ -47,3 +47,26 @@ pub mod router;
 
 #[doc(hidden)]
 pub use wit_bindgen as __wit_bindgen;
+
+/// The per-instance plugin value behind every export macro: `STATE` holds
+/// the value `init` built, `with_state` lends it to a call.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __plugin_state {
+    ($plugin:ty) => {
+        thread_local! {
+            static STATE: std::cell::RefCell<Option<$plugin>> = const { std::cell::RefCell::new(None) };
+        }
+
+        fn set_state(plugin: $plugin) {
+            STATE.with_borrow_mut(|s| *s = Some(plugin));
+        }
+
+        fn with_state<R>(f: impl FnOnce(&mut $plugin) -> Result<R, $crate::Error>) -> Result<R, $crate::Error> {
+            STATE.with_borrow_mut(|s| match s.as_mut() {
+                Some(p) => f(p),
+                None => Err($crate::Error::Other("plugin not initialised".into())),
+            })
+        }
+    };
+}

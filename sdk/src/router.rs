@@ -50,29 +50,19 @@ pub fn forward(pool: impl Into<String>) -> Decision {
 macro_rules! export_router {
     ($plugin:ty) => {
         const _: () = {
-            use std::cell::RefCell;
             use $crate::imports::weir::plugin::types::{Connection, Error};
             use $crate::router::bindings::exports::weir::plugin::route::{Decision, Guest};
             use $crate::router::bindings::weir::plugin::http::Request;
             use $crate::router::Router;
 
-            thread_local! {
-                static STATE: RefCell<Option<$plugin>> = const { RefCell::new(None) };
-            }
-
-            fn with_state<R>(f: impl FnOnce(&mut $plugin) -> Result<R, Error>) -> Result<R, Error> {
-                STATE.with_borrow_mut(|s| match s.as_mut() {
-                    Some(p) => f(p),
-                    None => Err(Error::Other("plugin not initialised".into())),
-                })
-            }
+            $crate::__plugin_state!($plugin);
 
             struct WeirExport;
 
             impl Guest for WeirExport {
                 fn init(config: String) -> Result<(), Error> {
                     let plugin = <$plugin as Router>::init($crate::Config::from_json(config))?;
-                    STATE.with_borrow_mut(|s| *s = Some(plugin));
+                    set_state(plugin);
                     Ok(())
                 }
                 fn route_request(conn: Connection, req: &Request) -> Result<Decision, Error> {

@@ -133,13 +133,6 @@ struct AbSplit {
     max_age: u64,
 }
 
-fn client_ip(conn: &Connection) -> String {
-    match conn.client.ip {
-        IpAddress::Ipv4((a, b, c, d)) => format!("{a}.{b}.{c}.{d}"),
-        IpAddress::Ipv6((a, b, c, d, e, f, g, h)) => format!("{a:x}:{b:x}:{c:x}:{d:x}:{e:x}:{f:x}:{g:x}:{h:x}"),
-    }
-}
-
 impl Router for AbSplit {
     fn init(config: Config) -> Result<Self, Error> {
         let s: Settings = config.parse()?;
@@ -176,7 +169,7 @@ impl Router for AbSplit {
         }
         let x = match &self.by {
             None => random_u64(),
-            Some(By::ClientIp) => stable_hash(&client_ip(conn)),
+            Some(By::ClientIp) => stable_hash(&client_ip(conn).to_string()),
             Some(By::Header(h)) => req.header(h).map_or_else(random_u64, |v| stable_hash(&v)),
             Some(By::Cookie(c)) => req.cookie(c).map_or_else(random_u64, |v| stable_hash(&v)),
         };

@@ -22,7 +22,7 @@ pub mod expr;
 
 use expr::{Cond, Facts};
 use serde::Deserialize;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 use weir_sdk::router::*;
 
 #[derive(Deserialize)]
@@ -78,10 +78,7 @@ impl Facts for RequestFacts<'_> {
         self.req.query_param(name)
     }
     fn client_ip(&self) -> IpAddr {
-        match self.conn.client.ip {
-            IpAddress::Ipv4((a, b, c, d)) => IpAddr::V4(Ipv4Addr::new(a, b, c, d)),
-            IpAddress::Ipv6((a, b, c, d, e, f, g, h)) => IpAddr::V6(Ipv6Addr::new(a, b, c, d, e, f, g, h)),
-        }
+        client_ip(self.conn)
     }
 }
 

@@ -11,7 +11,7 @@
 
 use ipnet::IpNet;
 use serde::Deserialize;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 use weir_sdk::access::*;
 
 #[derive(Deserialize)]
@@ -83,16 +83,9 @@ struct IpAccess {
     status: Option<u16>,
 }
 
-fn to_std(ip: &IpAddress) -> IpAddr {
-    match *ip {
-        IpAddress::Ipv4((a, b, c, d)) => IpAddr::V4(Ipv4Addr::new(a, b, c, d)),
-        IpAddress::Ipv6((a, b, c, d, e, f, g, h)) => IpAddr::V6(Ipv6Addr::new(a, b, c, d, e, f, g, h)),
-    }
-}
-
 impl IpAccess {
     fn verdict(&self, conn: &Connection) -> Verdict {
-        let ip = to_std(&conn.client.ip);
+        let ip = client_ip(conn);
         if self.rules.allows(ip) {
             Verdict::Allow
         } else {

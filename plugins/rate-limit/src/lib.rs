@@ -19,13 +19,13 @@ use weir_sdk::access::*;
 struct Settings {
     rate: u32,
     burst: Option<u32>,
-    #[serde(default = "client_ip")]
+    #[serde(default = "by_client_ip")]
     by: String,
     #[serde(default = "too_many")]
     status: u16,
 }
 
-fn client_ip() -> String {
+fn by_client_ip() -> String {
     "client-ip".into()
 }
 
@@ -43,13 +43,6 @@ struct RateLimit {
     burst: u32,
     by: By,
     status: u16,
-}
-
-fn ip_key(conn: &Connection) -> String {
-    match conn.client.ip {
-        IpAddress::Ipv4((a, b, c, d)) => format!("{a}.{b}.{c}.{d}"),
-        IpAddress::Ipv6((a, b, c, d, e, f, g, h)) => format!("{a:x}:{b:x}:{c:x}:{d:x}:{e:x}:{f:x}:{g:x}:{h:x}"),
-    }
 }
 
 /// `Retry-After` in whole seconds, at least 1.
@@ -87,14 +80,14 @@ impl AccessFilter for RateLimit {
     fn check_connection(&mut self, conn: &Connection) -> Result<Verdict, Error> {
         // TCP listeners limit connections; HTTP listeners limit requests (below).
         Ok(match (&self.by, conn.protocol) {
-            (By::ClientIp, Protocol::Tcp | Protocol::Tls) => self.verdict(ip_key(conn)),
+            (By::ClientIp, Protocol::Tcp | Protocol::Tls) => self.verdict(client_ip(conn).to_string()),
             _ => Verdict::Allow,
         })
     }
 
     fn check_request(&mut self, conn: &Connection, req: &Request) -> Result<Verdict, Error> {
         let key = match &self.by {
-            By::ClientIp => ip_key(conn),
+            By::ClientIp => client_ip(conn).to_string(),
             By::Header(h) => req.header(h).unwrap_or_default(),
         };
         Ok(self.verdict(key))
