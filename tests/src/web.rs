@@ -23,6 +23,14 @@ pub fn body(b: impl Into<Bytes>) -> TestBody {
     Full::new(b.into()).map_err(|never| match never {}).boxed()
 }
 
+/// How a test backend behaves.
+#[derive(Debug, Clone, Copy)]
+enum Mode {
+    Normal,
+    Fail(u16),
+    Slow(Duration),
+}
+
 /// An HTTP/1.1 + h2c backend. Every response carries `x-backend: NAME`;
 /// headers it received come back as `x-seen-<name>`; the body is echoed;
 /// `/status/N` answers N; `/sleep/MS` waits first.
@@ -39,19 +47,24 @@ pub struct HttpBackend {
 impl HttpBackend {
     /// Start on a free loopback port.
     pub async fn start(name: &str) -> Result<Self> {
-        Self::start_with(name, None).await
+        Self::start_with(name, Mode::Normal).await
     }
 
     /// Start a backend that answers every request with `status`.
     pub async fn failing(name: &str, status: u16) -> Result<Self> {
-        Self::start_with(name, Some(status)).await
+        Self::start_with(name, Mode::Fail(status)).await
     }
 
-    async fn start_with(name: &str, fail_with: Option<u16>) -> Result<Self> {
+    /// Start a backend that waits `ms` before every answer.
+    pub async fn slow(name: &str, ms: u64) -> Result<Self> {
+        Self::start_with(name, Mode::Slow(Duration::from_millis(ms))).await
+    }
+
+    async fn start_with(name: &str, mode: Mode) -> Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let (connections, requests) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-        let task = tokio::spawn(serve(listener, name.to_string(), fail_with, connections.clone(), requests.clone()));
+        let task = tokio::spawn(serve(listener, name.to_string(), mode, connections.clone(), requests.clone()));
         Ok(Self { name: name.into(), addr, connections, requests, task })
     }
 
@@ -72,20 +85,14 @@ impl Drop for HttpBackend {
     }
 }
 
-async fn serve(
-    listener: TcpListener,
-    name: String,
-    fail_with: Option<u16>,
-    connections: Arc<AtomicU64>,
-    requests: Arc<AtomicU64>,
-) {
+async fn serve(listener: TcpListener, name: String, mode: Mode, connections: Arc<AtomicU64>, requests: Arc<AtomicU64>) {
     let mut conns = tokio::task::JoinSet::new();
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
         connections.fetch_add(1, Ordering::SeqCst);
         let (name, requests) = (name.clone(), requests.clone());
         conns.spawn(async move {
-            let svc = hyper::service::service_fn(move |req| answer(name.clone(), fail_with, requests.clone(), req));
+            let svc = hyper::service::service_fn(move |req| answer(name.clone(), mode, requests.clone(), req));
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection_with_upgrades(TokioIo::new(stream), svc)
                 .await;
@@ -96,13 +103,18 @@ async fn serve(
 
 async fn answer(
     name: String,
-    fail_with: Option<u16>,
+    mode: Mode,
     requests: Arc<AtomicU64>,
     req: Request<Incoming>,
 ) -> Result<Response<TestBody>, Infallible> {
     requests.fetch_add(1, Ordering::SeqCst);
     let path = req.uri().path().to_string();
-    let mut status = fail_with.and_then(|s| StatusCode::from_u16(s).ok()).unwrap_or(StatusCode::OK);
+    let mut status = StatusCode::OK;
+    match mode {
+        Mode::Normal => {}
+        Mode::Fail(code) => status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        Mode::Slow(wait) => tokio::time::sleep(wait).await,
+    }
     if path == "/discard" {
         // Count the body without keeping it.
         let mut body = req.into_body();

@@ -1,0 +1,57 @@
+//! Bundled balancer `ip-hash`: a hash of the client address modulo the
+//! eligible backends, as gobetween's `iphash`. A client stays on one backend
+//! while the eligible set does not change; use `consistent-hash` when
+//! backends come and go.
+
+use weir_sdk::balancer::*;
+
+/// FNV-1a over the address bytes, then a 64-bit finaliser.
+pub fn ip_hash(ip: std::net::IpAddr) -> u64 {
+    let bytes = match ip {
+        std::net::IpAddr::V4(v4) => v4.octets().to_vec(),
+        std::net::IpAddr::V6(v6) => v6.octets().to_vec(),
+    };
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^ (h >> 33)
+}
+
+struct IpHash;
+
+impl Balancer for IpHash {
+    fn init(_config: Config) -> Result<Self, Error> {
+        Ok(IpHash)
+    }
+
+    fn pick(
+        &mut self,
+        _pool: &PoolView,
+        ctx: &PickContext,
+        conn: &Connection,
+        _key: Option<&str>,
+    ) -> Result<Choice, Error> {
+        let n = eligible_or_err(ctx)?;
+        Ok(Choice::EligibleIndex((ip_hash(client_ip(conn)) % n as u64) as u32))
+    }
+}
+
+weir_sdk::export_balancer!(IpHash);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spreads_addresses_evenly() {
+        let mut counts = [0u32; 4];
+        for i in 0..40_000u32 {
+            let ip = std::net::IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            counts[(ip_hash(ip) % 4) as usize] += 1;
+        }
+        assert!(counts.iter().all(|&c| (9_500..10_500).contains(&c)), "{counts:?}");
+    }
+}

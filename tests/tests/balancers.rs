@@ -1,0 +1,160 @@
+//! The bundled balancers through weir with real backends: distributions,
+//! smoothness, load awareness and key affinity.
+
+use anyhow::Result;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+use weir_tests::web::*;
+use weir_tests::*;
+
+fn config(balancer: &str, backends: &[(&HttpBackend, u32)], pool_extra: &str) -> String {
+    let list: Vec<String> =
+        backends.iter().map(|(b, w)| format!("{{ address = \"{}\", weight = {w} }}", b.addr)).collect();
+    format!(
+        "[pools.p]\nbalancer = \"{balancer}\"\nbackends = [{}]\n{pool_extra}\n\n[listeners.web]\nbind = \"127.0.0.1:0\"\nprotocol = \"http\"\npool = \"p\"\n",
+        list.join(", ")
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weighted_round_robin_is_exact_and_smooth() -> Result<()> {
+    let (a, b, c) = (HttpBackend::start("a").await?, HttpBackend::start("b").await?, HttpBackend::start("c").await?);
+    let weir = start_weir(&config("builtin:weighted-round-robin", &[(&a, 1), (&b, 2), (&c, 3)], "")).await?;
+    let addr = weir.listener_addr("web").unwrap();
+    let client = client_h1();
+    let mut order = Vec::new();
+    for _ in 0..6_000 {
+        order.push(send(&client, get(addr, "x", "/")).await?.header("x-backend").to_string());
+    }
+    let mut counts = HashMap::<&str, usize>::new();
+    for name in &order {
+        *counts.entry(name).or_default() += 1;
+    }
+    // Sequential requests follow the schedule exactly: 1000, 2000, 3000.
+    assert_eq!(counts, HashMap::from([("a", 1000), ("b", 2000), ("c", 3000)]));
+    let weight = |n: &str| match n {
+        "a" => 1,
+        "b" => 2,
+        _ => 3,
+    };
+    let mut run = 1;
+    for w in order.windows(2) {
+        run = if w[0] == w[1] { run + 1 } else { 1 };
+        assert!(run <= weight(&w[1]), "{run} requests in a row to {}", w[1]);
+    }
+    weir.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_connections_avoids_a_slow_backend() -> Result<()> {
+    let (fast1, fast2, slow) =
+        (HttpBackend::start("fast1").await?, HttpBackend::start("fast2").await?, HttpBackend::slow("slow", 200).await?);
+    let weir = start_weir(&config("builtin:least-connections", &[(&fast1, 1), (&fast2, 1), (&slow, 1)], "")).await?;
+    let addr = weir.listener_addr("web").unwrap();
+    let client = client_h1();
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..12 {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut seen = HashMap::<String, usize>::new();
+            while started.elapsed() < Duration::from_secs(2) {
+                let got = send(&client, get(addr, "x", "/")).await?;
+                *seen.entry(got.header("x-backend").to_string()).or_default() += 1;
+            }
+            anyhow::Ok(seen)
+        }));
+    }
+    let mut seen = HashMap::<String, usize>::new();
+    for t in tasks {
+        for (k, v) in t.await?? {
+            *seen.entry(k).or_default() += v;
+        }
+    }
+    let (f1, f2, s) = (seen["fast1"], seen["fast2"], seen.get("slow").copied().unwrap_or(0));
+    eprintln!(
+        "least-connections: fast1 {f1}, fast2 {f2}, slow {s} (fast/slow {:.0}x)",
+        (f1 + f2) as f64 / 2.0 / s.max(1) as f64
+    );
+    assert!(s * 20 < f1.min(f2), "slow backend got {s}, fast ones {f1} and {f2}");
+    weir.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consistent_hash_remaps_only_the_lost_backends_keys() -> Result<()> {
+    let mut backends = Vec::new();
+    for i in 0..10 {
+        backends.push(HttpBackend::start(&format!("b{i}")).await?);
+    }
+    let list: Vec<(&HttpBackend, u32)> = backends.iter().map(|b| (b, 1)).collect();
+    let weir = start_weir(&config("builtin:consistent-hash", &list, "hash_key = \"header:x-user\"")).await?;
+    let addr = weir.listener_addr("web").unwrap();
+    let client = client_h1();
+    let keys = 2_000;
+    let map = |client: hyper_util::client::legacy::Client<_, TestBody>| async move {
+        let mut out = Vec::new();
+        for k in 0..keys {
+            let mut req = get(addr, "x", "/");
+            req.headers_mut().insert("x-user", format!("user-{k}").parse()?);
+            out.push(send(&client, req).await?.header("x-backend").to_string());
+        }
+        anyhow::Ok(out)
+    };
+    let before = map(client.clone()).await?;
+    let pool = weir.pool("p").unwrap();
+    pool.set_healthy(4, false);
+    let during = map(client.clone()).await?;
+    pool.set_healthy(4, true);
+    let after = map(client.clone()).await?;
+    let moved = before.iter().zip(&during).filter(|(a, b)| a != b).count();
+    eprintln!("consistent-hash: {moved} of {keys} keys moved when one of 10 backends left");
+    assert!(moved * 100 <= keys * 15, "{moved} of {keys} keys moved");
+    assert!(before.iter().zip(&during).all(|(a, b)| a == b || a == "b4"), "only b4's keys moved");
+    assert!(!during.contains(&"b4".to_string()));
+    assert_eq!(before, after, "bringing it back restores the mapping");
+    weir.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ip_hash_and_consistent_hash_keep_a_client_on_one_backend_over_l4() -> Result<()> {
+    let (a, b, c) = (EchoBackend::start("a").await?, EchoBackend::start("b").await?, EchoBackend::start("c").await?);
+    for balancer in ["builtin:ip-hash", "chash"] {
+        let text = format!(
+            "[plugins.chash]\nsource = \"builtin:consistent-hash\"\nconfig = {{ key = \"client-ip\" }}\n\n\
+             [pools.p]\nbalancer = \"{balancer}\"\nbackends = {}\n\n[listeners.l]\nbind = \"127.0.0.1:0\"\npool = \"p\"\n",
+            addresses(&[&a, &b, &c])
+        );
+        let weir = start_weir(&text).await?;
+        let addr = weir.listener_addr("l").unwrap();
+        let mut seen = HashMap::<String, usize>::new();
+        for _ in 0..100 {
+            *seen.entry(exchange(addr, b"x").await?.0).or_default() += 1;
+        }
+        assert_eq!(seen.len(), 1, "{balancer}: {seen:?}");
+        weir.shutdown().await;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_and_power_of_two_choices_use_every_backend() -> Result<()> {
+    let (a, b, c) = (HttpBackend::start("a").await?, HttpBackend::start("b").await?, HttpBackend::start("c").await?);
+    for balancer in ["builtin:random", "builtin:power-of-two-choices"] {
+        let weir = start_weir(&config(balancer, &[(&a, 1), (&b, 1), (&c, 1)], "")).await?;
+        let addr = weir.listener_addr("web").unwrap();
+        let client = client_h1();
+        let mut seen = HashMap::<String, usize>::new();
+        for _ in 0..3_000 {
+            *seen.entry(send(&client, get(addr, "x", "/")).await?.header("x-backend").to_string()).or_default() += 1;
+        }
+        for name in ["a", "b", "c"] {
+            let n = seen.get(name).copied().unwrap_or(0);
+            assert!((800..1_200).contains(&n), "{balancer}: {seen:?}");
+        }
+        weir.shutdown().await;
+    }
+    Ok(())
+}
