@@ -38,6 +38,7 @@ fn pool(runtime: &Arc<Runtime>, plugin: &str, n: usize) -> Arc<Pool> {
         hash_key: None,
         retry_on: Vec::new(),
         retry_budget: 0.0,
+        panic: false,
     };
     Arc::new(Pool::new("bench", backends, balancer, settings))
 }

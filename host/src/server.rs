@@ -145,6 +145,7 @@ impl Prepared {
                 hash_key: p.hash_key.as_ref().and_then(|k| crate::upstream::HashKey::parse(k.get_ref())),
                 retry_on: p.retry_on.clone(),
                 retry_budget: p.retry_budget,
+                panic: p.panic,
             };
             let pool = Pool::new(name, specs, balancer, settings);
             pools.insert(name.clone(), Arc::new(pool));
@@ -194,6 +195,9 @@ impl Server {
         let prepared = Prepared::load(loaded, &runtime)?;
         let stop = CancellationToken::new();
         let tracker = TaskTracker::new();
+        for pool in prepared.pools.values() {
+            pool.track_throughput();
+        }
         let mut listeners = BTreeMap::new();
         let mut http_pools = None;
         let cfg = &prepared.loaded.config;

@@ -158,3 +158,71 @@ async fn random_and_power_of_two_choices_use_every_backend() -> Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_latency_avoids_a_backend_20ms_slower() -> Result<()> {
+    let (f1, f2, slow) =
+        (HttpBackend::start("f1").await?, HttpBackend::start("f2").await?, HttpBackend::slow("slow", 20).await?);
+    let weir = start_weir(&config("builtin:least-latency", &[(&f1, 1), (&f2, 1), (&slow, 1)], "")).await?;
+    let addr = weir.listener_addr("web").unwrap();
+    let client = client_h1();
+    for _ in 0..20 {
+        send(&client, get(addr, "x", "/")).await?; // warm-up: every backend gets measured
+    }
+    let before = slow.requests();
+    for _ in 0..500 {
+        send(&client, get(addr, "x", "/")).await?;
+    }
+    let got = slow.requests() - before;
+    eprintln!("least-latency: slow backend got {got} of 500 requests after warm-up");
+    assert!(got * 10 < 500, "slow backend got {got} of 500");
+    weir.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn priority_fails_over_to_the_next_group_and_back() -> Result<()> {
+    let (mut a, mut b, c) =
+        (EchoBackend::start("a").await?, EchoBackend::start("b").await?, EchoBackend::start("c").await?);
+    let text = format!(
+        "[plugins.failover]\nsource = \"builtin:priority\"\n\n[pools.p]\nbalancer = \"failover\"\nfail_timeout = \"300ms\"\n\
+         backends = [{{ address = \"{}\", priority = 0 }}, {{ address = \"{}\", priority = 0 }}, {{ address = \"{}\", priority = 1 }}]\n\n\
+         [listeners.l]\nbind = \"127.0.0.1:0\"\npool = \"p\"\n",
+        a.addr, b.addr, c.addr
+    );
+    let weir = start_weir(&text).await?;
+    let addr = weir.listener_addr("l").unwrap();
+    let tally = |n: usize| async move {
+        let mut seen = HashMap::<String, usize>::new();
+        for _ in 0..n {
+            *seen.entry(exchange(addr, b"x").await?.0).or_default() += 1;
+        }
+        anyhow::Ok(seen)
+    };
+    assert_eq!(tally(20).await?, HashMap::from([("a".into(), 10), ("b".into(), 10)]));
+    a.stop().await;
+    b.stop().await;
+    assert_eq!(tally(20).await?, HashMap::from([("c".into(), 20)]), "all traffic on the second group");
+    a.restart().await?;
+    b.restart().await?;
+    let pool = weir.pool("p").unwrap();
+    eventually("first group back in rotation", || pool.backends[0].is_healthy() && pool.backends[1].is_healthy())
+        .await?;
+    let seen = tally(20).await?;
+    assert!(!seen.contains_key("c") && seen.len() == 2, "{seen:?}");
+    weir.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unhealthy_backends_only_in_panic_mode() -> Result<()> {
+    let a = HttpBackend::start("a").await?;
+    for (panic, want) in [(false, http::StatusCode::SERVICE_UNAVAILABLE), (true, http::StatusCode::OK)] {
+        let weir = start_weir(&config("builtin:round-robin", &[(&a, 1)], &format!("panic = {panic}"))).await?;
+        weir.pool("p").unwrap().set_healthy(0, false);
+        let got = send(&client_h1(), get(weir.listener_addr("web").unwrap(), "x", "/")).await?;
+        assert_eq!(got.status, want, "panic = {panic}");
+        weir.shutdown().await;
+    }
+    Ok(())
+}

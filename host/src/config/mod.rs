@@ -184,6 +184,9 @@ pub struct Pool {
     /// How long a backend taken out of rotation stays out before it is tried again.
     #[serde(default = "default_fail_timeout")]
     pub fail_timeout: Duration,
+    /// When no backend is healthy, use them all rather than none.
+    #[serde(default)]
+    pub panic: bool,
     /// HTTP: the balancer's hash key when the router gives none:
     /// `client-ip`, `path`, `header:NAME` or `cookie:NAME`.
     pub hash_key: Option<Spanned<String>>,

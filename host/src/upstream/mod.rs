@@ -65,12 +65,24 @@ impl BackendStats {
     pub fn record_failure(&self) {
         self.failures.fetch_add(1, Ordering::Relaxed);
     }
-    /// Record a connect latency sample (EWMA with weight 1/8).
+    /// Record a latency sample (connect on L4, response head on L7) as a
+    /// peak-EWMA: a slower sample is taken at once, faster ones decay the
+    /// value by 1/8, so a backend that turns slow is noticed immediately.
     pub fn record_latency(&self, d: Duration) {
         let sample = d.as_micros().min(u32::MAX as u128) as u32;
         let old = self.latency_us.load(Ordering::Relaxed);
-        let new = if old == 0 { sample } else { old - old / 8 + sample / 8 };
+        let new = if sample >= old { sample } else { old - old / 8 + sample / 8 };
         self.latency_us.store(new, Ordering::Relaxed);
+    }
+
+    /// Fold the bytes moved since the last call, `elapsed` ago, into the
+    /// bytes-per-second average (EWMA with weight 1/2 per tick).
+    pub fn tick_throughput(&self, last_total: &mut u64, elapsed: Duration) {
+        let total = self.rx() + self.tx();
+        let rate = ((total - *last_total) as f64 / elapsed.as_secs_f64().max(1e-3)) as u64;
+        *last_total = total;
+        let old = self.bytes_per_sec.load(Ordering::Relaxed);
+        self.bytes_per_sec.store(old / 2 + rate / 2, Ordering::Relaxed);
     }
     /// Record an HTTP response status.
     pub fn record_status(&self, status: u16) {
@@ -157,6 +169,8 @@ pub struct PoolSettings {
     pub retry_on: Vec<u16>,
     /// HTTP: retries allowed as a share of requests.
     pub retry_budget: f64,
+    /// When no backend is healthy, use them all rather than none (Envoy's panic mode).
+    pub panic: bool,
 }
 
 /// Retries a pool may still make: `budget × requests + 10` in all, so that a
@@ -315,11 +329,35 @@ impl Pool {
     /// Slots eligible for a new attempt: healthy and not in `tried`.
     /// Without exclusions this is the shared healthy list, not a copy.
     pub fn eligible(&self, tried: &[u32]) -> Arc<Vec<u32>> {
-        let healthy = self.healthy.load_full();
+        let mut healthy = self.healthy.load_full();
+        if healthy.is_empty() && self.settings.panic {
+            healthy = Arc::new((0..self.backends.len() as u32).collect());
+        }
         if tried.is_empty() {
             return healthy;
         }
         Arc::new(healthy.iter().copied().filter(|s| !tried.contains(s)).collect())
+    }
+
+    /// Keep every backend's bytes-per-second current, once a second, for as
+    /// long as the pool lives.
+    pub fn track_throughput(self: &Arc<Self>) {
+        let pool = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut totals: Vec<u64> = Vec::new();
+            let mut last = tokio::time::Instant::now();
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let Some(pool) = pool.upgrade() else { return };
+                totals.resize(pool.backends.len(), 0);
+                let now = tokio::time::Instant::now();
+                for (b, total) in pool.backends.iter().zip(totals.iter_mut()) {
+                    b.stats.tick_throughput(total, now - last);
+                }
+                last = now;
+            }
+        });
     }
 
     /// The pool's pick sequence: 0, 1, 2, ... across every thread.
