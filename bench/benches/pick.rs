@@ -1,9 +1,12 @@
-//! Cost of one balance decision through the Wasm boundary, at 8, 64 and
-//! 1 024 backends, next to the host's native round-robin doing the same job.
+//! Cost of one balance decision through the Wasm boundary for every bundled
+//! balancer, at 8, 64 and 1 024 backends, next to the same algorithm run
+//! natively (the plugin crates' own logic, fed from the same live numbers).
 //!
 //! `cargo bench -p weir-bench --bench pick`
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use std::collections::HashMap;
+use std::hint::black_box;
 use std::sync::Arc;
 use weir::config::Fallback;
 use weir::l4::wit_socket_address;
@@ -24,8 +27,8 @@ fn pool(runtime: &Arc<Runtime>, plugin: &str, n: usize) -> Arc<Pool> {
     let backends = (0..n)
         .map(|i| BackendSpec {
             address: format!("10.0.{}.{}:80", i / 250, i % 250),
-            weight: 1,
-            priority: 0,
+            weight: 1 + (i % 3) as u32,
+            priority: (i % 2) as u32,
             tags: vec![],
         })
         .collect();
@@ -45,7 +48,7 @@ fn pool(runtime: &Arc<Runtime>, plugin: &str, n: usize) -> Arc<Pool> {
 
 fn connection() -> types::Connection {
     types::Connection {
-        client: wit_socket_address("127.0.0.1:40000".parse().unwrap()),
+        client: wit_socket_address("10.9.8.7:40000".parse().unwrap()),
         local: wit_socket_address("127.0.0.1:80".parse().unwrap()),
         listener: 0,
         protocol: types::Protocol::Tcp,
@@ -53,20 +56,109 @@ fn connection() -> types::Connection {
     }
 }
 
+/// The native baseline of each algorithm: what the plugin computes, from the
+/// same numbers the host would hand it, without the boundary.
+fn native(plugin: &str, pool: &Pool, seq: u64) -> u32 {
+    let eligible = pool.eligible(&[]);
+    let n = eligible.len() as u64;
+    let stats = || eligible.iter().map(|&s| &pool.backends[s as usize]);
+    match plugin {
+        "round-robin" => eligible[(seq % n) as usize],
+        "random" => eligible[rand::random_range(0..n) as usize],
+        "weighted-round-robin" => {
+            // Built once per pool, as the plugin does in `set-backends`.
+            thread_local!(static S: std::cell::RefCell<HashMap<u32, Vec<u32>>> = Default::default());
+            S.with_borrow_mut(|cache| {
+                let s = cache.entry(pool.id).or_insert_with(|| {
+                    weir_plugin_weighted_round_robin::smooth_schedule(
+                        &pool.backends.iter().map(|b| b.weight).collect::<Vec<_>>(),
+                    )
+                });
+                s[(seq % s.len() as u64) as usize]
+            })
+        }
+        "least-connections" => {
+            let active: Vec<u32> = stats().map(|b| b.stats.active()).collect();
+            let weights: Vec<u32> = stats().map(|b| b.weight).collect();
+            eligible[weir_plugin_least_connections::least_loaded(&active, &weights, seq)]
+        }
+        "power-of-two-choices" => {
+            let a = rand::random_range(0..n) as usize;
+            let b = (a + 1 + rand::random_range(0..n - 1) as usize) % n as usize;
+            let (sa, sb) = (eligible[a], eligible[b]);
+            if pool.backends[sb as usize].stats.active() < pool.backends[sa as usize].stats.active() {
+                sb
+            } else {
+                sa
+            }
+        }
+        "least-latency" => {
+            let lat: Vec<u32> = stats().map(|b| b.stats.latency_us()).collect();
+            let active: Vec<u32> = stats().map(|b| b.stats.active()).collect();
+            eligible[weir_plugin_least_latency::lowest(&lat, &active, seq)]
+        }
+        "least-bandwidth" => {
+            let rates: Vec<u64> = stats().map(|b| b.stats.bytes_per_sec()).collect();
+            eligible[weir_plugin_least_bandwidth::least(&rates, seq)]
+        }
+        "ip-hash" => {
+            let ip: std::net::IpAddr = "10.9.8.7".parse().unwrap();
+            eligible[(weir_plugin_ip_hash::ip_hash(ip) % n) as usize]
+        }
+        "consistent-hash" => {
+            thread_local!(static R: std::cell::RefCell<HashMap<u32, weir_plugin_consistent_hash::Ring>> = Default::default());
+            R.with_borrow_mut(|cache| {
+                let ring = cache.entry(pool.id).or_insert_with(|| {
+                    let list: Vec<(String, u32)> =
+                        pool.backends.iter().map(|b| (b.address.clone(), b.weight)).collect();
+                    weir_plugin_consistent_hash::Ring::new(&list, 160)
+                });
+                ring.lookup(b"10.9.8.7", |_| true).unwrap()
+            })
+        }
+        "priority" => {
+            let prios: Vec<u32> = stats().map(|b| b.priority).collect();
+            let group = weir_plugin_priority::best_group(&prios);
+            eligible[group[(seq % group.len() as u64) as usize]]
+        }
+        other => panic!("no native baseline for {other}"),
+    }
+}
+
+const PLUGINS: [&str; 10] = [
+    "round-robin",
+    "random",
+    "weighted-round-robin",
+    "least-connections",
+    "power-of-two-choices",
+    "least-latency",
+    "least-bandwidth",
+    "ip-hash",
+    "consistent-hash",
+    "priority",
+];
+
 fn bench_pick(c: &mut Criterion) {
     let runtime = Runtime::new(None).expect("runtime");
     let conn = connection();
-    let mut group = c.benchmark_group("pick");
-    for n in [8usize, 64, 1024] {
-        let p = pool(&runtime, "round-robin", n);
-        group.bench_with_input(BenchmarkId::new("round-robin/wasm", n), &n, |b, _| {
-            b.iter(|| p.balancer.pick(&p, p.eligible(&[]), &conn, None).unwrap())
-        });
-        group.bench_with_input(BenchmarkId::new("round-robin/native", n), &n, |b, _| {
-            b.iter(|| p.fallback_pick(&p.eligible(&[])).unwrap())
-        });
+    let only = std::env::var("WEIR_BENCH_PLUGIN").ok();
+    for plugin in PLUGINS.into_iter().filter(|p| only.as_deref().is_none_or(|o| o == *p)) {
+        let mut group = c.benchmark_group(format!("pick/{plugin}"));
+        for n in [8usize, 64, 1024] {
+            let p = pool(&runtime, plugin, n);
+            group.bench_with_input(BenchmarkId::new("wasm", n), &n, |b, _| {
+                b.iter(|| p.balancer.pick(&p, p.eligible(&[]), &conn, None).unwrap())
+            });
+            let mut seq = 0u64;
+            group.bench_with_input(BenchmarkId::new("native", n), &n, |b, _| {
+                b.iter(|| {
+                    seq += 1;
+                    black_box(native(plugin, &p, seq))
+                })
+            });
+        }
+        group.finish();
     }
-    group.finish();
 }
 
 criterion_group!(benches, bench_pick);

@@ -103,7 +103,8 @@ pub struct PluginInstance {
     /// The plugin's own config, handed to its `init` as JSON.
     #[serde(default)]
     pub config: Option<Spanned<toml::Table>>,
-    /// CPU time one call may take before it is interrupted.
+    /// Time one call may run before it is interrupted (wall-clock, counted in
+    /// 1 ms epochs, so time the thread is descheduled counts too).
     #[serde(default = "default_call_timeout")]
     pub timeout: Duration,
     /// Linear memory one instance may grow to.
@@ -114,7 +115,7 @@ pub struct PluginInstance {
 }
 
 fn default_call_timeout() -> Duration {
-    Duration::from_millis(20)
+    Duration::from_millis(100)
 }
 
 fn default_memory_limit() -> ByteSize {

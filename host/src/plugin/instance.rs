@@ -20,7 +20,7 @@ use wasmtime::{Store, Trap};
 /// Per-call limits of a plugin instance.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// CPU time one call may take.
+    /// Time one call may run (wall-clock, in 1 ms epochs).
     pub timeout: Duration,
     /// Linear memory an instance may grow to, in bytes.
     pub memory: usize,
@@ -28,7 +28,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { timeout: Duration::from_millis(20), memory: 32 << 20 }
+        Self { timeout: Duration::from_millis(100), memory: 32 << 20 }
     }
 }
 

@@ -12,23 +12,20 @@ struct LeastConnections {
 
 /// Index (into `active`) of the least loaded entry; `turn` rotates among ties.
 pub fn least_loaded(active: &[u32], weights: &[u32], turn: u64) -> usize {
-    // Compare active/weight as active_a * weight_b < active_b * weight_a.
-    let mut best: Vec<usize> = Vec::new();
+    // active/weight compared exactly: a_i * w_b < a_b * w_i.
+    let lighter = |i: usize, b: usize| {
+        (active[i] as u64 * weights[b].max(1) as u64).cmp(&(active[b] as u64 * weights[i].max(1) as u64))
+    };
+    let (mut best, mut ties) = (0usize, 0u64);
     for i in 0..active.len() {
-        let Some(&b) = best.first() else {
-            best.push(i);
-            continue;
-        };
-        let lhs = active[i] as u64 * weights[b].max(1) as u64;
-        let rhs = active[b] as u64 * weights[i].max(1) as u64;
-        if lhs < rhs {
-            best.clear();
-            best.push(i);
-        } else if lhs == rhs {
-            best.push(i);
+        match if ties == 0 { std::cmp::Ordering::Less } else { lighter(i, best) } {
+            std::cmp::Ordering::Less => (best, ties) = (i, 1),
+            std::cmp::Ordering::Equal => ties += 1,
+            std::cmp::Ordering::Greater => {}
         }
     }
-    best[(turn % best.len() as u64) as usize]
+    let want = (turn % ties.max(1)) as usize;
+    (0..active.len()).filter(|&i| lighter(i, best).is_eq()).nth(want).unwrap_or(0)
 }
 
 impl Balancer for LeastConnections {

@@ -7,10 +7,32 @@ use weir_sdk::balancer::*;
 
 /// Index of the lowest score; `turn` rotates among ties.
 pub fn lowest(latency_us: &[u32], active: &[u32], turn: u64) -> usize {
-    let scores: Vec<u64> = latency_us.iter().zip(active).map(|(&l, &a)| l as u64 * (a as u64 + 1)).collect();
-    let min = scores.iter().copied().min().unwrap_or(0);
-    let ties: Vec<usize> = (0..scores.len()).filter(|&i| scores[i] == min).collect();
-    ties[(turn % ties.len() as u64) as usize]
+    let score = |i: usize| latency_us[i] as u64 * (active[i] as u64 + 1);
+    nth_min(latency_us.len(), score, turn)
+}
+
+/// Index of the `turn`-th (cyclically) of the entries with the minimum
+/// `key`, in two passes and no allocation.
+pub fn nth_min(len: usize, key: impl Fn(usize) -> u64, turn: u64) -> usize {
+    let (mut min, mut ties) = (u64::MAX, 0u64);
+    for i in 0..len {
+        let k = key(i);
+        if k < min {
+            (min, ties) = (k, 1);
+        } else if k == min {
+            ties += 1;
+        }
+    }
+    let mut want = turn % ties.max(1);
+    for i in 0..len {
+        if key(i) == min {
+            if want == 0 {
+                return i;
+            }
+            want -= 1;
+        }
+    }
+    0
 }
 
 struct LeastLatency;
