@@ -15,6 +15,45 @@ pub fn log(level: LogLevel, message: &str) {
     host::log(level, message);
 }
 
+/// A stable, well-spread 64-bit hash (FNV-1a, then a 64-bit finaliser): the
+/// same key hashes the same in every instance, build and host.
+pub fn hash64(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}
+
+/// Among `len` entries, the index of the `turn`-th (cyclically) of those
+/// with the smallest `key`: "the least loaded, ties taken in turn", in two
+/// passes and no allocation.
+pub fn nth_min(len: usize, key: impl Fn(usize) -> u64, turn: u64) -> usize {
+    let (mut min, mut ties) = (u64::MAX, 0u64);
+    for i in 0..len {
+        let k = key(i);
+        if k < min {
+            (min, ties) = (k, 1);
+        } else if k == min {
+            ties += 1;
+        }
+    }
+    let mut want = turn % ties.max(1);
+    for i in 0..len {
+        if key(i) == min {
+            if want == 0 {
+                return i;
+            }
+            want -= 1;
+        }
+    }
+    0
+}
+
 /// A WIT address as a standard one.
 pub fn ip_addr(ip: &IpAddress) -> std::net::IpAddr {
     use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};

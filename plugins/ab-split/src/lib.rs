@@ -112,17 +112,9 @@ impl Split {
     }
 }
 
-/// FNV-1a, then a 64-bit finaliser: a stable, well-spread hash of the key.
+/// The stable hash of a split key.
 pub fn stable_hash(key: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in key.bytes() {
-        h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
-    }
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    h ^ (h >> 33)
+    hash64(key.as_bytes())
 }
 
 struct AbSplit {

@@ -32,19 +32,6 @@ fn default_points() -> u32 {
     160
 }
 
-/// FNV-1a then a 64-bit finaliser.
-pub fn hash(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
-    }
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    h ^ (h >> 33)
-}
-
 /// A ring of (point, slot), sorted by point.
 #[derive(Debug, Default)]
 pub struct Ring(Vec<(u64, u32)>);
@@ -55,7 +42,7 @@ impl Ring {
         let mut ring = Vec::new();
         for (slot, (address, weight)) in backends.iter().enumerate() {
             for i in 0..points.saturating_mul(*weight) {
-                ring.push((hash(format!("{address}-{i}").as_bytes()), slot as u32));
+                ring.push((hash64(format!("{address}-{i}").as_bytes()), slot as u32));
             }
         }
         ring.sort_unstable();
@@ -67,7 +54,7 @@ impl Ring {
         if self.0.is_empty() {
             return None;
         }
-        let h = hash(key);
+        let h = hash64(key);
         let start = self.0.partition_point(|(p, _)| *p < h);
         let mut tried = Vec::new();
         for k in 0..self.0.len() {
@@ -129,7 +116,7 @@ impl Balancer for ConsistentHash {
             }
         };
         let Some((ring, total)) = self.rings.get(&ctx.pool) else {
-            return Ok(Choice::EligibleIndex((hash(key) % n as u64) as u32));
+            return Ok(Choice::EligibleIndex((hash64(key) % n as u64) as u32));
         };
         // With every backend eligible, no host call is needed.
         let all = n == *total;

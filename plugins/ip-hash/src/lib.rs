@@ -5,19 +5,12 @@
 
 use weir_sdk::balancer::*;
 
-/// FNV-1a over the address bytes, then a 64-bit finaliser.
+/// The hash of an address's bytes.
 pub fn ip_hash(ip: std::net::IpAddr) -> u64 {
-    let bytes = match ip {
-        std::net::IpAddr::V4(v4) => v4.octets().to_vec(),
-        std::net::IpAddr::V6(v6) => v6.octets().to_vec(),
-    };
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+    match ip {
+        std::net::IpAddr::V4(v4) => hash64(&v4.octets()),
+        std::net::IpAddr::V6(v6) => hash64(&v6.octets()),
     }
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^ (h >> 33)
 }
 
 struct IpHash;

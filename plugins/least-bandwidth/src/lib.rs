@@ -6,16 +6,7 @@ use weir_sdk::balancer::*;
 
 /// Index of the smallest rate; `turn` rotates among ties.
 pub fn least(rates: &[u64], turn: u64) -> usize {
-    let (mut min, mut ties) = (u64::MAX, 0u64);
-    for &r in rates {
-        if r < min {
-            (min, ties) = (r, 1);
-        } else if r == min {
-            ties += 1;
-        }
-    }
-    let want = (turn % ties.max(1)) as usize;
-    rates.iter().enumerate().filter(|(_, &r)| r == min).nth(want).map_or(0, |(i, _)| i)
+    nth_min(rates.len(), |i| rates[i], turn)
 }
 
 struct LeastBandwidth;

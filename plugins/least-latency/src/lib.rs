@@ -11,30 +11,6 @@ pub fn lowest(latency_us: &[u32], active: &[u32], turn: u64) -> usize {
     nth_min(latency_us.len(), score, turn)
 }
 
-/// Index of the `turn`-th (cyclically) of the entries with the minimum
-/// `key`, in two passes and no allocation.
-pub fn nth_min(len: usize, key: impl Fn(usize) -> u64, turn: u64) -> usize {
-    let (mut min, mut ties) = (u64::MAX, 0u64);
-    for i in 0..len {
-        let k = key(i);
-        if k < min {
-            (min, ties) = (k, 1);
-        } else if k == min {
-            ties += 1;
-        }
-    }
-    let mut want = turn % ties.max(1);
-    for i in 0..len {
-        if key(i) == min {
-            if want == 0 {
-                return i;
-            }
-            want -= 1;
-        }
-    }
-    0
-}
-
 struct LeastLatency;
 
 impl Balancer for LeastLatency {

@@ -81,9 +81,7 @@ impl Balancer for Priority {
             Inner::Random => group[random_below(n as u32) as usize],
             Inner::LeastConnections => {
                 let active = pool.eligible_active();
-                let min = group.iter().map(|&i| active[i]).min().unwrap_or(0);
-                let ties: Vec<usize> = group.iter().copied().filter(|&i| active[i] == min).collect();
-                ties[(ctx.sequence % ties.len() as u64) as usize]
+                group[nth_min(group.len(), |g| active[group[g]] as u64, ctx.sequence)]
             }
         };
         Ok(Choice::EligibleIndex(index as u32))
