@@ -33,13 +33,9 @@ pub trait Balancer: Sized + 'static {
     }
 
     /// Pick an eligible backend: by slot, or by its index among the eligible ones.
-    fn pick(
-        &mut self,
-        pool: &PoolView,
-        ctx: &PickContext,
-        conn: &Connection,
-        hash_key: Option<&str>,
-    ) -> Result<Choice, Error>;
+    /// `pool.connection()` gives the whole connection record when
+    /// `ctx.client_hash` is not enough.
+    fn pick(&mut self, pool: &PoolView, ctx: &PickContext, hash_key: Option<&str>) -> Result<Choice, Error>;
 }
 
 /// The number of eligible backends, or an `unavailable` error when there are none.
@@ -58,7 +54,7 @@ macro_rules! export_balancer {
             use $crate::balancer::bindings::exports::weir::plugin::balance::{Choice, Guest, PickContext};
             use $crate::balancer::bindings::weir::plugin::pool::PoolView;
             use $crate::balancer::Balancer;
-            use $crate::imports::weir::plugin::types::{Backend, Connection, Error};
+            use $crate::imports::weir::plugin::types::{Backend, Error};
 
             $crate::__plugin_state!($plugin);
 
@@ -73,13 +69,8 @@ macro_rules! export_balancer {
                 fn set_backends(pool: u32, backends: Vec<Backend>) -> Result<(), Error> {
                     with_state(|p| p.set_backends(pool, backends))
                 }
-                fn pick(
-                    pool: &PoolView,
-                    ctx: PickContext,
-                    conn: Connection,
-                    hash_key: Option<String>,
-                ) -> Result<Choice, Error> {
-                    with_state(|p| p.pick(pool, &ctx, &conn, hash_key.as_deref()))
+                fn pick(pool: &PoolView, ctx: PickContext, hash_key: Option<String>) -> Result<Choice, Error> {
+                    with_state(|p| p.pick(pool, &ctx, hash_key.as_deref()))
                 }
             }
 

@@ -13,7 +13,7 @@
 //!     fn init(_config: Config) -> Result<Self, Error> {
 //!         Ok(RoundRobin)
 //!     }
-//!     fn pick(&mut self, _pool: &PoolView, ctx: &PickContext, _conn: &Connection, _key: Option<&str>)
+//!     fn pick(&mut self, _pool: &PoolView, ctx: &PickContext, _key: Option<&str>)
 //!         -> Result<Choice, Error> {
 //!         let n = eligible_or_err(ctx)?;
 //!         Ok(Choice::EligibleIndex((ctx.sequence % n as u64) as u32))

@@ -226,3 +226,16 @@ async fn unhealthy_backends_only_in_panic_mode() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn host_client_hash_is_the_sdks_hash64() {
+    for addr in ["10.9.8.7", "127.0.0.1", "::1", "2001:db8::42"] {
+        let ip: std::net::IpAddr = addr.parse().unwrap();
+        let wit = weir::l4::wit_socket_address(std::net::SocketAddr::new(ip, 1)).ip;
+        let bytes = match ip {
+            std::net::IpAddr::V4(v4) => v4.octets().to_vec(),
+            std::net::IpAddr::V6(v6) => v6.octets().to_vec(),
+        };
+        assert_eq!(weir::plugin::client_hash(&wit), weir_sdk::hash64(&bytes), "{addr}");
+    }
+}

@@ -329,7 +329,12 @@ impl PluginInstance {
         hash_key: Option<&str>,
     ) -> Result<u32, CallError> {
         use balancer::exports::weir::plugin::balance::{Choice, PickContext};
-        let ctx = PickContext { pool: pool.id, eligible_count: eligible.len() as u32, sequence: pool.next_pick() };
+        let ctx = PickContext {
+            pool: pool.id,
+            eligible_count: eligible.len() as u32,
+            sequence: pool.next_pick(),
+            client_hash: client_hash(&conn.client.ip),
+        };
         let check = eligible.clone();
         let choice = self.with_slot(|slot| {
             let Bound::Balancer(b) = &slot.bound else { unreachable!("balancer slot") };
@@ -342,8 +347,8 @@ impl PluginInstance {
                     Err(e) => return Ok(Err(e)),
                 }
             }
-            slot.store.data_mut().pick = Some(PickCall { pool: pool.clone(), eligible });
-            let result = b.call_pick(&mut slot.store, Resource::new_borrow(0), ctx, conn, hash_key);
+            slot.store.data_mut().pick = Some(PickCall { pool: pool.clone(), eligible, conn: conn.clone() });
+            let result = b.call_pick(&mut slot.store, Resource::new_borrow(0), ctx, hash_key);
             slot.store.data_mut().pick = None;
             result
         })?;
@@ -389,6 +394,34 @@ impl PluginInstance {
             Ok(d?.map(decision))
         })
     }
+}
+
+/// `pick-context.client-hash`: FNV-1a over the address bytes with a 64-bit
+/// finaliser. weir-sdk's `hash64` is the same function, so a plugin can hash
+/// an address itself and agree with the host.
+pub fn client_hash(ip: &types::IpAddress) -> u64 {
+    let mut bytes = [0u8; 16];
+    let used = match *ip {
+        types::IpAddress::Ipv4((a, b, c, d)) => {
+            bytes[..4].copy_from_slice(&[a, b, c, d]);
+            4
+        }
+        types::IpAddress::Ipv6((a, b, c, d, e, f, g, h)) => {
+            for (i, seg) in [a, b, c, d, e, f, g, h].iter().enumerate() {
+                bytes[2 * i..2 * i + 2].copy_from_slice(&seg.to_be_bytes());
+            }
+            16
+        }
+    };
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in &bytes[..used] {
+        h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
 }
 
 fn decision(d: router::exports::weir::plugin::route::Decision) -> RouteDecision {

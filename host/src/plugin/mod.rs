@@ -8,7 +8,9 @@ mod instance;
 pub mod state;
 
 pub use bundled::{bundled, BUNDLED};
-pub use instance::{CallError, CallErrorKind, HeaderEdit, Limits, PluginInstance, PluginStats, RouteDecision, Verdict};
+pub use instance::{
+    client_hash, CallError, CallErrorKind, HeaderEdit, Limits, PluginInstance, PluginStats, RouteDecision, Verdict,
+};
 pub use state::SharedStore;
 
 use sha2::{Digest, Sha256};

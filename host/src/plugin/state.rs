@@ -101,6 +101,8 @@ pub struct PickCall {
     pub pool: Arc<Pool>,
     /// Slots eligible for this call, ascending.
     pub eligible: Arc<Vec<u32>>,
+    /// The connection being balanced.
+    pub conn: super::bindings::types::Connection,
 }
 
 /// An HTTP request head as plugins see it: the request's own parts, lent
@@ -293,6 +295,10 @@ impl pool::HostPoolView for PluginState {
     fn eligible_bytes_per_sec(&mut self, _: Resource<PoolViewRep>) -> wasmtime::Result<Vec<u64>> {
         let call = self.pick()?;
         Ok(call.eligible.iter().map(|&s| call.pool.backends[s as usize].stats.bytes_per_sec()).collect())
+    }
+
+    fn connection(&mut self, _: Resource<PoolViewRep>) -> wasmtime::Result<super::bindings::types::Connection> {
+        Ok(self.pick()?.conn.clone())
     }
 
     fn drop(&mut self, _: Resource<PoolViewRep>) -> wasmtime::Result<()> {

@@ -50,11 +50,15 @@ impl Ring {
     }
 
     /// The first backend at or after `key`'s point that `eligible` accepts.
-    pub fn lookup(&self, key: &[u8], mut eligible: impl FnMut(u32) -> bool) -> Option<u32> {
+    pub fn lookup(&self, key: &[u8], eligible: impl FnMut(u32) -> bool) -> Option<u32> {
+        self.lookup_point(hash64(key), eligible)
+    }
+
+    /// The first backend at or after point `h` that `eligible` accepts.
+    pub fn lookup_point(&self, h: u64, mut eligible: impl FnMut(u32) -> bool) -> Option<u32> {
         if self.0.is_empty() {
             return None;
         }
-        let h = hash64(key);
         let start = self.0.partition_point(|(p, _)| *p < h);
         let mut tried = Vec::new();
         for k in 0..self.0.len() {
@@ -99,28 +103,18 @@ impl Balancer for ConsistentHash {
         Ok(())
     }
 
-    fn pick(
-        &mut self,
-        pool: &PoolView,
-        ctx: &PickContext,
-        conn: &Connection,
-        key: Option<&str>,
-    ) -> Result<Choice, Error> {
+    fn pick(&mut self, pool: &PoolView, ctx: &PickContext, key: Option<&str>) -> Result<Choice, Error> {
         let n = eligible_or_err(ctx)?;
-        let ip;
-        let key = match (&self.key, key) {
-            (Key::HashKey, Some(k)) => k.as_bytes(),
-            _ => {
-                ip = client_ip(conn).to_string();
-                ip.as_bytes()
-            }
+        let point = match (&self.key, key) {
+            (Key::HashKey, Some(k)) => hash64(k.as_bytes()),
+            _ => ctx.client_hash,
         };
         let Some((ring, total)) = self.rings.get(&ctx.pool) else {
-            return Ok(Choice::EligibleIndex((hash64(key) % n as u64) as u32));
+            return Ok(Choice::EligibleIndex((point % n as u64) as u32));
         };
         // With every backend eligible, no host call is needed.
         let all = n == *total;
-        match ring.lookup(key, |slot| all || pool.is_eligible(slot)) {
+        match ring.lookup_point(point, |slot| all || pool.is_eligible(slot)) {
             Some(slot) => Ok(Choice::Slot(slot)),
             None => Err(Error::Unavailable("no eligible backend on the ring".into())),
         }

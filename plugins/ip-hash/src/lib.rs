@@ -1,11 +1,12 @@
-//! Bundled balancer `ip-hash`: a hash of the client address modulo the
+//! Bundled balancer `ip-hash`: a hash of the client address (computed by
+//! the host, `pick-context.client-hash`) modulo the
 //! eligible backends, as gobetween's `iphash`. A client stays on one backend
 //! while the eligible set does not change; use `consistent-hash` when
 //! backends come and go.
 
 use weir_sdk::balancer::*;
 
-/// The hash of an address's bytes.
+/// The hash of an address's bytes: the host's `pick-context.client-hash`.
 pub fn ip_hash(ip: std::net::IpAddr) -> u64 {
     match ip {
         std::net::IpAddr::V4(v4) => hash64(&v4.octets()),
@@ -20,15 +21,9 @@ impl Balancer for IpHash {
         Ok(IpHash)
     }
 
-    fn pick(
-        &mut self,
-        _pool: &PoolView,
-        ctx: &PickContext,
-        conn: &Connection,
-        _key: Option<&str>,
-    ) -> Result<Choice, Error> {
+    fn pick(&mut self, _pool: &PoolView, ctx: &PickContext, _key: Option<&str>) -> Result<Choice, Error> {
         let n = eligible_or_err(ctx)?;
-        Ok(Choice::EligibleIndex((ip_hash(client_ip(conn)) % n as u64) as u32))
+        Ok(Choice::EligibleIndex((ctx.client_hash % n as u64) as u32))
     }
 }
 

@@ -16,13 +16,7 @@ impl Balancer for LeastBandwidth {
         Ok(LeastBandwidth)
     }
 
-    fn pick(
-        &mut self,
-        pool: &PoolView,
-        ctx: &PickContext,
-        _conn: &Connection,
-        _key: Option<&str>,
-    ) -> Result<Choice, Error> {
+    fn pick(&mut self, pool: &PoolView, ctx: &PickContext, _key: Option<&str>) -> Result<Choice, Error> {
         eligible_or_err(ctx)?;
         Ok(Choice::EligibleIndex(least(&pool.eligible_bytes_per_sec(), ctx.sequence) as u32))
     }

@@ -38,13 +38,7 @@ impl Balancer for LeastConnections {
         Ok(())
     }
 
-    fn pick(
-        &mut self,
-        pool: &PoolView,
-        ctx: &PickContext,
-        _conn: &Connection,
-        _key: Option<&str>,
-    ) -> Result<Choice, Error> {
+    fn pick(&mut self, pool: &PoolView, ctx: &PickContext, _key: Option<&str>) -> Result<Choice, Error> {
         eligible_or_err(ctx)?;
         let slots = pool.eligible_slots();
         let active = pool.eligible_active();

@@ -18,13 +18,7 @@ impl Balancer for LeastLatency {
         Ok(LeastLatency)
     }
 
-    fn pick(
-        &mut self,
-        pool: &PoolView,
-        ctx: &PickContext,
-        _conn: &Connection,
-        _key: Option<&str>,
-    ) -> Result<Choice, Error> {
+    fn pick(&mut self, pool: &PoolView, ctx: &PickContext, _key: Option<&str>) -> Result<Choice, Error> {
         eligible_or_err(ctx)?;
         let (latency, active) = (pool.eligible_latency_us(), pool.eligible_active());
         Ok(Choice::EligibleIndex(lowest(&latency, &active, ctx.sequence) as u32))

@@ -11,13 +11,7 @@ impl Balancer for P2c {
         Ok(P2c)
     }
 
-    fn pick(
-        &mut self,
-        pool: &PoolView,
-        ctx: &PickContext,
-        _conn: &Connection,
-        _key: Option<&str>,
-    ) -> Result<Choice, Error> {
+    fn pick(&mut self, pool: &PoolView, ctx: &PickContext, _key: Option<&str>) -> Result<Choice, Error> {
         let n = eligible_or_err(ctx)?;
         if n == 1 {
             return Ok(Choice::EligibleIndex(0));

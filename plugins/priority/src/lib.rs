@@ -63,13 +63,7 @@ impl Balancer for Priority {
         Ok(())
     }
 
-    fn pick(
-        &mut self,
-        pool: &PoolView,
-        ctx: &PickContext,
-        _conn: &Connection,
-        _key: Option<&str>,
-    ) -> Result<Choice, Error> {
+    fn pick(&mut self, pool: &PoolView, ctx: &PickContext, _key: Option<&str>) -> Result<Choice, Error> {
         eligible_or_err(ctx)?;
         let slots = pool.eligible_slots();
         let all = self.priorities.get(&ctx.pool).map(Vec::as_slice).unwrap_or(&[]);

@@ -9,13 +9,7 @@ impl Balancer for Random {
         Ok(Random)
     }
 
-    fn pick(
-        &mut self,
-        _pool: &PoolView,
-        ctx: &PickContext,
-        _conn: &Connection,
-        _key: Option<&str>,
-    ) -> Result<Choice, Error> {
+    fn pick(&mut self, _pool: &PoolView, ctx: &PickContext, _key: Option<&str>) -> Result<Choice, Error> {
         let n = eligible_or_err(ctx)?;
         Ok(Choice::EligibleIndex(random_below(n)))
     }

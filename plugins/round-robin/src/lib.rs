@@ -11,13 +11,7 @@ impl Balancer for RoundRobin {
         Ok(RoundRobin)
     }
 
-    fn pick(
-        &mut self,
-        _pool: &PoolView,
-        ctx: &PickContext,
-        _conn: &Connection,
-        _key: Option<&str>,
-    ) -> Result<Choice, Error> {
+    fn pick(&mut self, _pool: &PoolView, ctx: &PickContext, _key: Option<&str>) -> Result<Choice, Error> {
         let n = eligible_or_err(ctx)?;
         Ok(Choice::EligibleIndex((ctx.sequence % n as u64) as u32))
     }

@@ -55,13 +55,7 @@ impl Balancer for Wrr {
         Ok(())
     }
 
-    fn pick(
-        &mut self,
-        pool: &PoolView,
-        ctx: &PickContext,
-        _conn: &Connection,
-        _key: Option<&str>,
-    ) -> Result<Choice, Error> {
+    fn pick(&mut self, pool: &PoolView, ctx: &PickContext, _key: Option<&str>) -> Result<Choice, Error> {
         let n = eligible_or_err(ctx)?;
         let Some(schedule) = self.schedules.get(&ctx.pool).filter(|s| !s.is_empty()) else {
             return Ok(Choice::EligibleIndex((ctx.sequence % n as u64) as u32));

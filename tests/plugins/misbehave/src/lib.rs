@@ -35,13 +35,7 @@ impl Balancer for Misbehave {
         Ok(Self { settings, calls: SharedCounter::new("calls") })
     }
 
-    fn pick(
-        &mut self,
-        pool: &PoolView,
-        ctx: &PickContext,
-        _conn: &Connection,
-        _key: Option<&str>,
-    ) -> Result<Choice, Error> {
+    fn pick(&mut self, pool: &PoolView, ctx: &PickContext, _key: Option<&str>) -> Result<Choice, Error> {
         let n = eligible_or_err(ctx)?;
         if self.calls.fetch_add(1) % self.settings.every.max(1) == 0 {
             match self.settings.mode.as_str() {
@@ -61,6 +55,9 @@ impl Balancer for Misbehave {
             }
         }
         // Through the pool view, so the host imports are exercised too.
+        if pool.connection().listener != 0 && listener_name(pool.connection().listener).is_empty() {
+            return Err(Error::Other("listener id without a name".into()));
+        }
         Ok(Choice::Slot(pool.eligible(n - 1)))
     }
 }

@@ -12,13 +12,7 @@ impl Balancer for First {
         Ok(First)
     }
 
-    fn pick(
-        &mut self,
-        _pool: &PoolView,
-        ctx: &PickContext,
-        _conn: &Connection,
-        _key: Option<&str>,
-    ) -> Result<Choice, Error> {
+    fn pick(&mut self, _pool: &PoolView, ctx: &PickContext, _key: Option<&str>) -> Result<Choice, Error> {
         eligible_or_err(ctx)?;
         Ok(Choice::EligibleIndex(0))
     }
