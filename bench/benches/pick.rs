@@ -59,9 +59,10 @@ fn connection() -> types::Connection {
 /// The native baseline of each algorithm: what the plugin computes, from the
 /// same numbers the host would hand it, without the boundary.
 fn native(plugin: &str, pool: &Pool, seq: u64) -> u32 {
-    let eligible = pool.eligible(&[]);
+    let members = pool.members();
+    let eligible = pool.eligible(&members, &[]);
     let n = eligible.len() as u64;
-    let stats = || eligible.iter().map(|&s| &pool.backends[s as usize]);
+    let stats = || eligible.iter().map(|&s| &members.backends[s as usize]);
     match plugin {
         "round-robin" => eligible[(seq % n) as usize],
         "random" => eligible[rand::random_range(0..n) as usize],
@@ -71,7 +72,7 @@ fn native(plugin: &str, pool: &Pool, seq: u64) -> u32 {
             S.with_borrow_mut(|cache| {
                 let s = cache.entry(pool.id).or_insert_with(|| {
                     weir_plugin_weighted_round_robin::smooth_schedule(
-                        &pool.backends.iter().map(|b| b.weight).collect::<Vec<_>>(),
+                        &members.backends.iter().map(|b| b.weight).collect::<Vec<_>>(),
                     )
                 });
                 s[(seq % s.len() as u64) as usize]
@@ -86,7 +87,7 @@ fn native(plugin: &str, pool: &Pool, seq: u64) -> u32 {
             let a = rand::random_range(0..n) as usize;
             let b = (a + 1 + rand::random_range(0..n - 1) as usize) % n as usize;
             let (sa, sb) = (eligible[a], eligible[b]);
-            if pool.backends[sb as usize].stats.active() < pool.backends[sa as usize].stats.active() {
+            if members.backends[sb as usize].stats.active() < members.backends[sa as usize].stats.active() {
                 sb
             } else {
                 sa
@@ -110,7 +111,7 @@ fn native(plugin: &str, pool: &Pool, seq: u64) -> u32 {
             R.with_borrow_mut(|cache| {
                 let ring = cache.entry(pool.id).or_insert_with(|| {
                     let list: Vec<(String, u32)> =
-                        pool.backends.iter().map(|b| (b.address.clone(), b.weight)).collect();
+                        members.backends.iter().map(|b| (b.address.clone(), b.weight)).collect();
                     weir_plugin_consistent_hash::Ring::new(&list, 160)
                 });
                 ring.lookup(b"10.9.8.7", |_| true).unwrap()
@@ -147,7 +148,10 @@ fn bench_pick(c: &mut Criterion) {
         for n in [8usize, 64, 1024] {
             let p = pool(&runtime, plugin, n);
             group.bench_with_input(BenchmarkId::new("wasm", n), &n, |b, _| {
-                b.iter(|| p.balancer.pick(&p, p.eligible(&[]), &conn, None).unwrap())
+                b.iter(|| {
+                    let m = p.members();
+                    p.balancer.pick(&p, &m, p.eligible(&m, &[]), &conn, None).unwrap()
+                })
             });
             let mut seq = 0u64;
             group.bench_with_input(BenchmarkId::new("native", n), &n, |b, _| {

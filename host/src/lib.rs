@@ -8,6 +8,8 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod demo;
+pub mod discovery;
+pub mod health;
 pub mod l4;
 pub mod l7;
 pub mod plugin;

@@ -2,10 +2,12 @@
 //! builds pools, binds listeners and runs them until shutdown.
 
 use crate::config::Protocol;
-use crate::config::{ConfigError, Fallback, Loaded};
+use crate::config::{ConfigError, Fallback, InitialHealth, Loaded};
+use crate::discovery::{self, DiscoverySettings};
+use crate::health::{self, CheckSettings};
 use crate::l4::{self, TcpService};
 use crate::l7::{self, HttpPool, HttpService, HttpSettings};
-use crate::plugin::{Limits, LoadError, PluginInstance, PluginSpec, Runtime, World};
+use crate::plugin::{Grants, Limits, LoadError, PluginInstance, PluginSpec, Runtime, World};
 use crate::upstream::{BackendSpec, Pool, PoolSettings};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -53,6 +55,12 @@ impl Prepared {
             };
         for (name, pool) in &cfg.pools {
             note(&pool.balancer, World::Balancer, format!("pools.{name}.balancer"))?;
+            if let Some(h) = &pool.health {
+                note(&h.plugin, World::HealthChecker, format!("pools.{name}.health.plugin"))?;
+            }
+            if let Some(d) = &pool.discovery {
+                note(&d.plugin, World::DiscoveryAdapter, format!("pools.{name}.discovery.plugin"))?;
+            }
         }
         for (name, l) in &cfg.listeners {
             for a in &l.access {
@@ -88,6 +96,15 @@ impl Prepared {
                 Some(c) => src.error(c, format!("{key}.config: {e}")),
                 None => at(e),
             };
+            let g = &p.grants;
+            let grants = Grants {
+                http: g.http.clone(),
+                tcp: g.tcp.clone(),
+                udp: g.udp.clone(),
+                dns: g.dns.as_ref().and_then(|d| d.get_ref().parse().ok()),
+                files: g.files.iter().map(|f| loaded.base_dir().join(f)).collect(),
+                exec: g.exec.iter().map(Into::into).collect(),
+            };
             let spec = PluginSpec {
                 name: name.clone(),
                 source: p.source.get_ref().clone(),
@@ -95,6 +112,7 @@ impl Prepared {
                 config_json: json,
                 limits,
                 fallback,
+                grants,
             };
             let instance = runtime.load(spec, &bytes).map_err(|e| {
                 if matches!(e, LoadError::Init(_)) {
@@ -119,6 +137,7 @@ impl Prepared {
                 config_json: "{}".into(),
                 limits: Limits::default(),
                 fallback: default_fallback(*world),
+                grants: Grants::default(),
             };
             let instance = runtime.load(spec, &bytes).map_err(fail)?;
             plugins.insert(name.clone(), instance);
@@ -146,6 +165,7 @@ impl Prepared {
                 retry_on: p.retry_on.clone(),
                 retry_budget: p.retry_budget,
                 panic: p.panic,
+                fail_on: p.fail_on.clone(),
             };
             let pool = Pool::new(name, specs, balancer, settings);
             pools.insert(name.clone(), Arc::new(pool));
@@ -195,12 +215,27 @@ impl Server {
         let prepared = Prepared::load(loaded, &runtime)?;
         let stop = CancellationToken::new();
         let tracker = TaskTracker::new();
-        for pool in prepared.pools.values() {
+        let cfg = &prepared.loaded.config;
+        for (name, pool) in &prepared.pools {
             pool.track_throughput();
+            let p = &cfg.pools[name];
+            if let Some(d) = &p.discovery {
+                let plugin = prepared.plugins[d.plugin.get_ref()].clone();
+                let s = DiscoverySettings { interval: d.interval.0, timeout: d.timeout.0, failpolicy: d.failpolicy };
+                // Discover once before the listeners open, so the first
+                // clients find the discovered backends.
+                discovery::discover_once(pool, &plugin, s).await;
+                discovery::spawn(pool.clone(), plugin, s, stop.clone());
+            }
+            if let Some(h) = &p.health {
+                let checker = prepared.plugins[h.plugin.get_ref()].clone();
+                pool.enable_active_checks(h.initial == InitialHealth::Up);
+                let s = CheckSettings { interval: h.interval.0, timeout: h.timeout.0, rise: h.rise, fall: h.fall };
+                health::spawn(pool.clone(), checker, s, stop.clone());
+            }
         }
         let mut listeners = BTreeMap::new();
         let mut http_pools = None;
-        let cfg = &prepared.loaded.config;
         for (name, l) in &cfg.listeners {
             let addr: SocketAddr = l.bind.get_ref().parse()?;
             let listener = bind(addr, l.backlog).map_err(|e| {

@@ -104,9 +104,9 @@ async fn consistent_hash_remaps_only_the_lost_backends_keys() -> Result<()> {
     };
     let before = map(client.clone()).await?;
     let pool = weir.pool("p").unwrap();
-    pool.set_healthy(4, false);
+    pool.set_up(4, false);
     let during = map(client.clone()).await?;
-    pool.set_healthy(4, true);
+    pool.set_up(4, true);
     let after = map(client.clone()).await?;
     let moved = before.iter().zip(&during).filter(|(a, b)| a != b).count();
     eprintln!("consistent-hash: {moved} of {keys} keys moved when one of 10 backends left");
@@ -206,8 +206,10 @@ async fn priority_fails_over_to_the_next_group_and_back() -> Result<()> {
     a.restart().await?;
     b.restart().await?;
     let pool = weir.pool("p").unwrap();
-    eventually("first group back in rotation", || pool.backends[0].is_healthy() && pool.backends[1].is_healthy())
-        .await?;
+    eventually("first group back in rotation", || {
+        pool.members().backends[0].is_healthy() && pool.members().backends[1].is_healthy()
+    })
+    .await?;
     let seen = tally(20).await?;
     assert!(!seen.contains_key("c") && seen.len() == 2, "{seen:?}");
     weir.shutdown().await;
@@ -219,7 +221,7 @@ async fn unhealthy_backends_only_in_panic_mode() -> Result<()> {
     let a = HttpBackend::start("a").await?;
     for (panic, want) in [(false, http::StatusCode::SERVICE_UNAVAILABLE), (true, http::StatusCode::OK)] {
         let weir = start_weir(&config("builtin:round-robin", &[(&a, 1)], &format!("panic = {panic}"))).await?;
-        weir.pool("p").unwrap().set_healthy(0, false);
+        weir.pool("p").unwrap().set_up(0, false);
         let got = send(&client_h1(), get(weir.listener_addr("web").unwrap(), "x", "/")).await?;
         assert_eq!(got.status, want, "panic = {panic}");
         weir.shutdown().await;

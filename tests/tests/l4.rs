@@ -48,8 +48,8 @@ async fn round_robin_splits_exactly_across_worker_threads() -> Result<()> {
     assert_eq!(rr.stats().calls.load(std::sync::atomic::Ordering::Relaxed), 300);
     assert_eq!(rr.stats().recycled(), 0);
     let pool = weir.pool("p").unwrap();
-    assert!(pool.backends.iter().all(|b| b.stats.total() == 100));
-    eventually("active connections to drain", || pool.backends.iter().all(|b| b.stats.active() == 0)).await?;
+    assert!(pool.members().backends.iter().all(|b| b.stats.total() == 100));
+    eventually("active connections to drain", || pool.members().backends.iter().all(|b| b.stats.active() == 0)).await?;
     weir.shutdown().await;
     Ok(())
 }
@@ -69,7 +69,7 @@ async fn payloads_arrive_intact_both_ways_with_half_close() -> Result<()> {
         assert!(echoed == payload, "echo of {size} bytes differs");
         sent += size as u64;
     }
-    let stats = &weir.pool("p").unwrap().backends[0].stats;
+    let stats = &weir.pool("p").unwrap().members().backends[0].stats;
     eventually("byte counters", || stats.tx() == sent && stats.rx() == sent + 3 * 2).await?;
     weir.shutdown().await;
     Ok(())
@@ -90,11 +90,11 @@ async fn stopped_backend_is_skipped_and_rejoins() -> Result<()> {
     // One failed connect takes b out of rotation, so a and c share evenly.
     assert!((29..=31).contains(&seen["a"]) && (29..=31).contains(&seen["c"]), "{seen:?}");
     let pool = weir.pool("p").unwrap();
-    assert_eq!(pool.backends[1].stats.failures(), 1);
-    assert!(!pool.backends[1].is_healthy());
+    assert_eq!(pool.members().backends[1].stats.failures(), 1);
+    assert!(!pool.members().backends[1].is_healthy());
 
     b.restart().await?;
-    eventually("b back in rotation after fail_timeout", || pool.backends[1].is_healthy()).await?;
+    eventually("b back in rotation after fail_timeout", || pool.members().backends[1].is_healthy()).await?;
     let seen = tally(addr, 30).await?;
     assert_eq!(seen.get("b"), Some(&10), "{seen:?}");
     weir.shutdown().await;

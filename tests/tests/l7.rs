@@ -48,7 +48,7 @@ async fn get_is_balanced_with_proxy_headers_and_keepalive() -> Result<()> {
     }
     assert_eq!(seen, HashMap::from([("a".into(), 50), ("b".into(), 50)]));
     // The host recorded each backend's outcomes.
-    for b in &weir.pool("p").unwrap().backends {
+    for b in &weir.pool("p").unwrap().members().backends {
         assert_eq!((b.stats.responses(2), b.stats.responses(5), b.stats.total()), (50, 0, 50));
         assert!(b.stats.latency_us() > 0);
     }

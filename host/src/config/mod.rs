@@ -112,6 +112,121 @@ pub struct PluginInstance {
     pub memory_limit: ByteSize,
     /// What a connection gets when the plugin fails (default depends on the phase).
     pub fallback: Option<Fallback>,
+    /// What the plugin's `io` imports may reach (health checks and discovery).
+    #[serde(default)]
+    pub grants: Grants,
+}
+
+/// `[plugins.NAME.grants]`: the I/O a background plugin may do. Nothing is
+/// granted by default; a health checker may always reach the backend it checks.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Grants {
+    /// URL prefixes `http-request` may fetch (`http://host:port/path/`).
+    #[serde(default)]
+    pub http: Vec<String>,
+    /// `host:port` addresses `tcp-probe` may connect to.
+    #[serde(default)]
+    pub tcp: Vec<String>,
+    /// `host:port` addresses `udp-probe` may send to.
+    #[serde(default)]
+    pub udp: Vec<String>,
+    /// The DNS server (`ip:port`) the `dns-lookup-*` imports ask.
+    pub dns: Option<Spanned<String>>,
+    /// Files, or directories whose files, `read-file` may read (relative to the config file).
+    #[serde(default)]
+    pub files: Vec<String>,
+    /// Programs `exec` may run, as absolute paths.
+    #[serde(default)]
+    pub exec: Vec<String>,
+}
+
+/// `[pools.NAME.health]`: active health checks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    /// The health-check plugin instance (or `builtin:<name>`).
+    pub plugin: Spanned<String>,
+    /// Time between checks of one backend.
+    #[serde(default = "default_check_interval")]
+    pub interval: Duration,
+    /// Time one check may take (failed after).
+    #[serde(default = "default_check_timeout")]
+    pub timeout: Duration,
+    /// Passing checks in a row that bring a down backend up (gobetween `passes`).
+    #[serde(default = "default_rise")]
+    pub rise: u32,
+    /// Failing checks in a row that take an up backend down (gobetween `fails`).
+    #[serde(default = "default_fall")]
+    pub fall: u32,
+    /// Health of a backend before its first checks: `up` or `down`.
+    #[serde(default = "default_initial")]
+    pub initial: InitialHealth,
+}
+
+/// A backend's health before it has been checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InitialHealth {
+    /// Serving until checks say otherwise.
+    Up,
+    /// Not serving until `rise` checks pass.
+    Down,
+}
+
+fn default_check_interval() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_check_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+
+fn default_rise() -> u32 {
+    2
+}
+
+fn default_fall() -> u32 {
+    3
+}
+
+fn default_initial() -> InitialHealth {
+    InitialHealth::Up
+}
+
+/// `[pools.NAME.discovery]`: where a pool's backends come from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Discovery {
+    /// The discovery plugin instance (or `builtin:<name>`).
+    pub plugin: Spanned<String>,
+    /// Time between discoveries.
+    #[serde(default = "default_discovery_interval")]
+    pub interval: Duration,
+    /// Time one discovery may take.
+    #[serde(default = "default_check_timeout")]
+    pub timeout: Duration,
+    /// On failure: keep the last list (`keeplast`) or empty the pool (`setempty`).
+    #[serde(default = "default_failpolicy")]
+    pub failpolicy: FailPolicy,
+}
+
+/// What a failed discovery does to the pool (gobetween's `failpolicy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailPolicy {
+    /// Keep the backends found last time.
+    Keeplast,
+    /// Remove every backend.
+    Setempty,
+}
+
+fn default_discovery_interval() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_failpolicy() -> FailPolicy {
+    FailPolicy::Keeplast
 }
 
 fn default_call_timeout() -> Duration {
@@ -198,12 +313,20 @@ pub struct Pool {
     /// retried on another backend (within the retry budget).
     #[serde(default)]
     pub retry_on: Vec<u16>,
+    /// HTTP: response statuses that count as failed attempts for
+    /// `max_fails` (passive health), besides those in `retry_on`.
+    #[serde(default)]
+    pub fail_on: Vec<u16>,
     /// HTTP: retries allowed as a share of requests (plus 10 a second of slack).
     #[serde(default = "default_retry_budget")]
     pub retry_budget: f64,
     /// HTTP: speak HTTP/2 without TLS (h2c) to the backends.
     #[serde(default)]
     pub http2: bool,
+    /// Active health checks.
+    pub health: Option<HealthCheck>,
+    /// Backends found by a discovery plugin (replacing `backends` once it answers).
+    pub discovery: Option<Discovery>,
     /// HTTP: idle keep-alive connections kept per backend.
     #[serde(default = "default_keepalive")]
     pub keepalive: usize,
@@ -392,6 +515,22 @@ impl Loaded {
         }
         for (name, p) in &c.pools {
             self.check_plugin_ref(&format!("pools.{name}.balancer"), &p.balancer)?;
+            if let Some(h) = &p.health {
+                self.check_plugin_ref(&format!("pools.{name}.health.plugin"), &h.plugin)?;
+                for (value, key) in [(h.interval, "interval"), (h.timeout, "timeout")] {
+                    if value.0.is_zero() {
+                        return Err(src.error(&h.plugin, format!("pools.{name}.health.{key}: must be above zero")));
+                    }
+                }
+            }
+            if let Some(d) = &p.discovery {
+                self.check_plugin_ref(&format!("pools.{name}.discovery.plugin"), &d.plugin)?;
+                for (value, key) in [(d.interval, "interval"), (d.timeout, "timeout")] {
+                    if value.0.is_zero() {
+                        return Err(src.error(&d.plugin, format!("pools.{name}.discovery.{key}: must be above zero")));
+                    }
+                }
+            }
             if p.max_tries == 0 {
                 return Err(src.error(&p.backends, format!("pools.{name}.max_tries: must be at least 1")));
             }
@@ -422,6 +561,14 @@ impl Loaded {
             }
             if p.timeout.0.is_zero() {
                 return Err(src.error(&p.source, format!("plugins.{name}.timeout: must be above zero")));
+            }
+            if let Some(dns) = &p.grants.dns {
+                if dns.get_ref().parse::<SocketAddr>().is_err() {
+                    return Err(src.error(
+                        dns,
+                        format!("plugins.{name}.grants.dns: `{}` is not an ip:port address", dns.get_ref()),
+                    ));
+                }
             }
         }
         Ok(())

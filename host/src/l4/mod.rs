@@ -84,12 +84,13 @@ impl TcpService {
     async fn connect(&self, conn: &types::Connection) -> Option<(TcpStream, Arc<Backend>)> {
         let pool = &self.pool;
         let mut tried: Vec<u32> = Vec::new();
+        let members = pool.members();
         for _ in 0..pool.settings.max_tries {
-            let eligible = pool.eligible(&tried);
+            let eligible = pool.eligible(&members, &tried);
             if eligible.is_empty() {
                 break;
             }
-            let slot = match pool.balancer.pick(pool, eligible.clone(), conn, None) {
+            let slot = match pool.balancer.pick(pool, &members, eligible.clone(), conn, None) {
                 Ok(slot) => slot,
                 Err(e) => {
                     tracing::debug!(pool = %pool.name, "balancer failed: {e}");
@@ -99,14 +100,14 @@ impl TcpService {
                     }
                 }
             };
-            let backend = &pool.backends[slot as usize];
+            let backend = &members.backends[slot as usize];
             let started = Instant::now();
             match tokio::time::timeout(pool.settings.connect_timeout, TcpStream::connect(backend.address.as_str()))
                 .await
             {
                 Ok(Ok(stream)) => {
                     backend.stats.record_latency(started.elapsed());
-                    pool.report_success(slot);
+                    pool.report_success(backend);
                     return Some((stream, backend.clone()));
                 }
                 Ok(Err(e)) => {
@@ -116,7 +117,7 @@ impl TcpService {
                     tracing::debug!(pool = %pool.name, backend = %backend.address, "connect timed out")
                 }
             }
-            pool.report_failure(slot);
+            pool.report_failure(backend);
             tried.push(slot);
         }
         tracing::warn!(pool = %pool.name, tried = tried.len(), "no backend reachable; connection closed");

@@ -257,19 +257,20 @@ impl HttpService {
         let replayable = body.is_end_stream();
         let mut body = Some(body);
         let mut tried = Vec::new();
+        let members = pool.members();
         for _ in 0..pool.settings.max_tries {
-            let eligible = pool.eligible(&tried);
+            let eligible = pool.eligible(&members, &tried);
             if eligible.is_empty() {
                 break;
             }
-            let slot = match pool.balancer.pick(pool, eligible.clone(), &conn.record, hash_key.as_deref()) {
+            let slot = match pool.balancer.pick(pool, &members, eligible.clone(), &conn.record, hash_key.as_deref()) {
                 Ok(slot) => slot,
                 Err(e) => match pool.balancer.fallback() {
                     Fallback::FailOpen => pool.fallback_pick(&eligible).ok_or(Failure::NoBackend)?,
                     Fallback::FailClosed => return Err(Failure::PluginFailed(e.to_string())),
                 },
             };
-            let backend = pool.backends[slot as usize].clone();
+            let backend = members.backends[slot as usize].clone();
             let outgoing: ProxyBody = match body.take() {
                 Some(b) if !b.is_end_stream() => {
                     Counted::new(b, backend.stats.clone(), Direction::ToBackend, None).boxed_unsync()
@@ -287,11 +288,12 @@ impl HttpService {
                     backend.stats.record_status(resp.status().as_u16());
                     // A status the pool retries on counts as a failed attempt
                     // for passive health, as in nginx's proxy_next_upstream.
-                    let failed = pool.settings.retry_on.contains(&resp.status().as_u16());
-                    if failed {
-                        pool.report_failure(slot);
+                    let status = resp.status().as_u16();
+                    let failed = pool.settings.retry_on.contains(&status);
+                    if failed || pool.settings.fail_on.contains(&status) {
+                        pool.report_failure(&backend);
                     } else {
-                        pool.report_success(slot);
+                        pool.report_success(&backend);
                     }
                     let retry = failed
                         && idempotent
@@ -307,7 +309,7 @@ impl HttpService {
                 }
                 Ok(Err(e)) if e.is_connect() => {
                     tracing::debug!(pool = %pool.name, backend = %backend.address, "connect failed: {e}");
-                    pool.report_failure(slot);
+                    pool.report_failure(&backend);
                     tried.push(slot);
                     if !replayable {
                         return Err(Failure::Unreachable);

@@ -44,3 +44,30 @@ pub mod router {
         },
     });
 }
+
+/// The `health-checker` world; defines the `io` interface.
+pub mod health {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "health-checker",
+        imports: { default: trappable },
+        with: {
+            "weir:plugin/types": super::balancer::weir::plugin::types,
+            "weir:plugin/host": super::balancer::weir::plugin::host,
+        },
+    });
+}
+
+/// The `discovery-adapter` world.
+pub mod discovery {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "discovery-adapter",
+        imports: { default: trappable },
+        with: {
+            "weir:plugin/types": super::balancer::weir::plugin::types,
+            "weir:plugin/host": super::balancer::weir::plugin::host,
+            "weir:plugin/io": super::health::weir::plugin::io,
+        },
+    });
+}

@@ -3,11 +3,11 @@
 //! epoch deadline and a memory cap; an instance that traps, times out or
 //! hits the cap is dropped and replaced on the next call.
 
-use super::bindings::{access, balancer, router, types};
+use super::bindings::{access, balancer, discovery, health, router, types};
 use super::state::{PickCall, PluginState, RequestHead};
 use super::{LoadError, PluginSpec, Runtime, World};
 use crate::config::Fallback;
-use crate::upstream::Pool;
+use crate::upstream::{Members, Pool};
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -111,6 +111,21 @@ enum Bound {
     Balancer(balancer::Balancer),
     Access(access::AccessFilter),
     Router(router::Router),
+    Health(health::HealthChecker),
+    Discovery(discovery::DiscoveryAdapter),
+}
+
+/// A backend found by a discovery plugin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Discovered {
+    /// `host:port`.
+    pub address: String,
+    /// Relative weight.
+    pub weight: u32,
+    /// Priority group.
+    pub priority: u32,
+    /// Labels.
+    pub tags: Vec<String>,
 }
 
 /// A header edit from a route decision: `None` removes the header.
@@ -157,6 +172,7 @@ struct Generation {
     limits: Limits,
     idle: Mutex<Vec<Slot>>,
     hash: String,
+    grants: Arc<super::Grants>,
 }
 
 /// A named plugin instance from the config.
@@ -177,8 +193,14 @@ impl PluginInstance {
         pre: InstancePre<PluginState>,
         hash: String,
     ) -> Result<Arc<Self>, LoadError> {
-        let generation =
-            Generation { pre, config_json: spec.config_json, limits: spec.limits, idle: Mutex::new(Vec::new()), hash };
+        let generation = Generation {
+            pre,
+            config_json: spec.config_json,
+            limits: spec.limits,
+            idle: Mutex::new(Vec::new()),
+            hash,
+            grants: Arc::new(spec.grants),
+        };
         let this = Self {
             name: spec.name.into(),
             source: spec.source,
@@ -238,7 +260,12 @@ impl PluginInstance {
         self.stats.instances_created.fetch_add(1, Ordering::Relaxed);
         let mut store = Store::new(
             self.runtime.engine(),
-            PluginState::new(self.name.clone(), self.runtime.shared().clone(), generation.limits.memory),
+            PluginState::new(
+                self.name.clone(),
+                self.runtime.shared().clone(),
+                generation.limits.memory,
+                generation.grants.clone(),
+            ),
         );
         store.limiter(|s| &mut s.limits);
         store.set_epoch_deadline(Self::deadline_ticks(&generation.limits));
@@ -273,8 +300,19 @@ impl PluginInstance {
                 r.weir_plugin_route().call_init(&mut store, &config).map_err(failed)?.map_err(init_failed)?;
                 Bound::Router(r)
             }
-            other => {
-                return Err(self.fail(CallErrorKind::Instantiate, format!("the {other} phase is not wired yet")));
+            World::HealthChecker => {
+                let h = health::HealthCheckerPre::new(generation.pre.clone())
+                    .and_then(|p| p.instantiate(&mut store))
+                    .map_err(failed)?;
+                h.weir_plugin_healthcheck().call_init(&mut store, &config).map_err(failed)?.map_err(init_failed)?;
+                Bound::Health(h)
+            }
+            World::DiscoveryAdapter => {
+                let d = discovery::DiscoveryAdapterPre::new(generation.pre.clone())
+                    .and_then(|p| p.instantiate(&mut store))
+                    .map_err(failed)?;
+                d.weir_plugin_discovery().call_init(&mut store, &config).map_err(failed)?.map_err(init_failed)?;
+                Bound::Discovery(d)
             }
         };
         Ok(Slot { store, bound, seen_pools: HashMap::new() })
@@ -286,6 +324,16 @@ impl PluginInstance {
         &self,
         f: impl FnOnce(&mut Slot) -> wasmtime::Result<Result<R, types::Error>>,
     ) -> Result<R, CallError> {
+        self.with_slot_for(None, f)
+    }
+
+    /// [`Self::with_slot`] with a time limit of its own instead of the
+    /// instance's (background calls, whose limit is their phase's timeout).
+    fn with_slot_for<R>(
+        &self,
+        timeout: Option<Duration>,
+        f: impl FnOnce(&mut Slot) -> wasmtime::Result<Result<R, types::Error>>,
+    ) -> Result<R, CallError> {
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
         let generation = self.current.load_full();
         let idle = generation.idle.lock().pop();
@@ -293,7 +341,8 @@ impl PluginInstance {
             Some(s) => s,
             None => self.instantiate(&generation)?,
         };
-        slot.store.set_epoch_deadline(Self::deadline_ticks(&generation.limits));
+        let limits = Limits { timeout: timeout.unwrap_or(generation.limits.timeout), ..generation.limits };
+        slot.store.set_epoch_deadline(Self::deadline_ticks(&limits));
         match f(&mut slot) {
             Ok(Ok(r)) => {
                 generation.idle.lock().push(slot);
@@ -324,6 +373,7 @@ impl PluginInstance {
     pub fn pick(
         &self,
         pool: &Arc<Pool>,
+        members: &Arc<Members>,
         eligible: Arc<Vec<u32>>,
         conn: &types::Connection,
         hash_key: Option<&str>,
@@ -339,15 +389,16 @@ impl PluginInstance {
         let choice = self.with_slot(|slot| {
             let Bound::Balancer(b) = &slot.bound else { unreachable!("balancer slot") };
             let b = b.weir_plugin_balance();
-            if slot.seen_pools.get(&pool.id) != Some(&pool.version) {
-                match b.call_set_backends(&mut slot.store, pool.id, &pool.wit_backends)? {
+            if slot.seen_pools.get(&pool.id) != Some(&members.version) {
+                match b.call_set_backends(&mut slot.store, pool.id, &members.wit_backends)? {
                     Ok(()) => {
-                        slot.seen_pools.insert(pool.id, pool.version);
+                        slot.seen_pools.insert(pool.id, members.version);
                     }
                     Err(e) => return Ok(Err(e)),
                 }
             }
-            slot.store.data_mut().pick = Some(PickCall { pool: pool.clone(), eligible, conn: conn.clone() });
+            slot.store.data_mut().pick =
+                Some(PickCall { pool: pool.clone(), members: members.clone(), eligible, conn: conn.clone() });
             let result = b.call_pick(&mut slot.store, Resource::new_borrow(0), ctx, hash_key);
             slot.store.data_mut().pick = None;
             result
@@ -384,6 +435,52 @@ impl PluginInstance {
 }
 
 impl PluginInstance {
+    /// Run a background call with I/O allowed until `timeout` from now.
+    /// The Wasm deadline is a little later than the I/O one, so that an
+    /// I/O timeout reaches the plugin as an error it can report rather
+    /// than as an interruption.
+    fn background<R>(
+        &self,
+        target: Option<String>,
+        timeout: Duration,
+        f: impl FnOnce(&mut Slot) -> wasmtime::Result<Result<R, types::Error>>,
+    ) -> Result<R, CallError> {
+        let deadline = std::time::Instant::now() + timeout;
+        self.with_slot_for(Some(timeout + timeout / 4 + Duration::from_millis(20)), |slot| {
+            slot.store.data_mut().io = Some(super::io::CallScope { target, deadline });
+            let r = f(slot);
+            slot.store.data_mut().io = None;
+            r
+        })
+    }
+
+    /// Ask a health checker about a backend: `Ok(Ok(()))` healthy,
+    /// `Ok(Err(reason))` unhealthy. Blocks on I/O: call from a blocking thread.
+    pub fn check(&self, target: &types::Backend, timeout: Duration) -> Result<Result<(), String>, CallError> {
+        use health::exports::weir::plugin::healthcheck::Health;
+        let health = self.background(Some(target.address.clone()), timeout, |slot| {
+            let Bound::Health(h) = &slot.bound else { unreachable!("health slot") };
+            h.weir_plugin_healthcheck().call_check(&mut slot.store, target)
+        })?;
+        Ok(match health {
+            Health::Healthy => Ok(()),
+            Health::Unhealthy(reason) => Err(reason),
+        })
+    }
+
+    /// Ask a discovery plugin for its backends. Blocks on I/O: call from a
+    /// blocking thread.
+    pub fn discover(&self, timeout: Duration) -> Result<Vec<Discovered>, CallError> {
+        let list = self.background(None, timeout, |slot| {
+            let Bound::Discovery(d) = &slot.bound else { unreachable!("discovery slot") };
+            d.weir_plugin_discovery().call_discover(&mut slot.store)
+        })?;
+        Ok(list
+            .into_iter()
+            .map(|d| Discovered { address: d.address, weight: d.weight, priority: d.priority, tags: d.tags })
+            .collect())
+    }
+
     /// Ask a router where an HTTP request goes.
     pub fn route_request(&self, conn: &types::Connection, head: Arc<RequestHead>) -> Result<RouteDecision, CallError> {
         self.with_slot(|slot| {

@@ -5,12 +5,15 @@
 pub mod bindings;
 mod bundled;
 mod instance;
+pub mod io;
 pub mod state;
 
 pub use bundled::{bundled, BUNDLED};
 pub use instance::{
-    client_hash, CallError, CallErrorKind, HeaderEdit, Limits, PluginInstance, PluginStats, RouteDecision, Verdict,
+    client_hash, CallError, CallErrorKind, Discovered, HeaderEdit, Limits, PluginInstance, PluginStats, RouteDecision,
+    Verdict,
 };
+pub use io::Grants;
 pub use state::SharedStore;
 
 use sha2::{Digest, Sha256};
@@ -133,6 +136,8 @@ pub struct PluginSpec {
     pub limits: Limits,
     /// What callers do when a call fails.
     pub fallback: crate::config::Fallback,
+    /// What its `io` imports may reach.
+    pub grants: Grants,
 }
 
 /// The process-wide plugin runtime.
@@ -162,6 +167,8 @@ impl Runtime {
         p::host::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(|e| anyhow::anyhow!("{e}"))?;
         p::pool::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(|e| anyhow::anyhow!("{e}"))?;
         bindings::access::weir::plugin::http::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        bindings::health::weir::plugin::io::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
 
         let ticker_stop = Arc::new(AtomicBool::new(false));

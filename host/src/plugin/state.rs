@@ -4,7 +4,7 @@
 
 use super::bindings::access::weir::plugin::http;
 use super::bindings::balancer::weir::plugin::{host, pool};
-use crate::upstream::Pool;
+use crate::upstream::{Members, Pool};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -99,6 +99,8 @@ impl SharedStore {
 pub struct PickCall {
     /// The pool being balanced.
     pub pool: Arc<Pool>,
+    /// The member list the pick is over.
+    pub members: Arc<Members>,
     /// Slots eligible for this call, ascending.
     pub eligible: Arc<Vec<u32>>,
     /// The connection being balanced.
@@ -147,13 +149,24 @@ pub struct PluginState {
     wasi: WasiCtx,
     pub(crate) pick: Option<PickCall>,
     pub(crate) request: Option<Arc<RequestHead>>,
+    /// What `io` may reach, from the instance's config.
+    pub(crate) grants: Arc<super::io::Grants>,
+    /// Set during a background call: the call's I/O scope.
+    pub(crate) io: Option<super::io::CallScope>,
 }
 
 impl PluginState {
-    pub(crate) fn new(name: Arc<str>, shared: Arc<SharedStore>, max_memory: usize) -> Self {
+    pub(crate) fn new(
+        name: Arc<str>,
+        shared: Arc<SharedStore>,
+        max_memory: usize,
+        grants: Arc<super::io::Grants>,
+    ) -> Self {
         Self {
             name,
             shared,
+            grants,
+            io: None,
             limits: MemoryCap { max_bytes: max_memory, hit: false },
             table: ResourceTable::new(),
             // Nothing granted: no files, no network, no environment, no args.
@@ -250,7 +263,11 @@ impl host::HostSharedCounter for PluginState {
 impl pool::Host for PluginState {}
 
 fn slot_of(call: &PickCall, slot: u32) -> wasmtime::Result<&crate::upstream::Backend> {
-    call.pool.backends.get(slot as usize).map(|b| &**b).ok_or_else(|| wasmtime::format_err!("slot {slot} out of range"))
+    call.members
+        .backends
+        .get(slot as usize)
+        .map(|b| &**b)
+        .ok_or_else(|| wasmtime::format_err!("slot {slot} out of range"))
 }
 
 impl pool::HostPoolView for PluginState {
@@ -284,17 +301,17 @@ impl pool::HostPoolView for PluginState {
 
     fn eligible_active(&mut self, _: Resource<PoolViewRep>) -> wasmtime::Result<Vec<u32>> {
         let call = self.pick()?;
-        Ok(call.eligible.iter().map(|&s| call.pool.backends[s as usize].stats.active()).collect())
+        Ok(call.eligible.iter().map(|&s| call.members.backends[s as usize].stats.active()).collect())
     }
 
     fn eligible_latency_us(&mut self, _: Resource<PoolViewRep>) -> wasmtime::Result<Vec<u32>> {
         let call = self.pick()?;
-        Ok(call.eligible.iter().map(|&s| call.pool.backends[s as usize].stats.latency_us()).collect())
+        Ok(call.eligible.iter().map(|&s| call.members.backends[s as usize].stats.latency_us()).collect())
     }
 
     fn eligible_bytes_per_sec(&mut self, _: Resource<PoolViewRep>) -> wasmtime::Result<Vec<u64>> {
         let call = self.pick()?;
-        Ok(call.eligible.iter().map(|&s| call.pool.backends[s as usize].stats.bytes_per_sec()).collect())
+        Ok(call.eligible.iter().map(|&s| call.members.backends[s as usize].stats.bytes_per_sec()).collect())
     }
 
     fn connection(&mut self, _: Resource<PoolViewRep>) -> wasmtime::Result<super::bindings::types::Connection> {

@@ -1,141 +1,22 @@
 //! Pools and backends with the live numbers the host keeps for them.
+//!
+//! A pool's backends are a [`Members`] list behind an atomic pointer: a
+//! connection or request works on one version from pick to finish, while
+//! discovery or a reload swaps in the next. A backend that stays keeps its
+//! counters and health across versions.
+
+mod backend;
+
+pub use backend::{ActiveGuard, Backend, BackendStats, Ejection, Health};
 
 use crate::plugin::bindings::types;
 use crate::plugin::PluginInstance;
 use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-
-/// Live counters of one backend, kept by the host.
-#[derive(Debug, Default)]
-pub struct BackendStats {
-    active: AtomicU32,
-    total: AtomicU64,
-    /// Bytes received from the backend.
-    rx: AtomicU64,
-    /// Bytes sent to the backend.
-    tx: AtomicU64,
-    /// Connect failures.
-    failures: AtomicU64,
-    latency_us: AtomicU32,
-    bytes_per_sec: AtomicU64,
-    /// HTTP responses by status class: 1xx .. 5xx.
-    responses: [AtomicU64; 5],
-}
-
-impl BackendStats {
-    /// Connections (or requests) open now.
-    pub fn active(&self) -> u32 {
-        self.active.load(Ordering::Relaxed)
-    }
-    /// Connections (or requests) ever sent.
-    pub fn total(&self) -> u64 {
-        self.total.load(Ordering::Relaxed)
-    }
-    /// Bytes received from the backend.
-    pub fn rx(&self) -> u64 {
-        self.rx.load(Ordering::Relaxed)
-    }
-    /// Bytes sent to the backend.
-    pub fn tx(&self) -> u64 {
-        self.tx.load(Ordering::Relaxed)
-    }
-    /// Failed connection attempts.
-    pub fn failures(&self) -> u64 {
-        self.failures.load(Ordering::Relaxed)
-    }
-    /// Recent connect latency, microseconds (EWMA).
-    pub fn latency_us(&self) -> u32 {
-        self.latency_us.load(Ordering::Relaxed)
-    }
-    /// Recent rx+tx bytes per second.
-    pub fn bytes_per_sec(&self) -> u64 {
-        self.bytes_per_sec.load(Ordering::Relaxed)
-    }
-    /// Count bytes received from the backend.
-    pub fn add_rx(&self, n: u64) {
-        self.rx.fetch_add(n, Ordering::Relaxed);
-    }
-    /// Count bytes sent to the backend.
-    pub fn add_tx(&self, n: u64) {
-        self.tx.fetch_add(n, Ordering::Relaxed);
-    }
-    /// Record a failed connection attempt.
-    pub fn record_failure(&self) {
-        self.failures.fetch_add(1, Ordering::Relaxed);
-    }
-    /// Record a latency sample (connect on L4, response head on L7) as a
-    /// peak-EWMA: a slower sample is taken at once, faster ones decay the
-    /// value by 1/8, so a backend that turns slow is noticed immediately.
-    pub fn record_latency(&self, d: Duration) {
-        let sample = d.as_micros().min(u32::MAX as u128) as u32;
-        let old = self.latency_us.load(Ordering::Relaxed);
-        let new = if sample >= old { sample } else { old - old / 8 + sample / 8 };
-        self.latency_us.store(new, Ordering::Relaxed);
-    }
-
-    /// Fold the bytes moved since the last call, `elapsed` ago, into the
-    /// bytes-per-second average (EWMA with weight 1/2 per tick).
-    pub fn tick_throughput(&self, last_total: &mut u64, elapsed: Duration) {
-        let total = self.rx() + self.tx();
-        let rate = ((total - *last_total) as f64 / elapsed.as_secs_f64().max(1e-3)) as u64;
-        *last_total = total;
-        let old = self.bytes_per_sec.load(Ordering::Relaxed);
-        self.bytes_per_sec.store(old / 2 + rate / 2, Ordering::Relaxed);
-    }
-    /// Record an HTTP response status.
-    pub fn record_status(&self, status: u16) {
-        if let Some(c) = self.responses.get((status / 100).wrapping_sub(1) as usize) {
-            c.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-    /// HTTP responses with status `class`xx (1 to 5).
-    pub fn responses(&self, class: u16) -> u64 {
-        self.responses.get((class as usize).wrapping_sub(1)).map_or(0, |c| c.load(Ordering::Relaxed))
-    }
-    /// Mark a connection as open; the guard closes it.
-    pub fn open(self: &Arc<Self>) -> ActiveGuard {
-        self.active.fetch_add(1, Ordering::Relaxed);
-        self.total.fetch_add(1, Ordering::Relaxed);
-        ActiveGuard(self.clone())
-    }
-}
-
-/// Decrements a backend's active count when dropped.
-pub struct ActiveGuard(Arc<BackendStats>);
-
-impl Drop for ActiveGuard {
-    fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// One backend of a pool.
-#[derive(Debug)]
-pub struct Backend {
-    /// Position in the pool.
-    pub slot: u32,
-    /// `host:port`.
-    pub address: String,
-    /// Relative weight.
-    pub weight: u32,
-    /// Priority group (lower preferred).
-    pub priority: u32,
-    /// Labels.
-    pub tags: Vec<String>,
-    /// Live counters.
-    pub stats: Arc<BackendStats>,
-    healthy: AtomicBool,
-    consecutive_failures: AtomicU32,
-}
-
-impl Backend {
-    /// Whether the backend may receive new work.
-    pub fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
-    }
-}
 
 /// Static backend data for building a pool.
 #[derive(Debug, Clone)]
@@ -171,6 +52,9 @@ pub struct PoolSettings {
     pub retry_budget: f64,
     /// When no backend is healthy, use them all rather than none (Envoy's panic mode).
     pub panic: bool,
+    /// HTTP: response statuses counted as failed attempts for `max_fails`
+    /// (besides `retry_on`, which always count).
+    pub fail_on: Vec<u16>,
 }
 
 /// Retries a pool may still make: `budget × requests + 10` in all, so that a
@@ -243,50 +127,20 @@ impl HashKey {
     }
 }
 
-/// A named set of backends with one balancer.
-pub struct Pool {
-    /// Process-unique id, handed to balancers.
-    pub id: u32,
-    /// Name from the config.
-    pub name: String,
-    /// Version of the backend list; balancers get `set-backends` when it changes.
+/// One version of a pool's backend list.
+pub struct Members {
+    /// Version, unique within the pool; balancers get `set-backends` when it changes.
     pub version: u64,
     /// The backends, indexed by slot.
     pub backends: Vec<Arc<Backend>>,
     /// The backend list as balancers receive it.
     pub wit_backends: Vec<types::Backend>,
-    /// The balancer plugin.
-    pub balancer: Arc<PluginInstance>,
-    /// Connection and failure settings.
-    pub settings: PoolSettings,
-    /// HTTP retry accounting.
-    pub retries: RetryBudget,
+    /// Slots of the healthy backends, ascending.
     healthy: ArcSwap<Vec<u32>>,
-    fallback_next: AtomicUsize,
-    picks: AtomicU64,
 }
 
-static NEXT_POOL_ID: AtomicU32 = AtomicU32::new(1);
-
-impl Pool {
-    /// A pool with every backend healthy.
-    pub fn new(name: &str, specs: Vec<BackendSpec>, balancer: Arc<PluginInstance>, settings: PoolSettings) -> Self {
-        let backends: Vec<Arc<Backend>> = specs
-            .into_iter()
-            .enumerate()
-            .map(|(i, s)| {
-                Arc::new(Backend {
-                    slot: i as u32,
-                    address: s.address,
-                    weight: s.weight,
-                    priority: s.priority,
-                    tags: s.tags,
-                    stats: Arc::default(),
-                    healthy: AtomicBool::new(true),
-                    consecutive_failures: AtomicU32::new(0),
-                })
-            })
-            .collect();
+impl Members {
+    fn new(version: u64, backends: Vec<Arc<Backend>>) -> Self {
         let wit_backends = backends
             .iter()
             .map(|b| types::Backend {
@@ -297,41 +151,212 @@ impl Pool {
                 tags: b.tags.clone(),
             })
             .collect();
-        let healthy = (0..backends.len() as u32).collect();
+        let members = Self { version, backends, wit_backends, healthy: ArcSwap::default() };
+        members.refresh();
+        members
+    }
+
+    fn refresh(&self) {
+        self.healthy.store(Arc::new(self.backends.iter().filter(|b| b.is_healthy()).map(|b| b.slot).collect()));
+    }
+
+    /// Slots of the healthy backends, ascending.
+    pub fn healthy(&self) -> Arc<Vec<u32>> {
+        self.healthy.load_full()
+    }
+
+    /// The backend with this address.
+    pub fn find(&self, address: &str) -> Option<&Arc<Backend>> {
+        self.backends.iter().find(|b| b.address == address)
+    }
+}
+
+/// What a member-list change did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct MemberChange {
+    /// Addresses that joined.
+    pub added: Vec<String>,
+    /// Addresses that left.
+    pub removed: Vec<String>,
+    /// Addresses that stayed with a new weight, priority, tags or slot.
+    pub changed: Vec<String>,
+}
+
+impl MemberChange {
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty()
+    }
+}
+
+/// A named set of backends with one balancer.
+pub struct Pool {
+    /// Process-unique id, handed to balancers.
+    pub id: u32,
+    /// Name from the config.
+    pub name: String,
+    /// The balancer plugin.
+    pub balancer: Arc<PluginInstance>,
+    /// Connection and failure settings.
+    pub settings: PoolSettings,
+    /// HTTP retry accounting.
+    pub retries: RetryBudget,
+    members: ArcSwap<Members>,
+    /// Serialises member-list swaps and healthy-list refreshes.
+    update: Mutex<()>,
+    versions: AtomicU64,
+    /// Whether active checks run, so that they readmit ejected backends and
+    /// new backends start at `initial_up`.
+    active_checks: AtomicBool,
+    initial_up: AtomicBool,
+    fallback_next: AtomicUsize,
+    picks: AtomicU64,
+}
+
+static NEXT_POOL_ID: AtomicU32 = AtomicU32::new(1);
+
+impl Pool {
+    /// A pool with every backend healthy.
+    pub fn new(name: &str, specs: Vec<BackendSpec>, balancer: Arc<PluginInstance>, settings: PoolSettings) -> Self {
+        let backends = specs
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| {
+                Arc::new(Backend {
+                    slot: i as u32,
+                    address: s.address,
+                    weight: s.weight,
+                    priority: s.priority,
+                    tags: s.tags,
+                    stats: Arc::default(),
+                    health: Arc::new(Health::new(true)),
+                })
+            })
+            .collect();
         Self {
             id: NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed),
             name: name.into(),
-            version: 1,
-            backends,
-            wit_backends,
             balancer,
             settings,
             retries: RetryBudget::default(),
-            healthy: ArcSwap::from_pointee(healthy),
+            members: ArcSwap::from_pointee(Members::new(1, backends)),
+            update: Mutex::new(()),
+            versions: AtomicU64::new(1),
+            active_checks: AtomicBool::new(false),
+            initial_up: AtomicBool::new(true),
             fallback_next: AtomicUsize::new(0),
             picks: AtomicU64::new(0),
         }
     }
 
-    /// Mark a backend healthy or not; returns whether that changed anything.
-    pub fn set_healthy(&self, slot: u32, healthy: bool) -> bool {
-        let Some(b) = self.backends.get(slot as usize) else {
-            return false;
-        };
-        if b.healthy.swap(healthy, Ordering::Relaxed) == healthy {
+    /// The current member list.
+    pub fn members(&self) -> Arc<Members> {
+        self.members.load_full()
+    }
+
+    /// Active checks now run for this pool: they readmit ejected backends,
+    /// and backends start `up` or down until checks say otherwise (the ones
+    /// there now included).
+    pub fn enable_active_checks(&self, initial_up: bool) {
+        self.active_checks.store(true, Ordering::Relaxed);
+        self.initial_up.store(initial_up, Ordering::Relaxed);
+        if !initial_up {
+            let _g = self.update.lock();
+            let members = self.members.load();
+            for b in &members.backends {
+                b.health.up.store(false, Ordering::Relaxed);
+            }
+            members.refresh();
+        }
+    }
+
+    /// Replace the member list. Backends whose address stays keep their
+    /// counters and health; the rest start fresh. Nothing is swapped when
+    /// nothing changed.
+    pub fn set_members(&self, specs: Vec<BackendSpec>) -> MemberChange {
+        let _g = self.update.lock();
+        let old = self.members.load_full();
+        let mut change = MemberChange::default();
+        let mut seen = std::collections::HashSet::new();
+        let mut backends = Vec::with_capacity(specs.len());
+        for s in specs {
+            if !seen.insert(s.address.clone()) {
+                continue;
+            }
+            let slot = backends.len() as u32;
+            let (stats, health) = match old.find(&s.address) {
+                Some(b) => {
+                    if b.slot != slot || b.weight != s.weight || b.priority != s.priority || b.tags != s.tags {
+                        change.changed.push(s.address.clone());
+                    }
+                    (b.stats.clone(), b.health.clone())
+                }
+                None => {
+                    change.added.push(s.address.clone());
+                    (Arc::default(), Arc::new(Health::new(self.initial_up.load(Ordering::Relaxed))))
+                }
+            };
+            backends.push(Arc::new(Backend {
+                slot,
+                address: s.address,
+                weight: s.weight,
+                priority: s.priority,
+                tags: s.tags,
+                stats,
+                health,
+            }));
+        }
+        change.removed =
+            old.backends.iter().filter(|b| !seen.contains(&b.address)).map(|b| b.address.clone()).collect();
+        if !change.is_empty() {
+            let version = self.versions.fetch_add(1, Ordering::Relaxed) + 1;
+            self.members.store(Arc::new(Members::new(version, backends)));
+        }
+        change
+    }
+
+    /// Set the active-health verdict of the backend in `slot` of the current
+    /// list by hand (admin API, tests). Returns whether it changed.
+    pub fn set_up(&self, slot: u32, up: bool) -> bool {
+        let members = self.members();
+        let Some(b) = members.backends.get(slot as usize) else { return false };
+        if b.health.up.swap(up, Ordering::Relaxed) == up {
             return false;
         }
-        let list: Vec<u32> = self.backends.iter().filter(|b| b.is_healthy()).map(|b| b.slot).collect();
-        self.healthy.store(Arc::new(list));
+        b.health.count_transition();
+        self.refresh_health();
         true
     }
 
-    /// Slots eligible for a new attempt: healthy and not in `tried`.
-    /// Without exclusions this is the shared healthy list, not a copy.
-    pub fn eligible(&self, tried: &[u32]) -> Arc<Vec<u32>> {
-        let mut healthy = self.healthy.load_full();
+    /// Recompute the healthy list after a backend's health changed.
+    pub fn refresh_health(&self) {
+        let _g = self.update.lock();
+        self.members.load().refresh();
+    }
+
+    /// Record an active-check result for a backend of the current list.
+    /// Returns the new verdict when it flipped.
+    pub fn record_check(&self, backend: &Backend, result: Result<(), String>, rise: u32, fall: u32) -> Option<bool> {
+        let passed = result.is_ok();
+        let flipped = backend.health.record_check(result, rise, fall);
+        let readmitted = passed && backend.health.ejection() == Ejection::AwaitingCheck && {
+            backend.health.set_ejection(Ejection::None);
+            backend.health.consecutive_failures.store(0, Ordering::Relaxed);
+            tracing::info!(pool = %self.name, backend = %backend.address, "readmitted by a passing check");
+            true
+        };
+        if flipped.is_some() || readmitted {
+            self.refresh_health();
+        }
+        flipped
+    }
+
+    /// Slots of `members` eligible for a new attempt: healthy and not in
+    /// `tried`. Without exclusions this is the shared healthy list, not a copy.
+    pub fn eligible(&self, members: &Members, tried: &[u32]) -> Arc<Vec<u32>> {
+        let mut healthy = members.healthy();
         if healthy.is_empty() && self.settings.panic {
-            healthy = Arc::new((0..self.backends.len() as u32).collect());
+            healthy = Arc::new((0..members.backends.len() as u32).collect());
         }
         if tried.is_empty() {
             return healthy;
@@ -344,17 +369,22 @@ impl Pool {
     pub fn track_throughput(self: &Arc<Self>) {
         let pool = Arc::downgrade(self);
         tokio::spawn(async move {
-            let mut totals: Vec<u64> = Vec::new();
+            let mut totals: HashMap<usize, u64> = HashMap::new();
             let mut last = tokio::time::Instant::now();
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tick.tick().await;
                 let Some(pool) = pool.upgrade() else { return };
-                totals.resize(pool.backends.len(), 0);
+                let members = pool.members();
                 let now = tokio::time::Instant::now();
-                for (b, total) in pool.backends.iter().zip(totals.iter_mut()) {
-                    b.stats.tick_throughput(total, now - last);
+                let mut next = HashMap::with_capacity(members.backends.len());
+                for b in &members.backends {
+                    let key = Arc::as_ptr(&b.stats) as usize;
+                    let mut total = totals.get(&key).copied().unwrap_or(b.stats.rx() + b.stats.tx());
+                    b.stats.tick_throughput(&mut total, now - last);
+                    next.insert(key, total);
                 }
+                totals = next;
                 last = now;
             }
         });
@@ -365,31 +395,44 @@ impl Pool {
         self.picks.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// A connect to `slot` succeeded.
-    pub fn report_success(&self, slot: u32) {
-        self.backends[slot as usize].consecutive_failures.store(0, Ordering::Relaxed);
+    /// An attempt on `backend` succeeded.
+    pub fn report_success(&self, backend: &Backend) {
+        backend.health.consecutive_failures.store(0, Ordering::Relaxed);
     }
 
-    /// A connect to `slot` failed. After `max_fails` in a row the backend
-    /// leaves rotation for `fail_timeout`, then is tried again (nginx's
-    /// `max_fails`/`fail_timeout`).
-    pub fn report_failure(self: &Arc<Self>, slot: u32) {
-        let backend = &self.backends[slot as usize];
+    /// An attempt on `backend` failed (connect error, or a failure status).
+    /// After `max_fails` in a row the backend leaves rotation for
+    /// `fail_timeout` (nginx's `max_fails`/`fail_timeout`, Envoy's outlier
+    /// ejection); then it is back, or, when active checks run, back at the
+    /// next passing check.
+    pub fn report_failure(self: &Arc<Self>, backend: &Arc<Backend>) {
         backend.stats.record_failure();
         let max = self.settings.max_fails;
-        let failures = backend.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
-        if max == 0 || failures < max || !self.set_healthy(slot, false) {
+        let failures = backend.health.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if max == 0 || failures < max {
             return;
         }
+        if backend.health.set_ejection(Ejection::Backoff) != Ejection::None {
+            return;
+        }
+        backend.health.count_transition();
+        self.refresh_health();
         let wait = self.settings.fail_timeout;
-        tracing::warn!(pool = %self.name, backend = %backend.address, failures, "out of rotation for {wait:?}");
-        let pool = self.clone();
+        tracing::warn!(pool = %self.name, backend = %backend.address, failures, "ejected for {wait:?}");
+        let (pool, backend) = (Arc::downgrade(self), backend.clone());
         tokio::spawn(async move {
             tokio::time::sleep(wait).await;
-            pool.backends[slot as usize].consecutive_failures.store(0, Ordering::Relaxed);
-            if pool.set_healthy(slot, true) {
-                tracing::info!(pool = %pool.name, backend = %pool.backends[slot as usize].address, "back in rotation");
+            let Some(pool) = pool.upgrade() else { return };
+            if pool.active_checks.load(Ordering::Relaxed) {
+                backend.health.set_ejection(Ejection::AwaitingCheck);
+                tracing::info!(pool = %pool.name, backend = %backend.address, "backoff over; waiting for a passing check");
+                return;
             }
+            backend.health.consecutive_failures.store(0, Ordering::Relaxed);
+            backend.health.set_ejection(Ejection::None);
+            backend.health.count_transition();
+            pool.refresh_health();
+            tracing::info!(pool = %pool.name, backend = %backend.address, "back in rotation");
         });
     }
 

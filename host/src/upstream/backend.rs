@@ -1,0 +1,248 @@
+//! A backend's live numbers and health, kept by the host and shared by
+//! every version of its pool's member list.
+
+use parking_lot::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Live counters of one backend, kept by the host.
+#[derive(Debug, Default)]
+pub struct BackendStats {
+    active: AtomicU32,
+    total: AtomicU64,
+    /// Bytes received from the backend.
+    rx: AtomicU64,
+    /// Bytes sent to the backend.
+    tx: AtomicU64,
+    /// Connect failures.
+    failures: AtomicU64,
+    latency_us: AtomicU32,
+    bytes_per_sec: AtomicU64,
+    /// HTTP responses by status class: 1xx .. 5xx.
+    responses: [AtomicU64; 5],
+}
+
+impl BackendStats {
+    /// Connections (or requests) open now.
+    pub fn active(&self) -> u32 {
+        self.active.load(Ordering::Relaxed)
+    }
+    /// Connections (or requests) ever sent.
+    pub fn total(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
+    }
+    /// Bytes received from the backend.
+    pub fn rx(&self) -> u64 {
+        self.rx.load(Ordering::Relaxed)
+    }
+    /// Bytes sent to the backend.
+    pub fn tx(&self) -> u64 {
+        self.tx.load(Ordering::Relaxed)
+    }
+    /// Failed connection attempts.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+    /// Recent connect latency, microseconds (EWMA).
+    pub fn latency_us(&self) -> u32 {
+        self.latency_us.load(Ordering::Relaxed)
+    }
+    /// Recent rx+tx bytes per second.
+    pub fn bytes_per_sec(&self) -> u64 {
+        self.bytes_per_sec.load(Ordering::Relaxed)
+    }
+    /// Count bytes received from the backend.
+    pub fn add_rx(&self, n: u64) {
+        self.rx.fetch_add(n, Ordering::Relaxed);
+    }
+    /// Count bytes sent to the backend.
+    pub fn add_tx(&self, n: u64) {
+        self.tx.fetch_add(n, Ordering::Relaxed);
+    }
+    /// Record a failed connection attempt.
+    pub fn record_failure(&self) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+    }
+    /// Record a latency sample (connect on L4, response head on L7) as a
+    /// peak-EWMA: a slower sample is taken at once, faster ones decay the
+    /// value by 1/8, so a backend that turns slow is noticed immediately.
+    pub fn record_latency(&self, d: Duration) {
+        let sample = d.as_micros().min(u32::MAX as u128) as u32;
+        let old = self.latency_us.load(Ordering::Relaxed);
+        let new = if sample >= old { sample } else { old - old / 8 + sample / 8 };
+        self.latency_us.store(new, Ordering::Relaxed);
+    }
+
+    /// Fold the bytes moved since the last call, `elapsed` ago, into the
+    /// bytes-per-second average (EWMA with weight 1/2 per tick).
+    pub fn tick_throughput(&self, last_total: &mut u64, elapsed: Duration) {
+        let total = self.rx() + self.tx();
+        let rate = ((total - *last_total) as f64 / elapsed.as_secs_f64().max(1e-3)) as u64;
+        *last_total = total;
+        let old = self.bytes_per_sec.load(Ordering::Relaxed);
+        self.bytes_per_sec.store(old / 2 + rate / 2, Ordering::Relaxed);
+    }
+    /// Record an HTTP response status.
+    pub fn record_status(&self, status: u16) {
+        if let Some(c) = self.responses.get((status / 100).wrapping_sub(1) as usize) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    /// HTTP responses with status `class`xx (1 to 5).
+    pub fn responses(&self, class: u16) -> u64 {
+        self.responses.get((class as usize).wrapping_sub(1)).map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+    /// Mark a connection as open; the guard closes it.
+    pub fn open(self: &Arc<Self>) -> ActiveGuard {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        self.total.fetch_add(1, Ordering::Relaxed);
+        ActiveGuard(self.clone())
+    }
+}
+
+/// Decrements a backend's active count when dropped.
+pub struct ActiveGuard(Arc<BackendStats>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One backend of a pool, as one version of the pool's member list has it.
+/// A backend that stays across member-list changes (discovery, reload)
+/// keeps its `stats` and `health`; its slot may change.
+#[derive(Debug)]
+pub struct Backend {
+    /// Position in the member list.
+    pub slot: u32,
+    /// `host:port`.
+    pub address: String,
+    /// Relative weight.
+    pub weight: u32,
+    /// Priority group (lower preferred).
+    pub priority: u32,
+    /// Labels.
+    pub tags: Vec<String>,
+    /// Live counters.
+    pub stats: Arc<BackendStats>,
+    /// Active and passive health.
+    pub health: Arc<Health>,
+}
+
+impl Backend {
+    /// Whether the backend may receive new work.
+    pub fn is_healthy(&self) -> bool {
+        self.health.is_healthy()
+    }
+}
+
+/// What passive health (outlier detection) says about a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Ejection {
+    /// In rotation.
+    None = 0,
+    /// Out of rotation for the backoff period.
+    Backoff = 1,
+    /// Backoff over; back in rotation at the next passing active check.
+    AwaitingCheck = 2,
+}
+
+/// A backend's health: the verdict of active checks and of passive
+/// (live-traffic) failures. It is eligible when both say yes.
+#[derive(Debug)]
+pub struct Health {
+    /// Active checks' verdict (always up when the pool has no checks).
+    pub(crate) up: AtomicBool,
+    ejection: AtomicU8,
+    /// Consecutive failed attempts from live traffic.
+    pub(crate) consecutive_failures: AtomicU32,
+    /// Consecutive active-check results agreeing with each other:
+    /// positive for passes, negative for failures.
+    streak: AtomicI32,
+    /// Health transitions (either way) since the backend appeared.
+    transitions: AtomicU64,
+    /// Why the last active check failed.
+    last_failure: Mutex<String>,
+}
+
+impl Health {
+    /// Health starting up or down by active checks.
+    pub fn new(up: bool) -> Self {
+        Self {
+            up: AtomicBool::new(up),
+            ejection: AtomicU8::new(Ejection::None as u8),
+            consecutive_failures: AtomicU32::new(0),
+            streak: AtomicI32::new(0),
+            transitions: AtomicU64::new(0),
+            last_failure: Mutex::new(String::new()),
+        }
+    }
+
+    /// Active checks and passive health both allow new work.
+    pub fn is_healthy(&self) -> bool {
+        self.up.load(Ordering::Relaxed) && self.ejection() == Ejection::None
+    }
+
+    /// Whether active checks say the backend is up.
+    pub fn checked_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    /// The passive-health state.
+    pub fn ejection(&self) -> Ejection {
+        match self.ejection.load(Ordering::Relaxed) {
+            0 => Ejection::None,
+            1 => Ejection::Backoff,
+            _ => Ejection::AwaitingCheck,
+        }
+    }
+
+    pub(crate) fn set_ejection(&self, e: Ejection) -> Ejection {
+        match self.ejection.swap(e as u8, Ordering::Relaxed) {
+            0 => Ejection::None,
+            1 => Ejection::Backoff,
+            _ => Ejection::AwaitingCheck,
+        }
+    }
+
+    /// Health transitions so far.
+    pub fn transitions(&self) -> u64 {
+        self.transitions.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_transition(&self) {
+        self.transitions.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Why the last active check failed ("" if none did).
+    pub fn last_failure(&self) -> String {
+        self.last_failure.lock().clone()
+    }
+
+    /// Fold one active-check result in. Returns the new up/down verdict when
+    /// it flipped: after `rise` passes in a row for a down backend, after
+    /// `fall` failures in a row for an up one.
+    pub(crate) fn record_check(&self, passed: Result<(), String>, rise: u32, fall: u32) -> Option<bool> {
+        let streak = match &passed {
+            Ok(()) => self.streak.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| Some(s.max(0) + 1)),
+            Err(_) => self.streak.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| Some(s.min(0) - 1)),
+        }
+        .unwrap_or(0);
+        let streak = if passed.is_ok() { streak.max(0) + 1 } else { streak.min(0) - 1 };
+        if let Err(reason) = passed {
+            *self.last_failure.lock() = reason;
+        }
+        let up = self.checked_up();
+        let flip = if up { streak <= -(fall.max(1) as i32) } else { streak >= rise.max(1) as i32 };
+        if flip {
+            self.up.store(!up, Ordering::Relaxed);
+            self.count_transition();
+            Some(!up)
+        } else {
+            None
+        }
+    }
+}
