@@ -22,6 +22,7 @@ fn pool(runtime: &Arc<Runtime>, plugin: &str, n: usize) -> Arc<Pool> {
         config_json: "{}".into(),
         limits: Limits::default(),
         fallback: Fallback::FailOpen,
+        grants: Default::default(),
     };
     let balancer = runtime.load(spec, bundled(plugin).expect("bundled plugin")).expect("load");
     let backends = (0..n)
@@ -42,6 +43,7 @@ fn pool(runtime: &Arc<Runtime>, plugin: &str, n: usize) -> Arc<Pool> {
         retry_on: Vec::new(),
         retry_budget: 0.0,
         panic: false,
+        fail_on: Vec::new(),
     };
     Arc::new(Pool::new("bench", backends, balancer, settings))
 }
@@ -65,6 +67,12 @@ fn native(plugin: &str, pool: &Pool, seq: u64) -> u32 {
     let stats = || eligible.iter().map(|&s| &members.backends[s as usize]);
     match plugin {
         "round-robin" => eligible[(seq % n) as usize],
+        // No cookie on L4: the inner round-robin, plus the cookie it would set.
+        "sticky" => {
+            let slot = eligible[(seq % n) as usize];
+            std::hint::black_box(format!("srv={:016x}; Path=/; HttpOnly", weir_sdk::hash64(&slot.to_le_bytes())));
+            slot
+        }
         "random" => eligible[rand::random_range(0..n) as usize],
         "weighted-round-robin" => {
             // Built once per pool, as the plugin does in `set-backends`.
@@ -126,7 +134,7 @@ fn native(plugin: &str, pool: &Pool, seq: u64) -> u32 {
     }
 }
 
-const PLUGINS: [&str; 10] = [
+const PLUGINS: [&str; 11] = [
     "round-robin",
     "random",
     "weighted-round-robin",
@@ -137,6 +145,7 @@ const PLUGINS: [&str; 10] = [
     "ip-hash",
     "consistent-hash",
     "priority",
+    "sticky",
 ];
 
 fn bench_pick(c: &mut Criterion) {
@@ -150,7 +159,7 @@ fn bench_pick(c: &mut Criterion) {
             group.bench_with_input(BenchmarkId::new("wasm", n), &n, |b, _| {
                 b.iter(|| {
                     let m = p.members();
-                    p.balancer.pick(&p, &m, p.eligible(&m, &[]), &conn, None).unwrap()
+                    p.balancer.pick(&p, &m, p.eligible(&m, &[]), &conn, None, None).unwrap()
                 })
             });
             let mut seq = 0u64;

@@ -229,6 +229,55 @@ async fn unhealthy_backends_only_in_panic_mode() -> Result<()> {
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sticky_cookie_pins_a_client_and_survives_its_backend_leaving() -> Result<()> {
+    let (a, b, c) = (HttpBackend::start("a").await?, HttpBackend::start("b").await?, HttpBackend::start("c").await?);
+    let text = config("sticky", &[(&a, 1), (&b, 1), (&c, 1)], "").replace(
+        "[pools.p]",
+        "[plugins.sticky]\nsource = \"builtin:sticky\"\nconfig = { cookie = \"srv\", inner = \"round-robin\", max_age = 300 }\n\n[pools.p]",
+    );
+    let weir = start_weir(&text).await?;
+    let addr = weir.listener_addr("web").unwrap();
+    let client = client_h1();
+    // New clients are spread by the inner round-robin and each gets a cookie.
+    let mut cookies = HashMap::new();
+    for _ in 0..3 {
+        let got = send(&client, get(addr, "x", "/")).await?;
+        let set = got.header("set-cookie").to_string();
+        assert!(set.starts_with("srv=") && set.contains("Max-Age=300"), "{set:?}");
+        let value = set.split(';').next().unwrap().to_string();
+        cookies.insert(got.header("x-backend").to_string(), value);
+    }
+    assert_eq!(cookies.len(), 3, "three new clients, three backends: {cookies:?}");
+    // A client with a cookie stays on its backend for 100 requests, and is
+    // not sent a new cookie.
+    for (backend, cookie) in &cookies {
+        for _ in 0..100 {
+            let mut req = get(addr, "x", "/");
+            req.headers_mut().insert("cookie", format!("lang=en; {cookie}").parse()?);
+            let got = send(&client, req).await?;
+            assert_eq!(got.header("x-backend"), backend);
+            assert_eq!(got.header("set-cookie"), "");
+        }
+    }
+    // Its backend out of rotation: balanced elsewhere and given a new cookie.
+    let pool = weir.pool("p").unwrap();
+    let slot = pool.members().backends.iter().find(|m| m.address == b.addr.to_string()).unwrap().slot;
+    pool.set_up(slot, false);
+    let mut req = get(addr, "x", "/");
+    req.headers_mut().insert("cookie", cookies["b"].parse()?);
+    let got = send(&client, req).await?;
+    assert_ne!(got.header("x-backend"), "b");
+    assert!(got.header("set-cookie").starts_with("srv="), "a new cookie for the new backend");
+    assert_ne!(got.header("set-cookie").split(';').next().unwrap(), cookies["b"]);
+    // A forged cookie is simply balanced.
+    let mut req = get(addr, "x", "/");
+    req.headers_mut().insert("cookie", "srv=zzzz".parse()?);
+    assert!(send(&client, req).await?.header("set-cookie").starts_with("srv="));
+    weir.shutdown().await;
+    Ok(())
+}
+
 #[test]
 fn host_client_hash_is_the_sdks_hash64() {
     for addr in ["10.9.8.7", "127.0.0.1", "::1", "2001:db8::42"] {

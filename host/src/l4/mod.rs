@@ -90,7 +90,7 @@ impl TcpService {
             if eligible.is_empty() {
                 break;
             }
-            let slot = match pool.balancer.pick(pool, &members, eligible.clone(), conn, None) {
+            let slot = match pool.balancer.pick(pool, &members, eligible.clone(), conn, None, None) {
                 Ok(slot) => slot,
                 Err(e) => {
                     tracing::debug!(pool = %pool.name, "balancer failed: {e}");

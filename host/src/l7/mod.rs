@@ -3,11 +3,11 @@
 //! bodies streamed both ways, WebSocket upgrades passed through.
 
 mod body;
-mod headers;
+pub mod headers;
 
 use crate::config::Fallback;
 use crate::plugin::bindings::types;
-use crate::plugin::{PluginInstance, RouteDecision, Verdict};
+use crate::plugin::{HttpPick, PluginInstance, RouteDecision, Verdict};
 use crate::upstream::{Backend, Pool};
 use body::{full, Counted, ProxyBody};
 use http::{HeaderValue, Request, Response, StatusCode};
@@ -258,12 +258,23 @@ impl HttpService {
         let mut body = Some(body);
         let mut tried = Vec::new();
         let members = pool.members();
+        let mut http_pick = HttpPick {
+            cookies: parts.headers.get_all(http::header::COOKIE).iter().cloned().collect(),
+            response_headers: Vec::new(),
+        };
         for _ in 0..pool.settings.max_tries {
             let eligible = pool.eligible(&members, &tried);
             if eligible.is_empty() {
                 break;
             }
-            let slot = match pool.balancer.pick(pool, &members, eligible.clone(), &conn.record, hash_key.as_deref()) {
+            let slot = match pool.balancer.pick(
+                pool,
+                &members,
+                eligible.clone(),
+                &conn.record,
+                hash_key.as_deref(),
+                Some(&mut http_pick),
+            ) {
                 Ok(slot) => slot,
                 Err(e) => match pool.balancer.fallback() {
                     Fallback::FailOpen => pool.fallback_pick(&eligible).ok_or(Failure::NoBackend)?,
@@ -305,6 +316,8 @@ impl HttpService {
                         tried.push(slot);
                         continue;
                     }
+                    response_edits
+                        .extend(http_pick.response_headers.drain(..).map(|(name, value)| (name, Some(value))));
                     return Ok(self.respond(resp, backend, active, on_client_upgrade, &response_edits, id));
                 }
                 Ok(Err(e)) if e.is_connect() => {

@@ -4,7 +4,7 @@
 //! hits the cap is dropped and replaced on the next call.
 
 use super::bindings::{access, balancer, discovery, health, router, types};
-use super::state::{PickCall, PluginState, RequestHead};
+use super::state::{HttpPick, PickCall, PluginState, RequestHead};
 use super::{LoadError, PluginSpec, Runtime, World};
 use crate::config::Fallback;
 use crate::upstream::{Members, Pool};
@@ -377,6 +377,7 @@ impl PluginInstance {
         eligible: Arc<Vec<u32>>,
         conn: &types::Connection,
         hash_key: Option<&str>,
+        http: Option<&mut HttpPick>,
     ) -> Result<u32, CallError> {
         use balancer::exports::weir::plugin::balance::{Choice, PickContext};
         let ctx = PickContext {
@@ -397,10 +398,18 @@ impl PluginInstance {
                     Err(e) => return Ok(Err(e)),
                 }
             }
-            slot.store.data_mut().pick =
-                Some(PickCall { pool: pool.clone(), members: members.clone(), eligible, conn: conn.clone() });
+            slot.store.data_mut().pick = Some(PickCall {
+                pool: pool.clone(),
+                members: members.clone(),
+                eligible,
+                conn: conn.clone(),
+                http: http.as_ref().map(|h| HttpPick { cookies: h.cookies.clone(), response_headers: Vec::new() }),
+            });
             let result = b.call_pick(&mut slot.store, Resource::new_borrow(0), ctx, hash_key);
-            slot.store.data_mut().pick = None;
+            let call = slot.store.data_mut().pick.take();
+            if let (Some(out), Some(HttpPick { response_headers, .. })) = (http, call.and_then(|c| c.http)) {
+                out.response_headers = response_headers;
+            }
             result
         })?;
         let slot = match choice {

@@ -14,7 +14,7 @@ pub use instance::{
     Verdict,
 };
 pub use io::Grants;
-pub use state::SharedStore;
+pub use state::{HttpPick, SharedStore};
 
 use sha2::{Digest, Sha256};
 use std::hash::{Hash, Hasher};

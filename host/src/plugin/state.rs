@@ -4,6 +4,7 @@
 
 use super::bindings::access::weir::plugin::http;
 use super::bindings::balancer::weir::plugin::{host, pool};
+use crate::l7::headers::cookie_value;
 use crate::upstream::{Members, Pool};
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -105,6 +106,17 @@ pub struct PickCall {
     pub eligible: Arc<Vec<u32>>,
     /// The connection being balanced.
     pub conn: super::bindings::types::Connection,
+    /// HTTP picks: the request's cookies in, response headers out.
+    pub http: Option<HttpPick>,
+}
+
+/// What an HTTP `pick` sees of its request and adds to its response.
+#[derive(Debug, Default)]
+pub struct HttpPick {
+    /// The request's `Cookie` header fields.
+    pub cookies: Vec<::http::HeaderValue>,
+    /// Headers the balancer adds to the response.
+    pub response_headers: Vec<(String, String)>,
 }
 
 /// An HTTP request head as plugins see it: the request's own parts, lent
@@ -318,6 +330,21 @@ impl pool::HostPoolView for PluginState {
         Ok(self.pick()?.conn.clone())
     }
 
+    fn request_cookie(&mut self, _: Resource<PoolViewRep>, name: String) -> wasmtime::Result<Option<String>> {
+        let Some(http) = &self.pick()?.http else { return Ok(None) };
+        Ok(cookie_value(http.cookies.iter(), &name))
+    }
+
+    fn add_response_header(&mut self, _: Resource<PoolViewRep>, name: String, value: String) -> wasmtime::Result<()> {
+        let call = self.pick.as_mut().ok_or_else(|| wasmtime::format_err!("pool-view used outside of pick"))?;
+        if let Some(http) = &mut call.http {
+            if http.response_headers.len() < 16 {
+                http.response_headers.push((name, value));
+            }
+        }
+        Ok(())
+    }
+
     fn drop(&mut self, _: Resource<PoolViewRep>) -> wasmtime::Result<()> {
         Ok(())
     }
@@ -360,17 +387,7 @@ impl http::HostRequest for PluginState {
     }
 
     fn cookie(&mut self, _: Resource<RequestRep>, name: String) -> wasmtime::Result<Option<String>> {
-        let req = self.request()?;
-        let found = req
-            .headers
-            .get_all(::http::header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .filter_map(|pair| pair.trim().split_once('='))
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| v.to_owned());
-        Ok(found)
+        Ok(cookie_value(self.request()?.headers.get_all(::http::header::COOKIE).iter(), &name))
     }
 
     fn query_param(&mut self, _: Resource<RequestRep>, name: String) -> wasmtime::Result<Option<String>> {

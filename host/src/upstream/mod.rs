@@ -114,15 +114,9 @@ impl HashKey {
             Self::ClientIp => Some(peer.ip().to_string()),
             Self::Path => Some(head.uri.path().to_string()),
             Self::Header(name) => head.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned),
-            Self::Cookie(name) => head
-                .headers
-                .get_all(http::header::COOKIE)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(';'))
-                .filter_map(|pair| pair.trim().split_once('='))
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.to_owned()),
+            Self::Cookie(name) => {
+                crate::l7::headers::cookie_value(head.headers.get_all(http::header::COOKIE).iter(), name)
+            }
         }
     }
 }
