@@ -141,6 +141,36 @@ impl PerPoolCounter {
     }
 }
 
+/// Split `host:port` into its host and port. An IPv6 host is written in
+/// brackets (`[::1]:80`) and returned without them. `None` when there is no
+/// port, the port is not a number in `0..=65535`, or the host is empty.
+pub fn split_host_port(address: &str) -> Option<(&str, u16)> {
+    let (host, port) = if let Some(rest) = address.strip_prefix('[') {
+        let (host, rest) = rest.split_once(']')?;
+        (host, rest.strip_prefix(':')?)
+    } else {
+        let (host, port) = address.rsplit_once(':')?;
+        if host.contains(':') {
+            // An unbracketed IPv6 address: ambiguous, refused.
+            return None;
+        }
+        (host, port)
+    };
+    if host.is_empty() || port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((host, port.parse().ok()?))
+}
+
+/// `host:port`, with an IPv6 host in brackets (`[::1]:80`).
+pub fn join_host_port(host: &str, port: u16) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
 /// The JSON config of a plugin instance, as written in weir's TOML config.
 #[derive(Debug, Clone)]
 pub struct Config(String);
@@ -167,5 +197,28 @@ impl Config {
 impl From<String> for Error {
     fn from(message: String) -> Self {
         Error::InvalidConfig(message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_port_round_trips() {
+        assert_eq!(split_host_port("10.0.0.1:80"), Some(("10.0.0.1", 80)));
+        assert_eq!(split_host_port("db.example.com:5432"), Some(("db.example.com", 5432)));
+        assert_eq!(split_host_port("[::1]:8080"), Some(("::1", 8080)));
+        assert_eq!(split_host_port("[fe80::1%eth0]:1"), Some(("fe80::1%eth0", 1)));
+        assert_eq!(join_host_port("::1", 80), "[::1]:80");
+        assert_eq!(join_host_port("a.b", 80), "a.b:80");
+        assert_eq!(join_host_port("[::1]", 80), "[::1]:80");
+    }
+
+    #[test]
+    fn bad_addresses_are_refused() {
+        for bad in ["", "host", "host:", ":80", "host:http", "host:65536", "::1:80", "[::1]", "[::1]80", "h:+1"] {
+            assert_eq!(split_host_port(bad), None, "{bad}");
+        }
     }
 }
