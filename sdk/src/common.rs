@@ -187,10 +187,36 @@ impl Config {
     }
 
     /// Deserialize into the plugin's own config type. An empty config reads
-    /// as an empty table. The error names the field that does not fit.
+    /// as an empty table. The error names the key that does not fit, as a
+    /// path (`checks[2].port: invalid type: ...`).
     pub fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, String> {
         let text = if self.0.trim().is_empty() { "{}" } else { &self.0 };
-        serde_json::from_str(text).map_err(|e| format!("invalid config: {e}"))
+        let mut de = serde_json::Deserializer::from_str(text);
+        let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            if path == "." {
+                inner.to_string()
+            } else {
+                format!("{path}: {inner}")
+            }
+        })?;
+        de.end().map_err(|e| e.to_string())?;
+        Ok(value)
+    }
+}
+
+impl Error {
+    /// The message, whatever the kind.
+    pub fn message(&self) -> &str {
+        match self {
+            Error::InvalidConfig(m) | Error::Unavailable(m) | Error::Other(m) => m,
+        }
+    }
+
+    /// Whether the host refused an I/O call the instance's grants do not allow.
+    pub fn is_denied(&self) -> bool {
+        matches!(self, Error::Other(m) if m.starts_with("denied"))
     }
 }
 
@@ -203,6 +229,35 @@ impl From<String> for Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Sample {
+        #[serde(default)]
+        port: u16,
+        #[serde(default)]
+        inner: Vec<Inner>,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Inner {
+        weight: u32,
+    }
+
+    fn parse(json: &str) -> Result<Sample, String> {
+        Config::from_json(json.into()).parse()
+    }
+
+    #[test]
+    fn config_errors_name_the_key() {
+        assert_eq!(parse("").unwrap().port, 0);
+        assert!(parse(r#"{"port": "x"}"#).unwrap_err().starts_with("port: invalid type: string"));
+        assert!(parse(r#"{"inner": [{"weight": 1}, {"weight": -1}]}"#).unwrap_err().starts_with("inner[1].weight: "));
+        assert!(parse(r#"{"prot": 1}"#).unwrap_err().contains("unknown field `prot`"));
+        assert!(parse(r#"{"port": 1} x"#).unwrap_err().contains("trailing characters"));
+    }
 
     #[test]
     fn host_port_round_trips() {

@@ -41,6 +41,17 @@ pub fn unhealthy(reason: impl Into<String>) -> Health {
     Health::Unhealthy(reason.into())
 }
 
+/// The verdict for a failed probe: the backend is unhealthy, with the error
+/// as the reason, unless the host denied the call (a config problem, not the
+/// backend's), which stays an error.
+pub fn unhealthy_from(err: Error) -> Result<Health, Error> {
+    if err.is_denied() {
+        Err(err)
+    } else {
+        Ok(Health::Unhealthy(err.message().to_string()))
+    }
+}
+
 /// Export a [`HealthChecker`] implementation as the plugin's `health-checker` world.
 #[macro_export]
 macro_rules! export_health_checker {
@@ -73,4 +84,16 @@ macro_rules! export_health_checker {
             let _ = [<WeirExport as Guest>::init as *const (), <WeirExport as Guest>::check as *const ()];
         };
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_probes_are_unhealthy_but_denials_are_errors() {
+        let h = unhealthy_from(Error::Other("connection refused".into())).unwrap();
+        assert!(matches!(h, Health::Unhealthy(m) if m == "connection refused"));
+        assert!(unhealthy_from(Error::Other("denied: 10.0.0.9:80 is not granted".into())).is_err());
+    }
 }
