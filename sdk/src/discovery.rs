@@ -54,8 +54,9 @@ pub fn parse_backend_line(line: &str) -> Result<Option<Discovered>, String> {
     }
     let mut d = Discovered::new(address);
     for field in fields {
-        let (key, value) =
-            field.split_once('=').ok_or_else(|| format!("`{field}`: expected `weight=N`, `priority=N` or `tags=a,b`"))?;
+        let (key, value) = field
+            .split_once('=')
+            .ok_or_else(|| format!("`{field}`: expected `weight=N`, `priority=N` or `tags=a,b`"))?;
         let number = || value.parse::<u32>().map_err(|_| format!("`{field}`: `{value}` is not a whole number"));
         match key {
             "weight" => d.weight = number()?,

@@ -63,7 +63,8 @@ pub struct Check {
 }
 
 fn parse_status(i: usize, spec: &StatusSpec) -> Result<(u16, u16), String> {
-    let bad = |what: &str| format!("status[{i}]: `{what}` is not a status (`200`) or a range (`200-399`) within 100-599");
+    let bad =
+        |what: &str| format!("status[{i}]: `{what}` is not a status (`200`) or a range (`200-399`) within 100-599");
     let (lo, hi) = match spec {
         StatusSpec::Code(c) => (*c, *c),
         StatusSpec::Text(t) => {
@@ -106,13 +107,13 @@ impl Check {
         }
         let status = match s.status {
             None => vec![(200, 399)],
-            Some(list) if list.is_empty() => return Err(invalid("status: must list at least one status or range".into())),
+            Some(list) if list.is_empty() => {
+                return Err(invalid("status: must list at least one status or range".into()))
+            }
             Some(list) => list.iter().enumerate().map(|(i, s)| parse_status(i, s)).collect::<Result<_, _>>()?,
         };
-        let body_regex = s
-            .body_regex
-            .map(|r| Regex::new(&r).map_err(|e| invalid(format!("body_regex: {e}"))))
-            .transpose()?;
+        let body_regex =
+            s.body_regex.map(|r| Regex::new(&r).map_err(|e| invalid(format!("body_regex: {e}")))).transpose()?;
         Ok(Self {
             method,
             path: s.path,
@@ -132,8 +133,11 @@ impl Check {
     /// Judge a response.
     pub fn judge(&self, status: u16, body: &[u8]) -> Health {
         if !self.status.iter().any(|&(lo, hi)| (lo..=hi).contains(&status)) {
-            let want: Vec<String> =
-                self.status.iter().map(|&(lo, hi)| if lo == hi { lo.to_string() } else { format!("{lo}-{hi}") }).collect();
+            let want: Vec<String> = self
+                .status
+                .iter()
+                .map(|&(lo, hi)| if lo == hi { lo.to_string() } else { format!("{lo}-{hi}") })
+                .collect();
             return unhealthy(format!("HTTP {status}, expected {}", want.join(", ")));
         }
         if self.body_contains.is_none() && self.body_regex.is_none() {

@@ -110,7 +110,7 @@ pub fn unescape(s: &str) -> Result<Vec<u8>, String> {
 /// Decode hex digits; whitespace between bytes is allowed (`"de ad be ef"`).
 pub fn decode_hex(s: &str) -> Result<Vec<u8>, String> {
     let digits: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-    if digits.len() % 2 != 0 {
+    if !digits.len().is_multiple_of(2) {
         return Err("an odd number of hex digits".into());
     }
     digits
@@ -264,7 +264,9 @@ mod tests {
 
     #[test]
     fn udp_hex_and_regex() {
-        let p = probe(r#"{"protocol": "UDP", "send_hex": "00 01", "expect_regex": "^\\x00\\x02(?-u:\\xff)?", "read_max": 2}"#);
+        let p = probe(
+            r#"{"protocol": "UDP", "send_hex": "00 01", "expect_regex": "^\\x00\\x02(?-u:\\xff)?", "read_max": 2}"#,
+        );
         assert_eq!(p.protocol, Protocol::Udp);
         assert_eq!(p.send, [0, 1]);
         assert!(healthy(p.judge(&[0, 2, 0xff])));

@@ -99,8 +99,8 @@ struct Weights {
 
 /// The backends in a `/v1/health/service` response.
 pub fn parse_response(body: &[u8]) -> Result<Vec<Discovered>, Error> {
-    let entries: Vec<Entry> = serde_json::from_slice(body)
-        .map_err(|e| Error::Other(format!("not a Consul health response: {e}")))?;
+    let entries: Vec<Entry> =
+        serde_json::from_slice(body).map_err(|e| Error::Other(format!("not a Consul health response: {e}")))?;
     entries
         .into_iter()
         .enumerate()
@@ -278,12 +278,14 @@ mod tests {
     #[test]
     fn empty_and_broken_responses() {
         assert!(parse_response(b"[]").unwrap().is_empty());
-        let Err(Error::Other(m)) = parse_response(br#"[{"Node": {"Node": "n1", "Address": ""}, "Service": {"ID": "web-1", "Port": 80}}]"#)
+        let Err(Error::Other(m)) =
+            parse_response(br#"[{"Node": {"Node": "n1", "Address": ""}, "Service": {"ID": "web-1", "Port": 80}}]"#)
         else {
             panic!()
         };
         assert_eq!(m, "web-1 on node `n1` has neither Service.Address nor Node.Address");
-        let Err(Error::Other(m)) = parse_response(br#"[{"Node": {"Address": "a"}, "Service": {"Address": "b"}}]"#) else {
+        let Err(Error::Other(m)) = parse_response(br#"[{"Node": {"Address": "a"}, "Service": {"Address": "b"}}]"#)
+        else {
             panic!()
         };
         assert!(m.contains("missing field `Port`"), "{m}");
@@ -296,6 +298,7 @@ mod tests {
         assert!(err(r#"{"endpoint": "http://c:8500"}"#).contains("missing field `service`"));
         assert!(err(r#"{"endpoint": "c:8500", "service": "web"}"#).starts_with("endpoint: "));
         assert_eq!(err(r#"{"endpoint": "http://c:8500", "service": " "}"#), "service: must not be empty");
-        assert!(err(r#"{"endpoint": "http://c:8500", "service": "w", "passing": "yes"}"#).starts_with("passing: invalid type"));
+        assert!(err(r#"{"endpoint": "http://c:8500", "service": "w", "passing": "yes"}"#)
+            .starts_with("passing: invalid type"));
     }
 }

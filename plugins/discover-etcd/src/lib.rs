@@ -232,10 +232,12 @@ mod tests {
     #[test]
     fn bad_values_name_the_key() {
         let r = range(r#"{"endpoint": "http://etcd:2379", "prefix": "/x/"}"#);
-        let body = format!(r#"{{"kvs":[{{"key":"{}","value":"{}"}}]}}"#, B64.encode("/x/a"), B64.encode("not-an-address"));
+        let body =
+            format!(r#"{{"kvs":[{{"key":"{}","value":"{}"}}]}}"#, B64.encode("/x/a"), B64.encode("not-an-address"));
         let Err(Error::Other(m)) = r.parse_response(body.as_bytes()) else { panic!() };
         assert_eq!(m, "key `/x/a`: `not-an-address` is not `host:port`");
-        let body = format!(r#"{{"kvs":[{{"key":"{}","value":"{}"}}]}}"#, B64.encode("/x/b"), B64.encode(r#"{"weight": 2}"#));
+        let body =
+            format!(r#"{{"kvs":[{{"key":"{}","value":"{}"}}]}}"#, B64.encode("/x/b"), B64.encode(r#"{"weight": 2}"#));
         let Err(Error::Other(m)) = r.parse_response(body.as_bytes()) else { panic!() };
         assert!(m.starts_with("key `/x/b`: JSON value: missing field `address`"), "{m}");
         let Err(Error::Other(m)) = r.parse_response(br#"{"kvs":[{"key":"%%%","value":""}]}"#) else { panic!() };

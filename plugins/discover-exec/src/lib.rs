@@ -49,8 +49,8 @@ impl Command {
             let why: String = why.trim().chars().take(200).collect();
             return Err(Error::Other(format!("{} exited with status {status}: {why}", self.program)));
         }
-        let text =
-            std::str::from_utf8(stdout).map_err(|e| Error::Other(format!("{} printed non-UTF-8: {e}", self.program)))?;
+        let text = std::str::from_utf8(stdout)
+            .map_err(|e| Error::Other(format!("{} printed non-UTF-8: {e}", self.program)))?;
         parse_backend_lines(text).map_err(|e| Error::Other(format!("{} output: {e}", self.program)))
     }
 }

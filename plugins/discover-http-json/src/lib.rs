@@ -157,7 +157,9 @@ impl Extract {
     }
 
     fn entry(&self, item: &Value) -> Result<Discovered, String> {
-        let required = |what: &str, p: &Path| p.one(what, item)?.ok_or_else(|| format!("`{what}` path `{}` selects nothing", p.text));
+        let required = |what: &str, p: &Path| {
+            p.one(what, item)?.ok_or_else(|| format!("`{what}` path `{}` selects nothing", p.text))
+        };
         let address = match &self.address {
             AddressFrom::Address(p) => {
                 let v = required("address", p)?;
@@ -200,7 +202,12 @@ impl Extract {
                 Some(v) => return Err(format!("`tags` is {v}, not a list of strings")),
             },
         };
-        Ok(Discovered { address, weight: int("weight", &self.weight, 1)?, priority: int("priority", &self.priority, 0)?, tags })
+        Ok(Discovered {
+            address,
+            weight: int("weight", &self.weight, 1)?,
+            priority: int("priority", &self.priority, 0)?,
+            tags,
+        })
     }
 
     /// The backends in a response body.
@@ -308,7 +315,10 @@ mod tests {
             Err(Error::Other(m)) => m,
             other => panic!("{other:?}"),
         };
-        assert_eq!(e(r#"{"s": [{"h": "a", "p": 1}, {"p": 2}]}"#), "http://r/: items[1]: `host` path `$.h` selects nothing");
+        assert_eq!(
+            e(r#"{"s": [{"h": "a", "p": 1}, {"p": 2}]}"#),
+            "http://r/: items[1]: `host` path `$.h` selects nothing"
+        );
         assert_eq!(e(r#"{"s": [{"h": "a", "p": 70000}]}"#), "http://r/: items[0]: `port` 70000 is not 0-65535");
         assert_eq!(e(r#"{"s": [{"h": 5, "p": 1}]}"#), "http://r/: items[0]: `host` is 5, not a host");
         assert_eq!(e(r#"{"s": [{"h": "a", "p": "x"}]}"#), "http://r/: items[0]: `port` is \"x\", not a whole number");

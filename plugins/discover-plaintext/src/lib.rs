@@ -131,7 +131,8 @@ mod tests {
     #[test]
     fn default_format() {
         let s = source(r#"{"url": "http://list/b.txt"}"#);
-        let body = "# backends\n10.0.0.1:80\n  10.0.0.2:81 weight=3 priority=1\n[::1]:82 weight=2\nfd00::9:83\ngarbage\n\n";
+        let body =
+            "# backends\n10.0.0.1:80\n  10.0.0.2:81 weight=3 priority=1\n[::1]:82 weight=2\nfd00::9:83\ngarbage\n\n";
         assert_eq!(
             addrs(&s.parse(body).unwrap()),
             [("10.0.0.1:80", 1, 0), ("10.0.0.2:81", 3, 1), ("[::1]:82", 2, 0), ("[fd00::9]:83", 1, 0)]
@@ -142,9 +143,8 @@ mod tests {
     #[test]
     fn custom_regex() {
         // gobetween's documentation example: `host port weight` columns.
-        let s = source(
-            r#"{"url": "https://list/", "regex": "^(?P<host>\\S+)\\s+(?P<port>\\d+)(\\s+(?P<weight>\\d+))?$"}"#,
-        );
+        let s =
+            source(r#"{"url": "https://list/", "regex": "^(?P<host>\\S+)\\s+(?P<port>\\d+)(\\s+(?P<weight>\\d+))?$"}"#);
         let got = s.parse("web1 8080 5\nweb2 8080\n").unwrap();
         assert_eq!(addrs(&got), [("web1:8080", 5, 0), ("web2:8080", 1, 0)]);
     }
@@ -161,7 +161,10 @@ mod tests {
         assert!(err("{}").contains("missing field `url`"));
         assert!(err(r#"{"url": "list.txt"}"#).starts_with("url: "));
         assert!(err(r#"{"url": "http://l/", "regex": "("}"#).starts_with("regex: "));
-        assert_eq!(err(r#"{"url": "http://l/", "regex": "(?P<host>.*)"}"#), "regex: needs a named group `(?P<port>...)`");
+        assert_eq!(
+            err(r#"{"url": "http://l/", "regex": "(?P<host>.*)"}"#),
+            "regex: needs a named group `(?P<port>...)`"
+        );
         assert!(err(r#"{"url": "http://l/", "regex": "(?P<host>.*):(?P<port>.*) (?P<w>.*)"}"#)
             .starts_with("regex: unknown group `w`"));
     }

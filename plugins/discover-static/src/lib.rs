@@ -117,7 +117,10 @@ mod tests {
             err(r#"{"backends": [{"addr": "a:1"}]}"#),
             "backends[0]: unknown field `addr`, expected one of `address`, `weight`, `priority`, `tags`"
         );
-        assert_eq!(err(r#"{"backends": [{"address": "a:1", "weight": "x"}]}"#), "backends[0]: invalid type: string \"x\", expected u32");
+        assert_eq!(
+            err(r#"{"backends": [{"address": "a:1", "weight": "x"}]}"#),
+            "backends[0]: invalid type: string \"x\", expected u32"
+        );
         assert!(err(r#"{"backends": [80]}"#).starts_with("backends[0]: expected `\"host:port\"` or a table"));
         assert!(err(r#"{"backends": "a:1"}"#).starts_with("backends: invalid type"));
     }
