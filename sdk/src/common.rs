@@ -141,6 +141,36 @@ impl PerPoolCounter {
     }
 }
 
+/// Split `host:port` into its host and port. An IPv6 host is written in
+/// brackets (`[::1]:80`) and returned without them. `None` when there is no
+/// port, the port is not a number in `0..=65535`, or the host is empty.
+pub fn split_host_port(address: &str) -> Option<(&str, u16)> {
+    let (host, port) = if let Some(rest) = address.strip_prefix('[') {
+        let (host, rest) = rest.split_once(']')?;
+        (host, rest.strip_prefix(':')?)
+    } else {
+        let (host, port) = address.rsplit_once(':')?;
+        if host.contains(':') {
+            // An unbracketed IPv6 address: ambiguous, refused.
+            return None;
+        }
+        (host, port)
+    };
+    if host.is_empty() || port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((host, port.parse().ok()?))
+}
+
+/// `host:port`, with an IPv6 host in brackets (`[::1]:80`).
+pub fn join_host_port(host: &str, port: u16) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
 /// The JSON config of a plugin instance, as written in weir's TOML config.
 #[derive(Debug, Clone)]
 pub struct Config(String);
@@ -157,15 +187,93 @@ impl Config {
     }
 
     /// Deserialize into the plugin's own config type. An empty config reads
-    /// as an empty table. The error names the field that does not fit.
+    /// as an empty table. The error names the key that does not fit, as a
+    /// path (`checks[2].port: invalid type: ...`).
     pub fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, String> {
         let text = if self.0.trim().is_empty() { "{}" } else { &self.0 };
-        serde_json::from_str(text).map_err(|e| format!("invalid config: {e}"))
+        let mut de = serde_json::Deserializer::from_str(text);
+        let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            if path == "." {
+                inner.to_string()
+            } else {
+                format!("{path}: {inner}")
+            }
+        })?;
+        de.end().map_err(|e| e.to_string())?;
+        Ok(value)
+    }
+}
+
+impl Error {
+    /// The message, whatever the kind.
+    pub fn message(&self) -> &str {
+        match self {
+            Error::InvalidConfig(m) | Error::Unavailable(m) | Error::Other(m) => m,
+        }
+    }
+
+    /// Whether the host refused an I/O call the instance's grants do not allow.
+    pub fn is_denied(&self) -> bool {
+        matches!(self, Error::Other(m) if m.starts_with("denied"))
     }
 }
 
 impl From<String> for Error {
     fn from(message: String) -> Self {
         Error::InvalidConfig(message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Sample {
+        #[serde(default)]
+        port: u16,
+        #[serde(default)]
+        inner: Vec<Inner>,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Inner {
+        weight: u32,
+    }
+
+    fn parse(json: &str) -> Result<Sample, String> {
+        Config::from_json(json.into()).parse()
+    }
+
+    #[test]
+    fn config_errors_name_the_key() {
+        assert_eq!(parse("").unwrap().port, 0);
+        assert!(parse(r#"{"port": "x"}"#).unwrap_err().starts_with("port: invalid type: string"));
+        assert!(parse(r#"{"inner": [{"weight": 1}, {"weight": -1}]}"#).unwrap_err().starts_with("inner[1].weight: "));
+        assert!(parse(r#"{"prot": 1}"#).unwrap_err().contains("unknown field `prot`"));
+        assert!(parse(r#"{"port": 1} x"#).unwrap_err().contains("trailing characters"));
+    }
+
+    #[test]
+    fn host_port_round_trips() {
+        assert_eq!(split_host_port("10.0.0.1:80"), Some(("10.0.0.1", 80)));
+        assert_eq!(split_host_port("db.example.com:5432"), Some(("db.example.com", 5432)));
+        assert_eq!(split_host_port("[::1]:8080"), Some(("::1", 8080)));
+        assert_eq!(split_host_port("[fe80::1%eth0]:1"), Some(("fe80::1%eth0", 1)));
+        assert_eq!(join_host_port("::1", 80), "[::1]:80");
+        assert_eq!(join_host_port("a.b", 80), "a.b:80");
+        assert_eq!(join_host_port("[::1]", 80), "[::1]:80");
+    }
+
+    #[test]
+    fn bad_addresses_are_refused() {
+        for bad in ["", "host", "host:", ":80", "host:http", "host:65536", "::1:80", "[::1]", "[::1]80", "h:+1"] {
+            assert_eq!(split_host_port(bad), None, "{bad}");
+        }
     }
 }

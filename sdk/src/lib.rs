@@ -2,7 +2,9 @@
 //!
 //! A plugin is a `cdylib` crate that enables the feature of its phase
 //! (`balancer`, `access-filter`, ...), implements that phase's trait and calls
-//! the matching export macro. A whole round-robin balancer:
+//! the matching export macro. Health checkers (`health-checker`) and
+//! discovery adapters (`discovery-adapter`) also get [`io`] (in those
+//! features only). A whole round-robin balancer:
 //!
 //! ```ignore
 //! use weir_sdk::balancer::*;
@@ -44,6 +46,15 @@ pub mod access;
 
 #[cfg(feature = "router")]
 pub mod router;
+
+#[cfg(any(feature = "health-checker", feature = "discovery-adapter"))]
+pub mod io;
+
+#[cfg(feature = "health-checker")]
+pub mod health;
+
+#[cfg(feature = "discovery-adapter")]
+pub mod discovery;
 
 #[doc(hidden)]
 pub use wit_bindgen as __wit_bindgen;
