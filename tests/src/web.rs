@@ -9,7 +9,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -41,6 +41,7 @@ pub struct HttpBackend {
     pub addr: SocketAddr,
     connections: Arc<AtomicU64>,
     requests: Arc<AtomicU64>,
+    forced: Arc<AtomicU16>,
     task: JoinHandle<()>,
 }
 
@@ -64,8 +65,21 @@ impl HttpBackend {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let (connections, requests) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-        let task = tokio::spawn(serve(listener, name.to_string(), mode, connections.clone(), requests.clone()));
-        Ok(Self { name: name.into(), addr, connections, requests, task })
+        let forced = Arc::new(AtomicU16::new(0));
+        let task = tokio::spawn(serve(
+            listener,
+            name.to_string(),
+            mode,
+            connections.clone(),
+            requests.clone(),
+            forced.clone(),
+        ));
+        Ok(Self { name: name.into(), addr, connections, requests, forced, task })
+    }
+
+    /// Answer every request with `status` from now on (0: as started).
+    pub fn set_status(&self, status: u16) {
+        self.forced.store(status, Ordering::SeqCst);
     }
 
     /// TCP connections accepted.
@@ -85,14 +99,25 @@ impl Drop for HttpBackend {
     }
 }
 
-async fn serve(listener: TcpListener, name: String, mode: Mode, connections: Arc<AtomicU64>, requests: Arc<AtomicU64>) {
+async fn serve(
+    listener: TcpListener,
+    name: String,
+    mode: Mode,
+    connections: Arc<AtomicU64>,
+    requests: Arc<AtomicU64>,
+    forced: Arc<AtomicU16>,
+) {
     let mut conns = tokio::task::JoinSet::new();
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
         connections.fetch_add(1, Ordering::SeqCst);
-        let (name, requests) = (name.clone(), requests.clone());
+        let (name, requests, forced) = (name.clone(), requests.clone(), forced.clone());
         conns.spawn(async move {
-            let svc = hyper::service::service_fn(move |req| answer(name.clone(), mode, requests.clone(), req));
+            let svc = hyper::service::service_fn(move |req| {
+                let forced = forced.load(Ordering::SeqCst);
+                let mode = if forced != 0 { Mode::Fail(forced) } else { mode };
+                answer(name.clone(), mode, requests.clone(), req)
+            });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection_with_upgrades(TokioIo::new(stream), svc)
                 .await;

@@ -181,14 +181,20 @@ async fn least_latency_avoids_a_backend_20ms_slower() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn priority_fails_over_to_the_next_group_and_back() -> Result<()> {
+async fn priority_fails_over_within_one_health_interval_and_back() -> Result<()> {
     let (mut a, mut b, c) =
         (EchoBackend::start("a").await?, EchoBackend::start("b").await?, EchoBackend::start("c").await?);
+    // Passive health off (max_fails = 0): only the active checks decide.
+    let interval = Duration::from_millis(300);
     let text = format!(
-        "[plugins.failover]\nsource = \"builtin:priority\"\n\n[pools.p]\nbalancer = \"failover\"\nfail_timeout = \"300ms\"\n\
+        "[plugins.failover]\nsource = \"builtin:priority\"\n\n[pools.p]\nbalancer = \"failover\"\nmax_fails = 0\n\
+         health = {{ plugin = \"builtin:check-tcp\", interval = \"{}ms\", timeout = \"200ms\", rise = 1, fall = 1 }}\n\
          backends = [{{ address = \"{}\", priority = 0 }}, {{ address = \"{}\", priority = 0 }}, {{ address = \"{}\", priority = 1 }}]\n\n\
          [listeners.l]\nbind = \"127.0.0.1:0\"\npool = \"p\"\n",
-        a.addr, b.addr, c.addr
+        interval.as_millis(),
+        a.addr,
+        b.addr,
+        c.addr
     );
     let weir = start_weir(&text).await?;
     let addr = weir.listener_addr("l").unwrap();
@@ -202,14 +208,27 @@ async fn priority_fails_over_to_the_next_group_and_back() -> Result<()> {
     assert_eq!(tally(20).await?, HashMap::from([("a".into(), 10), ("b".into(), 10)]));
     a.stop().await;
     b.stop().await;
+    let pool = weir.pool("p").unwrap();
+    let started = Instant::now();
+    eventually("first group down", || {
+        !pool.members().backends[0].is_healthy() && !pool.members().backends[1].is_healthy()
+    })
+    .await?;
+    let moved = started.elapsed();
+    println!("traffic moved to the second group {moved:?} after the first went down (interval {interval:?})");
+    // One interval, plus the scheduling slack of a loaded 2-core machine.
+    assert!(moved <= interval + Duration::from_millis(300), "{moved:?}");
     assert_eq!(tally(20).await?, HashMap::from([("c".into(), 20)]), "all traffic on the second group");
     a.restart().await?;
     b.restart().await?;
-    let pool = weir.pool("p").unwrap();
+    let started = Instant::now();
     eventually("first group back in rotation", || {
         pool.members().backends[0].is_healthy() && pool.members().backends[1].is_healthy()
     })
     .await?;
+    let back = started.elapsed();
+    println!("back on the first group after {back:?}");
+    assert!(back <= interval + Duration::from_millis(300), "{back:?}");
     let seen = tally(20).await?;
     assert!(!seen.contains_key("c") && seen.len() == 2, "{seen:?}");
     weir.shutdown().await;

@@ -40,9 +40,14 @@ impl Balancer for LeastConnections {
 
     fn pick(&mut self, pool: &PoolView, ctx: &PickContext, _key: Option<&str>) -> Result<Choice, Error> {
         eligible_or_err(ctx)?;
-        let slots = pool.eligible_slots();
         let active = pool.eligible_active();
         let all = self.weights.get(&ctx.pool).map(Vec::as_slice).unwrap_or(&[]);
+        // Every backend eligible (the usual case): eligible index = slot,
+        // and the slot list need not cross the boundary.
+        if all.len() == active.len() {
+            return Ok(Choice::EligibleIndex(least_loaded(&active, all, ctx.sequence) as u32));
+        }
+        let slots = pool.eligible_slots();
         let weights: Vec<u32> = slots.iter().map(|&s| all.get(s as usize).copied().unwrap_or(1)).collect();
         Ok(Choice::EligibleIndex(least_loaded(&active, &weights, ctx.sequence) as u32))
     }

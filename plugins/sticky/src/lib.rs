@@ -67,8 +67,8 @@ fn set_cookie(s: &Settings, value: &str) -> String {
 
 struct Sticky {
     settings: Settings,
-    /// Per pool: address hash -> slot, and each slot's hash.
-    pools: HashMap<u32, (HashMap<u64, u32>, Vec<u64>)>,
+    /// Per pool: address hash -> slot, and each slot's `Set-Cookie` value.
+    pools: HashMap<u32, (HashMap<u64, u32>, Vec<String>)>,
 }
 
 impl Balancer for Sticky {
@@ -83,7 +83,8 @@ impl Balancer for Sticky {
     fn set_backends(&mut self, pool: u32, backends: Vec<Backend>) -> Result<(), Error> {
         let hashes: Vec<u64> = backends.iter().map(|b| hash64(b.address.as_bytes())).collect();
         let by_hash = backends.iter().zip(&hashes).map(|(b, &h)| (h, b.slot)).collect();
-        self.pools.insert(pool, (by_hash, hashes));
+        let cookies = hashes.iter().map(|h| set_cookie(&self.settings, &format!("{h:016x}"))).collect();
+        self.pools.insert(pool, (by_hash, cookies));
         Ok(())
     }
 
@@ -104,9 +105,11 @@ impl Balancer for Sticky {
                 nth_min(active.len(), |i| active[i] as u64, ctx.sequence) as u32
             }
         };
-        let slot = pool.eligible(index);
-        if let Some(hash) = self.pools.get(&ctx.pool).and_then(|(_, hashes)| hashes.get(slot as usize)) {
-            pool.add_response_header("set-cookie", &set_cookie(&self.settings, &format!("{hash:016x}")));
+        let Some((_, cookies)) = self.pools.get(&ctx.pool) else { return Ok(Choice::EligibleIndex(index)) };
+        // Every backend eligible (the usual case): the index is the slot.
+        let slot = if cookies.len() == n as usize { index } else { pool.eligible(index) };
+        if let Some(cookie) = cookies.get(slot as usize) {
+            pool.add_response_header("set-cookie", cookie);
         }
         Ok(Choice::Slot(slot))
     }
