@@ -297,6 +297,44 @@ async fn sticky_cookie_pins_a_client_and_survives_its_backend_leaving() -> Resul
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_bandwidth_avoids_the_backend_moving_the_most_bytes() -> Result<()> {
+    use http_body_util::BodyExt;
+    let (a, b) = (HttpBackend::start("a").await?, HttpBackend::start("b").await?);
+    let weir = start_weir(&config("builtin:least-bandwidth", &[(&a, 1), (&b, 1)], "")).await?;
+    let addr = weir.listener_addr("web").unwrap();
+    let client = client_h1();
+    // A long download, read at a bounded pace, keeps one backend busy.
+    let resp = tokio::time::timeout(STEP, client.request(get(addr, "x", "/generate/4000000000"))).await??;
+    let busy = resp.headers()["x-backend"].to_str()?.to_string();
+    let reading = tokio::spawn(async move {
+        let mut body = resp.into_body();
+        let deadline = Instant::now() + STEP;
+        while Instant::now() < deadline {
+            if body.frame().await.is_none() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_micros(500)).await;
+        }
+    });
+    // The host averages bytes/s every second: wait until it has seen them.
+    let pool = weir.pool("p").unwrap();
+    eventually("busy backend's rate measured", || {
+        pool.members().backends.iter().any(|m| m.stats.bytes_per_sec() > 1_000_000)
+    })
+    .await?;
+    let mut seen = HashMap::<String, usize>::new();
+    for _ in 0..50 {
+        *seen.entry(send(&client, get(addr, "x", "/")).await?.header("x-backend").to_string()).or_default() += 1;
+    }
+    let rates: Vec<u64> = pool.members().backends.iter().map(|m| m.stats.bytes_per_sec()).collect();
+    println!("busy backend {busy}; bytes/s {rates:?}; small requests {seen:?}");
+    assert_eq!(seen.get(&busy), None, "the busy backend got small requests: {seen:?}");
+    reading.abort();
+    weir.shutdown().await;
+    Ok(())
+}
+
 #[test]
 fn host_client_hash_is_the_sdks_hash64() {
     for addr in ["10.9.8.7", "127.0.0.1", "::1", "2001:db8::42"] {
