@@ -392,19 +392,28 @@ mod dns {
     /// A and AAAA records of `name`.
     pub fn lookup_ip(server: SocketAddr, name: &str, timeout: Duration) -> Result<Vec<String>, Error> {
         let started = Instant::now();
-        let mut ips = Vec::new();
+        let (mut ips, mut failure) = (Vec::new(), None);
+        // A server may refuse one family (no AAAA records, no upstream):
+        // that is not a failure when the other one answers.
         for kind in [RecordType::A, RecordType::AAAA] {
             let left = timeout.saturating_sub(started.elapsed());
-            let reply = ask(server, name, kind, left)?;
-            for r in reply.answers {
-                match r.data {
-                    RData::A(a) => ips.push(a.0.to_string()),
-                    RData::AAAA(a) => ips.push(a.0.to_string()),
-                    _ => {}
+            match ask(server, name, kind, left) {
+                Ok(reply) => {
+                    for r in reply.answers {
+                        match r.data {
+                            RData::A(a) => ips.push(a.0.to_string()),
+                            RData::AAAA(a) => ips.push(a.0.to_string()),
+                            _ => {}
+                        }
+                    }
                 }
+                Err(e) => failure = failure.or(Some(e)),
             }
         }
-        Ok(ips)
+        match failure {
+            Some(e) if ips.is_empty() => Err(e),
+            _ => Ok(ips),
+        }
     }
 
     /// SRV records of `name`.
