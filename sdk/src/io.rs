@@ -35,7 +35,7 @@ use bindings::weir::plugin::io;
 use std::net::IpAddr;
 use std::time::Duration;
 
-pub use io::{ExecOutput, HttpResponse, SrvRecord};
+pub use io::{ExecOutput, HttpResponse, SrvRecord, TlsOptions};
 
 /// A timeout of zero: as long as the host lets the current call run.
 pub const UNTIL_CALL_LIMIT: Duration = Duration::ZERO;
@@ -99,6 +99,18 @@ impl HttpResponse {
 /// to `read_max` bytes back (0: read nothing, just connect). Returns what was read.
 pub fn tcp_probe(address: &str, send: &[u8], read_max: u32, timeout: Duration) -> Result<Vec<u8>, Error> {
     io::tcp_probe(address, send, read_max, timeout_ms(timeout))
+}
+
+/// [`tcp_probe`] over TLS: connect, handshake (SNI and certificate check as
+/// `tls` says), send `send`, and return the first bytes that come back.
+pub fn tls_probe(
+    address: &str,
+    tls: &TlsOptions,
+    send: &[u8],
+    read_max: u32,
+    timeout: Duration,
+) -> Result<Vec<u8>, Error> {
+    io::tls_probe(address, tls, send, read_max, timeout_ms(timeout))
 }
 
 /// Send one datagram to `address` (`host:port`) and return the first reply.

@@ -268,3 +268,75 @@ async fn killing_a_backend_under_load_costs_at_most_its_requests_in_flight() -> 
     weir.shutdown().await;
     Ok(())
 }
+
+/// A TLS server with a self-signed certificate for `localhost` that answers
+/// every request with `HTTP/1.0 200 OK` and closes.
+async fn tls_backend() -> Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+    let key = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])?;
+    let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.signing_key.serialize_der()));
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(vec![key.cert.der().clone()], der)?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        let mut conns = tokio::task::JoinSet::new();
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            conns.spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else { return };
+                let mut buf = [0u8; 1024];
+                if tls.read(&mut buf).await.is_ok() {
+                    let _ = tls.write_all(b"HTTP/1.0 200 OK\r\n\r\nhello").await;
+                    let _ = tls.shutdown().await;
+                }
+            });
+            while conns.try_join_next().is_some() {}
+        }
+    });
+    Ok((addr, task))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_probe_handshakes_and_checks_the_certificate_when_asked() -> Result<()> {
+    let (tls_addr, server) = tls_backend().await?;
+    let plain = EchoBackend::start("plain").await?;
+    // Backends start down: only a passing probe brings one up.
+    let text = |verify: bool| {
+        format!(
+            "[plugins.tls]\nsource = \"builtin:check-probe\"\n\
+             config = {{ protocol = \"tls\", server_name = \"localhost\", verify = {verify}, send = \"GET / HTTP/1.0\\\\r\\\\n\\\\r\\\\n\", expect = \" 200 \" }}\n\n\
+             [pools.p]\nbackends = [\"{tls_addr}\", \"{}\"]\n\
+             health = {{ plugin = \"tls\", interval = \"100ms\", timeout = \"1s\", rise = 1, fall = 1, initial = \"down\" }}\n\n\
+             [listeners.l]\nbind = \"127.0.0.1:0\"\npool = \"p\"\n",
+            plain.addr
+        )
+    };
+    let weir = start_weir(&text(false)).await?;
+    let pool = weir.pool("p").unwrap();
+    let (tls_addr_s, plain_addr) = (tls_addr.to_string(), plain.addr.to_string());
+    eventually("the TLS backend up", || healthy(pool, &tls_addr_s)).await?;
+    // The plain backend cannot handshake: it stays down, with the reason.
+    eventually("the plain backend's probe failed", || !pool.members().backends[1].health.last_failure().is_empty())
+        .await?;
+    assert!(!healthy(pool, &plain_addr));
+    let reason = pool.members().backends[1].health.last_failure();
+    assert!(reason.contains("TLS"), "{reason}");
+    weir.shutdown().await;
+
+    // Verifying, the self-signed certificate is refused.
+    let weir = start_weir(&text(true)).await?;
+    let pool = weir.pool("p").unwrap();
+    eventually("the TLS probe failed", || !pool.members().backends[0].health.last_failure().is_empty()).await?;
+    assert!(!healthy(pool, &tls_addr_s));
+    let reason = pool.members().backends[0].health.last_failure();
+    assert!(reason.contains("certificate") || reason.contains("UnknownIssuer"), "{reason}");
+    weir.shutdown().await;
+    server.abort();
+    Ok(())
+}

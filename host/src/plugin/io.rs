@@ -142,6 +142,24 @@ impl io::Host for PluginState {
         Ok(tcp_probe(&address, &send, read_max, timeout))
     }
 
+    fn tls_probe(
+        &mut self,
+        address: String,
+        tls: io::TlsOptions,
+        send: Vec<u8>,
+        read_max: u32,
+        timeout_ms: u32,
+    ) -> wasmtime::Result<Result<Vec<u8>, Error>> {
+        if !self.grants.tcp.contains(&address) && !self.is_target(&address) {
+            return Ok(Err(denied(format!("TCP to {address}"))));
+        }
+        let timeout = match self.io_timeout(timeout_ms) {
+            Ok(t) => t,
+            Err(e) => return Ok(Err(e)),
+        };
+        Ok(tls::probe(&address, &tls, &send, read_max, timeout))
+    }
+
     fn udp_probe(
         &mut self,
         address: String,
@@ -330,6 +348,137 @@ fn run(program: &str, args: &[String], timeout: Duration) -> Result<io::ExecOutp
         stdout: stdout.join().unwrap_or_default(),
         stderr: stderr.join().unwrap_or_default(),
     })
+}
+
+mod tls {
+    //! A TLS client for probes (rustls with the ring provider), verifying
+    //! against the Mozilla roots, or not at all when asked.
+
+    use super::{failed, io, resolve, Error, MAX_READ};
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::sync::{Arc, OnceLock};
+    use std::time::{Duration, Instant};
+
+    /// Accepts any certificate; signatures are still checked, so the peer
+    /// must hold the key of the certificate it shows.
+    #[derive(Debug)]
+    struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+    impl ServerCertVerifier for AnyCertificate {
+        fn verify_server_cert(
+            &self,
+            _end_entity: &CertificateDer<'_>,
+            _intermediates: &[CertificateDer<'_>],
+            _server_name: &ServerName<'_>,
+            _ocsp: &[u8],
+            _now: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            Ok(ServerCertVerified::assertion())
+        }
+
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
+
+    fn config(verify: bool) -> Arc<ClientConfig> {
+        static VERIFYING: OnceLock<Arc<ClientConfig>> = OnceLock::new();
+        static ANY: OnceLock<Arc<ClientConfig>> = OnceLock::new();
+        let provider = || Arc::new(rustls::crypto::ring::default_provider());
+        if verify {
+            VERIFYING
+                .get_or_init(|| {
+                    let roots = RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+                    let builder = ClientConfig::builder_with_provider(provider())
+                        .with_safe_default_protocol_versions()
+                        .expect("ring supports the default protocol versions");
+                    Arc::new(builder.with_root_certificates(roots).with_no_client_auth())
+                })
+                .clone()
+        } else {
+            ANY.get_or_init(|| {
+                let builder = ClientConfig::builder_with_provider(provider())
+                    .with_safe_default_protocol_versions()
+                    .expect("ring supports the default protocol versions");
+                Arc::new(
+                    builder
+                        .dangerous()
+                        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider())))
+                        .with_no_client_auth(),
+                )
+            })
+            .clone()
+        }
+    }
+
+    /// Connect, handshake, send, read the first reply.
+    pub fn probe(
+        address: &str,
+        options: &io::TlsOptions,
+        send: &[u8],
+        read_max: u32,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, Error> {
+        let started = Instant::now();
+        let host = match &options.server_name {
+            Some(name) => name.clone(),
+            None => {
+                let host = address.rsplit_once(':').map_or(address, |(h, _)| h);
+                host.trim_start_matches('[').trim_end_matches(']').to_string()
+            }
+        };
+        let name =
+            ServerName::try_from(host.clone()).map_err(|e| failed(format!("bad TLS server name {host}: {e}")))?;
+        let addr = resolve(address)?;
+        let left = || timeout.saturating_sub(started.elapsed()).max(Duration::from_millis(1));
+        let tcp =
+            TcpStream::connect_timeout(&addr, timeout).map_err(|e| failed(format!("connect to {address}: {e}")))?;
+        tcp.set_read_timeout(Some(left())).ok();
+        tcp.set_write_timeout(Some(left())).ok();
+        let conn = rustls::ClientConnection::new(config(options.verify), name)
+            .map_err(|e| failed(format!("TLS to {address}: {e}")))?;
+        let mut stream = rustls::StreamOwned::new(conn, tcp);
+        while stream.conn.is_handshaking() {
+            stream
+                .conn
+                .complete_io(&mut stream.sock)
+                .map_err(|e| failed(format!("TLS handshake with {address}: {e}")))?;
+        }
+        if !send.is_empty() {
+            stream.write_all(send).map_err(|e| failed(format!("send to {address}: {e}")))?;
+            stream.flush().ok();
+        }
+        if read_max == 0 {
+            return Ok(Vec::new());
+        }
+        stream.sock.set_read_timeout(Some(left())).ok();
+        let mut buf = vec![0; read_max.min(MAX_READ as u32) as usize];
+        let n = stream.read(&mut buf).map_err(|e| failed(format!("read from {address}: {e}")))?;
+        buf.truncate(n);
+        Ok(buf)
+    }
 }
 
 mod dns {

@@ -1,6 +1,6 @@
-//! Bundled health checker `check-probe`: send bytes to the backend over TCP
-//! or UDP and match the reply against a substring or a regex (gobetween's
-//! `probe`).
+//! Bundled health checker `check-probe`: send bytes to the backend over TCP,
+//! TLS or UDP and match the reply against a substring or a regex
+//! (gobetween's `probe`).
 //!
 //! ```toml
 //! [plugins.redis-up]
@@ -28,12 +28,22 @@ struct Settings {
     expect_regex: Option<String>,
     #[serde(default = "read_max")]
     read_max: u32,
+    /// TLS: the name sent as SNI and checked (default: the backend's host).
+    #[serde(default)]
+    server_name: Option<String>,
+    /// TLS: check the certificate against the Mozilla roots.
+    #[serde(default = "yes")]
+    verify: bool,
     #[serde(default)]
     timeout_ms: u32,
 }
 
 fn tcp() -> String {
     "tcp".into()
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn read_max() -> u32 {
@@ -47,6 +57,8 @@ pub enum Protocol {
     Tcp,
     /// One datagram out, the first datagram back.
     Udp,
+    /// As TCP, after a TLS handshake.
+    Tls,
 }
 
 /// What the reply must hold.
@@ -73,6 +85,8 @@ pub struct Probe {
     pub read_max: u32,
     /// Timeout of the whole probe.
     pub timeout: Duration,
+    /// TLS: SNI and verification.
+    pub tls: io::TlsOptions,
 }
 
 /// Decode `\n`, `\r`, `\t`, `\0`, `\\`, `\"` and `\xHH` escapes.
@@ -130,7 +144,8 @@ impl Probe {
         let protocol = match s.protocol.to_ascii_lowercase().as_str() {
             "tcp" => Protocol::Tcp,
             "udp" => Protocol::Udp,
-            _ => return Err(invalid(format!("protocol: expected `tcp` or `udp`, found `{}`", s.protocol))),
+            "tls" => Protocol::Tls,
+            _ => return Err(invalid(format!("protocol: expected `tcp`, `tls` or `udp`, found `{}`", s.protocol))),
         };
         let send = match (s.send, s.send_hex) {
             (Some(_), Some(_)) => return Err(invalid("send, send_hex: give one or the other, not both".into())),
@@ -156,7 +171,14 @@ impl Probe {
         if !matches!(expect, Expect::Anything) && s.read_max == 0 {
             return Err(invalid("read_max: must be above 0 when a reply is expected".into()));
         }
-        Ok(Self { protocol, send, expect, read_max: s.read_max, timeout: Duration::from_millis(s.timeout_ms as u64) })
+        Ok(Self {
+            protocol,
+            send,
+            expect,
+            read_max: s.read_max,
+            timeout: Duration::from_millis(s.timeout_ms as u64),
+            tls: io::TlsOptions { server_name: s.server_name, verify: s.verify },
+        })
     }
 
     /// How many bytes a TCP probe reads back: none when nothing is expected.
@@ -201,6 +223,7 @@ impl HealthChecker for CheckProbe {
         let reply = match p.protocol {
             Protocol::Tcp => io::tcp_probe(&target.address, &p.send, p.tcp_read_max(), p.timeout),
             Protocol::Udp => io::udp_probe(&target.address, &p.send, p.timeout),
+            Protocol::Tls => io::tls_probe(&target.address, &p.tls, &p.send, p.tcp_read_max(), p.timeout),
         };
         match reply {
             Ok(reply) => Ok(p.judge(&reply)),
