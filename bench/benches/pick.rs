@@ -87,7 +87,7 @@ fn native(plugin: &str, pool: &Pool, seq: u64) -> u32 {
             })
         }
         "least-connections" => {
-            let active: Vec<u32> = stats().map(|b| b.stats.active()).collect();
+            let active: Vec<u32> = eligible.iter().map(|&s| members.live(s).active()).collect();
             let weights: Vec<u32> = stats().map(|b| b.weight).collect();
             eligible[weir_plugin_least_connections::least_loaded(&active, &weights, seq)]
         }
@@ -95,19 +95,19 @@ fn native(plugin: &str, pool: &Pool, seq: u64) -> u32 {
             let a = rand::random_range(0..n) as usize;
             let b = (a + 1 + rand::random_range(0..n - 1) as usize) % n as usize;
             let (sa, sb) = (eligible[a], eligible[b]);
-            if members.backends[sb as usize].stats.active() < members.backends[sa as usize].stats.active() {
+            if members.live(sb).active() < members.live(sa).active() {
                 sb
             } else {
                 sa
             }
         }
         "least-latency" => {
-            let lat: Vec<u32> = stats().map(|b| b.stats.latency_us()).collect();
-            let active: Vec<u32> = stats().map(|b| b.stats.active()).collect();
+            let lat: Vec<u32> = eligible.iter().map(|&s| members.live(s).latency_us()).collect();
+            let active: Vec<u32> = eligible.iter().map(|&s| members.live(s).active()).collect();
             eligible[weir_plugin_least_latency::lowest(&lat, &active, seq)]
         }
         "least-bandwidth" => {
-            let rates: Vec<u64> = stats().map(|b| b.stats.bytes_per_sec()).collect();
+            let rates: Vec<u64> = eligible.iter().map(|&s| members.live(s).bytes_per_sec()).collect();
             eligible[weir_plugin_least_bandwidth::least(&rates, seq)]
         }
         "ip-hash" => {

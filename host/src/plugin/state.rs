@@ -313,17 +313,20 @@ impl pool::HostPoolView for PluginState {
 
     fn eligible_active(&mut self, _: Resource<PoolViewRep>) -> wasmtime::Result<Vec<u32>> {
         let call = self.pick()?;
-        Ok(call.eligible.iter().map(|&s| call.members.backends[s as usize].stats.active()).collect())
+        let m = &call.members;
+        Ok(call.eligible.iter().map(|&s| m.live(s).active()).collect())
     }
 
     fn eligible_latency_us(&mut self, _: Resource<PoolViewRep>) -> wasmtime::Result<Vec<u32>> {
         let call = self.pick()?;
-        Ok(call.eligible.iter().map(|&s| call.members.backends[s as usize].stats.latency_us()).collect())
+        let m = &call.members;
+        Ok(call.eligible.iter().map(|&s| m.live(s).latency_us()).collect())
     }
 
     fn eligible_bytes_per_sec(&mut self, _: Resource<PoolViewRep>) -> wasmtime::Result<Vec<u64>> {
         let call = self.pick()?;
-        Ok(call.eligible.iter().map(|&s| call.members.backends[s as usize].stats.bytes_per_sec()).collect())
+        let m = &call.members;
+        Ok(call.eligible.iter().map(|&s| m.live(s).bytes_per_sec()).collect())
     }
 
     fn connection(&mut self, _: Resource<PoolViewRep>) -> wasmtime::Result<super::bindings::types::Connection> {

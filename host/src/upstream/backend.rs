@@ -3,13 +3,90 @@
 
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-/// Live counters of one backend, kept by the host.
+/// The numbers balancers read on every pick: kept apart from the other
+/// counters, in a pool's [`LiveTable`], so that a scan over a pool reads
+/// contiguous memory.
 #[derive(Debug, Default)]
-pub struct BackendStats {
+#[repr(C, align(16))]
+pub struct Live {
     active: AtomicU32,
+    latency_us: AtomicU32,
+    bytes_per_sec: AtomicU64,
+}
+
+impl Live {
+    /// Connections (or requests) open now.
+    pub fn active(&self) -> u32 {
+        self.active.load(Ordering::Relaxed)
+    }
+    /// Recent latency, microseconds (peak-EWMA).
+    pub fn latency_us(&self) -> u32 {
+        self.latency_us.load(Ordering::Relaxed)
+    }
+    /// Recent rx+tx bytes per second.
+    pub fn bytes_per_sec(&self) -> u64 {
+        self.bytes_per_sec.load(Ordering::Relaxed)
+    }
+    fn reset(&self) {
+        self.active.store(0, Ordering::Relaxed);
+        self.latency_us.store(0, Ordering::Relaxed);
+        self.bytes_per_sec.store(0, Ordering::Relaxed);
+    }
+}
+
+/// Cells per chunk of a [`LiveTable`].
+const CHUNK: usize = 1024;
+/// Chunks a table may have: a million backends per pool, allocated as used.
+const CHUNKS: usize = 1024;
+
+/// A pool's [`Live`] cells: chunks of contiguous cells that never move, one
+/// cell per backend for as long as any member list or in-flight work holds
+/// its [`BackendStats`]; freed cells are reused.
+#[derive(Debug)]
+pub struct LiveTable {
+    chunks: Box<[OnceLock<Box<[Live]>>]>,
+    free: Mutex<Vec<u32>>,
+    next: AtomicU32,
+}
+
+impl Default for LiveTable {
+    fn default() -> Self {
+        Self { chunks: (0..CHUNKS).map(|_| OnceLock::new()).collect(), free: Mutex::default(), next: AtomicU32::new(0) }
+    }
+}
+
+impl LiveTable {
+    /// The cell `index`.
+    #[inline]
+    pub fn cell(&self, index: u32) -> &Live {
+        let i = index as usize;
+        let chunk = self.chunks[i / CHUNK].get_or_init(|| (0..CHUNK).map(|_| Live::default()).collect());
+        &chunk[i % CHUNK]
+    }
+
+    fn alloc(&self) -> u32 {
+        if let Some(i) = self.free.lock().pop() {
+            return i;
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed);
+        assert!((i as usize) < CHUNK * CHUNKS, "more than {} live backends in one pool", CHUNK * CHUNKS);
+        i
+    }
+
+    fn release(&self, index: u32) {
+        self.cell(index).reset();
+        self.free.lock().push(index);
+    }
+}
+
+/// Live counters of one backend, kept by the host.
+#[derive(Debug)]
+pub struct BackendStats {
+    table: Arc<LiveTable>,
+    cell: u32,
     total: AtomicU64,
     /// Bytes received from the backend.
     rx: AtomicU64,
@@ -17,16 +94,44 @@ pub struct BackendStats {
     tx: AtomicU64,
     /// Connect failures.
     failures: AtomicU64,
-    latency_us: AtomicU32,
-    bytes_per_sec: AtomicU64,
     /// HTTP responses by status class: 1xx .. 5xx.
     responses: [AtomicU64; 5],
 }
 
+impl Drop for BackendStats {
+    fn drop(&mut self) {
+        self.table.release(self.cell);
+    }
+}
+
 impl BackendStats {
+    /// Counters for a new backend, with a cell of `table`.
+    pub fn new(table: &Arc<LiveTable>) -> Self {
+        Self {
+            table: table.clone(),
+            cell: table.alloc(),
+            total: AtomicU64::new(0),
+            rx: AtomicU64::new(0),
+            tx: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            responses: Default::default(),
+        }
+    }
+
+    /// The backend's cell in its pool's live table.
+    pub fn cell(&self) -> u32 {
+        self.cell
+    }
+
+    /// The live numbers.
+    #[inline]
+    pub fn live(&self) -> &Live {
+        self.table.cell(self.cell)
+    }
+
     /// Connections (or requests) open now.
     pub fn active(&self) -> u32 {
-        self.active.load(Ordering::Relaxed)
+        self.live().active()
     }
     /// Connections (or requests) ever sent.
     pub fn total(&self) -> u64 {
@@ -46,11 +151,11 @@ impl BackendStats {
     }
     /// Recent connect latency, microseconds (EWMA).
     pub fn latency_us(&self) -> u32 {
-        self.latency_us.load(Ordering::Relaxed)
+        self.live().latency_us()
     }
     /// Recent rx+tx bytes per second.
     pub fn bytes_per_sec(&self) -> u64 {
-        self.bytes_per_sec.load(Ordering::Relaxed)
+        self.live().bytes_per_sec()
     }
     /// Count bytes received from the backend.
     pub fn add_rx(&self, n: u64) {
@@ -69,9 +174,10 @@ impl BackendStats {
     /// value by 1/8, so a backend that turns slow is noticed immediately.
     pub fn record_latency(&self, d: Duration) {
         let sample = d.as_micros().min(u32::MAX as u128) as u32;
-        let old = self.latency_us.load(Ordering::Relaxed);
+        let live = self.live();
+        let old = live.latency_us.load(Ordering::Relaxed);
         let new = if sample >= old { sample } else { old - old / 8 + sample / 8 };
-        self.latency_us.store(new, Ordering::Relaxed);
+        live.latency_us.store(new, Ordering::Relaxed);
     }
 
     /// Fold the bytes moved since the last call, `elapsed` ago, into the
@@ -80,8 +186,9 @@ impl BackendStats {
         let total = self.rx() + self.tx();
         let rate = ((total - *last_total) as f64 / elapsed.as_secs_f64().max(1e-3)) as u64;
         *last_total = total;
-        let old = self.bytes_per_sec.load(Ordering::Relaxed);
-        self.bytes_per_sec.store(old / 2 + rate / 2, Ordering::Relaxed);
+        let live = self.live();
+        let old = live.bytes_per_sec.load(Ordering::Relaxed);
+        live.bytes_per_sec.store(old / 2 + rate / 2, Ordering::Relaxed);
     }
     /// Record an HTTP response status.
     pub fn record_status(&self, status: u16) {
@@ -95,7 +202,7 @@ impl BackendStats {
     }
     /// Mark a connection as open; the guard closes it.
     pub fn open(self: &Arc<Self>) -> ActiveGuard {
-        self.active.fetch_add(1, Ordering::Relaxed);
+        self.live().active.fetch_add(1, Ordering::Relaxed);
         self.total.fetch_add(1, Ordering::Relaxed);
         ActiveGuard(self.clone())
     }
@@ -106,7 +213,7 @@ pub struct ActiveGuard(Arc<BackendStats>);
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::Relaxed);
+        self.0.live().active.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -7,7 +7,7 @@
 
 mod backend;
 
-pub use backend::{ActiveGuard, Backend, BackendStats, Ejection, Health};
+pub use backend::{ActiveGuard, Backend, BackendStats, Ejection, Health, Live, LiveTable};
 
 use crate::plugin::bindings::types;
 use crate::plugin::PluginInstance;
@@ -129,12 +129,16 @@ pub struct Members {
     pub backends: Vec<Arc<Backend>>,
     /// The backend list as balancers receive it.
     pub wit_backends: Vec<types::Backend>,
+    /// Each slot's cell in the pool's live table, by address.
+    cells: Box<[LivePtr]>,
+    /// The pool's live table, which keeps those cells allocated.
+    _live: Arc<LiveTable>,
     /// Slots of the healthy backends, ascending.
     healthy: ArcSwap<Vec<u32>>,
 }
 
 impl Members {
-    fn new(version: u64, backends: Vec<Arc<Backend>>) -> Self {
+    fn new(version: u64, backends: Vec<Arc<Backend>>, live: Arc<LiveTable>) -> Self {
         let wit_backends = backends
             .iter()
             .map(|b| types::Backend {
@@ -145,7 +149,8 @@ impl Members {
                 tags: b.tags.clone(),
             })
             .collect();
-        let members = Self { version, backends, wit_backends, healthy: ArcSwap::default() };
+        let cells = backends.iter().map(|b| LivePtr(live.cell(b.stats.cell()))).collect();
+        let members = Self { version, backends, wit_backends, cells, _live: live, healthy: ArcSwap::default() };
         members.refresh();
         members
     }
@@ -159,11 +164,28 @@ impl Members {
         self.healthy.load_full()
     }
 
+    /// The live numbers of `slot` (which must be in range).
+    #[inline]
+    pub fn live(&self, slot: u32) -> &Live {
+        // SAFETY: the cell belongs to a chunk of `_live`, which never moves
+        // or frees a chunk while it lives, and `self` holds it. The cell is
+        // not reused while `self.backends` holds the backend's stats.
+        unsafe { &*self.cells[slot as usize].0 }
+    }
+
     /// The backend with this address.
     pub fn find(&self, address: &str) -> Option<&Arc<Backend>> {
         self.backends.iter().find(|b| b.address == address)
     }
 }
+
+/// A pointer to a cell of a [`LiveTable`], valid while the table lives.
+struct LivePtr(*const Live);
+
+// SAFETY: `Live` is all atomics; the pointer is only read through `&Live`.
+unsafe impl Send for LivePtr {}
+// SAFETY: as above.
+unsafe impl Sync for LivePtr {}
 
 /// What a member-list change did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -196,6 +218,7 @@ pub struct Pool {
     /// HTTP retry accounting.
     pub retries: RetryBudget,
     members: ArcSwap<Members>,
+    live: Arc<LiveTable>,
     /// Serialises member-list swaps and healthy-list refreshes.
     update: Mutex<()>,
     versions: AtomicU64,
@@ -212,6 +235,7 @@ static NEXT_POOL_ID: AtomicU32 = AtomicU32::new(1);
 impl Pool {
     /// A pool with every backend healthy.
     pub fn new(name: &str, specs: Vec<BackendSpec>, balancer: Arc<PluginInstance>, settings: PoolSettings) -> Self {
+        let live = Arc::new(LiveTable::default());
         let backends = specs
             .into_iter()
             .enumerate()
@@ -222,7 +246,7 @@ impl Pool {
                     weight: s.weight,
                     priority: s.priority,
                     tags: s.tags,
-                    stats: Arc::default(),
+                    stats: Arc::new(BackendStats::new(&live)),
                     health: Arc::new(Health::new(true)),
                 })
             })
@@ -233,7 +257,8 @@ impl Pool {
             balancer,
             settings,
             retries: RetryBudget::default(),
-            members: ArcSwap::from_pointee(Members::new(1, backends)),
+            members: ArcSwap::from_pointee(Members::new(1, backends, live.clone())),
+            live,
             update: Mutex::new(()),
             versions: AtomicU64::new(1),
             active_checks: AtomicBool::new(false),
@@ -287,7 +312,10 @@ impl Pool {
                 }
                 None => {
                     change.added.push(s.address.clone());
-                    (Arc::default(), Arc::new(Health::new(self.initial_up.load(Ordering::Relaxed))))
+                    (
+                        Arc::new(BackendStats::new(&self.live)),
+                        Arc::new(Health::new(self.initial_up.load(Ordering::Relaxed))),
+                    )
                 }
             };
             backends.push(Arc::new(Backend {
@@ -304,7 +332,7 @@ impl Pool {
             old.backends.iter().filter(|b| !seen.contains(&b.address)).map(|b| b.address.clone()).collect();
         if !change.is_empty() {
             let version = self.versions.fetch_add(1, Ordering::Relaxed) + 1;
-            self.members.store(Arc::new(Members::new(version, backends)));
+            self.members.store(Arc::new(Members::new(version, backends, self.live.clone())));
         }
         change
     }
