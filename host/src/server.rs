@@ -1,6 +1,7 @@
 //! Builds the running proxy from a config: loads every plugin instance,
 //! builds pools, binds listeners and runs them until shutdown.
 
+use crate::admin;
 use crate::config::Protocol;
 use crate::config::{ConfigError, Fallback, InitialHealth, Loaded};
 use crate::discovery::{self, DiscoverySettings};
@@ -193,6 +194,7 @@ impl Prepared {
 pub struct Server {
     prepared: Prepared,
     listeners: BTreeMap<String, SocketAddr>,
+    admin: Option<SocketAddr>,
     stop: CancellationToken,
     tracker: TaskTracker,
     grace: Duration,
@@ -279,12 +281,52 @@ impl Server {
             tracing::info!(listener = %name, %local, protocol = ?l.protocol, pool = %l.pool.get_ref(), "listening");
             listeners.insert(name.clone(), local);
         }
-        Ok(Self { prepared, listeners, stop, tracker, grace, _runtime: runtime })
+        let admin = match &cfg.admin {
+            Some(a) => {
+                let addr: SocketAddr = a.bind.get_ref().parse()?;
+                let listener = bind(addr, 128).map_err(|e| {
+                    prepared.loaded.source.error(&a.bind, format!("admin.bind: cannot bind {addr}: {e}"))
+                })?;
+                let local = listener.local_addr()?;
+                let control = Arc::new(admin::Control {
+                    plugins: prepared.plugins.clone(),
+                    pools: prepared.pools.clone(),
+                    listeners: cfg
+                        .listeners
+                        .iter()
+                        .map(|(name, l)| {
+                            let info = admin::ListenerInfo {
+                                address: listeners[name],
+                                protocol: match l.protocol {
+                                    Protocol::Tcp => "tcp",
+                                    Protocol::Http => "http",
+                                },
+                                pool: l.pool.get_ref().clone(),
+                            };
+                            (name.clone(), info)
+                        })
+                        .collect(),
+                    config_text: prepared.loaded.source.text.clone(),
+                    started: std::time::Instant::now(),
+                    token: a.token.clone(),
+                });
+                tokio::spawn(admin::serve(listener, control, stop.clone()));
+                tracing::info!(%local, "admin API listening");
+                Some(local)
+            }
+            None => None,
+        };
+        Ok(Self { prepared, listeners, admin, stop, tracker, grace, _runtime: runtime })
     }
 
     /// The bound address of a listener.
     pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
         self.listeners.get(name).copied()
+    }
+
+    /// The bound address of the admin API, if it runs.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
     }
 
     /// A plugin instance by name.

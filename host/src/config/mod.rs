@@ -444,6 +444,22 @@ fn default_backlog() -> u32 {
     4096
 }
 
+/// `[admin]`: the admin REST API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    /// Address of the admin listener (`ip:port`), loopback by default.
+    #[serde(default = "default_admin_bind")]
+    pub bind: Spanned<String>,
+    /// Bearer token every request must carry. Required when `bind` is not
+    /// a loopback address.
+    pub token: Option<String>,
+}
+
+fn default_admin_bind() -> Spanned<String> {
+    Spanned::new(0..0, "127.0.0.1:9900".to_string())
+}
+
 /// The whole config file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -451,6 +467,8 @@ pub struct Config {
     /// Process-wide settings.
     #[serde(default)]
     pub runtime: Runtime,
+    /// The admin API (none: no admin listener).
+    pub admin: Option<Admin>,
     /// Named plugin instances.
     #[serde(default)]
     pub plugins: BTreeMap<String, PluginInstance>,
@@ -552,6 +570,20 @@ impl Loaded {
                         src.error(b, format!("pools.{name}.backends: `{}` is not a host:port address", t.address))
                     );
                 }
+            }
+        }
+        if let Some(a) = &c.admin {
+            let addr: SocketAddr = a.bind.get_ref().parse().map_err(|_| {
+                src.error(&a.bind, format!("admin.bind: `{}` is not an ip:port address", a.bind.get_ref()))
+            })?;
+            if a.token.as_deref().is_some_and(str::is_empty) {
+                return Err(src.error(&a.bind, "admin.token: empty"));
+            }
+            if !addr.ip().is_loopback() && a.token.is_none() {
+                return Err(src.error(
+                    &a.bind,
+                    format!("admin.token: required when the admin API listens beyond loopback ({addr})"),
+                ));
             }
         }
         for (name, p) in &c.plugins {

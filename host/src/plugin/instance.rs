@@ -173,16 +173,36 @@ struct Generation {
     idle: Mutex<Vec<Slot>>,
     hash: String,
     grants: Arc<super::Grants>,
+    /// 1 for the component loaded from the config, +1 per swap.
+    number: u64,
+    /// Where the component came from.
+    source: String,
+    /// When it went live.
+    loaded_at: std::time::SystemTime,
+}
+
+/// What a plugin instance runs now.
+#[derive(Debug, Clone)]
+pub struct GenerationInfo {
+    /// 1 for the component loaded from the config, +1 per swap.
+    pub number: u64,
+    /// Where the component came from (`builtin:<name>`, a path, or `upload`).
+    pub source: String,
+    /// Short content hash of the component.
+    pub hash: String,
+    /// When it went live.
+    pub loaded_at: std::time::SystemTime,
 }
 
 /// A named plugin instance from the config.
 pub struct PluginInstance {
     name: Arc<str>,
-    source: String,
     world: World,
     fallback: Fallback,
     runtime: Arc<Runtime>,
     current: ArcSwap<Generation>,
+    /// One swap at a time, so generation numbers follow each other.
+    swapping: Mutex<()>,
     stats: PluginStats,
 }
 
@@ -200,14 +220,17 @@ impl PluginInstance {
             idle: Mutex::new(Vec::new()),
             hash,
             grants: Arc::new(spec.grants),
+            number: 1,
+            source: spec.source,
+            loaded_at: std::time::SystemTime::now(),
         };
         let this = Self {
             name: spec.name.into(),
-            source: spec.source,
             world: spec.world,
             fallback: spec.fallback,
             runtime,
             current: ArcSwap::from_pointee(generation),
+            swapping: Mutex::new(()),
             stats: PluginStats::default(),
         };
         // Make the first instance now so that a bad config or a trapping
@@ -223,9 +246,49 @@ impl PluginInstance {
         &self.name
     }
 
-    /// Where the component came from (`builtin:<name>` or a path).
-    pub fn source(&self) -> &str {
-        &self.source
+    /// Where the component in use came from (`builtin:<name>`, a path, or `upload`).
+    pub fn source(&self) -> String {
+        self.current.load().source.clone()
+    }
+
+    /// The generation in use.
+    pub fn generation(&self) -> GenerationInfo {
+        let g = self.current.load();
+        GenerationInfo { number: g.number, source: g.source.clone(), hash: g.hash.clone(), loaded_at: g.loaded_at }
+    }
+
+    /// Replace the component while calls go on. The new one is compiled,
+    /// checked against the phase's world, linked, instantiated and given
+    /// the instance's config before it goes live; if any step fails it is
+    /// refused with the reason and the old one keeps serving. Calls under
+    /// way finish on the old generation, which is dropped with its last
+    /// Wasm instance. Blocks while compiling: call from a blocking thread.
+    pub fn swap(&self, bytes: &[u8], source: &str) -> Result<GenerationInfo, LoadError> {
+        let (pre, hash) = self.runtime.prepare(self.world, bytes)?;
+        let _one_at_a_time = self.swapping.lock();
+        let old = self.current.load_full();
+        let generation = Generation {
+            pre,
+            config_json: old.config_json.clone(),
+            limits: old.limits,
+            idle: Mutex::new(Vec::new()),
+            hash,
+            grants: old.grants.clone(),
+            number: old.number + 1,
+            source: source.to_string(),
+            loaded_at: std::time::SystemTime::now(),
+        };
+        let slot = self.instantiate(&generation).map_err(|e| LoadError::Init(e.message))?;
+        generation.idle.lock().push(slot);
+        let info = GenerationInfo {
+            number: generation.number,
+            source: generation.source.clone(),
+            hash: generation.hash.clone(),
+            loaded_at: generation.loaded_at,
+        };
+        self.current.store(Arc::new(generation));
+        tracing::info!(plugin = %self.name, generation = info.number, hash = %info.hash, "plugin swapped");
+        Ok(info)
     }
 
     /// The world it implements.

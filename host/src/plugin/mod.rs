@@ -10,8 +10,8 @@ pub mod state;
 
 pub use bundled::{bundled, BUNDLED};
 pub use instance::{
-    client_hash, CallError, CallErrorKind, Discovered, HeaderEdit, Limits, PluginInstance, PluginStats, RouteDecision,
-    Verdict,
+    client_hash, CallError, CallErrorKind, Discovered, GenerationInfo, HeaderEdit, Limits, PluginInstance, PluginStats,
+    RouteDecision, Verdict,
 };
 pub use io::Grants;
 pub use state::{HttpPick, SharedStore};
@@ -266,16 +266,25 @@ impl Runtime {
     /// and `init` with its config, so that a bad plugin fails here and not
     /// on the first connection.
     pub fn load(self: &Arc<Self>, spec: PluginSpec, bytes: &[u8]) -> Result<Arc<PluginInstance>, LoadError> {
+        let (pre, hash) = self.prepare(spec.world, bytes)?;
+        PluginInstance::new(self.clone(), spec, pre, hash)
+    }
+
+    /// Compile, check the world and link: everything but instantiating.
+    /// Returns the linked component and its short content hash.
+    pub(crate) fn prepare(
+        &self,
+        world: World,
+        bytes: &[u8],
+    ) -> Result<(wasmtime::component::InstancePre<PluginState>, String), LoadError> {
         let component = self.compile(bytes)?;
-        let world = spec.world;
         if !self.worlds(&component).contains(&world) {
             let found = self.exports(&component);
             let found = if found.is_empty() { "nothing".to_string() } else { found.join(", ") };
             return Err(LoadError::WrongWorld { expected: world, found });
         }
         let pre = self.linker.instantiate_pre(&component).map_err(|e| LoadError::Link(format!("{e:#}")))?;
-        let hash = hex::encode(&Sha256::digest(bytes)[..8]);
-        PluginInstance::new(self.clone(), spec, pre, hash)
+        Ok((pre, hex::encode(&Sha256::digest(bytes)[..8])))
     }
 
     pub(crate) fn engine(&self) -> &Engine {

@@ -264,6 +264,8 @@ pub struct Health {
     /// Active checks' verdict (always up when the pool has no checks).
     pub(crate) up: AtomicBool,
     ejection: AtomicU8,
+    /// Taken out of rotation by hand (admin API).
+    pub(crate) disabled: AtomicBool,
     /// Consecutive failed attempts from live traffic.
     pub(crate) consecutive_failures: AtomicU32,
     /// Consecutive active-check results agreeing with each other:
@@ -281,6 +283,7 @@ impl Health {
         Self {
             up: AtomicBool::new(up),
             ejection: AtomicU8::new(Ejection::None as u8),
+            disabled: AtomicBool::new(false),
             consecutive_failures: AtomicU32::new(0),
             streak: AtomicI32::new(0),
             transitions: AtomicU64::new(0),
@@ -288,9 +291,15 @@ impl Health {
         }
     }
 
-    /// Active checks and passive health both allow new work.
+    /// Active checks and passive health both allow new work, and nobody
+    /// took the backend out of rotation by hand.
     pub fn is_healthy(&self) -> bool {
-        self.up.load(Ordering::Relaxed) && self.ejection() == Ejection::None
+        self.up.load(Ordering::Relaxed) && self.ejection() == Ejection::None && !self.disabled()
+    }
+
+    /// Whether it was taken out of rotation by hand.
+    pub fn disabled(&self) -> bool {
+        self.disabled.load(Ordering::Relaxed)
     }
 
     /// Whether active checks say the backend is up.

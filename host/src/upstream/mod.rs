@@ -350,6 +350,20 @@ impl Pool {
         true
     }
 
+    /// Take the backend in `slot` of the current list out of rotation by
+    /// hand, or put it back: work in flight finishes, no new work goes to
+    /// it. Returns its address, or none when there is no such slot.
+    pub fn set_disabled(&self, slot: u32, disabled: bool) -> Option<String> {
+        let members = self.members();
+        let b = members.backends.get(slot as usize)?;
+        if b.health.disabled.swap(disabled, Ordering::Relaxed) != disabled {
+            b.health.count_transition();
+            self.refresh_health();
+            tracing::info!(pool = %self.name, backend = %b.address, disabled, "changed by hand");
+        }
+        Some(b.address.clone())
+    }
+
     /// Recompute the healthy list after a backend's health changed.
     pub fn refresh_health(&self) {
         let _g = self.update.lock();

@@ -1,0 +1,277 @@
+//! The admin REST API: JSON over HTTP/1.1 on its own listener (loopback by
+//! default, bearer token whenever one is configured). What runs (version,
+//! listeners, pools with their backends' health and numbers, plugins with
+//! their generations and call counters), backends taken out of rotation
+//! and back by hand, and plugins swapped by uploading a component.
+
+use crate::plugin::{LoadError, PluginInstance};
+use crate::upstream::{Ejection, Pool};
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Largest component accepted by `PUT /plugins/{name}`.
+const MAX_UPLOAD: usize = 64 << 20;
+
+/// A listener as the admin API shows it.
+#[derive(Debug, Clone)]
+pub struct ListenerInfo {
+    /// Bound address.
+    pub address: SocketAddr,
+    /// `tcp` or `http`.
+    pub protocol: &'static str,
+    /// Its pool.
+    pub pool: String,
+}
+
+/// What the admin API reads and acts on.
+pub struct Control {
+    /// Plugin instances by name.
+    pub plugins: BTreeMap<String, Arc<PluginInstance>>,
+    /// Pools by name.
+    pub pools: BTreeMap<String, Arc<Pool>>,
+    /// Listeners by name.
+    pub listeners: BTreeMap<String, ListenerInfo>,
+    /// The config text in force.
+    pub config_text: String,
+    /// When weir started.
+    pub started: Instant,
+    /// The bearer token, if one is configured.
+    pub token: Option<String>,
+}
+
+type Answer = Response<Full<Bytes>>;
+
+fn reply(status: StatusCode, body: Value) -> Answer {
+    let mut text = serde_json::to_vec_pretty(&body).unwrap_or_default();
+    text.push(b'\n');
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(text)))
+        .expect("static response parts")
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Answer {
+    reply(status, json!({ "error": message.into() }))
+}
+
+fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn pool_summary(name: &str, pool: &Pool) -> Value {
+    let members = pool.members();
+    json!({
+        "name": name,
+        "balancer": pool.balancer.name(),
+        "backends": members.backends.len(),
+        "healthy": members.healthy().len(),
+    })
+}
+
+fn pool_detail(name: &str, pool: &Pool) -> Value {
+    let members = pool.members();
+    let backends: Vec<Value> = members
+        .backends
+        .iter()
+        .map(|b| {
+            let s = &b.stats;
+            json!({
+                "slot": b.slot,
+                "address": b.address,
+                "weight": b.weight,
+                "priority": b.priority,
+                "tags": b.tags,
+                "healthy": b.is_healthy(),
+                "checked_up": b.health.checked_up(),
+                "disabled": b.health.disabled(),
+                "ejected": b.health.ejection() != Ejection::None,
+                "last_check_failure": b.health.last_failure(),
+                "health_transitions": b.health.transitions(),
+                "active": s.active(),
+                "total": s.total(),
+                "failures": s.failures(),
+                "rx_bytes": s.rx(),
+                "tx_bytes": s.tx(),
+                "bytes_per_sec": s.bytes_per_sec(),
+                "latency_us": s.latency_us(),
+                "responses": {
+                    "1xx": s.responses(1), "2xx": s.responses(2), "3xx": s.responses(3),
+                    "4xx": s.responses(4), "5xx": s.responses(5),
+                },
+            })
+        })
+        .collect();
+    json!({
+        "name": name,
+        "balancer": pool.balancer.name(),
+        "version": members.version,
+        "retries": pool.retries.retries(),
+        "backends": backends,
+    })
+}
+
+fn plugin_detail(name: &str, p: &PluginInstance) -> Value {
+    use std::sync::atomic::Ordering::Relaxed;
+    let g = p.generation();
+    let s = p.stats();
+    json!({
+        "name": name,
+        "world": p.world().name(),
+        "source": g.source,
+        "hash": g.hash,
+        "generation": g.number,
+        "loaded_at": unix_secs(g.loaded_at),
+        "calls": s.calls.load(Relaxed),
+        "errors": s.errors.load(Relaxed),
+        "traps": s.traps.load(Relaxed),
+        "timeouts": s.timeouts.load(Relaxed),
+        "memory_exceeded": s.memory_exceeded.load(Relaxed),
+        "bad_answers": s.bad_answers.load(Relaxed),
+        "instances_created": s.instances_created.load(Relaxed),
+    })
+}
+
+impl Control {
+    fn authorised(&self, req: &Request<Incoming>) -> bool {
+        let Some(token) = &self.token else { return true };
+        let given = req.headers().get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        given.and_then(|v| v.strip_prefix("Bearer ")).is_some_and(|t| constant_time_eq(t.as_bytes(), token.as_bytes()))
+    }
+
+    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Answer {
+        if !self.authorised(&req) {
+            let mut r = error(StatusCode::UNAUTHORIZED, "a bearer token is required");
+            r.headers_mut().insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
+            return r;
+        }
+        let path = req.uri().path().trim_end_matches('/').to_string();
+        let parts: Vec<&str> = path.split('/').skip(1).collect();
+        match (req.method().clone(), parts.as_slice()) {
+            (Method::GET, [] | [""]) => reply(
+                StatusCode::OK,
+                json!({
+                    "name": "weir",
+                    "version": env!("CARGO_PKG_VERSION"),
+                    "uptime_secs": self.started.elapsed().as_secs(),
+                    "wasmtime": "48",
+                }),
+            ),
+            (Method::GET, ["config"]) => Response::builder()
+                .header("content-type", "application/toml")
+                .body(Full::new(Bytes::from(self.config_text.clone())))
+                .expect("static response parts"),
+            (Method::GET, ["listeners"]) => {
+                let list: Vec<Value> = self
+                    .listeners
+                    .iter()
+                    .map(|(n, l)| json!({"name": n, "address": l.address.to_string(), "protocol": l.protocol, "pool": l.pool}))
+                    .collect();
+                reply(StatusCode::OK, Value::Array(list))
+            }
+            (Method::GET, ["pools"]) => {
+                reply(StatusCode::OK, Value::Array(self.pools.iter().map(|(n, p)| pool_summary(n, p)).collect()))
+            }
+            (Method::GET, ["pools", name]) => match self.pools.get(*name) {
+                Some(p) => reply(StatusCode::OK, pool_detail(name, p)),
+                None => error(StatusCode::NOT_FOUND, format!("no pool `{name}`")),
+            },
+            (Method::POST, ["pools", name, "backends", slot, action @ ("disable" | "enable")]) => {
+                let Some(pool) = self.pools.get(*name) else {
+                    return error(StatusCode::NOT_FOUND, format!("no pool `{name}`"));
+                };
+                let Ok(slot) = slot.parse::<u32>() else {
+                    return error(StatusCode::BAD_REQUEST, format!("`{slot}` is not a slot number"));
+                };
+                match pool.set_disabled(slot, *action == "disable") {
+                    Some(address) => {
+                        reply(StatusCode::OK, json!({"address": address, "disabled": *action == "disable"}))
+                    }
+                    None => error(StatusCode::NOT_FOUND, format!("pool `{name}` has no slot {slot}")),
+                }
+            }
+            (Method::GET, ["plugins"]) => {
+                reply(StatusCode::OK, Value::Array(self.plugins.iter().map(|(n, p)| plugin_detail(n, p)).collect()))
+            }
+            (Method::GET, ["plugins", name]) => match self.plugins.get(*name) {
+                Some(p) => reply(StatusCode::OK, plugin_detail(name, p)),
+                None => error(StatusCode::NOT_FOUND, format!("no plugin instance `{name}`")),
+            },
+            (Method::PUT, ["plugins", name]) => {
+                let Some(plugin) = self.plugins.get(*name).cloned() else {
+                    return error(StatusCode::NOT_FOUND, format!("no plugin instance `{name}`"));
+                };
+                let body = match Limited::new(req.into_body(), MAX_UPLOAD).collect().await {
+                    Ok(b) => b.to_bytes(),
+                    Err(e) => return error(StatusCode::PAYLOAD_TOO_LARGE, format!("reading the component: {e}")),
+                };
+                let started = Instant::now();
+                let swapped = tokio::task::spawn_blocking(move || plugin.swap(&body, "upload")).await;
+                match swapped {
+                    Ok(Ok(g)) => reply(
+                        StatusCode::OK,
+                        json!({
+                            "name": name,
+                            "generation": g.number,
+                            "hash": g.hash,
+                            "swap_ms": started.elapsed().as_secs_f64() * 1e3,
+                        }),
+                    ),
+                    Ok(Err(e)) => {
+                        let status = match e {
+                            LoadError::Compile(_) | LoadError::WrongWorld { .. } | LoadError::Link(_) => {
+                                StatusCode::UNPROCESSABLE_ENTITY
+                            }
+                            _ => StatusCode::BAD_REQUEST,
+                        };
+                        error(status, format!("refused, the old plugin keeps serving: {e}"))
+                    }
+                    Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("swap task failed: {e}")),
+                }
+            }
+            (_, ["", ..] | ["config"] | ["listeners"] | ["pools", ..] | ["plugins", ..]) => {
+                error(StatusCode::METHOD_NOT_ALLOWED, format!("{} is not allowed on {path}", req.method()))
+            }
+            _ => error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Serve the admin API on `listener` until `stop`.
+pub async fn serve(listener: TcpListener, control: Arc<Control>, stop: CancellationToken) {
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        let Ok((stream, _)) = accepted else {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            continue;
+        };
+        let control = control.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let control = control.clone();
+                async move { Ok::<_, std::convert::Infallible>(control.handle(req).await) }
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .http1_only()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
