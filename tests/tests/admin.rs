@@ -274,7 +274,7 @@ async fn the_token_is_enforced_and_required_beyond_loopback() -> Result<()> {
     // Beyond loopback without a token, weir does not start (checked before
     // anything is bound).
     let open = text.replace(&format!("bind = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\""), "bind = \"0.0.0.0:0\"");
-    let e = config(&open).err().expect("refused").to_string();
+    let e = config(&open).expect_err("refused").to_string();
     assert!(e.contains("admin.token: required when the admin API listens beyond loopback"), "{e}");
     Ok(())
 }
