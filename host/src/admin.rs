@@ -47,6 +47,8 @@ pub struct Control {
     pub started: Instant,
     /// The bearer token, if one is configured.
     pub token: Option<String>,
+    /// Metrics, read from the pools and plugins at each scrape.
+    pub metrics: prometheus_client::registry::Registry,
 }
 
 type Answer = Response<Full<Bytes>>;
@@ -167,6 +169,10 @@ impl Control {
                     "wasmtime": "48",
                 }),
             ),
+            (Method::GET, ["metrics"]) => Response::builder()
+                .header("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")
+                .body(Full::new(Bytes::from(crate::metrics::render(&self.metrics))))
+                .expect("static response parts"),
             (Method::GET, ["config"]) => Response::builder()
                 .header("content-type", "application/toml")
                 .body(Full::new(Bytes::from(self.config_text.clone())))
@@ -239,7 +245,7 @@ impl Control {
                     Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("swap task failed: {e}")),
                 }
             }
-            (_, ["", ..] | ["config"] | ["listeners"] | ["pools", ..] | ["plugins", ..]) => {
+            (_, ["", ..] | ["config"] | ["metrics"] | ["listeners"] | ["pools", ..] | ["plugins", ..]) => {
                 error(StatusCode::METHOD_NOT_ALLOWED, format!("{} is not allowed on {path}", req.method()))
             }
             _ => error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),

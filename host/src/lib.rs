@@ -13,6 +13,7 @@ pub mod discovery;
 pub mod health;
 pub mod l4;
 pub mod l7;
+pub mod metrics;
 pub mod plugin;
 pub mod server;
 pub mod upstream;

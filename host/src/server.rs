@@ -309,6 +309,7 @@ impl Server {
                     config_text: prepared.loaded.source.text.clone(),
                     started: std::time::Instant::now(),
                     token: a.token.clone(),
+                    metrics: crate::metrics::registry(prepared.plugins.clone(), prepared.pools.clone()),
                 });
                 tokio::spawn(admin::serve(listener, control, stop.clone()));
                 tracing::info!(%local, "admin API listening");

@@ -320,3 +320,59 @@ async fn a_thousand_swaps_leak_no_generation() -> Result<()> {
     weir.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_parse_and_match_the_traffic() -> Result<()> {
+    let (a, b) = (HttpBackend::start("a").await?, HttpBackend::failing("b", 503).await?);
+    let text = format!(
+        "[admin]\nbind = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n\n[pools.p]\nbackends = [\"{}\", \"{}\"]\nmax_fails = 0\n\n\
+         [listeners.web]\nbind = \"127.0.0.1:0\"\nprotocol = \"http\"\npool = \"p\"\n",
+        a.addr, b.addr
+    );
+    let weir = start_weir(&text).await?;
+    let (addr, admin) = (weir.listener_addr("web").unwrap(), weir.admin_addr().unwrap());
+    let client = client_h1();
+    // 20 bodies of 1 000 bytes (b streams them with 200 too), then 10
+    // plain requests, which b answers 503: round-robin splits both evenly.
+    for _ in 0..20 {
+        send(&client, get(addr, "x", "/generate/1000")).await?;
+    }
+    for _ in 0..10 {
+        send(&client, get(addr, "x", "/")).await?;
+    }
+    let got = send(&client, admin_request("GET", admin, "/metrics", Some(TOKEN), Bytes::new())).await?;
+    assert_eq!(got.status, StatusCode::OK);
+    let text = String::from_utf8(got.body.to_vec())?;
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))?;
+    let value = |name: &str, labels: &[(&str, &str)]| {
+        scrape.samples.iter().find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v))).map(
+            |s| match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => f64::NAN,
+            },
+        )
+    };
+    let (a_addr, b_addr) = (a.addr.to_string(), b.addr.to_string());
+    fn at(backend: &str) -> [(&str, &str); 2] {
+        [("pool", "p"), ("backend", backend)]
+    }
+    assert_eq!(value("weir_backend_connections_total", &at(&a_addr)), Some(15.0));
+    assert_eq!(value("weir_backend_connections_total", &at(&b_addr)), Some(15.0));
+    assert_eq!(value("weir_backend_rx_bytes_total", &at(&a_addr)), Some(10_000.0));
+    assert_eq!(value("weir_backend_active_connections", &at(&a_addr)), Some(0.0));
+    assert_eq!(value("weir_backend_live", &at(&a_addr)), Some(1.0));
+    fn class<'a>(backend: &'a str, class: &'a str) -> [(&'a str, &'a str); 3] {
+        [("pool", "p"), ("backend", backend), ("class", class)]
+    }
+    assert_eq!(value("weir_backend_http_responses_total", &class(&a_addr, "2xx")), Some(15.0));
+    assert_eq!(value("weir_backend_http_responses_total", &class(&b_addr, "5xx")), Some(5.0));
+    assert_eq!(value("weir_backend_http_responses_total", &class(&b_addr, "2xx")), Some(10.0));
+    let rr = [("plugin", "builtin:round-robin"), ("world", "balancer")];
+    assert_eq!(value("weir_plugin_calls_total", &rr), Some(30.0));
+    assert_eq!(value("weir_plugin_generation", &rr), Some(1.0));
+    assert_eq!(value("weir_plugin_traps_total", &rr), Some(0.0));
+    weir.shutdown().await;
+    Ok(())
+}

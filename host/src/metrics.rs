@@ -1,0 +1,207 @@
+//! Prometheus metrics, encoded on each scrape from the live numbers the
+//! host keeps anyway (prometheus-client's text format): per backend the
+//! gobetween set (active, total, refused, rx/tx, live) plus responses by
+//! status class, latency and health transitions; per plugin instance its
+//! call counters and generation.
+
+use crate::plugin::PluginInstance;
+use crate::upstream::Pool;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+/// Reads pools and plugins at scrape time.
+#[derive(Debug)]
+struct Live {
+    plugins: BTreeMap<String, Arc<PluginInstance>>,
+    pools: BTreeMap<String, Arc<Pool>>,
+}
+
+impl std::fmt::Debug for PluginInstance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginInstance").field("name", &self.name()).finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+type Labels<'a> = [(&'static str, &'a str)];
+
+fn family<'a>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    rows: impl Iterator<Item = (Vec<(&'static str, &'a str)>, f64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut metric = encoder.encode_descriptor(name, help, None, kind)?;
+    for (labels, value) in rows {
+        let labels: &Labels = &labels;
+        let m = metric.encode_family(&labels)?;
+        match kind {
+            MetricType::Counter => ConstCounter::new(value as u64).encode(m)?,
+            _ => ConstGauge::new(value).encode(m)?,
+        }
+    }
+    Ok(())
+}
+
+impl Collector for Live {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let members: Vec<(&str, Arc<crate::upstream::Members>)> =
+            self.pools.iter().map(|(n, p)| (n.as_str(), p.members())).collect();
+        let backends = || {
+            members.iter().flat_map(|(pool, m)| {
+                m.backends.iter().map(move |b| (vec![("pool", *pool), ("backend", b.address.as_str())], b))
+            })
+        };
+        type Row<'a> = (Vec<(&'static str, &'a str)>, f64);
+        let per_backend = |f: fn(&crate::upstream::Backend) -> f64| backends().map(move |(l, b)| -> Row { (l, f(b)) });
+        use MetricType::{Counter, Gauge};
+        family(
+            &mut e,
+            "backend_active_connections",
+            "Connections (TCP) or requests (HTTP) open to the backend",
+            Gauge,
+            per_backend(|b| b.stats.active() as f64),
+        )?;
+        family(
+            &mut e,
+            "backend_connections",
+            "Connections (TCP) or requests (HTTP) sent to the backend",
+            Counter,
+            per_backend(|b| b.stats.total() as f64),
+        )?;
+        family(
+            &mut e,
+            "backend_refused_connections",
+            "Failed attempts (connect errors, failure statuses)",
+            Counter,
+            per_backend(|b| b.stats.failures() as f64),
+        )?;
+        family(
+            &mut e,
+            "backend_rx_bytes",
+            "Bytes received from the backend",
+            Counter,
+            per_backend(|b| b.stats.rx() as f64),
+        )?;
+        family(&mut e, "backend_tx_bytes", "Bytes sent to the backend", Counter, per_backend(|b| b.stats.tx() as f64))?;
+        family(
+            &mut e,
+            "backend_bytes_per_second",
+            "Recent rx+tx bytes per second",
+            Gauge,
+            per_backend(|b| b.stats.bytes_per_sec() as f64),
+        )?;
+        family(
+            &mut e,
+            "backend_latency_microseconds",
+            "Recent latency (peak-EWMA of connect or response-head time)",
+            Gauge,
+            per_backend(|b| b.stats.latency_us() as f64),
+        )?;
+        family(
+            &mut e,
+            "backend_live",
+            "1 when the backend may receive new work",
+            Gauge,
+            per_backend(|b| b.is_healthy() as u8 as f64),
+        )?;
+        family(
+            &mut e,
+            "backend_health_transitions",
+            "Health changes (active, passive or by hand)",
+            Counter,
+            per_backend(|b| b.health.transitions() as f64),
+        )?;
+        const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+        let responses = backends().flat_map(|(labels, b)| {
+            CLASSES.iter().enumerate().map(move |(i, class)| {
+                let mut l = labels.clone();
+                l.push(("class", *class));
+                (l, b.stats.responses(i as u16 + 1) as f64)
+            })
+        });
+        family(
+            &mut e,
+            "backend_http_responses",
+            "HTTP responses from the backend by status class",
+            Counter,
+            responses,
+        )?;
+
+        let plugins =
+            || self.plugins.iter().map(|(n, p)| (vec![("plugin", n.as_str()), ("world", p.world().name())], p));
+        type PRow<'a> = (Vec<(&'static str, &'a str)>, f64);
+        let per_plugin = |f: fn(&PluginInstance) -> f64| plugins().map(move |(l, p)| -> PRow { (l, f(p)) });
+        family(
+            &mut e,
+            "plugin_calls",
+            "Plugin calls made",
+            Counter,
+            per_plugin(|p| p.stats().calls.load(Relaxed) as f64),
+        )?;
+        family(
+            &mut e,
+            "plugin_errors",
+            "Plugin calls that returned an error",
+            Counter,
+            per_plugin(|p| p.stats().errors.load(Relaxed) as f64),
+        )?;
+        family(
+            &mut e,
+            "plugin_traps",
+            "Plugin calls that trapped",
+            Counter,
+            per_plugin(|p| p.stats().traps.load(Relaxed) as f64),
+        )?;
+        family(
+            &mut e,
+            "plugin_timeouts",
+            "Plugin calls interrupted at their deadline",
+            Counter,
+            per_plugin(|p| p.stats().timeouts.load(Relaxed) as f64),
+        )?;
+        family(
+            &mut e,
+            "plugin_memory_exceeded",
+            "Plugin calls stopped at the memory limit",
+            Counter,
+            per_plugin(|p| p.stats().memory_exceeded.load(Relaxed) as f64),
+        )?;
+        family(
+            &mut e,
+            "plugin_generation",
+            "Generation in use (1, then +1 per swap)",
+            Gauge,
+            per_plugin(|p| p.generation().number as f64),
+        )?;
+        Ok(())
+    }
+}
+
+/// A registry that reads `pools` and `plugins` on every scrape; metric
+/// names carry the `weir_` prefix.
+pub fn registry(plugins: BTreeMap<String, Arc<PluginInstance>>, pools: BTreeMap<String, Arc<Pool>>) -> Registry {
+    let mut registry = Registry::with_prefix("weir");
+    registry.register_collector(Box::new(Live { plugins, pools }));
+    registry
+}
+
+/// The registry in Prometheus text format.
+pub fn render(registry: &Registry) -> String {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, registry).expect("writing to a String cannot fail");
+    text
+}
