@@ -44,8 +44,10 @@ fn pool(runtime: &Arc<Runtime>, plugin: &str, n: usize) -> Arc<Pool> {
         retry_budget: 0.0,
         panic: false,
         fail_on: Vec::new(),
+        active_checks: false,
+        initial_up: true,
     };
-    Arc::new(Pool::new("bench", backends, balancer, settings))
+    Arc::new(Pool::new("bench", backends, balancer, settings, None))
 }
 
 fn connection() -> types::Connection {

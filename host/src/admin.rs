@@ -12,7 +12,6 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -35,14 +34,8 @@ pub struct ListenerInfo {
 
 /// What the admin API reads and acts on.
 pub struct Control {
-    /// Plugin instances by name.
-    pub plugins: BTreeMap<String, Arc<PluginInstance>>,
-    /// Pools by name.
-    pub pools: BTreeMap<String, Arc<Pool>>,
-    /// Listeners by name.
-    pub listeners: BTreeMap<String, ListenerInfo>,
-    /// The config text in force.
-    pub config_text: String,
+    /// The running server.
+    pub core: Arc<crate::server::ServerCore>,
     /// When weir started.
     pub started: Instant,
     /// The bearer token, if one is configured.
@@ -158,6 +151,7 @@ impl Control {
             return r;
         }
         let path = req.uri().path().trim_end_matches('/').to_string();
+        let now = self.core.snapshot();
         let parts: Vec<&str> = path.split('/').skip(1).collect();
         match (req.method().clone(), parts.as_slice()) {
             (Method::GET, [] | [""]) => reply(
@@ -175,10 +169,10 @@ impl Control {
                 .expect("static response parts"),
             (Method::GET, ["config"]) => Response::builder()
                 .header("content-type", "application/toml")
-                .body(Full::new(Bytes::from(self.config_text.clone())))
+                .body(Full::new(Bytes::from(now.source.text.clone())))
                 .expect("static response parts"),
             (Method::GET, ["listeners"]) => {
-                let list: Vec<Value> = self
+                let list: Vec<Value> = now
                     .listeners
                     .iter()
                     .map(|(n, l)| json!({"name": n, "address": l.address.to_string(), "protocol": l.protocol, "pool": l.pool}))
@@ -186,14 +180,14 @@ impl Control {
                 reply(StatusCode::OK, Value::Array(list))
             }
             (Method::GET, ["pools"]) => {
-                reply(StatusCode::OK, Value::Array(self.pools.iter().map(|(n, p)| pool_summary(n, p)).collect()))
+                reply(StatusCode::OK, Value::Array(now.pools.iter().map(|(n, p)| pool_summary(n, p)).collect()))
             }
-            (Method::GET, ["pools", name]) => match self.pools.get(*name) {
+            (Method::GET, ["pools", name]) => match now.pools.get(*name) {
                 Some(p) => reply(StatusCode::OK, pool_detail(name, p)),
                 None => error(StatusCode::NOT_FOUND, format!("no pool `{name}`")),
             },
             (Method::POST, ["pools", name, "backends", slot, action @ ("disable" | "enable")]) => {
-                let Some(pool) = self.pools.get(*name) else {
+                let Some(pool) = now.pools.get(*name) else {
                     return error(StatusCode::NOT_FOUND, format!("no pool `{name}`"));
                 };
                 let Ok(slot) = slot.parse::<u32>() else {
@@ -207,14 +201,14 @@ impl Control {
                 }
             }
             (Method::GET, ["plugins"]) => {
-                reply(StatusCode::OK, Value::Array(self.plugins.iter().map(|(n, p)| plugin_detail(n, p)).collect()))
+                reply(StatusCode::OK, Value::Array(now.plugins.iter().map(|(n, p)| plugin_detail(n, p)).collect()))
             }
-            (Method::GET, ["plugins", name]) => match self.plugins.get(*name) {
+            (Method::GET, ["plugins", name]) => match now.plugins.get(*name) {
                 Some(p) => reply(StatusCode::OK, plugin_detail(name, p)),
                 None => error(StatusCode::NOT_FOUND, format!("no plugin instance `{name}`")),
             },
             (Method::PUT, ["plugins", name]) => {
-                let Some(plugin) = self.plugins.get(*name).cloned() else {
+                let Some(plugin) = now.plugins.get(*name).cloned() else {
                     return error(StatusCode::NOT_FOUND, format!("no plugin instance `{name}`"));
                 };
                 let body = match Limited::new(req.into_body(), MAX_UPLOAD).collect().await {
@@ -245,7 +239,28 @@ impl Control {
                     Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("swap task failed: {e}")),
                 }
             }
-            (_, ["", ..] | ["config"] | ["metrics"] | ["listeners"] | ["pools", ..] | ["plugins", ..]) => {
+            (Method::POST, ["reload"]) => {
+                let body = match Limited::new(req.into_body(), MAX_UPLOAD).collect().await {
+                    Ok(b) => b.to_bytes(),
+                    Err(e) => return error(StatusCode::PAYLOAD_TOO_LARGE, format!("reading the config: {e}")),
+                };
+                let result = if body.is_empty() {
+                    self.core.reload_file().await
+                } else {
+                    match String::from_utf8(body.to_vec()) {
+                        Ok(text) => {
+                            let origin = "POST /reload".to_string();
+                            self.core.reload(crate::config::Source { origin, text }).await
+                        }
+                        Err(_) => Err("the config is not UTF-8".to_string()),
+                    }
+                };
+                match result {
+                    Ok(summary) => reply(StatusCode::OK, serde_json::to_value(summary).unwrap_or_default()),
+                    Err(e) => error(StatusCode::BAD_REQUEST, format!("config not applied, the old one stays: {e}")),
+                }
+            }
+            (_, ["", ..] | ["config"] | ["metrics"] | ["reload"] | ["listeners"] | ["pools", ..] | ["plugins", ..]) => {
                 error(StatusCode::METHOD_NOT_ALLOWED, format!("{} is not allowed on {path}", req.method()))
             }
             _ => error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),

@@ -72,8 +72,25 @@ fn plugin_runtime(loaded: &Loaded) -> Result<std::sync::Arc<Runtime>> {
 async fn serve(loaded: Loaded) -> Result<()> {
     let runtime = plugin_runtime(&loaded)?;
     let signal = crate::server::shutdown_signal()?;
+    #[cfg(unix)]
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let server = Server::start(loaded, runtime).await?;
-    signal.await;
+    tokio::pin!(signal);
+    loop {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = &mut signal => break,
+            _ = hangup.recv() => match server.core().reload_file().await {
+                Ok(summary) => tracing::info!(?summary, "SIGHUP: config reloaded"),
+                Err(e) => tracing::error!("SIGHUP: config not applied, the old one stays: {e}"),
+            },
+        }
+        #[cfg(not(unix))]
+        {
+            signal.await;
+            break;
+        }
+    }
     tracing::info!("shutting down: no new connections");
     let cut = server.shutdown().await;
     tracing::info!(cut, "stopped");

@@ -12,15 +12,18 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
-use std::collections::BTreeMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 /// Reads pools and plugins at scrape time.
-#[derive(Debug)]
 struct Live {
-    plugins: BTreeMap<String, Arc<PluginInstance>>,
-    pools: BTreeMap<String, Arc<Pool>>,
+    core: Arc<crate::server::ServerCore>,
+}
+
+impl std::fmt::Debug for Live {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Live")
+    }
 }
 
 impl std::fmt::Debug for PluginInstance {
@@ -58,8 +61,9 @@ fn family<'a>(
 
 impl Collector for Live {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let now = self.core.snapshot();
         let members: Vec<(&str, Arc<crate::upstream::Members>)> =
-            self.pools.iter().map(|(n, p)| (n.as_str(), p.members())).collect();
+            now.pools.iter().map(|(n, p)| (n.as_str(), p.members())).collect();
         let backends = || {
             members.iter().flat_map(|(pool, m)| {
                 m.backends.iter().map(move |b| (vec![("pool", *pool), ("backend", b.address.as_str())], b))
@@ -142,7 +146,7 @@ impl Collector for Live {
         )?;
 
         let plugins =
-            || self.plugins.iter().map(|(n, p)| (vec![("plugin", n.as_str()), ("world", p.world().name())], p));
+            || now.plugins.iter().map(|(n, p)| (vec![("plugin", n.as_str()), ("world", p.world().name())], p));
         type PRow<'a> = (Vec<(&'static str, &'a str)>, f64);
         let per_plugin = |f: fn(&PluginInstance) -> f64| plugins().map(move |(l, p)| -> PRow { (l, f(p)) });
         family(
@@ -191,11 +195,11 @@ impl Collector for Live {
     }
 }
 
-/// A registry that reads `pools` and `plugins` on every scrape; metric
+/// A registry that reads the server's pools and plugins on every scrape; metric
 /// names carry the `weir_` prefix.
-pub fn registry(plugins: BTreeMap<String, Arc<PluginInstance>>, pools: BTreeMap<String, Arc<Pool>>) -> Registry {
+pub fn registry(core: Arc<crate::server::ServerCore>) -> Registry {
     let mut registry = Registry::with_prefix("weir");
-    registry.register_collector(Box::new(Live { plugins, pools }));
+    registry.register_collector(Box::new(Live { core }));
     registry
 }
 

@@ -10,6 +10,7 @@ use crate::l4::{self, TcpService};
 use crate::l7::{self, HttpPool, HttpService, HttpSettings};
 use crate::plugin::{Grants, Limits, LoadError, PluginInstance, PluginSpec, Runtime, World};
 use crate::upstream::{BackendSpec, Pool, PoolSettings};
+use arc_swap::ArcSwap;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -38,6 +39,21 @@ fn default_fallback(world: World) -> Fallback {
 impl Prepared {
     /// Load every plugin and build every pool of a checked config.
     pub fn load(loaded: Loaded, runtime: &Arc<Runtime>) -> Result<Self, ConfigError> {
+        Self::load_over(loaded, runtime, None)
+    }
+
+    /// [`Prepared::load`] for a reload over `previous`: plugin instances
+    /// whose spec and component are unchanged are kept (with their state
+    /// and any swapped generation), and pools keep the counters and health
+    /// of backends that stay (and, with discovery, the discovered list).
+    pub fn load_over(loaded: Loaded, runtime: &Arc<Runtime>, previous: Option<&Snapshot>) -> Result<Self, ConfigError> {
+        let load_plugin = |spec: PluginSpec, bytes: &[u8]| -> Result<Arc<PluginInstance>, LoadError> {
+            let origin = crate::plugin::origin_of(&spec, &crate::plugin::component_hash(bytes));
+            match previous.and_then(|p| p.plugins.get(&spec.name)) {
+                Some(old) if old.origin() == origin => Ok(old.clone()),
+                _ => runtime.load(spec, bytes),
+            }
+        };
         let src = &loaded.source;
         let cfg = &loaded.config;
         // Which phase each referenced plugin instance serves.
@@ -115,7 +131,7 @@ impl Prepared {
                 fallback,
                 grants,
             };
-            let instance = runtime.load(spec, &bytes).map_err(|e| {
+            let instance = load_plugin(spec, &bytes).map_err(|e| {
                 if matches!(e, LoadError::Init(_)) {
                     at_config(e)
                 } else {
@@ -140,12 +156,13 @@ impl Prepared {
                 fallback: default_fallback(*world),
                 grants: Grants::default(),
             };
-            let instance = runtime.load(spec, &bytes).map_err(fail)?;
+            let instance = load_plugin(spec, &bytes).map_err(fail)?;
             plugins.insert(name.clone(), instance);
         }
 
         let mut pools = BTreeMap::new();
         for (name, p) in &cfg.pools {
+            let old = previous.and_then(|prev| prev.pools.get(name));
             let specs = p
                 .backends
                 .get_ref()
@@ -167,8 +184,26 @@ impl Prepared {
                 retry_budget: p.retry_budget,
                 panic: p.panic,
                 fail_on: p.fail_on.clone(),
+                active_checks: p.health.is_some(),
+                initial_up: p.health.as_ref().is_none_or(|h| h.initial == InitialHealth::Up),
             };
-            let pool = Pool::new(name, specs, balancer, settings);
+            // With discovery, the list found last carries over until the
+            // next discovery answers.
+            let specs = match (old, &p.discovery) {
+                (Some(old), Some(_)) => old
+                    .members()
+                    .backends
+                    .iter()
+                    .map(|b| BackendSpec {
+                        address: b.address.clone(),
+                        weight: b.weight,
+                        priority: b.priority,
+                        tags: b.tags.clone(),
+                    })
+                    .collect(),
+                _ => specs,
+            };
+            let pool = Pool::new(name, specs, balancer, settings, old.map(|o| &**o));
             pools.insert(name.clone(), Arc::new(pool));
         }
         Ok(Self { plugins, pools, loaded })
@@ -190,15 +225,65 @@ impl Prepared {
     }
 }
 
-/// A running weir.
-pub struct Server {
-    prepared: Prepared,
-    listeners: BTreeMap<String, SocketAddr>,
-    admin: Option<SocketAddr>,
+/// What runs now, as the admin API, metrics and tests read it.
+pub struct Snapshot {
+    /// Plugin instances by name.
+    pub plugins: BTreeMap<String, Arc<PluginInstance>>,
+    /// Pools by name.
+    pub pools: BTreeMap<String, Arc<Pool>>,
+    /// Listeners by name.
+    pub listeners: BTreeMap<String, admin::ListenerInfo>,
+    /// The config text in force and where it came from.
+    pub source: crate::config::Source,
+}
+
+enum Service {
+    Tcp(Arc<TcpService>),
+    Http(Arc<HttpService>),
+}
+
+struct RunningListener {
+    bind: String,
+    protocol: Protocol,
+    addr: SocketAddr,
+    service: Service,
+    stop: CancellationToken,
+}
+
+/// The mutable part of a running server, changed only by a reload.
+struct Running {
+    listeners: BTreeMap<String, RunningListener>,
+    /// Stops the health, discovery and throughput loops of the current pools.
+    background: CancellationToken,
+}
+
+/// What a reload changed.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct ReloadSummary {
+    /// Listeners opened.
+    pub listeners_added: Vec<String>,
+    /// Listeners closed (their connections drain).
+    pub listeners_removed: Vec<String>,
+    /// Plugin instances loaded anew (the others were kept as they were).
+    pub plugins_loaded: Vec<String>,
+    /// Pools in the new config.
+    pub pools: Vec<String>,
+}
+
+/// The shared core of a running weir.
+pub struct ServerCore {
+    runtime: Arc<Runtime>,
+    snapshot: ArcSwap<Snapshot>,
+    running: tokio::sync::Mutex<Running>,
     stop: CancellationToken,
     tracker: TaskTracker,
+}
+
+/// A running weir.
+pub struct Server {
+    core: Arc<ServerCore>,
+    admin: Option<SocketAddr>,
     grace: Duration,
-    _runtime: Arc<Runtime>,
 }
 
 fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<tokio::net::TcpListener> {
@@ -210,13 +295,31 @@ fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<tokio::net::TcpListen
     tokio::net::TcpListener::from_std(socket.into())
 }
 
-impl Server {
-    /// Load plugins, build pools, bind every listener and start serving.
-    pub async fn start(loaded: Loaded, runtime: Arc<Runtime>) -> anyhow::Result<Self> {
-        let grace = loaded.config.runtime.shutdown_grace.0;
-        let prepared = Prepared::load(loaded, &runtime)?;
-        let stop = CancellationToken::new();
-        let tracker = TaskTracker::new();
+/// Bind, retrying for a moment: a listener closed by the same reload may
+/// still be releasing the address.
+async fn bind_soon(addr: SocketAddr, backlog: u32) -> std::io::Result<tokio::net::TcpListener> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    loop {
+        match bind(addr, backlog) {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(10)).await
+            }
+            other => return other,
+        }
+    }
+}
+
+fn protocol_name(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Tcp => "tcp",
+        Protocol::Http => "http",
+    }
+}
+
+impl ServerCore {
+    /// Start the background loops (throughput, discovery, health) of every
+    /// pool; the first discovery of each pool runs before this returns.
+    async fn start_background(&self, prepared: &Prepared, stop: &CancellationToken) {
         let cfg = &prepared.loaded.config;
         for (name, pool) in &prepared.pools {
             pool.track_throughput();
@@ -224,64 +327,242 @@ impl Server {
             if let Some(d) = &p.discovery {
                 let plugin = prepared.plugins[d.plugin.get_ref()].clone();
                 let s = DiscoverySettings { interval: d.interval.0, timeout: d.timeout.0, failpolicy: d.failpolicy };
-                // Discover once before the listeners open, so the first
-                // clients find the discovered backends.
                 discovery::discover_once(pool, &plugin, s).await;
                 discovery::spawn(pool.clone(), plugin, s, stop.clone());
             }
             if let Some(h) = &p.health {
                 let checker = prepared.plugins[h.plugin.get_ref()].clone();
-                pool.enable_active_checks(h.initial == InitialHealth::Up);
                 let s = CheckSettings { interval: h.interval.0, timeout: h.timeout.0, rise: h.rise, fall: h.fall };
                 health::spawn(pool.clone(), checker, s, stop.clone());
             }
         }
-        let mut listeners = BTreeMap::new();
-        let mut http_pools = None;
-        for (name, l) in &cfg.listeners {
-            let addr: SocketAddr = l.bind.get_ref().parse()?;
-            let listener = bind(addr, l.backlog).map_err(|e| {
-                prepared.loaded.source.error(&l.bind, format!("listeners.{name}.bind: cannot bind {addr}: {e}"))
-            })?;
-            let local = listener.local_addr()?;
-            let access = l.access.iter().map(|a| prepared.plugins[a.get_ref()].clone()).collect();
-            match l.protocol {
-                Protocol::Tcp => {
-                    let service = Arc::new(TcpService {
-                        name: name.as_str().into(),
-                        listener_id: runtime.shared().listener_id(name),
-                        local,
-                        pool: prepared.pools[l.pool.get_ref()].clone(),
-                        access,
-                        idle_timeout: l.idle_timeout.0,
-                    });
-                    tokio::spawn(l4::serve(listener, service, stop.clone(), tracker.clone()));
-                }
-                Protocol::Http => {
-                    let pools = http_pools.get_or_insert_with(|| Arc::new(prepared.http_pools()));
-                    let service = Arc::new(HttpService {
-                        name: name.as_str().into(),
-                        listener_id: runtime.shared().listener_id(name),
-                        local,
-                        default_pool: pools[l.pool.get_ref()].clone(),
-                        pools: pools.clone(),
-                        access,
-                        router: l.router.as_ref().map(|r| prepared.plugins[r.get_ref()].clone()),
-                        settings: HttpSettings {
-                            header_timeout: l.header_timeout.0,
-                            max_header_size: l.max_header_size.0 as usize,
-                            x_forwarded: l.x_forwarded,
-                            forwarded: l.forwarded,
-                            via: l.via,
-                        },
-                    });
-                    tokio::spawn(l7::serve(listener, service, stop.clone(), tracker.clone()));
-                }
-            }
-            tracing::info!(listener = %name, %local, protocol = ?l.protocol, pool = %l.pool.get_ref(), "listening");
-            listeners.insert(name.clone(), local);
+    }
+
+    fn tcp_routes(prepared: &Prepared, l: &crate::config::Listener) -> l4::TcpRoutes {
+        l4::TcpRoutes {
+            pool: prepared.pools[l.pool.get_ref()].clone(),
+            access: l.access.iter().map(|a| prepared.plugins[a.get_ref()].clone()).collect(),
+            idle_timeout: l.idle_timeout.0,
         }
-        let admin = match &cfg.admin {
+    }
+
+    fn http_routes(
+        prepared: &Prepared,
+        pools: &Arc<BTreeMap<String, HttpPool>>,
+        l: &crate::config::Listener,
+    ) -> l7::HttpRoutes {
+        l7::HttpRoutes {
+            default_pool: pools[l.pool.get_ref()].clone(),
+            pools: pools.clone(),
+            access: l.access.iter().map(|a| prepared.plugins[a.get_ref()].clone()).collect(),
+            router: l.router.as_ref().map(|r| prepared.plugins[r.get_ref()].clone()),
+            settings: HttpSettings {
+                header_timeout: l.header_timeout.0,
+                max_header_size: l.max_header_size.0 as usize,
+                x_forwarded: l.x_forwarded,
+                forwarded: l.forwarded,
+                via: l.via,
+            },
+        }
+    }
+
+    /// Open a listener on an already bound socket.
+    fn open(
+        &self,
+        prepared: &Prepared,
+        http_pools: &Arc<BTreeMap<String, HttpPool>>,
+        name: &str,
+        l: &crate::config::Listener,
+        socket: tokio::net::TcpListener,
+    ) -> std::io::Result<RunningListener> {
+        let local = socket.local_addr()?;
+        let stop = self.stop.child_token();
+        let listener_id = self.runtime.shared().listener_id(name);
+        let service = match l.protocol {
+            Protocol::Tcp => {
+                let service = Arc::new(TcpService {
+                    name: name.into(),
+                    listener_id,
+                    local,
+                    routes: ArcSwap::from_pointee(Self::tcp_routes(prepared, l)),
+                });
+                tokio::spawn(l4::serve(socket, service.clone(), stop.clone(), self.tracker.clone()));
+                Service::Tcp(service)
+            }
+            Protocol::Http => {
+                let service = Arc::new(HttpService {
+                    name: name.into(),
+                    listener_id,
+                    local,
+                    routes: ArcSwap::from_pointee(Self::http_routes(prepared, http_pools, l)),
+                });
+                tokio::spawn(l7::serve(socket, service.clone(), stop.clone(), self.tracker.clone()));
+                Service::Http(service)
+            }
+        };
+        tracing::info!(listener = %name, %local, protocol = ?l.protocol, pool = %l.pool.get_ref(), "listening");
+        Ok(RunningListener { bind: l.bind.get_ref().clone(), protocol: l.protocol, addr: local, service, stop })
+    }
+
+    fn snapshot_of(prepared: &Prepared, listeners: &BTreeMap<String, RunningListener>) -> Snapshot {
+        let cfg = &prepared.loaded.config;
+        Snapshot {
+            plugins: prepared.plugins.clone(),
+            pools: prepared.pools.clone(),
+            listeners: listeners
+                .iter()
+                .map(|(name, l)| {
+                    let info = admin::ListenerInfo {
+                        address: l.addr,
+                        protocol: protocol_name(l.protocol),
+                        pool: cfg.listeners[name].pool.get_ref().clone(),
+                    };
+                    (name.clone(), info)
+                })
+                .collect(),
+            source: prepared.loaded.source.clone(),
+        }
+    }
+
+    /// The current snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// Apply a new config: parse and check it, load every plugin and bind
+    /// every new listener first; only then swap routes, open and close
+    /// listeners and restart the background loops. An error changes
+    /// nothing and says where the config is wrong.
+    pub async fn reload(&self, source: crate::config::Source) -> Result<ReloadSummary, String> {
+        let mut running = self.running.lock().await;
+        let loaded = Loaded::parse(source).map_err(|e| e.to_string())?;
+        let previous = self.snapshot.load_full();
+        let runtime = self.runtime.clone();
+        let prev = previous.clone();
+        let prepared = tokio::task::spawn_blocking(move || Prepared::load_over(loaded, &runtime, Some(&prev)))
+            .await
+            .map_err(|e| format!("reload task failed: {e}"))?
+            .map_err(|e| e.to_string())?;
+        let cfg = &prepared.loaded.config;
+        let kept = |name: &str, l: &crate::config::Listener| {
+            running.listeners.get(name).is_some_and(|r| r.bind == *l.bind.get_ref() && r.protocol == l.protocol)
+        };
+        // Listeners closing whose address a new listener takes must close
+        // first; everything else new is bound before anything changes.
+        let closing: Vec<String> =
+            running.listeners.keys().filter(|n| cfg.listeners.get(*n).is_none_or(|l| !kept(n, l))).cloned().collect();
+        let mut sockets = BTreeMap::new();
+        for (name, l) in &cfg.listeners {
+            if kept(name, l) {
+                continue;
+            }
+            let addr: SocketAddr = l.bind.get_ref().parse().map_err(|e| format!("listeners.{name}.bind: {e}"))?;
+            let frees = closing.iter().any(|c| running.listeners[c].bind == *l.bind.get_ref());
+            if !frees {
+                let socket = bind(addr, l.backlog).map_err(|e| {
+                    prepared
+                        .loaded
+                        .source
+                        .error(&l.bind, format!("listeners.{name}.bind: cannot bind {addr}: {e}"))
+                        .to_string()
+                })?;
+                sockets.insert(name.clone(), socket);
+            }
+        }
+
+        // Commit.
+        let mut summary = ReloadSummary {
+            plugins_loaded: prepared
+                .plugins
+                .iter()
+                .filter(|(n, p)| previous.plugins.get(*n).is_none_or(|old| !Arc::ptr_eq(old, p)))
+                .map(|(n, _)| n.clone())
+                .collect(),
+            pools: prepared.pools.keys().cloned().collect(),
+            ..Default::default()
+        };
+        for name in &closing {
+            if let Some(l) = running.listeners.remove(name) {
+                l.stop.cancel();
+                summary.listeners_removed.push(name.clone());
+            }
+        }
+        let background = self.stop.child_token();
+        self.start_background(&prepared, &background).await;
+        running.background.cancel();
+        running.background = background;
+        let http_pools = Arc::new(prepared.http_pools());
+        for (name, l) in &cfg.listeners {
+            if let Some(r) = running.listeners.get(name) {
+                match &r.service {
+                    Service::Tcp(s) => s.routes.store(Arc::new(Self::tcp_routes(&prepared, l))),
+                    Service::Http(s) => s.routes.store(Arc::new(Self::http_routes(&prepared, &http_pools, l))),
+                }
+                continue;
+            }
+            let socket = match sockets.remove(name) {
+                Some(s) => s,
+                None => {
+                    let addr: SocketAddr =
+                        l.bind.get_ref().parse().map_err(|e| format!("listeners.{name}.bind: {e}"))?;
+                    bind_soon(addr, l.backlog)
+                        .await
+                        .map_err(|e| format!("listeners.{name}.bind: cannot bind {addr}: {e}"))?
+                }
+            };
+            let opened = self.open(&prepared, &http_pools, name, l, socket).map_err(|e| e.to_string())?;
+            running.listeners.insert(name.clone(), opened);
+            summary.listeners_added.push(name.clone());
+        }
+        self.snapshot.store(Arc::new(Self::snapshot_of(&prepared, &running.listeners)));
+        tracing::info!(?summary, "config reloaded");
+        Ok(summary)
+    }
+
+    /// Reload from the file the config came from (SIGHUP).
+    pub async fn reload_file(&self) -> Result<ReloadSummary, String> {
+        let origin = self.snapshot.load().source.origin.clone();
+        let source = crate::config::Source::read(std::path::Path::new(&origin)).map_err(|e| e.to_string())?;
+        self.reload(source).await
+    }
+}
+
+impl Server {
+    /// Load plugins, build pools, bind every listener and start serving.
+    pub async fn start(loaded: Loaded, runtime: Arc<Runtime>) -> anyhow::Result<Self> {
+        let grace = loaded.config.runtime.shutdown_grace.0;
+        let admin_config = loaded.config.admin.clone();
+        let prepared = Prepared::load(loaded, &runtime)?;
+        let stop = CancellationToken::new();
+        let core = ServerCore {
+            runtime,
+            snapshot: ArcSwap::from_pointee(Snapshot {
+                plugins: BTreeMap::new(),
+                pools: BTreeMap::new(),
+                listeners: BTreeMap::new(),
+                source: prepared.loaded.source.clone(),
+            }),
+            running: tokio::sync::Mutex::new(Running { listeners: BTreeMap::new(), background: stop.child_token() }),
+            stop: stop.clone(),
+            tracker: TaskTracker::new(),
+        };
+        {
+            let mut running = core.running.lock().await;
+            let background = running.background.clone();
+            core.start_background(&prepared, &background).await;
+            let http_pools = Arc::new(prepared.http_pools());
+            for (name, l) in &prepared.loaded.config.listeners {
+                let addr: SocketAddr = l.bind.get_ref().parse()?;
+                let socket = bind(addr, l.backlog).map_err(|e| {
+                    prepared.loaded.source.error(&l.bind, format!("listeners.{name}.bind: cannot bind {addr}: {e}"))
+                })?;
+                let opened = core.open(&prepared, &http_pools, name, l, socket)?;
+                running.listeners.insert(name.clone(), opened);
+            }
+            core.snapshot.store(Arc::new(ServerCore::snapshot_of(&prepared, &running.listeners)));
+        }
+        let core = Arc::new(core);
+        let admin = match &admin_config {
             Some(a) => {
                 let addr: SocketAddr = a.bind.get_ref().parse()?;
                 let listener = bind(addr, 128).map_err(|e| {
@@ -289,27 +570,10 @@ impl Server {
                 })?;
                 let local = listener.local_addr()?;
                 let control = Arc::new(admin::Control {
-                    plugins: prepared.plugins.clone(),
-                    pools: prepared.pools.clone(),
-                    listeners: cfg
-                        .listeners
-                        .iter()
-                        .map(|(name, l)| {
-                            let info = admin::ListenerInfo {
-                                address: listeners[name],
-                                protocol: match l.protocol {
-                                    Protocol::Tcp => "tcp",
-                                    Protocol::Http => "http",
-                                },
-                                pool: l.pool.get_ref().clone(),
-                            };
-                            (name.clone(), info)
-                        })
-                        .collect(),
-                    config_text: prepared.loaded.source.text.clone(),
+                    core: core.clone(),
                     started: std::time::Instant::now(),
                     token: a.token.clone(),
-                    metrics: crate::metrics::registry(prepared.plugins.clone(), prepared.pools.clone()),
+                    metrics: crate::metrics::registry(core.clone()),
                 });
                 tokio::spawn(admin::serve(listener, control, stop.clone()));
                 tracing::info!(%local, "admin API listening");
@@ -317,12 +581,22 @@ impl Server {
             }
             None => None,
         };
-        Ok(Self { prepared, listeners, admin, stop, tracker, grace, _runtime: runtime })
+        Ok(Self { core, admin, grace })
+    }
+
+    /// The shared core (reload, snapshot).
+    pub fn core(&self) -> &Arc<ServerCore> {
+        &self.core
+    }
+
+    /// Apply a new config text (see [`ServerCore::reload`]).
+    pub async fn reload(&self, source: crate::config::Source) -> Result<ReloadSummary, String> {
+        self.core.reload(source).await
     }
 
     /// The bound address of a listener.
     pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
-        self.listeners.get(name).copied()
+        self.core.snapshot().listeners.get(name).map(|l| l.address)
     }
 
     /// The bound address of the admin API, if it runs.
@@ -331,33 +605,33 @@ impl Server {
     }
 
     /// A plugin instance by name.
-    pub fn plugin(&self, name: &str) -> Option<&Arc<PluginInstance>> {
-        self.prepared.plugins.get(name)
+    pub fn plugin(&self, name: &str) -> Option<Arc<PluginInstance>> {
+        self.core.snapshot().plugins.get(name).cloned()
     }
 
     /// A pool by name.
-    pub fn pool(&self, name: &str) -> Option<&Arc<Pool>> {
-        self.prepared.pools.get(name)
+    pub fn pool(&self, name: &str) -> Option<Arc<Pool>> {
+        self.core.snapshot().pools.get(name).cloned()
     }
 
     /// Connections being proxied now.
     pub fn connections(&self) -> usize {
-        self.tracker.len()
+        self.core.tracker.len()
     }
 
     /// Stop accepting, then let in-flight connections finish for up to the
     /// configured grace period. Returns how many were cut off.
     pub async fn shutdown(self) -> usize {
-        self.stop.cancel();
-        self.tracker.close();
-        let open = self.tracker.len();
+        self.core.stop.cancel();
+        self.core.tracker.close();
+        let open = self.core.tracker.len();
         if open > 0 {
             tracing::info!(open, grace = ?self.grace, "draining connections");
         }
-        match tokio::time::timeout(self.grace, self.tracker.wait()).await {
+        match tokio::time::timeout(self.grace, self.core.tracker.wait()).await {
             Ok(()) => 0,
             Err(_) => {
-                let left = self.tracker.len();
+                let left = self.core.tracker.len();
                 tracing::warn!(left, "grace period over; closing remaining connections");
                 left
             }

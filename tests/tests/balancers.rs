@@ -103,7 +103,7 @@ async fn consistent_hash_remaps_only_the_lost_backends_keys() -> Result<()> {
         anyhow::Ok(out)
     };
     let before = map(client.clone()).await?;
-    let pool = weir.pool("p").unwrap();
+    let pool = &weir.pool("p").unwrap();
     pool.set_up(4, false);
     let during = map(client.clone()).await?;
     pool.set_up(4, true);
@@ -208,7 +208,7 @@ async fn priority_fails_over_within_one_health_interval_and_back() -> Result<()>
     assert_eq!(tally(20).await?, HashMap::from([("a".into(), 10), ("b".into(), 10)]));
     a.stop().await;
     b.stop().await;
-    let pool = weir.pool("p").unwrap();
+    let pool = &weir.pool("p").unwrap();
     let started = Instant::now();
     eventually("first group down", || {
         !pool.members().backends[0].is_healthy() && !pool.members().backends[1].is_healthy()
@@ -280,7 +280,7 @@ async fn sticky_cookie_pins_a_client_and_survives_its_backend_leaving() -> Resul
         }
     }
     // Its backend out of rotation: balanced elsewhere and given a new cookie.
-    let pool = weir.pool("p").unwrap();
+    let pool = &weir.pool("p").unwrap();
     let slot = pool.members().backends.iter().find(|m| m.address == b.addr.to_string()).unwrap().slot;
     pool.set_up(slot, false);
     let mut req = get(addr, "x", "/");
@@ -318,7 +318,7 @@ async fn least_bandwidth_avoids_the_backend_moving_the_most_bytes() -> Result<()
         }
     });
     // The host averages bytes/s every second: wait until it has seen them.
-    let pool = weir.pool("p").unwrap();
+    let pool = &weir.pool("p").unwrap();
     eventually("busy backend's rate measured", || {
         pool.members().backends.iter().any(|m| m.stats.bytes_per_sec() > 1_000_000)
     })

@@ -125,8 +125,16 @@ fn free_tcp_port() -> Result<u16> {
 }
 
 /// A free loopback UDP port (bound and released).
+/// A loopback port free for both UDP and TCP (dnsmasq binds both).
 fn free_udp_port() -> Result<u16> {
-    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
+    for _ in 0..50 {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let port = tcp.local_addr()?.port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    anyhow::bail!("no loopback port free for both UDP and TCP")
 }
 
 /// Standard base64 with padding (etcd's JSON gateway takes keys and values so).
@@ -756,7 +764,7 @@ async fn dns_ipv4_discovery_survives_a_refused_aaaa_question() -> Result<()> {
     let weir = start_weir(&text).await?;
     let found = discover_now(&weir, "dns-a").await?;
     assert_eq!(found, Ok(vec![entry("127.0.0.2:8080", 1, 0)]));
-    assert_eq!(backends(weir.pool("pa").unwrap()), [entry("127.0.0.2:8080", 1, 0)]);
+    assert_eq!(backends(&weir.pool("pa").unwrap()), [entry("127.0.0.2:8080", 1, 0)]);
     weir.shutdown().await;
     Ok(())
 }
@@ -852,7 +860,7 @@ async fn io_outside_the_grants_is_denied_and_never_reaches_the_pool() -> Result<
         }
     }
     let statics = [("pf", "127.0.0.1:1"), ("pdot", "127.0.0.1:2"), ("plink", "127.0.0.1:3"), ("ph", "127.0.0.1:4")];
-    let all_static = || statics.iter().all(|(p, a)| backends(weir.pool(p).unwrap()) == [entry(a, 1, 0)]);
+    let all_static = || statics.iter().all(|(p, a)| backends(&weir.pool(p).unwrap()) == [entry(a, 1, 0)]);
     assert!(all_static(), "a denied discovery changed a pool");
 
     // The control pool (same grant, a file inside it) follows a change, so

@@ -43,7 +43,7 @@ async fn tcp_check_takes_a_dead_backend_out_and_brings_it_back() -> Result<()> {
     );
     let weir = start_weir(&l4_config(&[&a, &b], &health, "")).await?;
     let addr = weir.listener_addr("l").unwrap();
-    let pool = weir.pool("p").unwrap();
+    let pool = &weir.pool("p").unwrap();
     let b_addr = b.addr.to_string();
 
     b.stop().await;
@@ -86,7 +86,7 @@ async fn http_check_follows_the_status_and_the_body() -> Result<()> {
         a.addr, b.addr
     );
     let weir = start_weir(&text).await?;
-    let pool = weir.pool("p").unwrap();
+    let pool = &weir.pool("p").unwrap();
     let (a_addr, b_addr) = (a.addr.to_string(), b.addr.to_string());
     // The test backend echoes the request body; a GET has none, so "ok" is
     // never in it: both fail on the body check.
@@ -97,7 +97,7 @@ async fn http_check_follows_the_status_and_the_body() -> Result<()> {
     // Without the body condition, status alone decides.
     weir.shutdown().await;
     let weir = start_weir(&text.replace(", body_contains = \"ok\"", "")).await?;
-    let pool = weir.pool("p").unwrap();
+    let pool = &weir.pool("p").unwrap();
     let addr = weir.listener_addr("web").unwrap();
     eventually("both up", || healthy(pool, &a_addr) && healthy(pool, &b_addr)).await?;
     b.set_status(503);
@@ -124,7 +124,7 @@ async fn probe_check_flips_on_a_wrong_reply() -> Result<()> {
     let health = "{ plugin = \"probe\", interval = \"100ms\", timeout = \"500ms\", rise = 1, fall = 1 }";
     let plugin = "[plugins.probe]\nsource = \"builtin:check-probe\"\nconfig = { send = \"hello\\n\", expect_regex = \"^(good|a)\\n\" }\n";
     let weir = start_weir(&l4_config(&[&a, &b], health, plugin)).await?;
-    let pool = weir.pool("p").unwrap();
+    let pool = &weir.pool("p").unwrap();
     let b_addr = b.addr.to_string();
     // Several rounds of checks (100 ms apart) have run; both stayed up.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -163,7 +163,7 @@ async fn exec_check_follows_the_programs_answer() -> Result<()> {
     };
     let health = "{ plugin = \"ex\", interval = \"100ms\", timeout = \"1s\", rise = 1, fall = 1 }";
     let weir = start_weir(&l4_config(&[&a], health, &plugin(&script.display().to_string()))).await?;
-    let pool = weir.pool("p").unwrap();
+    let pool = &weir.pool("p").unwrap();
     let a_addr = a.addr.to_string();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(healthy(pool, &a_addr), "{}", pool.members().backends[0].health.last_failure());
@@ -175,7 +175,7 @@ async fn exec_check_follows_the_programs_answer() -> Result<()> {
 
     // A program the config does not grant is never run: the check fails.
     let weir = start_weir(&l4_config(&[&a], health, &plugin("/bin/true"))).await?;
-    let pool = weir.pool("p").unwrap();
+    let pool = &weir.pool("p").unwrap();
     eventually("down: program not granted", || !healthy(pool, &a_addr)).await?;
     let reason = pool.members().backends[0].health.last_failure();
     assert!(reason.contains("denied"), "{reason}");
@@ -194,7 +194,7 @@ async fn passive_ejection_while_active_checks_pass() -> Result<()> {
         good.addr, bad.addr
     );
     let weir = start_weir(&text).await?;
-    let pool = weir.pool("p").unwrap();
+    let pool = &weir.pool("p").unwrap();
     let addr = weir.listener_addr("web").unwrap();
     let client = client_h1();
     for _ in 0..40 {
@@ -243,7 +243,7 @@ async fn killing_a_backend_under_load_costs_at_most_its_requests_in_flight() -> 
     let health = "{ plugin = \"builtin:check-tcp\", interval = \"100ms\", timeout = \"300ms\", rise = 1, fall = 1 }";
     let weir = start_weir(&l4_config(&[&a, &b, &c], health, "")).await?;
     let addr = weir.listener_addr("l").unwrap();
-    let pool = weir.pool("p").unwrap();
+    let pool = &weir.pool("p").unwrap();
     let b_addr = b.addr.to_string();
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed, failed_after_ejection) =
@@ -340,7 +340,7 @@ async fn tls_probe_handshakes_and_checks_the_certificate_when_asked() -> Result<
         )
     };
     let weir = start_weir(&text(false)).await?;
-    let pool = weir.pool("p").unwrap();
+    let pool = &weir.pool("p").unwrap();
     let (tls_addr_s, plain_addr) = (tls_addr.to_string(), plain.addr.to_string());
     eventually("the TLS backend up", || healthy(pool, &tls_addr_s)).await?;
     // The plain backend cannot handshake: it stays down, with the reason.
@@ -353,7 +353,7 @@ async fn tls_probe_handshakes_and_checks_the_certificate_when_asked() -> Result<
 
     // Verifying, the self-signed certificate is refused.
     let weir = start_weir(&text(true)).await?;
-    let pool = weir.pool("p").unwrap();
+    let pool = &weir.pool("p").unwrap();
     eventually("the TLS probe failed", || !pool.members().backends[0].health.last_failure().is_empty()).await?;
     assert!(!healthy(pool, &tls_addr_s));
     let reason = pool.members().backends[0].health.last_failure();

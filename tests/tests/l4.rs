@@ -47,7 +47,7 @@ async fn round_robin_splits_exactly_across_worker_threads() -> Result<()> {
     let rr = weir.plugin("builtin:round-robin").unwrap();
     assert_eq!(rr.stats().calls.load(std::sync::atomic::Ordering::Relaxed), 300);
     assert_eq!(rr.stats().recycled(), 0);
-    let pool = weir.pool("p").unwrap();
+    let pool = &weir.pool("p").unwrap();
     assert!(pool.members().backends.iter().all(|b| b.stats.total() == 100));
     eventually("active connections to drain", || pool.members().backends.iter().all(|b| b.stats.active() == 0)).await?;
     weir.shutdown().await;
@@ -89,7 +89,7 @@ async fn stopped_backend_is_skipped_and_rejoins() -> Result<()> {
     assert!(!seen.contains_key("b"), "{seen:?}");
     // One failed connect takes b out of rotation, so a and c share evenly.
     assert!((29..=31).contains(&seen["a"]) && (29..=31).contains(&seen["c"]), "{seen:?}");
-    let pool = weir.pool("p").unwrap();
+    let pool = &weir.pool("p").unwrap();
     assert_eq!(pool.members().backends[1].stats.failures(), 1);
     assert!(!pool.members().backends[1].is_healthy());
 

@@ -43,7 +43,8 @@ async fn contained(mode: &str) -> Result<()> {
     // Misbehave on calls 0, 3, 6, ...; otherwise pick the last backend ("b").
     let weir = start_weir(&config(&addresses(&[&a, &b]), mode, 3, "fail-open")).await?;
     let addr = weir.listener_addr("l").unwrap();
-    let stats = weir.plugin("bad").unwrap().stats();
+    let plugin = weir.plugin("bad").unwrap();
+    let stats = plugin.stats();
 
     let mut names = Vec::new();
     for i in 0..9 {

@@ -8,6 +8,7 @@ use crate::config::Fallback;
 use crate::plugin::bindings::types;
 use crate::plugin::{PluginInstance, Verdict};
 use crate::upstream::{Backend, Pool};
+use arc_swap::ArcSwap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,6 +26,13 @@ pub struct TcpService {
     pub listener_id: u32,
     /// Bound address.
     pub local: SocketAddr,
+    /// What to do with connections; a reload swaps it, and each connection
+    /// keeps the version it started with.
+    pub routes: ArcSwap<TcpRoutes>,
+}
+
+/// The part of a TCP listener a reload may change.
+pub struct TcpRoutes {
     /// Where connections go.
     pub pool: Arc<Pool>,
     /// Access filters, in order.
@@ -60,8 +68,8 @@ impl TcpService {
     }
 
     /// Run the access phase; `true` lets the connection through.
-    fn admit(&self, conn: &types::Connection, peer: SocketAddr) -> bool {
-        for filter in &self.access {
+    fn admit(&self, routes: &TcpRoutes, conn: &types::Connection, peer: SocketAddr) -> bool {
+        for filter in &routes.access {
             match filter.check_connection(conn) {
                 Ok(Verdict::Allow) => {}
                 Ok(Verdict::Deny { reason, .. }) => {
@@ -81,8 +89,8 @@ impl TcpService {
     }
 
     /// Balance and connect, trying a different backend after each failure.
-    async fn connect(&self, conn: &types::Connection) -> Option<(TcpStream, Arc<Backend>)> {
-        let pool = &self.pool;
+    async fn connect(&self, routes: &TcpRoutes, conn: &types::Connection) -> Option<(TcpStream, Arc<Backend>)> {
+        let pool = &routes.pool;
         let mut tried: Vec<u32> = Vec::new();
         let members = pool.members();
         for _ in 0..pool.settings.max_tries {
@@ -126,16 +134,17 @@ impl TcpService {
 
     async fn handle(self: Arc<Self>, client: TcpStream, peer: SocketAddr) {
         let conn = self.connection(peer);
-        if !self.admit(&conn, peer) {
+        let routes = self.routes.load_full();
+        if !self.admit(&routes, &conn, peer) {
             return;
         }
-        let Some((upstream, backend)) = self.connect(&conn).await else {
+        let Some((upstream, backend)) = self.connect(&routes, &conn).await else {
             return;
         };
         let _active = backend.stats.open();
         let _ = client.set_nodelay(true);
         let _ = upstream.set_nodelay(true);
-        if let Err(e) = proxy(client, upstream, &backend.stats, self.idle_timeout).await {
+        if let Err(e) = proxy(client, upstream, &backend.stats, routes.idle_timeout).await {
             tracing::debug!(listener = %self.name, %peer, "connection ended: {e}");
         }
     }

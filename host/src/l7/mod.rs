@@ -9,6 +9,7 @@ use crate::config::Fallback;
 use crate::plugin::bindings::types;
 use crate::plugin::{HttpPick, PluginInstance, RouteDecision, Verdict};
 use crate::upstream::{Backend, Pool};
+use arc_swap::ArcSwap;
 use body::{full, Counted, ProxyBody};
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt;
@@ -82,6 +83,13 @@ pub struct HttpService {
     pub listener_id: u32,
     /// Bound address.
     pub local: SocketAddr,
+    /// What to do with requests; a reload swaps it, and each request keeps
+    /// the version it started with.
+    pub routes: ArcSwap<HttpRoutes>,
+}
+
+/// The part of an HTTP listener a reload may change.
+pub struct HttpRoutes {
     /// Pool used when there is no router or it has no match.
     pub default_pool: HttpPool,
     /// Every pool a router may name.
@@ -206,8 +214,9 @@ impl HttpService {
     ) -> Result<Response<ProxyBody>, Failure> {
         let (parts, body) = req.into_parts();
         let head = Arc::new(parts);
+        let routes = self.routes.load_full();
 
-        for filter in &self.access {
+        for filter in &routes.access {
             match filter.check_request(&conn.record, head.clone()) {
                 Ok(Verdict::Allow) => {}
                 Ok(Verdict::Deny { reason, status, headers }) => {
@@ -218,13 +227,13 @@ impl HttpService {
             }
         }
 
-        let mut target = &self.default_pool;
+        let mut target = &routes.default_pool;
         let mut hash_key = None;
         let (mut request_edits, mut response_edits) = (Vec::new(), Vec::new());
-        if let Some(router) = &self.router {
+        if let Some(router) = &routes.router {
             match router.route_request(&conn.record, head.clone()) {
                 Ok(RouteDecision::Forward { pool, hash_key: key, request_headers, response_headers }) => {
-                    target = self.pools.get(&pool).ok_or(Failure::UnknownPool(pool))?;
+                    target = routes.pools.get(&pool).ok_or(Failure::UnknownPool(pool))?;
                     hash_key = key;
                     request_edits = request_headers;
                     response_edits = response_headers;
@@ -243,7 +252,7 @@ impl HttpService {
         if hash_key.is_none() {
             hash_key = pool.settings.hash_key.as_ref().and_then(|k| k.extract(&parts, conn.peer));
         }
-        let upgrade = headers::prepare_request(&mut parts, conn.peer, &self.settings, id, &request_edits);
+        let upgrade = headers::prepare_request(&mut parts, conn.peer, &routes.settings, id, &request_edits);
         let on_client_upgrade = upgrade.then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>()).flatten();
         parts.version = if target.http2 { http::Version::HTTP_2 } else { http::Version::HTTP_11 };
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
@@ -435,14 +444,15 @@ async fn serve_connection(service: Arc<HttpService>, stream: TcpStream, peer: So
     };
     // Access filters run per request (check-request), so a denial is an
     // HTTP status, not a dropped connection.
+    let settings = service.routes.load().settings;
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(service.settings.header_timeout)
-        .max_buf_size(service.settings.max_header_size.max(8192))
+        .header_read_timeout(settings.header_timeout)
+        .max_buf_size(settings.max_header_size.max(8192))
         .keep_alive(true);
-    builder.http2().timer(TokioTimer::new()).max_header_list_size(service.settings.max_header_size as u32);
+    builder.http2().timer(TokioTimer::new()).max_header_list_size(settings.max_header_size as u32);
     let svc = service.clone();
     let handler = hyper::service::service_fn(move |req| svc.clone().handle(conn.clone(), req));
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), handler);

@@ -197,6 +197,9 @@ pub struct GenerationInfo {
 /// A named plugin instance from the config.
 pub struct PluginInstance {
     name: Arc<str>,
+    /// The spec and component bytes it was loaded from, as one digest: a
+    /// reload keeps the instance (and any swapped generation) when equal.
+    origin: String,
     world: World,
     fallback: Fallback,
     runtime: Arc<Runtime>,
@@ -213,6 +216,7 @@ impl PluginInstance {
         pre: InstancePre<PluginState>,
         hash: String,
     ) -> Result<Arc<Self>, LoadError> {
+        let origin = super::origin_of(&spec, &hash);
         let generation = Generation {
             pre,
             config_json: spec.config_json,
@@ -225,6 +229,7 @@ impl PluginInstance {
             loaded_at: std::time::SystemTime::now(),
         };
         let this = Self {
+            origin,
             name: spec.name.into(),
             world: spec.world,
             fallback: spec.fallback,
@@ -244,6 +249,11 @@ impl PluginInstance {
     /// The instance name from the config.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Digest of the spec and component it was loaded from.
+    pub fn origin(&self) -> &str {
+        &self.origin
     }
 
     /// Where the component in use came from (`builtin:<name>`, a path, or `upload`).

@@ -284,12 +284,26 @@ impl Runtime {
             return Err(LoadError::WrongWorld { expected: world, found });
         }
         let pre = self.linker.instantiate_pre(&component).map_err(|e| LoadError::Link(format!("{e:#}")))?;
-        Ok((pre, hex::encode(&Sha256::digest(bytes)[..8])))
+        Ok((pre, component_hash(bytes)))
     }
 
     pub(crate) fn engine(&self) -> &Engine {
         &self.engine
     }
+}
+
+/// The digest of a plugin spec and its component's short hash: equal for
+/// an instance a reload may keep.
+pub fn origin_of(spec: &PluginSpec, component_hash: &str) -> String {
+    let mut digest = Sha256::new();
+    digest.update(format!("{spec:?}").as_bytes());
+    digest.update(component_hash.as_bytes());
+    hex::encode(&digest.finalize()[..16])
+}
+
+/// The short content hash weir gives a component.
+pub fn component_hash(bytes: &[u8]) -> String {
+    hex::encode(&Sha256::digest(bytes)[..8])
 }
 
 fn wasmparser_is_component(bytes: &[u8]) -> bool {

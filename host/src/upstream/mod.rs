@@ -14,7 +14,7 @@ use crate::plugin::PluginInstance;
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,6 +55,10 @@ pub struct PoolSettings {
     /// HTTP: response statuses counted as failed attempts for `max_fails`
     /// (besides `retry_on`, which always count).
     pub fail_on: Vec<u16>,
+    /// Whether active checks run: they readmit ejected backends.
+    pub active_checks: bool,
+    /// Whether a new backend starts up (else down until checks pass).
+    pub initial_up: bool,
 }
 
 /// Retries a pool may still make: `budget × requests + 10` in all, so that a
@@ -149,7 +153,7 @@ impl Members {
                 tags: b.tags.clone(),
             })
             .collect();
-        let cells = backends.iter().map(|b| LivePtr(live.cell(b.stats.cell()))).collect();
+        let cells = backends.iter().map(|b| LivePtr(b.stats.live())).collect();
         let members = Self { version, backends, wit_backends, cells, _live: live, healthy: ArcSwap::default() };
         members.refresh();
         members
@@ -222,10 +226,6 @@ pub struct Pool {
     /// Serialises member-list swaps and healthy-list refreshes.
     update: Mutex<()>,
     versions: AtomicU64,
-    /// Whether active checks run, so that they readmit ejected backends and
-    /// new backends start at `initial_up`.
-    active_checks: AtomicBool,
-    initial_up: AtomicBool,
     fallback_next: AtomicUsize,
     picks: AtomicU64,
 }
@@ -233,21 +233,35 @@ pub struct Pool {
 static NEXT_POOL_ID: AtomicU32 = AtomicU32::new(1);
 
 impl Pool {
-    /// A pool with every backend healthy.
-    pub fn new(name: &str, specs: Vec<BackendSpec>, balancer: Arc<PluginInstance>, settings: PoolSettings) -> Self {
+    /// A pool of `specs`. Backends that `previous` (the pool this one
+    /// replaces on a reload) has too keep their counters and health; new
+    /// ones start up, or down when active checks run with `initial_up` off.
+    pub fn new(
+        name: &str,
+        specs: Vec<BackendSpec>,
+        balancer: Arc<PluginInstance>,
+        settings: PoolSettings,
+        previous: Option<&Pool>,
+    ) -> Self {
         let live = Arc::new(LiveTable::default());
+        let old = previous.map(|p| p.members());
+        let initial_up = settings.initial_up || !settings.active_checks;
         let backends = specs
             .into_iter()
             .enumerate()
             .map(|(i, s)| {
+                let (stats, health) = match old.as_ref().and_then(|m| m.find(&s.address)) {
+                    Some(b) => (b.stats.clone(), b.health.clone()),
+                    None => (Arc::new(BackendStats::new(&live)), Arc::new(Health::new(initial_up))),
+                };
                 Arc::new(Backend {
                     slot: i as u32,
                     address: s.address,
                     weight: s.weight,
                     priority: s.priority,
                     tags: s.tags,
-                    stats: Arc::new(BackendStats::new(&live)),
-                    health: Arc::new(Health::new(true)),
+                    stats,
+                    health,
                 })
             })
             .collect();
@@ -261,8 +275,6 @@ impl Pool {
             live,
             update: Mutex::new(()),
             versions: AtomicU64::new(1),
-            active_checks: AtomicBool::new(false),
-            initial_up: AtomicBool::new(true),
             fallback_next: AtomicUsize::new(0),
             picks: AtomicU64::new(0),
         }
@@ -271,22 +283,6 @@ impl Pool {
     /// The current member list.
     pub fn members(&self) -> Arc<Members> {
         self.members.load_full()
-    }
-
-    /// Active checks now run for this pool: they readmit ejected backends,
-    /// and backends start `up` or down until checks say otherwise (the ones
-    /// there now included).
-    pub fn enable_active_checks(&self, initial_up: bool) {
-        self.active_checks.store(true, Ordering::Relaxed);
-        self.initial_up.store(initial_up, Ordering::Relaxed);
-        if !initial_up {
-            let _g = self.update.lock();
-            let members = self.members.load();
-            for b in &members.backends {
-                b.health.up.store(false, Ordering::Relaxed);
-            }
-            members.refresh();
-        }
     }
 
     /// Replace the member list. Backends whose address stays keep their
@@ -314,7 +310,7 @@ impl Pool {
                     change.added.push(s.address.clone());
                     (
                         Arc::new(BackendStats::new(&self.live)),
-                        Arc::new(Health::new(self.initial_up.load(Ordering::Relaxed))),
+                        Arc::new(Health::new(self.settings.initial_up || !self.settings.active_checks)),
                     )
                 }
             };
@@ -459,7 +455,7 @@ impl Pool {
         tokio::spawn(async move {
             tokio::time::sleep(wait).await;
             let Some(pool) = pool.upgrade() else { return };
-            if pool.active_checks.load(Ordering::Relaxed) {
+            if pool.settings.active_checks {
                 backend.health.set_ejection(Ejection::AwaitingCheck);
                 tracing::info!(pool = %pool.name, backend = %backend.address, "backoff over; waiting for a passing check");
                 return;
