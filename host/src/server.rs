@@ -444,8 +444,13 @@ impl ServerCore {
             .map_err(|e| format!("reload task failed: {e}"))?
             .map_err(|e| e.to_string())?;
         let cfg = &prepared.loaded.config;
+        // A listener is kept when its name, protocol and address stay (the
+        // address as written, or the one port 0 picked, written out).
         let kept = |name: &str, l: &crate::config::Listener| {
-            running.listeners.get(name).is_some_and(|r| r.bind == *l.bind.get_ref() && r.protocol == l.protocol)
+            running.listeners.get(name).is_some_and(|r| {
+                r.protocol == l.protocol
+                    && (r.bind == *l.bind.get_ref() || l.bind.get_ref().parse::<SocketAddr>().ok() == Some(r.addr))
+            })
         };
         // Listeners closing whose address a new listener takes must close
         // first; everything else new is bound before anything changes.
@@ -457,7 +462,7 @@ impl ServerCore {
                 continue;
             }
             let addr: SocketAddr = l.bind.get_ref().parse().map_err(|e| format!("listeners.{name}.bind: {e}"))?;
-            let frees = closing.iter().any(|c| running.listeners[c].bind == *l.bind.get_ref());
+            let frees = closing.iter().any(|c| addr.port() != 0 && running.listeners[c].addr == addr);
             if !frees {
                 let socket = bind(addr, l.backlog).map_err(|e| {
                     prepared

@@ -177,6 +177,8 @@ pub struct WeirProcess {
     pub addr: SocketAddr,
     /// The scratch directory holding `weir.toml`.
     pub dir: PathBuf,
+    /// Every log line so far.
+    pub log: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl WeirProcess {
@@ -195,10 +197,13 @@ impl WeirProcess {
             .spawn()?;
         let stderr = child.stderr.take().context("stderr")?;
         let (tx, rx) = std::sync::mpsc::channel();
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let lines = log.clone();
         // Keep draining the log so weir never blocks on a full pipe.
         std::thread::spawn(move || {
             let mut sent = false;
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                lines.lock().unwrap_or_else(|e| e.into_inner()).push(line.clone());
                 if !sent {
                     if let Some(rest) = line.split("local=").nth(1) {
                         let addr = rest.split_whitespace().next().unwrap_or("").parse::<SocketAddr>();
@@ -214,7 +219,20 @@ impl WeirProcess {
                 bail!("weir did not report a listening address");
             }
         };
-        Ok(Self { child, addr, dir })
+        Ok(Self { child, addr, dir, log })
+    }
+
+    /// Whether a log line so far contains every one of `parts`.
+    pub fn logged(&self, parts: &[&str]) -> bool {
+        self.log.lock().unwrap_or_else(|e| e.into_inner()).iter().any(|l| parts.iter().all(|p| l.contains(p)))
+    }
+
+    /// Send a signal (`HUP`, `TERM`, ...) to the process.
+    pub fn signal(&self, name: &str) -> Result<()> {
+        let status =
+            std::process::Command::new("kill").arg(format!("-{name}")).arg(self.child.id().to_string()).status()?;
+        anyhow::ensure!(status.success(), "kill -{name} failed");
+        Ok(())
     }
 
     /// Peak resident memory (VmHWM) of the process, in KiB.
