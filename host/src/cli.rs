@@ -14,8 +14,28 @@ struct Cli {
     /// Log filter (e.g. `info`, `weir=debug`); `RUST_LOG` is used when unset.
     #[arg(long, global = true)]
     log_level: Option<String>,
+    /// Log format: `plain` or `json` (one object per line).
+    #[arg(long, global = true, default_value = "plain")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Plain,
+    Json,
+}
+
+/// Where the admin API of a running weir is, for the commands that use it.
+#[derive(clap::Args, Clone)]
+struct AdminTarget {
+    /// Address of the admin API.
+    #[arg(long, default_value = "127.0.0.1:9900")]
+    admin: String,
+    /// Bearer token (or set WEIR_ADMIN_TOKEN).
+    #[arg(long, env = "WEIR_ADMIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -34,6 +54,21 @@ enum Command {
     },
     /// List the bundled plugins and the world each implements.
     Plugins,
+    /// Show a running weir: version, uptime, listeners, pools and plugins (admin API).
+    Status {
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Make a running weir re-read its config file (admin API; same as SIGHUP).
+    Reload {
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Work with plugins of a running weir.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
     /// Start three demo backends and weir in front of them (bundled quick-start config).
     Demo {
         /// Port of the demo listener on 127.0.0.1.
@@ -42,18 +77,106 @@ enum Command {
     },
 }
 
-fn init_logging(level: Option<&str>) {
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Swap a plugin instance's component: it is checked and initialised
+    /// before it goes live; a refused one leaves the old one serving.
+    Push {
+        /// The plugin instance name.
+        name: String,
+        /// The component file.
+        file: PathBuf,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+}
+
+/// One admin API call; the JSON answer, or the API's error message.
+fn admin_call(target: &AdminTarget, method: &str, path: &str, body: Vec<u8>) -> Result<serde_json::Value> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .proxy(None)
+        .timeout_global(Some(std::time::Duration::from_secs(60)))
+        .build()
+        .into();
+    let mut req = ureq::http::Request::builder().method(method).uri(format!("http://{}{path}", target.admin));
+    if let Some(t) = &target.token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let mut resp = agent
+        .run(req.body(body)?)
+        .with_context(|| format!("cannot reach the admin API at {} (is weir running with [admin]?)", target.admin))?;
+    let status = resp.status();
+    let text = resp.body_mut().read_to_string()?;
+    let value: serde_json::Value = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+    if !status.is_success() {
+        let message = value["error"].as_str().map(str::to_string).unwrap_or_else(|| value.to_string());
+        anyhow::bail!("{status}: {message}");
+    }
+    Ok(value)
+}
+
+fn print_status(target: &AdminTarget) -> Result<()> {
+    let about = admin_call(target, "GET", "/", Vec::new())?;
+    println!("weir {} up {}s", about["version"].as_str().unwrap_or("?"), about["uptime_secs"]);
+    let listeners = admin_call(target, "GET", "/listeners", Vec::new())?;
+    println!("\nlisteners:");
+    for l in listeners.as_array().into_iter().flatten() {
+        println!(
+            "  {:<16} {:<5} {:<22} -> {}",
+            l["name"].as_str().unwrap_or(""),
+            l["protocol"].as_str().unwrap_or(""),
+            l["address"].as_str().unwrap_or(""),
+            l["pool"].as_str().unwrap_or("")
+        );
+    }
+    let pools = admin_call(target, "GET", "/pools", Vec::new())?;
+    println!("\npools:");
+    for p in pools.as_array().into_iter().flatten() {
+        let name = p["name"].as_str().unwrap_or("");
+        println!("  {name:<16} {}  {}/{} healthy", p["balancer"].as_str().unwrap_or(""), p["healthy"], p["backends"]);
+        let detail = admin_call(target, "GET", &format!("/pools/{name}"), Vec::new())?;
+        for b in detail["backends"].as_array().into_iter().flatten() {
+            println!(
+                "    {:<24} {:<9} active {:<5} total {:<8} rx {:<10} tx {:<10}",
+                b["address"].as_str().unwrap_or(""),
+                if b["healthy"] == true { "up" } else { "down" },
+                b["active"],
+                b["total"],
+                b["rx_bytes"],
+                b["tx_bytes"]
+            );
+        }
+    }
+    let plugins = admin_call(target, "GET", "/plugins", Vec::new())?;
+    println!("\nplugins:");
+    for p in plugins.as_array().into_iter().flatten() {
+        println!(
+            "  {:<28} {:<16} gen {:<3} calls {:<10} errors {} traps {} timeouts {}",
+            p["name"].as_str().unwrap_or(""),
+            p["world"].as_str().unwrap_or(""),
+            p["generation"],
+            p["calls"],
+            p["errors"],
+            p["traps"],
+            p["timeouts"]
+        );
+    }
+    Ok(())
+}
+
+fn init_logging(level: Option<&str>, format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = match level {
         Some(l) => EnvFilter::new(l),
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
     };
     use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Plain => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
 }
 
 fn tokio_runtime(workers: Option<usize>) -> Result<tokio::runtime::Runtime> {
@@ -122,6 +245,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 println!("builtin:{name:<24} {:<16} {:>7} bytes", worlds.join(","), bytes.len());
             }
         }
+        Command::Status { target } => print_status(&target)?,
+        Command::Reload { target } => {
+            let summary = admin_call(&target, "POST", "/reload", Vec::new())?;
+            println!("reloaded: {summary}");
+        }
+        Command::Plugin { command: PluginCommand::Push { name, file, target } } => {
+            let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let answer = admin_call(&target, "PUT", &format!("/plugins/{name}"), bytes)?;
+            println!(
+                "{name}: generation {} (hash {}) live after {:.1} ms",
+                answer["generation"],
+                answer["hash"].as_str().unwrap_or(""),
+                answer["swap_ms"].as_f64().unwrap_or(0.0)
+            );
+        }
         Command::Demo { port } => {
             let mut loaded = Loaded::parse(Source {
                 origin: "examples/quickstart.toml".into(),
@@ -151,7 +289,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
 /// Run the command line with the process arguments.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_level.as_deref());
+    init_logging(cli.log_level.as_deref(), cli.log_format);
     match run(cli) {
         Ok(code) => code,
         Err(e) => {

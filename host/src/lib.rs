@@ -4,6 +4,7 @@
 //! The binary is a thin CLI over this library; integration tests drive the
 //! library in-process and the binary as a user would.
 
+pub mod access_log;
 pub mod admin;
 pub mod cli;
 pub mod clock;

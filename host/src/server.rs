@@ -343,6 +343,7 @@ impl ServerCore {
             pool: prepared.pools[l.pool.get_ref()].clone(),
             access: l.access.iter().map(|a| prepared.plugins[a.get_ref()].clone()).collect(),
             idle_timeout: l.idle_timeout.0,
+            access_log: l.access_log.fields(),
         }
     }
 
@@ -356,6 +357,7 @@ impl ServerCore {
             pools: pools.clone(),
             access: l.access.iter().map(|a| prepared.plugins[a.get_ref()].clone()).collect(),
             router: l.router.as_ref().map(|r| prepared.plugins[r.get_ref()].clone()),
+            access_log: l.access_log.fields(),
             settings: HttpSettings {
                 header_timeout: l.header_timeout.0,
                 max_header_size: l.max_header_size.0 as usize,

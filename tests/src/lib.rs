@@ -184,12 +184,19 @@ pub struct WeirProcess {
 impl WeirProcess {
     /// Write `config` and start `bin run` on it; wait for its "listening" log line.
     pub fn spawn(bin: &std::path::Path, name: &str, config: &str) -> Result<Self> {
+        Self::spawn_with(bin, name, config, &[])
+    }
+
+    /// [`WeirProcess::spawn`] with extra global options (e.g. `--log-format json`).
+    pub fn spawn_with(bin: &std::path::Path, name: &str, config: &str, options: &[&str]) -> Result<Self> {
         use std::io::{BufRead, BufReader};
         let dir = std::env::temp_dir().join(format!("weir-proc-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         std::fs::write(dir.join("weir.toml"), config)?;
         let mut child = std::process::Command::new(bin)
-            .args(["--log-level", "info", "run", "-c", "weir.toml"])
+            .args(["--log-level", "info"])
+            .args(options)
+            .args(["run", "-c", "weir.toml"])
             .current_dir(&dir)
             .env("WEIR_CACHE_DIR", std::env::temp_dir().join("weir-test-plugin-cache"))
             .stdin(std::process::Stdio::null())
@@ -205,9 +212,14 @@ impl WeirProcess {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 lines.lock().unwrap_or_else(|e| e.into_inner()).push(line.clone());
                 if !sent {
-                    if let Some(rest) = line.split("local=").nth(1) {
-                        let addr = rest.split_whitespace().next().unwrap_or("").parse::<SocketAddr>();
-                        sent = tx.send(addr).is_ok();
+                    // Plain (`local=ADDR`) or JSON (`"local":"ADDR"`) log lines.
+                    let found = match (line.split("local=").nth(1), line.split("\"local\":\"").nth(1)) {
+                        (Some(rest), _) => rest.split_whitespace().next(),
+                        (None, Some(rest)) => rest.split('"').next(),
+                        _ => None,
+                    };
+                    if let Some(addr) = found {
+                        sent = tx.send(addr.parse::<SocketAddr>()).is_ok();
                     }
                 }
             }

@@ -148,3 +148,66 @@ extern "C" {
     #[link_name = "kill"]
     fn libc_kill(pid: i32, sig: i32) -> i32;
 }
+
+#[test]
+fn status_plugin_push_and_reload_talk_to_a_running_weir() -> Result<()> {
+    let rt = tokio::runtime::Runtime::new()?;
+    let (a, b) = rt.block_on(async { anyhow::Ok((EchoBackend::start("a").await?, EchoBackend::start("b").await?)) })?;
+    let text = |backend: &EchoBackend| {
+        format!(
+            "[admin]\nbind = \"127.0.0.1:0\"\ntoken = \"cli-token\"\n\n[plugins.lb]\nsource = \"builtin:round-robin\"\n\n\
+             [pools.p]\nbalancer = \"lb\"\nbackends = [\"{}\"]\n\n[listeners.l]\nbind = \"127.0.0.1:0\"\npool = \"p\"\n",
+            backend.addr
+        )
+    };
+    let proc = WeirProcess::spawn(&weir_bin(), "cli-admin", &text(&a))?;
+    let deadline = Instant::now() + STEP;
+    let admin = loop {
+        let found = proc.log.lock().unwrap().iter().find(|l| l.contains("admin API listening")).cloned();
+        if let Some(line) = found {
+            break line.split("local=").nth(1).unwrap().split_whitespace().next().unwrap().to_string();
+        }
+        anyhow::ensure!(Instant::now() < deadline, "no admin address logged");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let dir = scratch("admin");
+    let target = ["--admin", admin.as_str(), "--token", "cli-token"];
+    fn with<'a>(args: &[&'a str], target: &[&'a str]) -> Vec<&'a str> {
+        [args, target].concat()
+    }
+
+    let out = weir(&with(&["status"], &target), &dir);
+    assert!(out.ok, "{}", out.stderr);
+    assert!(
+        out.stdout.contains(&a.addr.to_string()) && out.stdout.contains("lb") && out.stdout.contains("gen 1"),
+        "{}",
+        out.stdout
+    );
+
+    // Push a component file: the instance moves to generation 2.
+    let file = dir.join("random.wasm");
+    std::fs::write(&file, weir::plugin::bundled("random").unwrap())?;
+    let out = weir(&with(&["plugin", "push", "lb", file.to_str().unwrap()], &target), &dir);
+    assert!(out.ok && out.stdout.contains("lb: generation 2"), "{}{}", out.stdout, out.stderr);
+    // A file that is not a component is refused with the reason; exit status 1.
+    std::fs::write(dir.join("junk.wasm"), b"junk")?;
+    let out = weir(&with(&["plugin", "push", "lb", dir.join("junk.wasm").to_str().unwrap()], &target), &dir);
+    assert!(!out.ok && out.stderr.contains("422") && out.stderr.contains("not WebAssembly"), "{}", out.stderr);
+
+    // Reload re-reads the file: traffic moves to b.
+    std::fs::write(
+        proc.dir.join("weir.toml"),
+        text(&b)
+            .replacen("127.0.0.1:0", &admin, 1)
+            .replace("bind = \"127.0.0.1:0\"\npool", &format!("bind = \"{}\"\npool", proc.addr)),
+    )?;
+    let out = weir(&with(&["reload"], &target), &dir);
+    assert!(out.ok && out.stdout.contains("reloaded"), "{}{}", out.stdout, out.stderr);
+    assert_eq!(rt.block_on(exchange(proc.addr, b"x"))?.0, "b");
+
+    // Without the token: refused.
+    let out = weir(&["status", "--admin", admin.as_str()], &dir);
+    assert!(!out.ok && out.stderr.contains("401"), "{}", out.stderr);
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}

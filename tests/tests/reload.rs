@@ -231,3 +231,46 @@ fn sighup_reloads_the_file_and_a_bad_file_changes_nothing() -> Result<()> {
     drop((a, b));
     Ok(())
 }
+
+#[test]
+fn access_log_lines_carry_the_configured_fields_in_plain_and_json() -> Result<()> {
+    let rt = tokio::runtime::Runtime::new()?;
+    let a = rt.block_on(HttpBackend::start("a"))?;
+    let text = format!(
+        "[pools.p]\nbackends = [\"{}\"]\n\n[listeners.web]\nbind = \"127.0.0.1:0\"\nprotocol = \"http\"\npool = \"p\"\n\
+         access_log = [\"method\", \"path\", \"pool\", \"backend\", \"status\", \"bytes_out\", \"request_id\"]\n",
+        a.addr
+    );
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_weir-under-test"));
+    for (format, options) in [("plain", &[][..]), ("json", &["--log-format", "json"][..])] {
+        let weir = WeirProcess::spawn_with(bin, &format!("access-{format}"), &text, options)?;
+        let addr = weir.addr;
+        rt.block_on(async {
+            let client = client_h1();
+            let mut req = get(addr, "x", "/generate/100");
+            req.headers_mut().insert("x-request-id", "req-42".parse()?);
+            assert_eq!(send(&client, req).await?.body.len(), 100);
+            anyhow::Ok(())
+        })?;
+        let want = format!(
+            "method=GET path=/generate/100 pool=p backend={} status=200 bytes_out=100 request_id=req-42",
+            a.addr
+        );
+        let deadline = Instant::now() + STEP;
+        while !weir.logged(&[&want]) {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "{format}: no access line {want:?} in {:?}",
+                weir.log.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if format == "json" {
+            let log = weir.log.lock().unwrap();
+            let line = log.iter().find(|l| l.contains(&want)).unwrap();
+            let v: serde_json::Value = serde_json::from_str(line)?;
+            assert_eq!((v["target"].as_str(), v["message"].as_str()), (Some("weir::access"), Some(want.as_str())));
+        }
+    }
+    Ok(())
+}

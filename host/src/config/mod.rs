@@ -381,6 +381,33 @@ pub enum Protocol {
     Http,
 }
 
+/// A listener's access-log setting.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum AccessLog {
+    /// On (the default fields) or off.
+    Switch(bool),
+    /// On, with these fields in this order.
+    Fields(Vec<crate::access_log::Field>),
+}
+
+impl Default for AccessLog {
+    fn default() -> Self {
+        AccessLog::Switch(false)
+    }
+}
+
+impl AccessLog {
+    /// The fields to log, when on.
+    pub fn fields(&self) -> Option<std::sync::Arc<[crate::access_log::Field]>> {
+        match self {
+            AccessLog::Switch(false) => None,
+            AccessLog::Switch(true) => Some(crate::access_log::DEFAULT_FIELDS.into()),
+            AccessLog::Fields(f) => Some(f.as_slice().into()),
+        }
+    }
+}
+
 /// `[listeners.NAME]`: a bound address and what to do with its traffic.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -415,6 +442,9 @@ pub struct Listener {
     /// Close a connection with no traffic either way for this long.
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout: Duration,
+    /// Access log: `true` for the default fields, or the list of fields.
+    #[serde(default)]
+    pub access_log: AccessLog,
     /// Listen backlog.
     #[serde(default = "default_backlog")]
     pub backlog: u32,

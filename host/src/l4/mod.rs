@@ -39,6 +39,8 @@ pub struct TcpRoutes {
     pub access: Vec<Arc<PluginInstance>>,
     /// Idle timeout of a proxied connection.
     pub idle_timeout: Duration,
+    /// Access-log fields, when the log is on.
+    pub access_log: Option<Arc<[crate::access_log::Field]>>,
 }
 
 /// The `socket-address` record of an address.
@@ -135,17 +137,34 @@ impl TcpService {
     async fn handle(self: Arc<Self>, client: TcpStream, peer: SocketAddr) {
         let conn = self.connection(peer);
         let routes = self.routes.load_full();
+        let mut entry =
+            routes.access_log.clone().map(|f| crate::access_log::Entry::new(f, self.name.clone(), peer.to_string()));
+        if let Some(e) = entry.as_mut() {
+            e.pool = routes.pool.name.clone();
+        }
         if !self.admit(&routes, &conn, peer) {
+            if let Some(e) = entry.as_mut() {
+                e.error = "denied".into();
+            }
             return;
         }
         let Some((upstream, backend)) = self.connect(&routes, &conn).await else {
+            if let Some(e) = entry.as_mut() {
+                e.error = "no backend reachable".into();
+            }
             return;
         };
+        if let Some(e) = entry.as_mut() {
+            e.backend = backend.address.clone();
+        }
         let _active = backend.stats.open();
         let _ = client.set_nodelay(true);
         let _ = upstream.set_nodelay(true);
-        if let Err(e) = proxy(client, upstream, &backend.stats, routes.idle_timeout).await {
-            tracing::debug!(listener = %self.name, %peer, "connection ended: {e}");
+        if let Err(err) = proxy(client, upstream, &backend.stats, routes.idle_timeout).await {
+            tracing::debug!(listener = %self.name, %peer, "connection ended: {err}");
+            if let Some(e) = entry.as_mut() {
+                e.error = err.to_string();
+            }
         }
     }
 }

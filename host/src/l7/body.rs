@@ -30,12 +30,20 @@ pub struct Counted<B> {
     stats: Arc<BackendStats>,
     direction: Direction,
     active: Option<ActiveGuard>,
+    /// The request's access-log entry, written when the body is dropped.
+    log: Option<crate::access_log::Entry>,
 }
 
 impl<B> Counted<B> {
     /// Wrap a body.
     pub fn new(inner: B, stats: Arc<BackendStats>, direction: Direction, active: Option<ActiveGuard>) -> Self {
-        Self { inner, stats, direction, active }
+        Self { inner, stats, direction, active, log: None }
+    }
+
+    /// Count the bytes into `log` too, and write it when the body is done.
+    pub fn with_log(mut self, log: Option<crate::access_log::Entry>) -> Self {
+        self.log = log;
+        self
     }
 }
 
@@ -52,6 +60,9 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Counted<B> {
                     match self.direction {
                         Direction::ToBackend => self.stats.add_tx(n),
                         Direction::FromBackend => self.stats.add_rx(n),
+                    }
+                    if let Some(log) = self.log.as_mut() {
+                        log.bytes_out += n;
                     }
                 }
             }

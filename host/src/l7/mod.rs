@@ -98,6 +98,8 @@ pub struct HttpRoutes {
     pub access: Vec<Arc<PluginInstance>>,
     /// Router.
     pub router: Option<Arc<PluginInstance>>,
+    /// Access-log fields, when the log is on.
+    pub access_log: Option<Arc<[crate::access_log::Field]>>,
     /// Listener settings.
     pub settings: HttpSettings,
 }
@@ -197,9 +199,27 @@ impl HttpService {
     ) -> Result<Response<ProxyBody>, Infallible> {
         conn.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let id = req.headers().get(headers::X_REQUEST_ID).cloned().unwrap_or_else(request_id);
-        match self.forward(&conn, req, &id).await {
+        let routes = self.routes.load_full();
+        let mut entry = routes.access_log.clone().map(|fields| {
+            let mut e = crate::access_log::Entry::new(fields, self.name.clone(), conn.peer.to_string());
+            e.method = req.method().to_string();
+            e.host = req
+                .uri()
+                .host()
+                .or_else(|| req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()))
+                .unwrap_or("")
+                .to_string();
+            e.path = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_string();
+            e.request_id = id.to_str().unwrap_or("").to_string();
+            e
+        });
+        match self.forward(&routes, &conn, req, &id, &mut entry).await {
             Ok(resp) => Ok(resp),
             Err(failure) => {
+                if let Some(e) = entry.as_mut() {
+                    e.status = failure.status().as_u16();
+                    e.error = failure.reason().to_string();
+                }
                 tracing::debug!(listener = %self.name, peer = %conn.peer, request_id = ?id, status = %failure.status(), "{}: {}", failure.reason(), failure.detail());
                 Ok(failure.response(&id))
             }
@@ -208,13 +228,14 @@ impl HttpService {
 
     async fn forward(
         &self,
+        routes: &HttpRoutes,
         conn: &ClientConn,
         req: Request<Incoming>,
         id: &HeaderValue,
+        entry: &mut Option<crate::access_log::Entry>,
     ) -> Result<Response<ProxyBody>, Failure> {
         let (parts, body) = req.into_parts();
         let head = Arc::new(parts);
-        let routes = self.routes.load_full();
 
         for filter in &routes.access {
             match filter.check_request(&conn.record, head.clone()) {
@@ -239,6 +260,9 @@ impl HttpService {
                     response_edits = response_headers;
                 }
                 Ok(RouteDecision::Respond { status, headers, body }) => {
+                    if let Some(e) = entry.as_mut() {
+                        e.status = status;
+                    }
                     return Ok(headers::direct_response(status, headers, body, id));
                 }
                 Ok(RouteDecision::NoMatch) => {}
@@ -249,6 +273,9 @@ impl HttpService {
 
         let mut parts = Arc::try_unwrap(head).unwrap_or_else(|shared| (*shared).clone_parts());
         let pool = &target.pool;
+        if let Some(e) = entry.as_mut() {
+            e.pool = pool.name.clone();
+        }
         if hash_key.is_none() {
             hash_key = pool.settings.hash_key.as_ref().and_then(|k| k.extract(&parts, conn.peer));
         }
@@ -291,6 +318,9 @@ impl HttpService {
                 },
             };
             let backend = members.backends[slot as usize].clone();
+            if let Some(e) = entry.as_mut() {
+                e.backend = backend.address.clone();
+            }
             let outgoing: ProxyBody = match body.take() {
                 Some(b) if !b.is_end_stream() => {
                     Counted::new(b, backend.stats.clone(), Direction::ToBackend, None).boxed_unsync()
@@ -305,6 +335,10 @@ impl HttpService {
             match tokio::time::timeout(pool.settings.response_timeout, target.client.request(upstream)).await {
                 Ok(Ok(resp)) => {
                     backend.stats.record_latency(started.elapsed());
+                    if let Some(e) = entry.as_mut() {
+                        e.head = Some(started.elapsed());
+                        e.status = resp.status().as_u16();
+                    }
                     backend.stats.record_status(resp.status().as_u16());
                     // A status the pool retries on counts as a failed attempt
                     // for passive health, as in nginx's proxy_next_upstream.
@@ -327,7 +361,8 @@ impl HttpService {
                     }
                     response_edits
                         .extend(http_pick.response_headers.drain(..).map(|(name, value)| (name, Some(value))));
-                    return Ok(self.respond(resp, backend, active, on_client_upgrade, &response_edits, id));
+                    let log = entry.take();
+                    return Ok(self.respond(resp, backend, active, on_client_upgrade, &response_edits, id, log));
                 }
                 Ok(Err(e)) if e.is_connect() => {
                     tracing::debug!(pool = %pool.name, backend = %backend.address, "connect failed: {e}");
@@ -352,6 +387,7 @@ impl HttpService {
         on_client_upgrade: Option<hyper::upgrade::OnUpgrade>,
         edits: &[crate::plugin::HeaderEdit],
         id: &HeaderValue,
+        log: Option<crate::access_log::Entry>,
     ) -> Response<ProxyBody> {
         let (mut parts, body) = resp.into_parts();
         if parts.status == StatusCode::SWITCHING_PROTOCOLS {
@@ -363,7 +399,9 @@ impl HttpService {
             }
         }
         headers::prepare_response(&mut parts, edits, id);
-        let body = Counted::new(body, backend.stats.clone(), Direction::FromBackend, Some(active)).boxed_unsync();
+        let body = Counted::new(body, backend.stats.clone(), Direction::FromBackend, Some(active))
+            .with_log(log)
+            .boxed_unsync();
         Response::from_parts(parts, body)
     }
 }

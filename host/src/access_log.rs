@@ -1,0 +1,166 @@
+//! The access log: one line per HTTP request (when its response body ends)
+//! or TCP connection (when it closes), with the fields a listener's config
+//! names, logged at `info` under the `weir::access` target (so it can be
+//! filtered, and follows `--log-format json`).
+
+use serde::Deserialize;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A field of an access-log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Field {
+    /// Client `ip:port`.
+    Client,
+    /// Listener name.
+    Listener,
+    /// HTTP method.
+    Method,
+    /// HTTP host.
+    Host,
+    /// HTTP path and query.
+    Path,
+    /// The pool the request or connection went to.
+    Pool,
+    /// The backend that served it.
+    Backend,
+    /// HTTP status sent to the client.
+    Status,
+    /// Response body bytes sent to the client (HTTP).
+    BytesOut,
+    /// Time from the request head to the end of the response body, or the
+    /// connection's life (TCP), in milliseconds.
+    DurationMs,
+    /// Time until the backend's response head (HTTP), in milliseconds.
+    HeadMs,
+    /// The request id (`x-request-id`).
+    RequestId,
+    /// What went wrong, when something did.
+    Error,
+}
+
+/// The fields logged when a listener turns the log on without naming any.
+pub const DEFAULT_FIELDS: [Field; 11] = [
+    Field::Client,
+    Field::Listener,
+    Field::Method,
+    Field::Host,
+    Field::Path,
+    Field::Pool,
+    Field::Backend,
+    Field::Status,
+    Field::BytesOut,
+    Field::DurationMs,
+    Field::RequestId,
+];
+
+/// One request's or connection's entry, filled in as it goes and written
+/// when dropped (so an entry is never lost, whatever path the work took).
+#[derive(Debug)]
+pub struct Entry {
+    fields: Arc<[Field]>,
+    started: Instant,
+    /// Client `ip:port`.
+    pub client: String,
+    /// Listener name.
+    pub listener: Arc<str>,
+    /// HTTP method.
+    pub method: String,
+    /// HTTP host.
+    pub host: String,
+    /// HTTP path and query.
+    pub path: String,
+    /// Pool name.
+    pub pool: String,
+    /// Backend address.
+    pub backend: String,
+    /// HTTP status (0: none).
+    pub status: u16,
+    /// Response body bytes.
+    pub bytes_out: u64,
+    /// Time to the response head.
+    pub head: Option<Duration>,
+    /// Request id.
+    pub request_id: String,
+    /// What went wrong.
+    pub error: String,
+}
+
+impl Entry {
+    /// An entry for work starting now.
+    pub fn new(fields: Arc<[Field]>, listener: Arc<str>, client: String) -> Self {
+        Self {
+            fields,
+            started: Instant::now(),
+            client,
+            listener,
+            method: String::new(),
+            host: String::new(),
+            path: String::new(),
+            pool: String::new(),
+            backend: String::new(),
+            status: 0,
+            bytes_out: 0,
+            head: None,
+            request_id: String::new(),
+            error: String::new(),
+        }
+    }
+
+    /// The line, `key=value` pairs in the configured order; values with
+    /// spaces or quotes are quoted.
+    pub fn line(&self) -> String {
+        let mut line = String::new();
+        for field in self.fields.iter() {
+            let (key, value) = match field {
+                Field::Client => ("client", self.client.clone()),
+                Field::Listener => ("listener", self.listener.to_string()),
+                Field::Method => ("method", self.method.clone()),
+                Field::Host => ("host", self.host.clone()),
+                Field::Path => ("path", self.path.clone()),
+                Field::Pool => ("pool", self.pool.clone()),
+                Field::Backend => ("backend", self.backend.clone()),
+                Field::Status => ("status", self.status.to_string()),
+                Field::BytesOut => ("bytes_out", self.bytes_out.to_string()),
+                Field::DurationMs => ("duration_ms", format!("{:.3}", self.started.elapsed().as_secs_f64() * 1e3)),
+                Field::HeadMs => {
+                    ("head_ms", self.head.map_or(String::new(), |d| format!("{:.3}", d.as_secs_f64() * 1e3)))
+                }
+                Field::RequestId => ("request_id", self.request_id.clone()),
+                Field::Error => ("error", self.error.clone()),
+            };
+            if !line.is_empty() {
+                line.push(' ');
+            }
+            if value.is_empty() || value.contains([' ', '"', '=']) {
+                let _ = write!(line, "{key}={value:?}");
+            } else {
+                let _ = write!(line, "{key}={value}");
+            }
+        }
+        line
+    }
+}
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        tracing::info!(target: "weir::access", "{}", self.line());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_come_in_the_configured_order_and_odd_values_are_quoted() {
+        let mut e =
+            Entry::new(Arc::from([Field::Status, Field::Path, Field::Error]), "web".into(), "127.0.0.1:9".into());
+        e.status = 502;
+        e.path = "/a b".into();
+        assert_eq!(e.line(), r#"status=502 path="/a b" error="""#);
+        std::mem::forget(e);
+    }
+}
