@@ -361,8 +361,8 @@ impl HttpService {
                     }
                     response_edits
                         .extend(http_pick.response_headers.drain(..).map(|(name, value)| (name, Some(value))));
-                    let log = entry.take();
-                    return Ok(self.respond(resp, backend, active, on_client_upgrade, &response_edits, id, log));
+                    let served = Served { backend, active, log: entry.take() };
+                    return Ok(self.respond(resp, served, on_client_upgrade, &response_edits, id));
                 }
                 Ok(Err(e)) if e.is_connect() => {
                     tracing::debug!(pool = %pool.name, backend = %backend.address, "connect failed: {e}");
@@ -382,13 +382,12 @@ impl HttpService {
     fn respond(
         &self,
         resp: Response<Incoming>,
-        backend: Arc<Backend>,
-        active: crate::upstream::ActiveGuard,
+        served: Served,
         on_client_upgrade: Option<hyper::upgrade::OnUpgrade>,
         edits: &[crate::plugin::HeaderEdit],
         id: &HeaderValue,
-        log: Option<crate::access_log::Entry>,
     ) -> Response<ProxyBody> {
+        let Served { backend, active, log } = served;
         let (mut parts, body) = resp.into_parts();
         if parts.status == StatusCode::SWITCHING_PROTOCOLS {
             if let (Some(client), Some(server)) =
@@ -404,6 +403,13 @@ impl HttpService {
             .boxed_unsync();
         Response::from_parts(parts, body)
     }
+}
+
+/// What a response holds on to while its body streams.
+struct Served {
+    backend: Arc<Backend>,
+    active: crate::upstream::ActiveGuard,
+    log: Option<crate::access_log::Entry>,
 }
 
 /// Which way a body flows, for byte counting.
