@@ -179,6 +179,87 @@ impl Control {
                     .collect();
                 reply(StatusCode::OK, Value::Array(list))
             }
+            (Method::GET, ["listeners", name]) => match now.listeners.get(*name) {
+                Some(l) => reply(
+                    StatusCode::OK,
+                    json!({"name": name, "address": l.address.to_string(), "protocol": l.protocol, "pool": l.pool}),
+                ),
+                None => error(StatusCode::NOT_FOUND, format!("no listener `{name}`")),
+            },
+            (Method::POST, ["listeners"]) => {
+                let table = match read_json(req).await {
+                    Ok(Value::Object(t)) => t,
+                    Ok(_) => {
+                        return error(
+                            StatusCode::BAD_REQUEST,
+                            "expected a JSON object: {\"name\": ..., \"bind\": ..., \"pool\": ...}",
+                        )
+                    }
+                    Err(e) => return e,
+                };
+                let Some(name) = table.get("name").and_then(Value::as_str).map(str::to_string) else {
+                    return error(StatusCode::BAD_REQUEST, "`name` is required");
+                };
+                if now.listeners.contains_key(&name) {
+                    return error(StatusCode::CONFLICT, format!("listener `{name}` exists"));
+                }
+                let edit = self
+                    .core
+                    .edit(|doc| {
+                        let listeners = doc.entry("listeners").or_insert(toml_edit::table());
+                        let listeners = listeners.as_table_mut().ok_or("`listeners` is not a table")?;
+                        listeners.set_implicit(true);
+                        let mut t = toml_edit::Table::new();
+                        for (k, v) in table.iter().filter(|(k, _)| *k != "name") {
+                            t.insert(k, toml_edit::Item::Value(toml_value(v)?));
+                        }
+                        listeners.insert(&name, toml_edit::Item::Table(t));
+                        Ok(())
+                    })
+                    .await;
+                match edit {
+                    Ok(summary) => reply(StatusCode::CREATED, serde_json::to_value(summary).unwrap_or_default()),
+                    Err(e) => error(StatusCode::BAD_REQUEST, format!("not applied: {e}")),
+                }
+            }
+            (Method::DELETE, ["listeners", name]) => {
+                if !now.listeners.contains_key(*name) {
+                    return error(StatusCode::NOT_FOUND, format!("no listener `{name}`"));
+                }
+                let name = name.to_string();
+                let edit = self
+                    .core
+                    .edit(|doc| {
+                        let listeners =
+                            doc.get_mut("listeners").and_then(|l| l.as_table_mut()).ok_or("no listeners")?;
+                        listeners.remove(&name);
+                        Ok(())
+                    })
+                    .await;
+                match edit {
+                    Ok(summary) => reply(StatusCode::OK, serde_json::to_value(summary).unwrap_or_default()),
+                    Err(e) => error(StatusCode::BAD_REQUEST, format!("not applied: {e}")),
+                }
+            }
+            (Method::POST, ["pools", name, "backends", slot, "weight"]) => {
+                let Some(pool) = now.pools.get(*name).cloned() else {
+                    return error(StatusCode::NOT_FOUND, format!("no pool `{name}`"));
+                };
+                let Ok(slot) = slot.parse::<u32>() else {
+                    return error(StatusCode::BAD_REQUEST, format!("`{slot}` is not a slot number"));
+                };
+                let weight = match read_json(req).await {
+                    Ok(v) => v["weight"].as_u64(),
+                    Err(e) => return e,
+                };
+                let Some(weight) = weight.filter(|w| *w <= u32::MAX as u64) else {
+                    return error(StatusCode::BAD_REQUEST, "expected {\"weight\": N}");
+                };
+                match pool.set_weight(slot, weight as u32) {
+                    Some(address) => reply(StatusCode::OK, json!({"address": address, "weight": weight})),
+                    None => error(StatusCode::NOT_FOUND, format!("pool `{name}` has no slot {slot}")),
+                }
+            }
             (Method::GET, ["pools"]) => {
                 reply(StatusCode::OK, Value::Array(now.pools.iter().map(|(n, p)| pool_summary(n, p)).collect()))
             }
@@ -260,12 +341,51 @@ impl Control {
                     Err(e) => error(StatusCode::BAD_REQUEST, format!("config not applied, the old one stays: {e}")),
                 }
             }
-            (_, ["", ..] | ["config"] | ["metrics"] | ["reload"] | ["listeners"] | ["pools", ..] | ["plugins", ..]) => {
-                error(StatusCode::METHOD_NOT_ALLOWED, format!("{} is not allowed on {path}", req.method()))
-            }
+            (
+                _,
+                ["", ..] | ["config"] | ["metrics"] | ["reload"] | ["listeners", ..] | ["pools", ..] | ["plugins", ..],
+            ) => error(StatusCode::METHOD_NOT_ALLOWED, format!("{} is not allowed on {path}", req.method())),
             _ => error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
         }
     }
+}
+
+/// A small JSON request body, or the error answer.
+async fn read_json(req: Request<Incoming>) -> Result<Value, Answer> {
+    let body = Limited::new(req.into_body(), 1 << 20)
+        .collect()
+        .await
+        .map_err(|e| error(StatusCode::PAYLOAD_TOO_LARGE, format!("reading the body: {e}")))?
+        .to_bytes();
+    serde_json::from_slice(&body).map_err(|e| error(StatusCode::BAD_REQUEST, format!("not JSON: {e}")))
+}
+
+/// A JSON value as a TOML one (strings, numbers, booleans, arrays, tables).
+fn toml_value(v: &Value) -> Result<toml_edit::Value, String> {
+    Ok(match v {
+        Value::String(s) => s.as_str().into(),
+        Value::Bool(b) => (*b).into(),
+        Value::Number(n) => match (n.as_i64(), n.as_f64()) {
+            (Some(i), _) => i.into(),
+            (None, Some(f)) => f.into(),
+            _ => return Err(format!("{n} does not fit TOML")),
+        },
+        Value::Array(items) => {
+            let mut a = toml_edit::Array::new();
+            for item in items {
+                a.push(toml_value(item)?);
+            }
+            a.into()
+        }
+        Value::Object(map) => {
+            let mut t = toml_edit::InlineTable::new();
+            for (k, item) in map {
+                t.insert(k, toml_value(item)?);
+            }
+            t.into()
+        }
+        Value::Null => return Err("null has no TOML form".into()),
+    })
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

@@ -235,6 +235,9 @@ pub struct Snapshot {
     pub listeners: BTreeMap<String, admin::ListenerInfo>,
     /// The config text in force and where it came from.
     pub source: crate::config::Source,
+    /// The file SIGHUP and `weir reload` re-read: the one weir started
+    /// with (a config given as text has none).
+    pub file: Option<std::path::PathBuf>,
 }
 
 enum Service {
@@ -406,7 +409,11 @@ impl ServerCore {
         Ok(RunningListener { bind: l.bind.get_ref().clone(), protocol: l.protocol, addr: local, service, stop })
     }
 
-    fn snapshot_of(prepared: &Prepared, listeners: &BTreeMap<String, RunningListener>) -> Snapshot {
+    fn snapshot_of(
+        prepared: &Prepared,
+        listeners: &BTreeMap<String, RunningListener>,
+        file: Option<std::path::PathBuf>,
+    ) -> Snapshot {
         let cfg = &prepared.loaded.config;
         Snapshot {
             plugins: prepared.plugins.clone(),
@@ -423,6 +430,7 @@ impl ServerCore {
                 })
                 .collect(),
             source: prepared.loaded.source.clone(),
+            file,
         }
     }
 
@@ -521,16 +529,35 @@ impl ServerCore {
             running.listeners.insert(name.clone(), opened);
             summary.listeners_added.push(name.clone());
         }
-        self.snapshot.store(Arc::new(Self::snapshot_of(&prepared, &running.listeners)));
+        let file = previous.file.clone();
+        self.snapshot.store(Arc::new(Self::snapshot_of(&prepared, &running.listeners, file)));
         tracing::info!(?summary, "config reloaded");
         Ok(summary)
     }
 
     /// Reload from the file the config came from (SIGHUP).
     pub async fn reload_file(&self) -> Result<ReloadSummary, String> {
-        let origin = self.snapshot.load().source.origin.clone();
-        let source = crate::config::Source::read(std::path::Path::new(&origin)).map_err(|e| e.to_string())?;
+        let Some(file) = self.snapshot.load().file.clone() else {
+            return Err("weir was started from a config text, not a file: send the new config instead".into());
+        };
+        let source = crate::config::Source::read(&file).map_err(|e| e.to_string())?;
         self.reload(source).await
+    }
+
+    /// Edit the config in force as a TOML document and apply the result
+    /// like a reload (the admin API's listener and weight changes). The
+    /// file is not written: `GET /config` shows the text in force, and the
+    /// next reload from the file replaces it.
+    pub async fn edit(
+        &self,
+        change: impl FnOnce(&mut toml_edit::DocumentMut) -> Result<(), String>,
+    ) -> Result<ReloadSummary, String> {
+        let current = self.snapshot.load_full();
+        let mut doc: toml_edit::DocumentMut =
+            current.source.text.parse().map_err(|e| format!("config in force: {e}"))?;
+        change(&mut doc)?;
+        let origin = format!("{} (edited through the admin API)", current.source.origin);
+        self.reload(crate::config::Source { origin, text: doc.to_string() }).await
     }
 }
 
@@ -548,6 +575,7 @@ impl Server {
                 pools: BTreeMap::new(),
                 listeners: BTreeMap::new(),
                 source: prepared.loaded.source.clone(),
+                file: None,
             }),
             running: tokio::sync::Mutex::new(Running { listeners: BTreeMap::new(), background: stop.child_token() }),
             stop: stop.clone(),
@@ -566,7 +594,8 @@ impl Server {
                 let opened = core.open(&prepared, &http_pools, name, l, socket)?;
                 running.listeners.insert(name.clone(), opened);
             }
-            core.snapshot.store(Arc::new(ServerCore::snapshot_of(&prepared, &running.listeners)));
+            let file = std::fs::canonicalize(&prepared.loaded.source.origin).ok().filter(|f| f.is_file());
+            core.snapshot.store(Arc::new(ServerCore::snapshot_of(&prepared, &running.listeners, file)));
         }
         let core = Arc::new(core);
         let admin = match &admin_config {

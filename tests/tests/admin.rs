@@ -376,3 +376,53 @@ async fn metrics_parse_and_match_the_traffic() -> Result<()> {
     weir.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listeners_are_created_and_deleted_and_weights_changed_at_runtime() -> Result<()> {
+    let (a, b) = (EchoBackend::start("a").await?, EchoBackend::start("b").await?);
+    let text = format!(
+        "[admin]\nbind = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n\n[pools.p]\nbalancer = \"builtin:weighted-round-robin\"\nbackends = {}\n\n\
+         [listeners.l]\nbind = \"127.0.0.1:0\"\npool = \"p\"\n",
+        addresses(&[&a, &b])
+    );
+    let weir = start_weir(&text).await?;
+    let (l, admin) = (weir.listener_addr("l").unwrap(), weir.admin_addr().unwrap());
+    let create = r#"{"name": "extra", "bind": "127.0.0.1:0", "pool": "p", "idle_timeout": "30s"}"#;
+    let (status, summary) = admin_json("POST", admin, "/listeners", Bytes::from(create)).await?;
+    assert_eq!(status, StatusCode::CREATED, "{summary}");
+    assert_eq!(summary["listeners_added"], serde_json::json!(["extra"]));
+    let (_, extra) = admin_json("GET", admin, "/listeners/extra", Bytes::new()).await?;
+    let extra: SocketAddr = extra["address"].as_str().unwrap().parse()?;
+    assert_eq!(exchange(extra, b"x").await?.1, b"x");
+    let (status, _) = admin_json("POST", admin, "/listeners", Bytes::from(create)).await?;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let got = send(&client_h1(), admin_request("GET", admin, "/config", Some(TOKEN), Bytes::new())).await?;
+    let config = String::from_utf8(got.body.to_vec())?;
+    assert!(config.contains("[listeners.extra]") && config.contains("idle_timeout = \"30s\""), "{config}");
+    // `l` is kept through the reload the edit made: same socket.
+    assert_eq!(weir.listener_addr("l"), Some(l));
+    assert_eq!(exchange(l, b"y").await?.1, b"y");
+
+    let (status, summary) = admin_json("DELETE", admin, "/listeners/extra", Bytes::new()).await?;
+    assert_eq!(status, StatusCode::OK, "{summary}");
+    let deadline = Instant::now() + STEP;
+    while tokio::net::TcpStream::connect(extra).await.is_ok() {
+        anyhow::ensure!(Instant::now() < deadline, "extra still open");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // Weight 1:1 -> 3:1 for b; the smooth schedule follows at once.
+    let pool = weir.pool("p").unwrap();
+    let slot_b = pool.members().backends.iter().find(|m| m.address == b.addr.to_string()).unwrap().slot;
+    let (status, answer) =
+        admin_json("POST", admin, &format!("/pools/p/backends/{slot_b}/weight"), Bytes::from("{\"weight\": 3}"))
+            .await?;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let mut seen = std::collections::HashMap::<String, usize>::new();
+    for _ in 0..40 {
+        *seen.entry(exchange(l, b"w").await?.0).or_default() += 1;
+    }
+    assert_eq!((seen["a"], seen["b"]), (10, 30), "{seen:?}");
+    weir.shutdown().await;
+    Ok(())
+}

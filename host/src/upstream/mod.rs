@@ -360,6 +360,28 @@ impl Pool {
         Some(b.address.clone())
     }
 
+    /// Change the weight of the backend in `slot` of the current list (a
+    /// new member-list version, so balancers get `set-backends`; counters
+    /// and health stay). Returns its address, or none when there is no
+    /// such slot. A reload puts the configured weight back.
+    pub fn set_weight(&self, slot: u32, weight: u32) -> Option<String> {
+        let members = self.members();
+        let address = members.backends.get(slot as usize)?.address.clone();
+        let specs = members
+            .backends
+            .iter()
+            .map(|b| BackendSpec {
+                address: b.address.clone(),
+                weight: if b.slot == slot { weight } else { b.weight },
+                priority: b.priority,
+                tags: b.tags.clone(),
+            })
+            .collect();
+        self.set_members(specs);
+        tracing::info!(pool = %self.name, backend = %address, weight, "weight changed by hand");
+        Some(address)
+    }
+
     /// Recompute the healthy list after a backend's health changed.
     pub fn refresh_health(&self) {
         let _g = self.update.lock();
