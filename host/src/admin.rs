@@ -30,6 +30,8 @@ pub struct ListenerInfo {
     pub protocol: &'static str,
     /// Its pool.
     pub pool: String,
+    /// Its counters.
+    pub stats: Arc<crate::listener::ListenerStats>,
 }
 
 /// What the admin API reads and acts on.
@@ -62,6 +64,24 @@ fn error(status: StatusCode, message: impl Into<String>) -> Answer {
 
 fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn listener_detail(name: &str, l: &ListenerInfo) -> Value {
+    let s = &l.stats;
+    json!({
+        "name": name,
+        "address": l.address.to_string(),
+        "protocol": l.protocol,
+        "pool": l.pool,
+        "active_connections": s.active(),
+        "connections": s.total(),
+        "responses": {
+            "1xx": s.responses(1), "2xx": s.responses(2), "3xx": s.responses(3),
+            "4xx": s.responses(4), "5xx": s.responses(5),
+        },
+        "response_p50_ms": s.response_time.quantile(0.5).map(|v| v * 1e3),
+        "response_p99_ms": s.response_time.quantile(0.99).map(|v| v * 1e3),
+    })
 }
 
 fn pool_summary(name: &str, pool: &Pool) -> Value {
@@ -134,6 +154,8 @@ fn plugin_detail(name: &str, p: &PluginInstance) -> Value {
         "memory_exceeded": s.memory_exceeded.load(Relaxed),
         "bad_answers": s.bad_answers.load(Relaxed),
         "instances_created": s.instances_created.load(Relaxed),
+        "call_p50_us": s.call_time.quantile(0.5).map(|v| v * 1e6),
+        "call_p99_us": s.call_time.quantile(0.99).map(|v| v * 1e6),
     })
 }
 
@@ -172,18 +194,11 @@ impl Control {
                 .body(Full::new(Bytes::from(now.source.text.clone())))
                 .expect("static response parts"),
             (Method::GET, ["listeners"]) => {
-                let list: Vec<Value> = now
-                    .listeners
-                    .iter()
-                    .map(|(n, l)| json!({"name": n, "address": l.address.to_string(), "protocol": l.protocol, "pool": l.pool}))
-                    .collect();
+                let list: Vec<Value> = now.listeners.iter().map(|(n, l)| listener_detail(n, l)).collect();
                 reply(StatusCode::OK, Value::Array(list))
             }
             (Method::GET, ["listeners", name]) => match now.listeners.get(*name) {
-                Some(l) => reply(
-                    StatusCode::OK,
-                    json!({"name": name, "address": l.address.to_string(), "protocol": l.protocol, "pool": l.pool}),
-                ),
+                Some(l) => reply(StatusCode::OK, listener_detail(name, l)),
                 None => error(StatusCode::NOT_FOUND, format!("no listener `{name}`")),
             },
             (Method::POST, ["listeners"]) => {

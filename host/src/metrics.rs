@@ -7,7 +7,7 @@
 use crate::plugin::PluginInstance;
 use crate::upstream::Pool;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
@@ -55,6 +55,22 @@ fn family<'a>(
             MetricType::Counter => ConstCounter::new(value as u64).encode(m)?,
             _ => ConstGauge::new(value).encode(m)?,
         }
+    }
+    Ok(())
+}
+
+fn histograms<'a>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: impl Iterator<Item = (Vec<(&'static str, &'a str)>, &'a crate::histogram::Histogram)>,
+) -> Result<(), std::fmt::Error> {
+    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
+    for (labels, h) in rows {
+        let labels: &Labels = &labels;
+        let buckets = h.buckets();
+        let count = buckets.iter().map(|(_, c)| c).sum();
+        metric.encode_family(&labels)?.encode_histogram::<NoLabelSet>(h.sum_secs(), count, &buckets, None)?;
     }
     Ok(())
 }
@@ -145,6 +161,45 @@ impl Collector for Live {
             responses,
         )?;
 
+        let listeners = || now.listeners.iter().map(|(n, l)| (vec![("listener", n.as_str())], &l.stats));
+        type LRow<'a> = (Vec<(&'static str, &'a str)>, f64);
+        let per_listener =
+            |f: fn(&crate::listener::ListenerStats) -> f64| listeners().map(move |(l, s)| -> LRow { (l, f(s)) });
+        family(
+            &mut e,
+            "server_active_connections",
+            "Client connections open on the listener",
+            Gauge,
+            per_listener(|s| s.active() as f64),
+        )?;
+        family(
+            &mut e,
+            "server_connections",
+            "Client connections accepted by the listener",
+            Counter,
+            per_listener(|s| s.total() as f64),
+        )?;
+        let server_responses = listeners().flat_map(|(labels, s)| {
+            CLASSES.iter().enumerate().map(move |(i, class)| {
+                let mut l = labels.clone();
+                l.push(("class", *class));
+                (l, s.responses(i as u16 + 1) as f64)
+            })
+        });
+        family(
+            &mut e,
+            "server_http_responses",
+            "HTTP responses sent to clients by status class",
+            Counter,
+            server_responses,
+        )?;
+        histograms(
+            &mut e,
+            "server_response_seconds",
+            "HTTP: time from request head to response head",
+            listeners().map(|(l, s)| (l, &s.response_time)),
+        )?;
+
         let plugins =
             || now.plugins.iter().map(|(n, p)| (vec![("plugin", n.as_str()), ("world", p.world().name())], p));
         type PRow<'a> = (Vec<(&'static str, &'a str)>, f64);
@@ -190,6 +245,12 @@ impl Collector for Live {
             "Generation in use (1, then +1 per swap)",
             Gauge,
             per_plugin(|p| p.generation().number as f64),
+        )?;
+        histograms(
+            &mut e,
+            "plugin_call_seconds",
+            "Plugin call time (one hot-path call in eight, every background call)",
+            plugins().map(|(l, p)| (l, &p.stats().call_time)),
         )?;
         Ok(())
     }

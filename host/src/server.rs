@@ -390,6 +390,7 @@ impl ServerCore {
                     listener_id,
                     local,
                     routes: ArcSwap::from_pointee(Self::tcp_routes(prepared, l)),
+                    stats: Arc::default(),
                 });
                 tokio::spawn(l4::serve(socket, service.clone(), stop.clone(), self.tracker.clone()));
                 Service::Tcp(service)
@@ -400,6 +401,7 @@ impl ServerCore {
                     listener_id,
                     local,
                     routes: ArcSwap::from_pointee(Self::http_routes(prepared, http_pools, l)),
+                    stats: Arc::default(),
                 });
                 tokio::spawn(l7::serve(socket, service.clone(), stop.clone(), self.tracker.clone()));
                 Service::Http(service)
@@ -425,6 +427,10 @@ impl ServerCore {
                         address: l.addr,
                         protocol: protocol_name(l.protocol),
                         pool: cfg.listeners[name].pool.get_ref().clone(),
+                        stats: match &l.service {
+                            Service::Tcp(s) => s.stats.clone(),
+                            Service::Http(s) => s.stats.clone(),
+                        },
                     };
                     (name.clone(), info)
                 })

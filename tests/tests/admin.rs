@@ -373,6 +373,27 @@ async fn metrics_parse_and_match_the_traffic() -> Result<()> {
     assert_eq!(value("weir_plugin_calls_total", &rr), Some(30.0));
     assert_eq!(value("weir_plugin_generation", &rr), Some(1.0));
     assert_eq!(value("weir_plugin_traps_total", &rr), Some(0.0));
+    // Listener counters: 30 requests over the client's keep-alive pool (one
+    // or two connections, as its pool happens to reuse them), 25 2xx, 5 5xx.
+    let web = [("listener", "web")];
+    let connections = value("weir_server_connections_total", &web).unwrap();
+    assert!((1.0..=2.0).contains(&connections), "{connections}");
+    let web_class = |class| [("listener", "web"), ("class", class)];
+    assert_eq!(value("weir_server_http_responses_total", &web_class("2xx")), Some(25.0));
+    assert_eq!(value("weir_server_http_responses_total", &web_class("5xx")), Some(5.0));
+    let histogram_count = |name: &str, labels: &[(&str, &str)]| {
+        scrape.samples.iter().find_map(|s| match &s.value {
+            prometheus_parse::Value::Histogram(h)
+                if s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)) =>
+            {
+                h.iter().map(|b| b.count).fold(0.0, f64::max).into()
+            }
+            _ => None,
+        })
+    };
+    assert_eq!(histogram_count("weir_server_response_seconds", &web), Some(30.0));
+    // One balancer call in eight is timed: calls 0, 8, 16, 24.
+    assert_eq!(histogram_count("weir_plugin_call_seconds", &rr), Some(4.0));
     weir.shutdown().await;
     Ok(())
 }

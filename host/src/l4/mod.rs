@@ -29,6 +29,8 @@ pub struct TcpService {
     /// What to do with connections; a reload swaps it, and each connection
     /// keeps the version it started with.
     pub routes: ArcSwap<TcpRoutes>,
+    /// Connection counters.
+    pub stats: Arc<crate::listener::ListenerStats>,
 }
 
 /// The part of a TCP listener a reload may change.
@@ -135,6 +137,7 @@ impl TcpService {
     }
 
     async fn handle(self: Arc<Self>, client: TcpStream, peer: SocketAddr) {
+        let _open = self.stats.accepted();
         let conn = self.connection(peer);
         let routes = self.routes.load_full();
         let mut entry =

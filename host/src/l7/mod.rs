@@ -86,6 +86,8 @@ pub struct HttpService {
     /// What to do with requests; a reload swaps it, and each request keeps
     /// the version it started with.
     pub routes: ArcSwap<HttpRoutes>,
+    /// Connection and response counters.
+    pub stats: Arc<crate::listener::ListenerStats>,
 }
 
 /// The part of an HTTP listener a reload may change.
@@ -199,6 +201,7 @@ impl HttpService {
     ) -> Result<Response<ProxyBody>, Infallible> {
         conn.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let id = req.headers().get(headers::X_REQUEST_ID).cloned().unwrap_or_else(request_id);
+        let started = Instant::now();
         let routes = self.routes.load_full();
         let mut entry = routes.access_log.clone().map(|fields| {
             let mut e = crate::access_log::Entry::new(fields, self.name.clone(), conn.peer.to_string());
@@ -213,9 +216,15 @@ impl HttpService {
             e.request_id = id.to_str().unwrap_or("").to_string();
             e
         });
-        match self.forward(&routes, &conn, req, &id, &mut entry).await {
-            Ok(resp) => Ok(resp),
+        let answered = self.forward(&routes, &conn, req, &id, &mut entry).await;
+        self.stats.response_time.observe(started.elapsed());
+        match answered {
+            Ok(resp) => {
+                self.stats.record_status(resp.status().as_u16());
+                Ok(resp)
+            }
             Err(failure) => {
+                self.stats.record_status(failure.status().as_u16());
                 if let Some(e) = entry.as_mut() {
                     e.status = failure.status().as_u16();
                     e.error = failure.reason().to_string();
@@ -481,6 +490,7 @@ async fn serve_connection(service: Arc<HttpService>, stream: TcpStream, peer: So
     // A second handle on the socket, to answer 408 after hyper gives up on a
     // request head (hyper itself just closes).
     let spare = stream.as_fd().try_clone_to_owned().ok().map(std::net::TcpStream::from);
+    let _open = service.stats.accepted();
     let conn = Arc::new(ClientConn { record: service.connection(peer), peer, requests: Default::default() });
     let first_request_seen = {
         let conn = conn.clone();

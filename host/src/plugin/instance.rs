@@ -80,6 +80,9 @@ pub struct PluginStats {
     pub bad_answers: AtomicU64,
     /// Wasm instances created (first ones and replacements).
     pub instances_created: AtomicU64,
+    /// Call times (wall clock, instance hand-out to answer) of one call in
+    /// eight on the hot path, and of every background call.
+    pub call_time: crate::histogram::Histogram,
 }
 
 impl PluginStats {
@@ -407,7 +410,8 @@ impl PluginInstance {
         timeout: Option<Duration>,
         f: impl FnOnce(&mut Slot) -> wasmtime::Result<Result<R, types::Error>>,
     ) -> Result<R, CallError> {
-        self.stats.calls.fetch_add(1, Ordering::Relaxed);
+        let n = self.stats.calls.fetch_add(1, Ordering::Relaxed);
+        let started = (timeout.is_some() || n.is_multiple_of(8)).then(std::time::Instant::now);
         let generation = self.current.load_full();
         let idle = generation.idle.lock().pop();
         let mut slot = match idle {
@@ -416,7 +420,11 @@ impl PluginInstance {
         };
         let limits = Limits { timeout: timeout.unwrap_or(generation.limits.timeout), ..generation.limits };
         slot.store.set_epoch_deadline(Self::deadline_ticks(&limits));
-        match f(&mut slot) {
+        let result = f(&mut slot);
+        if let Some(t) = started {
+            self.stats.call_time.observe(t.elapsed());
+        }
+        match result {
             Ok(Ok(r)) => {
                 generation.idle.lock().push(slot);
                 Ok(r)
