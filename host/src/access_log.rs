@@ -22,6 +22,9 @@ pub enum Field {
     Host,
     /// HTTP path and query.
     Path,
+    /// How the pool was chosen: `default` (no router), `router`,
+    /// `no-match`, `respond` (the router answered) or `router-failed-open`.
+    Route,
     /// The pool the request or connection went to.
     Pool,
     /// The backend that served it.
@@ -42,12 +45,13 @@ pub enum Field {
 }
 
 /// The fields logged when a listener turns the log on without naming any.
-pub const DEFAULT_FIELDS: [Field; 11] = [
+pub const DEFAULT_FIELDS: [Field; 12] = [
     Field::Client,
     Field::Listener,
     Field::Method,
     Field::Host,
     Field::Path,
+    Field::Route,
     Field::Pool,
     Field::Backend,
     Field::Status,
@@ -72,6 +76,8 @@ pub struct Entry {
     pub host: String,
     /// HTTP path and query.
     pub path: String,
+    /// How the pool was chosen.
+    pub route: &'static str,
     /// Pool name.
     pub pool: String,
     /// Backend address.
@@ -99,6 +105,7 @@ impl Entry {
             method: String::new(),
             host: String::new(),
             path: String::new(),
+            route: "",
             pool: String::new(),
             backend: String::new(),
             status: 0,
@@ -120,6 +127,7 @@ impl Entry {
                 Field::Method => ("method", self.method.clone()),
                 Field::Host => ("host", self.host.clone()),
                 Field::Path => ("path", self.path.clone()),
+                Field::Route => ("route", self.route.to_string()),
                 Field::Pool => ("pool", self.pool.clone()),
                 Field::Backend => ("backend", self.backend.clone()),
                 Field::Status => ("status", self.status.to_string()),

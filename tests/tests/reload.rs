@@ -238,7 +238,7 @@ fn access_log_lines_carry_the_configured_fields_in_plain_and_json() -> Result<()
     let a = rt.block_on(HttpBackend::start("a"))?;
     let text = format!(
         "[pools.p]\nbackends = [\"{}\"]\n\n[listeners.web]\nbind = \"127.0.0.1:0\"\nprotocol = \"http\"\npool = \"p\"\n\
-         access_log = [\"method\", \"path\", \"pool\", \"backend\", \"status\", \"bytes_out\", \"request_id\"]\n",
+         access_log = [\"method\", \"path\", \"route\", \"pool\", \"backend\", \"status\", \"bytes_out\", \"request_id\"]\n",
         a.addr
     );
     let bin = std::path::Path::new(env!("CARGO_BIN_EXE_weir-under-test"));
@@ -253,7 +253,7 @@ fn access_log_lines_carry_the_configured_fields_in_plain_and_json() -> Result<()
             anyhow::Ok(())
         })?;
         let want = format!(
-            "method=GET path=/generate/100 pool=p backend={} status=200 bytes_out=100 request_id=req-42",
+            "method=GET path=/generate/100 route=default pool=p backend={} status=200 bytes_out=100 request_id=req-42",
             a.addr
         );
         let deadline = Instant::now() + STEP;

@@ -260,6 +260,7 @@ impl HttpService {
         let mut target = &routes.default_pool;
         let mut hash_key = None;
         let (mut request_edits, mut response_edits) = (Vec::new(), Vec::new());
+        let mut route = "default";
         if let Some(router) = &routes.router {
             match router.route_request(&conn.record, head.clone()) {
                 Ok(RouteDecision::Forward { pool, hash_key: key, request_headers, response_headers }) => {
@@ -267,17 +268,25 @@ impl HttpService {
                     hash_key = key;
                     request_edits = request_headers;
                     response_edits = response_headers;
+                    route = "router";
                 }
                 Ok(RouteDecision::Respond { status, headers, body }) => {
                     if let Some(e) = entry.as_mut() {
                         e.status = status;
+                        e.route = "respond";
                     }
                     return Ok(headers::direct_response(status, headers, body, id));
                 }
-                Ok(RouteDecision::NoMatch) => {}
-                Err(e) if router.fallback() == Fallback::FailOpen => tracing::debug!("router failed open: {e}"),
+                Ok(RouteDecision::NoMatch) => route = "no-match",
+                Err(e) if router.fallback() == Fallback::FailOpen => {
+                    tracing::debug!("router failed open: {e}");
+                    route = "router-failed-open";
+                }
                 Err(e) => return Err(Failure::PluginFailed(e.to_string())),
             }
+        }
+        if let Some(e) = entry.as_mut() {
+            e.route = route;
         }
 
         let mut parts = Arc::try_unwrap(head).unwrap_or_else(|shared| (*shared).clone_parts());
