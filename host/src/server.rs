@@ -571,6 +571,7 @@ impl Server {
     /// Load plugins, build pools, bind every listener and start serving.
     pub async fn start(loaded: Loaded, runtime: Arc<Runtime>) -> anyhow::Result<Self> {
         let grace = loaded.config.runtime.shutdown_grace.0;
+        let watch = loaded.config.runtime.watch_config;
         let admin_config = loaded.config.admin.clone();
         let prepared = Prepared::load(loaded, &runtime)?;
         let stop = CancellationToken::new();
@@ -623,6 +624,9 @@ impl Server {
             }
             None => None,
         };
+        if watch {
+            tokio::spawn(watch_config(Arc::downgrade(&core), stop.clone()));
+        }
         Ok(Self { core, admin, grace })
     }
 
@@ -676,6 +680,37 @@ impl Server {
                 let left = self.core.tracker.len();
                 tracing::warn!(left, "grace period over; closing remaining connections");
                 left
+            }
+        }
+    }
+}
+
+/// Reload whenever the config file's size or modification time changes,
+/// checked every second, for as long as the server runs.
+async fn watch_config(core: std::sync::Weak<ServerCore>, stop: CancellationToken) {
+    let stamp = |file: &std::path::Path| std::fs::metadata(file).ok().map(|m| (m.len(), m.modified().ok()));
+    let mut last = None;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let Some(core) = core.upgrade() else { return };
+        let Some(file) = core.snapshot().file.clone() else {
+            tracing::warn!("watch_config: the config did not come from a file; not watching");
+            return;
+        };
+        let now = stamp(&file);
+        if last.is_none() {
+            last = now;
+            continue;
+        }
+        if now != last {
+            last = now;
+            match core.reload_file().await {
+                Ok(summary) => tracing::info!(?summary, "config file changed: reloaded"),
+                Err(e) => tracing::error!("config file changed: not applied, the old one stays: {e}"),
             }
         }
     }

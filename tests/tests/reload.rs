@@ -274,3 +274,30 @@ fn access_log_lines_carry_the_configured_fields_in_plain_and_json() -> Result<()
     }
     Ok(())
 }
+
+#[test]
+fn watch_config_reloads_when_the_file_changes() -> Result<()> {
+    let rt = tokio::runtime::Runtime::new()?;
+    let (a, b) = rt.block_on(async { anyhow::Ok((EchoBackend::start("a").await?, EchoBackend::start("b").await?)) })?;
+    let text = |backend: &EchoBackend, bind: &str| {
+        format!(
+            "[runtime]\nwatch_config = true\n\n[pools.p]\nbackends = [\"{}\"]\n\n[listeners.l]\nbind = \"{bind}\"\npool = \"p\"\n",
+            backend.addr
+        )
+    };
+    let weir = WeirProcess::spawn(
+        std::path::Path::new(env!("CARGO_BIN_EXE_weir-under-test")),
+        "watch",
+        &text(&a, "127.0.0.1:0"),
+    )?;
+    let addr = weir.addr;
+    assert_eq!(rt.block_on(exchange(addr, b"1"))?.0, "a");
+    std::fs::write(weir.dir.join("weir.toml"), text(&b, &addr.to_string()))?;
+    let deadline = Instant::now() + STEP;
+    while rt.block_on(exchange(addr, b"2"))?.0 != "b" {
+        anyhow::ensure!(Instant::now() < deadline, "change not picked up: {:?}", weir.log.lock().unwrap());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(weir.logged(&["config file changed: reloaded"]));
+    Ok(())
+}

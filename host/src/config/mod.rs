@@ -82,6 +82,9 @@ pub struct Runtime {
     pub shutdown_grace: Duration,
     /// Where compiled plugins are cached (default: the user's cache directory).
     pub plugin_cache: Option<String>,
+    /// Reload when the config file changes (checked every second).
+    #[serde(default)]
+    pub watch_config: bool,
 }
 
 fn default_shutdown_grace() -> Duration {
@@ -90,7 +93,7 @@ fn default_shutdown_grace() -> Duration {
 
 impl Default for Runtime {
     fn default() -> Self {
-        Self { workers: None, shutdown_grace: default_shutdown_grace(), plugin_cache: None }
+        Self { workers: None, shutdown_grace: default_shutdown_grace(), plugin_cache: None, watch_config: false }
     }
 }
 
