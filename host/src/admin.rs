@@ -154,6 +154,9 @@ fn plugin_detail(name: &str, p: &PluginInstance) -> Value {
         "memory_exceeded": s.memory_exceeded.load(Relaxed),
         "bad_answers": s.bad_answers.load(Relaxed),
         "instances_created": s.instances_created.load(Relaxed),
+        "rollout": p.rollout().map(|r| json!({
+            "generation": r.generation, "percent": r.percent, "calls": r.calls, "failures": r.failures,
+        })),
         "call_p50_us": s.call_time.quantile(0.5).map(|v| v * 1e6),
         "call_p99_us": s.call_time.quantile(0.99).map(|v| v * 1e6),
     })
@@ -307,12 +310,17 @@ impl Control {
                 let Some(plugin) = now.plugins.get(*name).cloned() else {
                     return error(StatusCode::NOT_FOUND, format!("no plugin instance `{name}`"));
                 };
+                let req_query = req.uri().query().map(str::to_string);
                 let body = match Limited::new(req.into_body(), MAX_UPLOAD).collect().await {
                     Ok(b) => b.to_bytes(),
                     Err(e) => return error(StatusCode::PAYLOAD_TOO_LARGE, format!("reading the component: {e}")),
                 };
+                let rollout = match rollout_of(req_query.as_deref()) {
+                    Ok(r) => r,
+                    Err(e) => return error(StatusCode::BAD_REQUEST, e),
+                };
                 let started = Instant::now();
-                let swapped = tokio::task::spawn_blocking(move || plugin.swap(&body, "upload")).await;
+                let swapped = tokio::task::spawn_blocking(move || plugin.swap_with(&body, "upload", rollout)).await;
                 match swapped {
                     Ok(Ok(g)) => reply(
                         StatusCode::OK,
@@ -321,6 +329,7 @@ impl Control {
                             "generation": g.number,
                             "hash": g.hash,
                             "swap_ms": started.elapsed().as_secs_f64() * 1e3,
+                            "rollout": rollout.map(|r| r.percent),
                         }),
                     ),
                     Ok(Err(e)) => {
@@ -363,6 +372,24 @@ impl Control {
             _ => error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
         }
     }
+}
+
+/// `rollout=P[&max_failure_rate=R][&promote_after=N]` of a plugin upload.
+fn rollout_of(query: Option<&str>) -> Result<Option<crate::plugin::Rollout>, String> {
+    let pairs: Vec<(&str, &str)> = query.unwrap_or("").split('&').filter_map(|p| p.split_once('=')).collect();
+    let get = |k: &str| pairs.iter().find(|(key, _)| *key == k).map(|(_, v)| *v);
+    let Some(percent) = get("rollout") else { return Ok(None) };
+    let percent: u32 =
+        percent.parse().ok().filter(|p| (1..=99).contains(p)).ok_or("rollout: a percentage from 1 to 99")?;
+    let max_failure_rate = match get("max_failure_rate") {
+        Some(r) => r.parse::<f64>().ok().filter(|r| (0.0..=1.0).contains(r)).ok_or("max_failure_rate: from 0 to 1")?,
+        None => 0.01,
+    };
+    let promote_after = match get("promote_after") {
+        Some(n) => n.parse::<u64>().map_err(|_| "promote_after: a number of calls")?,
+        None => 1000,
+    };
+    Ok(Some(crate::plugin::Rollout { percent, max_failure_rate, promote_after }))
 }
 
 /// A small JSON request body, or the error answer.

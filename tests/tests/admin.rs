@@ -447,3 +447,53 @@ async fn listeners_are_created_and_deleted_and_weights_changed_at_runtime() -> R
     weir.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_is_promoted_when_healthy_and_rolled_back_when_it_fails() -> Result<()> {
+    let (a, b) = (HttpBackend::start("a").await?, HttpBackend::start("b").await?);
+    // round-robin ignores its config; the test plugin traps on every call with it.
+    let text = format!(
+        "[admin]\nbind = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n\n[plugins.lb]\nsource = \"builtin:round-robin\"\nconfig = {{ mode = \"trap\" }}\n\n\
+         [pools.p]\nbalancer = \"lb\"\nbackends = [\"{}\", \"{}\"]\n\n[listeners.web]\nbind = \"127.0.0.1:0\"\nprotocol = \"http\"\npool = \"p\"\n",
+        a.addr, b.addr
+    );
+    let weir = start_weir(&text).await?;
+    let (addr, admin) = (weir.listener_addr("web").unwrap(), weir.admin_addr().unwrap());
+    let plugin = weir.plugin("lb").unwrap();
+    let client = client_h1();
+
+    // A trapping canary on half the calls: rolled back after 20 of them;
+    // its calls fell back to the host's round-robin, so no request failed.
+    let misbehave = Bytes::from(std::fs::read(component("weir-test-misbehave"))?);
+    let (status, answer) =
+        admin_json("PUT", admin, "/plugins/lb?rollout=50&max_failure_rate=0.2&promote_after=1000", misbehave).await?;
+    assert_eq!((status, answer["rollout"].as_u64()), (StatusCode::OK, Some(50)), "{answer}");
+    assert_eq!(plugin.rollout().map(|r| r.generation), Some(2));
+    for _ in 0..100 {
+        assert_eq!(send(&client, get(addr, "x", "/")).await?.status, StatusCode::OK);
+    }
+    assert!(plugin.rollout().is_none(), "rolled back");
+    assert_eq!(plugin.generation().number, 1);
+    assert_eq!(plugin.stats().traps.load(Ordering::Relaxed), 20, "exactly the canary's 20 judged calls trapped");
+    let traps_then = plugin.stats().traps.load(Ordering::Relaxed);
+    for _ in 0..20 {
+        send(&client, get(addr, "x", "/")).await?;
+    }
+    assert_eq!(plugin.stats().traps.load(Ordering::Relaxed), traps_then, "the old generation serves alone");
+
+    // A healthy canary on a fifth of the calls: promoted after 50 of them.
+    let random = Bytes::from_static(weir::plugin::bundled("random").unwrap());
+    let (status, answer) = admin_json("PUT", admin, "/plugins/lb?rollout=20&promote_after=50", random).await?;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let (_, view) = admin_json("GET", admin, "/plugins/lb", Bytes::new()).await?;
+    assert_eq!(view["rollout"]["percent"], 20);
+    for _ in 0..300 {
+        assert_eq!(send(&client, get(addr, "x", "/")).await?.status, StatusCode::OK);
+    }
+    assert!(plugin.rollout().is_none(), "promoted");
+    assert_eq!(plugin.generation().number, 3);
+    let (status, _) = admin_json("PUT", admin, "/plugins/lb?rollout=0", Bytes::new()).await?;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    weir.shutdown().await;
+    Ok(())
+}

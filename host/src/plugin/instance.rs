@@ -184,6 +184,47 @@ struct Generation {
     loaded_at: std::time::SystemTime,
 }
 
+/// A generation rolling out: it serves `percent` of the calls until it has
+/// made `promote_after` of them (then it becomes the current generation),
+/// unless its failure rate (errors, traps, timeouts, memory) goes above
+/// `max_failure_rate` first (then it is dropped and the current one serves
+/// everything again).
+struct Canary {
+    generation: Arc<Generation>,
+    percent: u64,
+    max_failure_rate: f64,
+    promote_after: u64,
+    calls: AtomicU64,
+    failures: AtomicU64,
+}
+
+/// Calls a canary makes before its failure rate can roll it back.
+const CANARY_MIN_CALLS: u64 = 20;
+
+/// How a new generation rolls out.
+#[derive(Debug, Clone, Copy)]
+pub struct Rollout {
+    /// Share of calls it serves, 1 to 99.
+    pub percent: u32,
+    /// Failure rate above which it is rolled back.
+    pub max_failure_rate: f64,
+    /// Calls after which it is promoted.
+    pub promote_after: u64,
+}
+
+/// A rollout in progress.
+#[derive(Debug, Clone)]
+pub struct RolloutInfo {
+    /// The generation rolling out.
+    pub generation: u64,
+    /// Its share of calls.
+    pub percent: u32,
+    /// Calls it made.
+    pub calls: u64,
+    /// Of which failed.
+    pub failures: u64,
+}
+
 /// What a plugin instance runs now.
 #[derive(Debug, Clone)]
 pub struct GenerationInfo {
@@ -207,8 +248,12 @@ pub struct PluginInstance {
     fallback: Fallback,
     runtime: Arc<Runtime>,
     current: ArcSwap<Generation>,
+    /// A new generation serving a share of the calls, when one is rolling out.
+    canary: arc_swap::ArcSwapOption<Canary>,
     /// One swap at a time, so generation numbers follow each other.
     swapping: Mutex<()>,
+    /// The last generation number given out (rolled-back ones included).
+    numbers: AtomicU64,
     stats: PluginStats,
 }
 
@@ -238,7 +283,9 @@ impl PluginInstance {
             fallback: spec.fallback,
             runtime,
             current: ArcSwap::from_pointee(generation),
+            canary: Default::default(),
             swapping: Mutex::new(()),
+            numbers: AtomicU64::new(1),
             stats: PluginStats::default(),
         };
         // Make the first instance now so that a bad config or a trapping
@@ -277,6 +324,13 @@ impl PluginInstance {
     /// way finish on the old generation, which is dropped with its last
     /// Wasm instance. Blocks while compiling: call from a blocking thread.
     pub fn swap(&self, bytes: &[u8], source: &str) -> Result<GenerationInfo, LoadError> {
+        self.swap_with(bytes, source, None)
+    }
+
+    /// [`Self::swap`], with the new generation first serving only a share
+    /// of the calls when `rollout` says so (a canary), promoted or rolled
+    /// back automatically by its failure rate.
+    pub fn swap_with(&self, bytes: &[u8], source: &str, rollout: Option<Rollout>) -> Result<GenerationInfo, LoadError> {
         let (pre, hash) = self.runtime.prepare(self.world, bytes)?;
         let _one_at_a_time = self.swapping.lock();
         let old = self.current.load_full();
@@ -287,7 +341,7 @@ impl PluginInstance {
             idle: Mutex::new(Vec::new()),
             hash,
             grants: old.grants.clone(),
-            number: old.number + 1,
+            number: self.numbers.fetch_add(1, Ordering::Relaxed) + 1,
             source: source.to_string(),
             loaded_at: std::time::SystemTime::now(),
         };
@@ -299,9 +353,66 @@ impl PluginInstance {
             hash: generation.hash.clone(),
             loaded_at: generation.loaded_at,
         };
-        self.current.store(Arc::new(generation));
-        tracing::info!(plugin = %self.name, generation = info.number, hash = %info.hash, "plugin swapped");
+        match rollout {
+            Some(r) => {
+                self.canary.store(Some(Arc::new(Canary {
+                    generation: Arc::new(generation),
+                    percent: r.percent.clamp(1, 99) as u64,
+                    max_failure_rate: r.max_failure_rate,
+                    promote_after: r.promote_after,
+                    calls: AtomicU64::new(0),
+                    failures: AtomicU64::new(0),
+                })));
+                tracing::info!(plugin = %self.name, generation = info.number, percent = r.percent, "plugin rolling out");
+            }
+            None => {
+                self.canary.store(None);
+                self.current.store(Arc::new(generation));
+                tracing::info!(plugin = %self.name, generation = info.number, hash = %info.hash, "plugin swapped");
+            }
+        }
         Ok(info)
+    }
+
+    /// The rollout in progress, if any.
+    pub fn rollout(&self) -> Option<RolloutInfo> {
+        self.canary.load().as_ref().map(|c| RolloutInfo {
+            generation: c.generation.number,
+            percent: c.percent as u32,
+            calls: c.calls.load(Ordering::Relaxed),
+            failures: c.failures.load(Ordering::Relaxed),
+        })
+    }
+
+    /// Count a canary call; promote or roll back when its time has come.
+    fn judge_canary(&self, canary: &Arc<Canary>, failed: bool) {
+        let calls = canary.calls.fetch_add(1, Ordering::Relaxed) + 1;
+        let failures = canary.failures.fetch_add(failed as u64, Ordering::Relaxed) + failed as u64;
+        let rate = failures as f64 / calls as f64;
+        let current = self.canary.load();
+        let still = current.as_ref().is_some_and(|c| Arc::ptr_eq(c, canary));
+        if !still {
+            return;
+        }
+        if calls >= CANARY_MIN_CALLS && rate > canary.max_failure_rate {
+            let _one_at_a_time = self.swapping.lock();
+            if self.canary.compare_and_swap(&current, None).as_ref().is_some_and(|c| Arc::ptr_eq(c, canary)) {
+                tracing::warn!(
+                    plugin = %self.name,
+                    generation = canary.generation.number,
+                    failures,
+                    calls,
+                    "rollout rolled back: failure rate {rate:.3} above {}",
+                    canary.max_failure_rate
+                );
+            }
+        } else if calls >= canary.promote_after {
+            let _one_at_a_time = self.swapping.lock();
+            if self.canary.compare_and_swap(&current, None).as_ref().is_some_and(|c| Arc::ptr_eq(c, canary)) {
+                self.current.store(canary.generation.clone());
+                tracing::info!(plugin = %self.name, generation = canary.generation.number, calls, failures, "rollout promoted");
+            }
+        }
     }
 
     /// The world it implements.
@@ -412,17 +523,32 @@ impl PluginInstance {
     ) -> Result<R, CallError> {
         let n = self.stats.calls.fetch_add(1, Ordering::Relaxed);
         let started = (timeout.is_some() || n.is_multiple_of(8)).then(std::time::Instant::now);
-        let generation = self.current.load_full();
+        let canary = self.canary.load_full().filter(|c| n % 100 < c.percent);
+        let generation = match &canary {
+            Some(c) => c.generation.clone(),
+            None => self.current.load_full(),
+        };
         let idle = generation.idle.lock().pop();
         let mut slot = match idle {
             Some(s) => s,
-            None => self.instantiate(&generation)?,
+            None => match self.instantiate(&generation) {
+                Ok(s) => s,
+                Err(e) => {
+                    if let Some(c) = &canary {
+                        self.judge_canary(c, true);
+                    }
+                    return Err(e);
+                }
+            },
         };
         let limits = Limits { timeout: timeout.unwrap_or(generation.limits.timeout), ..generation.limits };
         slot.store.set_epoch_deadline(Self::deadline_ticks(&limits));
         let result = f(&mut slot);
         if let Some(t) = started {
             self.stats.call_time.observe(t.elapsed());
+        }
+        if let Some(c) = &canary {
+            self.judge_canary(c, !matches!(result, Ok(Ok(_))));
         }
         match result {
             Ok(Ok(r)) => {

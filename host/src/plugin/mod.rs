@@ -11,7 +11,7 @@ pub mod state;
 pub use bundled::{bundled, BUNDLED};
 pub use instance::{
     client_hash, CallError, CallErrorKind, Discovered, GenerationInfo, HeaderEdit, Limits, PluginInstance, PluginStats,
-    RouteDecision, Verdict,
+    Rollout, RolloutInfo, RouteDecision, Verdict,
 };
 pub use io::Grants;
 pub use state::{HttpPick, SharedStore};
