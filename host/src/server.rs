@@ -625,7 +625,9 @@ impl Server {
             None => None,
         };
         if watch {
-            tokio::spawn(watch_config(Arc::downgrade(&core), stop.clone()));
+            // The file as it was when loaded (close enough: before serving).
+            let first = core.snapshot().file.as_deref().and_then(file_stamp);
+            tokio::spawn(watch_config(Arc::downgrade(&core), first, stop.clone()));
         }
         Ok(Self { core, admin, grace })
     }
@@ -685,11 +687,15 @@ impl Server {
     }
 }
 
-/// Reload whenever the config file's size or modification time changes,
-/// checked every second, for as long as the server runs.
-async fn watch_config(core: std::sync::Weak<ServerCore>, stop: CancellationToken) {
-    let stamp = |file: &std::path::Path| std::fs::metadata(file).ok().map(|m| (m.len(), m.modified().ok()));
-    let mut last = None;
+type FileStamp = (u64, Option<std::time::SystemTime>);
+
+fn file_stamp(file: &std::path::Path) -> Option<FileStamp> {
+    std::fs::metadata(file).ok().map(|m| (m.len(), m.modified().ok()))
+}
+
+/// Reload whenever the config file's size or modification time changes
+/// from `last`, checked every second, for as long as the server runs.
+async fn watch_config(core: std::sync::Weak<ServerCore>, mut last: Option<FileStamp>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
@@ -701,11 +707,7 @@ async fn watch_config(core: std::sync::Weak<ServerCore>, stop: CancellationToken
             tracing::warn!("watch_config: the config did not come from a file; not watching");
             return;
         };
-        let now = stamp(&file);
-        if last.is_none() {
-            last = now;
-            continue;
-        }
+        let now = file_stamp(&file);
         if now != last {
             last = now;
             match core.reload_file().await {
