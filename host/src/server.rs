@@ -625,9 +625,10 @@ impl Server {
             None => None,
         };
         if watch {
-            // The file as it was when loaded (close enough: before serving).
-            let first = core.snapshot().file.as_deref().and_then(file_stamp);
-            tokio::spawn(watch_config(Arc::downgrade(&core), first, stop.clone()));
+            // Compare with the text loaded, not with the file's state now,
+            // which may already have changed.
+            let loaded_text = core.snapshot().source.text.clone();
+            tokio::spawn(watch_config(Arc::downgrade(&core), loaded_text, stop.clone()));
         }
         Ok(Self { core, admin, grace })
     }
@@ -687,15 +688,10 @@ impl Server {
     }
 }
 
-type FileStamp = (u64, Option<std::time::SystemTime>);
-
-fn file_stamp(file: &std::path::Path) -> Option<FileStamp> {
-    std::fs::metadata(file).ok().map(|m| (m.len(), m.modified().ok()))
-}
-
-/// Reload whenever the config file's size or modification time changes
-/// from `last`, checked every second, for as long as the server runs.
-async fn watch_config(core: std::sync::Weak<ServerCore>, mut last: Option<FileStamp>, stop: CancellationToken) {
+/// Reload whenever the config file's text differs from the text last
+/// loaded from it (checked every second), for as long as the server runs.
+/// Edits made through the admin API do not count as changes of the file.
+async fn watch_config(core: std::sync::Weak<ServerCore>, mut last: String, stop: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
@@ -707,7 +703,7 @@ async fn watch_config(core: std::sync::Weak<ServerCore>, mut last: Option<FileSt
             tracing::warn!("watch_config: the config did not come from a file; not watching");
             return;
         };
-        let now = file_stamp(&file);
+        let Ok(now) = tokio::fs::read_to_string(&file).await else { continue };
         if now != last {
             last = now;
             match core.reload_file().await {
