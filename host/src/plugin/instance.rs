@@ -584,7 +584,7 @@ impl PluginInstance {
         eligible: Arc<Vec<u32>>,
         conn: &types::Connection,
         hash_key: Option<&str>,
-        http: Option<&mut HttpPick>,
+        mut http: Option<&mut HttpPick>,
     ) -> Result<u32, CallError> {
         use balancer::exports::weir::plugin::balance::{Choice, PickContext};
         let ctx = PickContext {
@@ -610,12 +610,16 @@ impl PluginInstance {
                 members: members.clone(),
                 eligible,
                 conn: conn.clone(),
-                http: http.as_ref().map(|h| HttpPick { cookies: h.cookies.clone(), response_headers: Vec::new() }),
+                // Lent to the call and taken back: the cookies are not copied.
+                http: http.as_deref_mut().map(|h| {
+                    h.response_headers.clear();
+                    std::mem::take(h)
+                }),
             });
             let result = b.call_pick(&mut slot.store, Resource::new_borrow(0), ctx, hash_key);
             let call = slot.store.data_mut().pick.take();
-            if let (Some(out), Some(HttpPick { response_headers, .. })) = (http, call.and_then(|c| c.http)) {
-                out.response_headers = response_headers;
+            if let (Some(out), Some(back)) = (http, call.and_then(|c| c.http)) {
+                *out = back;
             }
             result
         })?;

@@ -104,6 +104,28 @@ fn resolve(address: &str) -> Result<SocketAddr, Error> {
         .ok_or_else(|| failed(format!("{address} resolves to nothing")))
 }
 
+impl PluginState {
+    /// Run one I/O operation: refused with `denial` when the grants do not
+    /// cover it, else run with its timeout clamped to the call's deadline.
+    fn guarded<T>(
+        &self,
+        denial: Option<String>,
+        timeout_ms: u32,
+        op: impl FnOnce(Duration) -> Result<T, Error>,
+    ) -> wasmtime::Result<Result<T, Error>> {
+        if let Some(what) = denial {
+            return Ok(Err(denied(what)));
+        }
+        Ok(self.io_timeout(timeout_ms).and_then(op))
+    }
+
+    /// `None` when `address` is in `granted` or is the backend being
+    /// checked; else what is denied.
+    fn reach(&self, granted: &[String], address: &str, what: &str) -> Option<String> {
+        (!granted.iter().any(|g| g == address) && !self.is_target(address)).then(|| format!("{what} to {address}"))
+    }
+}
+
 impl io::Host for PluginState {
     fn http_request(
         &mut self,
@@ -115,14 +137,8 @@ impl io::Host for PluginState {
     ) -> wasmtime::Result<Result<io::HttpResponse, Error>> {
         let allowed = self.grants.http.iter().any(|p| url_under(&url, p))
             || url_authority(&url).is_some_and(|a| self.is_target(a));
-        if !allowed {
-            return Ok(Err(denied(format!("URL {url}"))));
-        }
-        let timeout = match self.io_timeout(timeout_ms) {
-            Ok(t) => t,
-            Err(e) => return Ok(Err(e)),
-        };
-        Ok(http_request(&method, &url, headers, body, timeout))
+        let denial = (!allowed).then(|| format!("URL {url}"));
+        self.guarded(denial, timeout_ms, |t| http_request(&method, &url, headers, body, t))
     }
 
     fn tcp_probe(
@@ -132,14 +148,8 @@ impl io::Host for PluginState {
         read_max: u32,
         timeout_ms: u32,
     ) -> wasmtime::Result<Result<Vec<u8>, Error>> {
-        if !self.grants.tcp.contains(&address) && !self.is_target(&address) {
-            return Ok(Err(denied(format!("TCP to {address}"))));
-        }
-        let timeout = match self.io_timeout(timeout_ms) {
-            Ok(t) => t,
-            Err(e) => return Ok(Err(e)),
-        };
-        Ok(tcp_probe(&address, &send, read_max, timeout))
+        let denial = self.reach(&self.grants.tcp, &address, "TCP");
+        self.guarded(denial, timeout_ms, |t| tcp_probe(&address, &send, read_max, t))
     }
 
     fn tls_probe(
@@ -150,14 +160,8 @@ impl io::Host for PluginState {
         read_max: u32,
         timeout_ms: u32,
     ) -> wasmtime::Result<Result<Vec<u8>, Error>> {
-        if !self.grants.tcp.contains(&address) && !self.is_target(&address) {
-            return Ok(Err(denied(format!("TCP to {address}"))));
-        }
-        let timeout = match self.io_timeout(timeout_ms) {
-            Ok(t) => t,
-            Err(e) => return Ok(Err(e)),
-        };
-        Ok(tls::probe(&address, &tls, &send, read_max, timeout))
+        let denial = self.reach(&self.grants.tcp, &address, "TCP");
+        self.guarded(denial, timeout_ms, |t| tls::probe(&address, &tls, &send, read_max, t))
     }
 
     fn udp_probe(
@@ -166,36 +170,22 @@ impl io::Host for PluginState {
         send: Vec<u8>,
         timeout_ms: u32,
     ) -> wasmtime::Result<Result<Vec<u8>, Error>> {
-        if !self.grants.udp.contains(&address) && !self.is_target(&address) {
-            return Ok(Err(denied(format!("UDP to {address}"))));
-        }
-        let timeout = match self.io_timeout(timeout_ms) {
-            Ok(t) => t,
-            Err(e) => return Ok(Err(e)),
-        };
-        Ok(udp_probe(&address, &send, timeout))
+        let denial = self.reach(&self.grants.udp, &address, "UDP");
+        self.guarded(denial, timeout_ms, |t| udp_probe(&address, &send, t))
     }
 
     fn dns_lookup_ip(&mut self, name: String, timeout_ms: u32) -> wasmtime::Result<Result<Vec<String>, Error>> {
         let Some(server) = self.grants.dns else {
             return Ok(Err(denied("DNS (no `dns` server)")));
         };
-        let timeout = match self.io_timeout(timeout_ms) {
-            Ok(t) => t,
-            Err(e) => return Ok(Err(e)),
-        };
-        Ok(dns::lookup_ip(server, &name, timeout))
+        self.guarded(None, timeout_ms, |t| dns::lookup_ip(server, &name, t))
     }
 
     fn dns_lookup_srv(&mut self, name: String, timeout_ms: u32) -> wasmtime::Result<Result<Vec<io::SrvRecord>, Error>> {
         let Some(server) = self.grants.dns else {
             return Ok(Err(denied("DNS (no `dns` server)")));
         };
-        let timeout = match self.io_timeout(timeout_ms) {
-            Ok(t) => t,
-            Err(e) => return Ok(Err(e)),
-        };
-        Ok(dns::lookup_srv(server, &name, timeout))
+        self.guarded(None, timeout_ms, |t| dns::lookup_srv(server, &name, t))
     }
 
     fn read_file(&mut self, path: String) -> wasmtime::Result<Result<Vec<u8>, Error>> {
@@ -211,14 +201,9 @@ impl io::Host for PluginState {
         args: Vec<String>,
         timeout_ms: u32,
     ) -> wasmtime::Result<Result<io::ExecOutput, Error>> {
-        if !self.grants.exec.iter().any(|p| p == Path::new(&program)) {
-            return Ok(Err(denied(format!("program {program}"))));
-        }
-        let timeout = match self.io_timeout(timeout_ms) {
-            Ok(t) => t,
-            Err(e) => return Ok(Err(e)),
-        };
-        Ok(run(&program, &args, timeout))
+        let allowed = self.grants.exec.iter().any(|p| p == Path::new(&program));
+        let denial = (!allowed).then(|| format!("program {program}"));
+        self.guarded(denial, timeout_ms, |t| run(&program, &args, t))
     }
 }
 

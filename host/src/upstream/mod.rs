@@ -61,6 +61,60 @@ pub struct PoolSettings {
     pub initial_up: bool,
 }
 
+impl PoolSettings {
+    /// Whether a backend that is new to the pool starts in rotation.
+    fn starts_up(&self) -> bool {
+        self.initial_up || !self.active_checks
+    }
+}
+
+/// Backends for `specs` (duplicate addresses dropped), in that order. One
+/// whose address `previous` has keeps its counters and health; a new one
+/// gets a cell of `live` and starts up or down as `up` says. Also says what
+/// changed against `previous`.
+fn build_backends(
+    specs: Vec<BackendSpec>,
+    previous: Option<&Members>,
+    live: &Arc<LiveTable>,
+    up: bool,
+) -> (Vec<Arc<Backend>>, MemberChange) {
+    let mut change = MemberChange::default();
+    let mut seen = std::collections::HashSet::new();
+    let mut backends = Vec::with_capacity(specs.len());
+    for s in specs {
+        if !seen.insert(s.address.clone()) {
+            continue;
+        }
+        let slot = backends.len() as u32;
+        let (stats, health) = match previous.and_then(|m| m.find(&s.address)) {
+            Some(b) => {
+                if b.slot != slot || b.weight != s.weight || b.priority != s.priority || b.tags != s.tags {
+                    change.changed.push(s.address.clone());
+                }
+                (b.stats.clone(), b.health.clone())
+            }
+            None => {
+                change.added.push(s.address.clone());
+                (Arc::new(BackendStats::new(live)), Arc::new(Health::new(up)))
+            }
+        };
+        backends.push(Arc::new(Backend {
+            slot,
+            address: s.address,
+            weight: s.weight,
+            priority: s.priority,
+            tags: s.tags,
+            stats,
+            health,
+        }));
+    }
+    if let Some(old) = previous {
+        change.removed =
+            old.backends.iter().filter(|b| !seen.contains(&b.address)).map(|b| b.address.clone()).collect();
+    }
+    (backends, change)
+}
+
 /// Retries a pool may still make: `budget × requests + 10` in all, so that a
 /// failing pool is not hammered with retries on top of its traffic.
 #[derive(Debug, Default)]
@@ -245,26 +299,7 @@ impl Pool {
     ) -> Self {
         let live = Arc::new(LiveTable::default());
         let old = previous.map(|p| p.members());
-        let initial_up = settings.initial_up || !settings.active_checks;
-        let backends = specs
-            .into_iter()
-            .enumerate()
-            .map(|(i, s)| {
-                let (stats, health) = match old.as_ref().and_then(|m| m.find(&s.address)) {
-                    Some(b) => (b.stats.clone(), b.health.clone()),
-                    None => (Arc::new(BackendStats::new(&live)), Arc::new(Health::new(initial_up))),
-                };
-                Arc::new(Backend {
-                    slot: i as u32,
-                    address: s.address,
-                    weight: s.weight,
-                    priority: s.priority,
-                    tags: s.tags,
-                    stats,
-                    health,
-                })
-            })
-            .collect();
+        let (backends, _) = build_backends(specs, old.as_deref(), &live, settings.starts_up());
         Self {
             id: NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed),
             name: name.into(),
@@ -291,41 +326,7 @@ impl Pool {
     pub fn set_members(&self, specs: Vec<BackendSpec>) -> MemberChange {
         let _g = self.update.lock();
         let old = self.members.load_full();
-        let mut change = MemberChange::default();
-        let mut seen = std::collections::HashSet::new();
-        let mut backends = Vec::with_capacity(specs.len());
-        for s in specs {
-            if !seen.insert(s.address.clone()) {
-                continue;
-            }
-            let slot = backends.len() as u32;
-            let (stats, health) = match old.find(&s.address) {
-                Some(b) => {
-                    if b.slot != slot || b.weight != s.weight || b.priority != s.priority || b.tags != s.tags {
-                        change.changed.push(s.address.clone());
-                    }
-                    (b.stats.clone(), b.health.clone())
-                }
-                None => {
-                    change.added.push(s.address.clone());
-                    (
-                        Arc::new(BackendStats::new(&self.live)),
-                        Arc::new(Health::new(self.settings.initial_up || !self.settings.active_checks)),
-                    )
-                }
-            };
-            backends.push(Arc::new(Backend {
-                slot,
-                address: s.address,
-                weight: s.weight,
-                priority: s.priority,
-                tags: s.tags,
-                stats,
-                health,
-            }));
-        }
-        change.removed =
-            old.backends.iter().filter(|b| !seen.contains(&b.address)).map(|b| b.address.clone()).collect();
+        let (backends, change) = build_backends(specs, Some(&old), &self.live, self.settings.starts_up());
         if !change.is_empty() {
             let version = self.versions.fetch_add(1, Ordering::Relaxed) + 1;
             self.members.store(Arc::new(Members::new(version, backends, self.live.clone())));
