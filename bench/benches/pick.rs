@@ -46,6 +46,7 @@ fn pool(runtime: &Arc<Runtime>, plugin: &str, n: usize) -> Arc<Pool> {
         fail_on: Vec::new(),
         active_checks: false,
         initial_up: true,
+        tls: None,
     };
     Arc::new(Pool::new("bench", backends, balancer, settings, None))
 }
@@ -57,6 +58,8 @@ fn connection() -> types::Connection {
         listener: 0,
         protocol: types::Protocol::Tcp,
         sni: None,
+        alpn: None,
+        client_identity: None,
     }
 }
 

@@ -9,6 +9,7 @@ use crate::health::{self, CheckSettings};
 use crate::l4::{self, TcpService};
 use crate::l7::{self, HttpPool, HttpService, HttpSettings};
 use crate::plugin::{Grants, Limits, LoadError, PluginInstance, PluginSpec, Runtime, World};
+use crate::tls::{BackendTls, ServerTls};
 use crate::upstream::{BackendSpec, Pool, PoolSettings};
 use arc_swap::ArcSwap;
 use std::collections::BTreeMap;
@@ -25,6 +26,8 @@ pub struct Prepared {
     pub plugins: BTreeMap<String, Arc<PluginInstance>>,
     /// Pools by name.
     pub pools: BTreeMap<String, Arc<Pool>>,
+    /// Certificates of the listeners that terminate TLS, by listener.
+    listener_tls: BTreeMap<String, Arc<ServerTls>>,
     loaded: Loaded,
 }
 
@@ -160,9 +163,47 @@ impl Prepared {
             plugins.insert(name.clone(), instance);
         }
 
+        let mut listener_tls = BTreeMap::new();
+        for (name, l) in &cfg.listeners {
+            let Some(spec) = l.tls.as_ref().filter(|t| !t.get_ref().passthrough) else { continue };
+            let t = spec.get_ref();
+            let tls = ServerTls::load(t, loaded.base_dir(), l.protocol.is_http()).map_err(|e| match e.certificate {
+                Some((i, which)) => {
+                    let files = &t.certificates[i];
+                    let at = if which == "cert" { &files.cert } else { &files.key };
+                    src.error(at, format!("listeners.{name}.tls.certificates[{i}].{which}: {}", e.message))
+                }
+                None => match &t.client_ca {
+                    Some(ca) => src.error(ca, format!("listeners.{name}.tls.client_ca: {}", e.message)),
+                    None => src.error(spec, format!("listeners.{name}.tls: {}", e.message)),
+                },
+            })?;
+            listener_tls.insert(name.clone(), Arc::new(tls));
+        }
+
         let mut pools = BTreeMap::new();
         for (name, p) in &cfg.pools {
             let old = previous.and_then(|prev| prev.pools.get(name));
+            let tls = match &p.tls {
+                Some(spec) => {
+                    let t = spec.get_ref();
+                    let tls = BackendTls::load(t, loaded.base_dir(), &[]).map_err(|(key, message)| {
+                        let at = match key {
+                            "ca" => t.ca.as_ref(),
+                            "cert" => t.cert.as_ref(),
+                            "key" => t.key.as_ref(),
+                            _ => None,
+                        };
+                        let text = format!("pools.{name}.tls.{key}: {message}");
+                        match at {
+                            Some(at) => src.error(at, text),
+                            None => src.error(spec, text),
+                        }
+                    })?;
+                    Some(Arc::new(tls))
+                }
+                None => None,
+            };
             let specs = p
                 .backends
                 .get_ref()
@@ -186,6 +227,7 @@ impl Prepared {
                 fail_on: p.fail_on.clone(),
                 active_checks: p.health.is_some(),
                 initial_up: p.health.as_ref().is_none_or(|h| h.initial == InitialHealth::Up),
+                tls,
             };
             // With discovery, the list found last carries over until the
             // next discovery answers.
@@ -206,7 +248,7 @@ impl Prepared {
             let pool = Pool::new(name, specs, balancer, settings, old.map(|o| &**o));
             pools.insert(name.clone(), Arc::new(pool));
         }
-        Ok(Self { plugins, pools, loaded })
+        Ok(Self { plugins, pools, listener_tls, loaded })
     }
 }
 
@@ -218,8 +260,10 @@ impl Prepared {
             .iter()
             .map(|(name, pool)| {
                 let p = &cfg.pools[name];
-                let client = l7::upstream_client(p.http2, p.keepalive, p.keepalive_timeout.0, p.connect_timeout.0);
-                (name.clone(), HttpPool { pool: pool.clone(), client, http2: p.http2 })
+                let tls = pool.settings.tls.as_deref();
+                let client = l7::upstream_client(p.http2, p.keepalive, p.keepalive_timeout.0, p.connect_timeout.0, tls);
+                let scheme = if tls.is_some() { "https" } else { "http" };
+                (name.clone(), HttpPool { pool: pool.clone(), client, http2: p.http2, scheme })
             })
             .collect()
     }
@@ -312,13 +356,6 @@ async fn bind_soon(addr: SocketAddr, backlog: u32) -> std::io::Result<tokio::net
     }
 }
 
-fn protocol_name(p: Protocol) -> &'static str {
-    match p {
-        Protocol::Tcp => "tcp",
-        Protocol::Http => "http",
-    }
-}
-
 impl ServerCore {
     /// Start the background loops (throughput, discovery, health) of every
     /// pool; the first discovery of each pool runs before this returns.
@@ -341,10 +378,27 @@ impl ServerCore {
         }
     }
 
-    fn tcp_routes(prepared: &Prepared, l: &crate::config::Listener) -> l4::TcpRoutes {
+    /// The certificates of a terminating listener, watched for changes for
+    /// as long as its routes hold them.
+    fn listener_tls(prepared: &Prepared, name: &str, l: &crate::config::Listener) -> Option<Arc<ServerTls>> {
+        let tls = prepared.listener_tls.get(name)?.clone();
+        let interval = l.tls.as_ref().map_or(Duration::from_secs(2), |t| t.get_ref().watch_interval.0);
+        tls.watch(name.into(), interval);
+        Some(tls)
+    }
+
+    fn tcp_routes(prepared: &Prepared, name: &str, l: &crate::config::Listener) -> l4::TcpRoutes {
+        let tls = match (&l.tls, Self::listener_tls(prepared, name, l)) {
+            (_, Some(tls)) => l4::TlsMode::Terminate(tls),
+            (Some(t), None) => l4::TlsMode::Passthrough(t.get_ref().handshake_timeout.0),
+            (None, None) => l4::TlsMode::None,
+        };
         l4::TcpRoutes {
             pool: prepared.pools[l.pool.get_ref()].clone(),
+            pools: Arc::new(prepared.pools.clone()),
             access: l.access.iter().map(|a| prepared.plugins[a.get_ref()].clone()).collect(),
+            router: l.router.as_ref().map(|r| prepared.plugins[r.get_ref()].clone()),
+            tls,
             idle_timeout: l.idle_timeout.0,
             access_log: l.access_log.fields(),
         }
@@ -353,6 +407,7 @@ impl ServerCore {
     fn http_routes(
         prepared: &Prepared,
         pools: &Arc<BTreeMap<String, HttpPool>>,
+        name: &str,
         l: &crate::config::Listener,
     ) -> l7::HttpRoutes {
         l7::HttpRoutes {
@@ -367,7 +422,9 @@ impl ServerCore {
                 x_forwarded: l.x_forwarded,
                 forwarded: l.forwarded,
                 via: l.via,
+                https: l.protocol == Protocol::Https,
             },
+            tls: Self::listener_tls(prepared, name, l),
         }
     }
 
@@ -384,23 +441,23 @@ impl ServerCore {
         let stop = self.stop.child_token();
         let listener_id = self.runtime.shared().listener_id(name);
         let service = match l.protocol {
-            Protocol::Tcp => {
+            Protocol::Tcp | Protocol::Tls => {
                 let service = Arc::new(TcpService {
                     name: name.into(),
                     listener_id,
                     local,
-                    routes: ArcSwap::from_pointee(Self::tcp_routes(prepared, l)),
+                    routes: ArcSwap::from_pointee(Self::tcp_routes(prepared, name, l)),
                     stats: Arc::default(),
                 });
                 tokio::spawn(l4::serve(socket, service.clone(), stop.clone(), self.tracker.clone()));
                 Service::Tcp(service)
             }
-            Protocol::Http => {
+            Protocol::Http | Protocol::Https => {
                 let service = Arc::new(HttpService {
                     name: name.into(),
                     listener_id,
                     local,
-                    routes: ArcSwap::from_pointee(Self::http_routes(prepared, http_pools, l)),
+                    routes: ArcSwap::from_pointee(Self::http_routes(prepared, http_pools, name, l)),
                     stats: Arc::default(),
                 });
                 tokio::spawn(l7::serve(socket, service.clone(), stop.clone(), self.tracker.clone()));
@@ -425,7 +482,7 @@ impl ServerCore {
                 .map(|(name, l)| {
                     let info = admin::ListenerInfo {
                         address: l.addr,
-                        protocol: protocol_name(l.protocol),
+                        protocol: l.protocol.name(),
                         pool: cfg.listeners[name].pool.get_ref().clone(),
                         stats: match &l.service {
                             Service::Tcp(s) => s.stats.clone(),
@@ -516,8 +573,8 @@ impl ServerCore {
         for (name, l) in &cfg.listeners {
             if let Some(r) = running.listeners.get(name) {
                 match &r.service {
-                    Service::Tcp(s) => s.routes.store(Arc::new(Self::tcp_routes(&prepared, l))),
-                    Service::Http(s) => s.routes.store(Arc::new(Self::http_routes(&prepared, &http_pools, l))),
+                    Service::Tcp(s) => s.routes.store(Arc::new(Self::tcp_routes(&prepared, name, l))),
+                    Service::Http(s) => s.routes.store(Arc::new(Self::http_routes(&prepared, &http_pools, name, l))),
                 }
                 continue;
             }

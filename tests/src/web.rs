@@ -61,7 +61,16 @@ impl HttpBackend {
         Self::start_with(name, Mode::Slow(Duration::from_millis(ms))).await
     }
 
+    /// Start a backend that speaks HTTPS with `tls` (HTTP/1.1 or h2 by ALPN).
+    pub async fn start_tls(name: &str, tls: Arc<tokio_rustls::rustls::ServerConfig>) -> Result<Self> {
+        Self::start_on(name, Mode::Normal, Some(tokio_rustls::TlsAcceptor::from(tls))).await
+    }
+
     async fn start_with(name: &str, mode: Mode) -> Result<Self> {
+        Self::start_on(name, mode, None).await
+    }
+
+    async fn start_on(name: &str, mode: Mode, tls: Option<tokio_rustls::TlsAcceptor>) -> Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let (connections, requests) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
@@ -73,6 +82,7 @@ impl HttpBackend {
             connections.clone(),
             requests.clone(),
             forced.clone(),
+            tls,
         ));
         Ok(Self { name: name.into(), addr, connections, requests, forced, task })
     }
@@ -106,21 +116,29 @@ async fn serve(
     connections: Arc<AtomicU64>,
     requests: Arc<AtomicU64>,
     forced: Arc<AtomicU16>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
     let mut conns = tokio::task::JoinSet::new();
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
         connections.fetch_add(1, Ordering::SeqCst);
-        let (name, requests, forced) = (name.clone(), requests.clone(), forced.clone());
+        let (name, requests, forced, tls) = (name.clone(), requests.clone(), forced.clone(), tls.clone());
         conns.spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
                 let forced = forced.load(Ordering::SeqCst);
                 let mode = if forced != 0 { Mode::Fail(forced) } else { mode };
                 answer(name.clone(), mode, requests.clone(), req)
             });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                .await;
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            match tls {
+                None => {
+                    let _ = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).await;
+                }
+                Some(acceptor) => {
+                    let Ok(stream) = acceptor.accept(stream).await else { return };
+                    let _ = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).await;
+                }
+            }
         });
         while conns.try_join_next().is_some() {}
     }

@@ -336,6 +336,8 @@ pub struct Pool {
     /// HTTP: how long an idle keep-alive connection is kept.
     #[serde(default = "default_keepalive_timeout")]
     pub keepalive_timeout: Duration,
+    /// Connect to the backends over TLS.
+    pub tls: Option<Spanned<PoolTls>>,
 }
 
 fn default_retry_budget() -> f64 {
@@ -382,6 +384,112 @@ pub enum Protocol {
     Tcp,
     /// HTTP/1.1 and HTTP/2 (h2c prior knowledge), proxied request by request.
     Http,
+    /// TLS: terminated with the listener's certificates and proxied as
+    /// TCP, or (`tls.passthrough`) routed by its ClientHello and forwarded
+    /// untouched.
+    Tls,
+    /// HTTP over TLS: terminated, then proxied as `http` (ALPN `h2` and
+    /// `http/1.1`).
+    Https,
+}
+
+impl Protocol {
+    /// The name as written in the config.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Http => "http",
+            Protocol::Tls => "tls",
+            Protocol::Https => "https",
+        }
+    }
+
+    /// Whether requests are proxied one by one (HTTP), not as a byte stream.
+    pub fn is_http(self) -> bool {
+        matches!(self, Protocol::Http | Protocol::Https)
+    }
+}
+
+/// `[listeners.NAME.tls]`: certificates and handshake settings of a TLS or
+/// HTTPS listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTls {
+    /// Certificate chains and keys, PEM. The first one is the default; the
+    /// others are chosen by the SNI names their certificates carry.
+    #[serde(default)]
+    pub certificates: Vec<CertificateFiles>,
+    /// `protocol = "tls"` only: do not terminate; read the ClientHello,
+    /// route by its SNI and ALPN, and forward the bytes untouched.
+    #[serde(default)]
+    pub passthrough: bool,
+    /// Lowest TLS version accepted: `"1.2"` or `"1.3"`.
+    #[serde(default)]
+    pub min_version: TlsVersion,
+    /// ALPN protocols offered, in preference order (HTTPS default:
+    /// `["h2", "http/1.1"]`; TLS default: none).
+    pub alpn: Option<Vec<String>>,
+    /// PEM bundle of CAs that client certificates must chain to (mTLS).
+    pub client_ca: Option<Spanned<String>>,
+    /// With `client_ca`: whether a client certificate is required (the
+    /// default) or only verified when one is sent.
+    #[serde(default = "yes")]
+    pub client_cert_required: bool,
+    /// How often the certificate files are checked for changes.
+    #[serde(default = "default_tls_watch")]
+    pub watch_interval: Duration,
+    /// Time a client has to finish its handshake (or, on passthrough, to
+    /// send its ClientHello).
+    #[serde(default = "default_handshake_timeout")]
+    pub handshake_timeout: Duration,
+}
+
+/// One certificate chain and its private key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateFiles {
+    /// PEM file with the certificate chain, leaf first.
+    pub cert: Spanned<String>,
+    /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: Spanned<String>,
+}
+
+/// A TLS protocol version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub enum TlsVersion {
+    /// TLS 1.2 (and 1.3).
+    #[default]
+    #[serde(rename = "1.2")]
+    Tls12,
+    /// TLS 1.3 only.
+    #[serde(rename = "1.3")]
+    Tls13,
+}
+
+fn default_tls_watch() -> Duration {
+    Duration::from_secs(2)
+}
+
+fn default_handshake_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// `[pools.NAME.tls]`: connect to the backends over TLS.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolTls {
+    /// Verify the backend's certificate (turn off only for testing).
+    #[serde(default = "yes")]
+    pub verify: bool,
+    /// PEM bundle of CAs to verify against (default: the Mozilla roots).
+    pub ca: Option<Spanned<String>>,
+    /// Server name to send as SNI and verify the certificate against
+    /// (default: the host part of each backend's address).
+    pub sni: Option<String>,
+    /// Client certificate chain to present, PEM.
+    pub cert: Option<Spanned<String>>,
+    /// Its private key, PEM.
+    pub key: Option<Spanned<String>>,
 }
 
 /// A listener's access-log setting.
@@ -451,6 +559,8 @@ pub struct Listener {
     /// Listen backlog.
     #[serde(default = "default_backlog")]
     pub backlog: u32,
+    /// TLS and HTTPS: certificates and handshake settings.
+    pub tls: Option<Spanned<ListenerTls>>,
 }
 
 fn default_header_timeout() -> Duration {
@@ -544,6 +654,38 @@ impl Loaded {
         Path::new(&self.source.origin).parent().unwrap_or(Path::new("."))
     }
 
+    fn check_listener_tls(&self, name: &str, l: &Listener) -> Result<(), ConfigError> {
+        let src = &self.source;
+        let key = format!("listeners.{name}.tls");
+        let Some(tls) = &l.tls else {
+            if matches!(l.protocol, Protocol::Tls | Protocol::Https) {
+                return Err(src.error(&l.bind, format!("{key}: required with protocol = \"{}\"", l.protocol.name())));
+            }
+            return Ok(());
+        };
+        let t = tls.get_ref();
+        let fail = |msg: String| Err(src.error(tls, format!("{key}: {msg}")));
+        match l.protocol {
+            Protocol::Tcp | Protocol::Http => {
+                fail(format!("needs protocol = \"tls\" or \"https\" (the listener says \"{}\")", l.protocol.name()))
+            }
+            Protocol::Https if t.passthrough => fail("passthrough needs protocol = \"tls\"".into()),
+            _ if t.passthrough && !t.certificates.is_empty() => {
+                fail("passthrough forwards the client's TLS untouched: remove `certificates`".into())
+            }
+            _ if t.passthrough && (t.client_ca.is_some() || t.alpn.is_some()) => {
+                fail("passthrough does not terminate TLS: `client_ca` and `alpn` do not apply".into())
+            }
+            _ if !t.passthrough && t.certificates.is_empty() => {
+                fail("`certificates` is empty: give at least one { cert, key }, or set passthrough = true".into())
+            }
+            _ if t.handshake_timeout.0.is_zero() || t.watch_interval.0.is_zero() => {
+                fail("`handshake_timeout` and `watch_interval` must be above zero".into())
+            }
+            _ => Ok(()),
+        }
+    }
+
     fn check(&self) -> Result<(), ConfigError> {
         let src = &self.source;
         let c = &self.config;
@@ -559,10 +701,8 @@ impl Loaded {
             }
             if let Some(r) = &l.router {
                 self.check_plugin_ref(&format!("listeners.{name}.router"), r)?;
-                if l.protocol != Protocol::Http {
-                    return Err(src.error(r, format!("listeners.{name}.router: needs protocol = \"http\"")));
-                }
             }
+            self.check_listener_tls(name, l)?;
         }
         for (name, p) in &c.pools {
             self.check_plugin_ref(&format!("pools.{name}.balancer"), &p.balancer)?;
@@ -582,6 +722,19 @@ impl Loaded {
                     }
                 }
             }
+            if let Some(t) = &p.tls {
+                let tk = t.get_ref();
+                if tk.cert.is_some() != tk.key.is_some() {
+                    return Err(src.error(t, format!("pools.{name}.tls: `cert` and `key` go together")));
+                }
+                if let Some(sni) = &tk.sni {
+                    if rustls::pki_types::ServerName::try_from(sni.as_str()).is_err() {
+                        return Err(
+                            src.error(t, format!("pools.{name}.tls.sni: `{sni}` is not a DNS name or IP address"))
+                        );
+                    }
+                }
+            }
             if p.max_tries == 0 {
                 return Err(src.error(&p.backends, format!("pools.{name}.max_tries: must be at least 1")));
             }
@@ -590,7 +743,7 @@ impl Loaded {
                     return Err(src.error(
                         k,
                         format!(
-                            "pools.{name}.hash_key: `{}` is not one of client-ip, path, header:NAME, cookie:NAME",
+                            "pools.{name}.hash_key: `{}` is not one of client-ip, path, sni, header:NAME, cookie:NAME",
                             k.get_ref()
                         ),
                     ));

@@ -135,3 +135,55 @@ async fn one_way(src: &TcpStream, dst: &TcpStream, last: &AtomicU64, count: impl
         }
     }
 }
+
+/// A byte stream of any kind: a TLS session or a socket.
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+/// [`proxy`] for streams that are not both plain sockets (one side speaks
+/// TLS): a buffered copy each way, with the same half-close, idle timeout and
+/// byte counts.
+pub async fn proxy_io(
+    client: Box<dyn Io>,
+    backend: Box<dyn Io>,
+    stats: &BackendStats,
+    idle: Duration,
+) -> io::Result<()> {
+    let last = AtomicU64::new(crate::clock::now_nanos());
+    let (client_r, client_w) = tokio::io::split(client);
+    let (backend_r, backend_w) = tokio::io::split(backend);
+    let up = copy_io(client_r, backend_w, &last, |n| stats.add_tx(n));
+    let down = copy_io(backend_r, client_w, &last, |n| stats.add_rx(n));
+    tokio::select! {
+        r = async { tokio::try_join!(up, down) } => r.map(|_| ()),
+        _ = idle_watch(&last, idle) => Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout")),
+    }
+}
+
+async fn copy_io(
+    mut src: impl tokio::io::AsyncRead + Unpin,
+    mut dst: impl tokio::io::AsyncWrite + Unpin,
+    last: &AtomicU64,
+    count: impl Fn(u64),
+) -> io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 << 10];
+    loop {
+        let n = match src.read(&mut buf).await {
+            Ok(n) => n,
+            // A TLS peer that closes its socket without close_notify.
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => 0,
+            Err(e) => return Err(e),
+        };
+        if n == 0 {
+            let _ = dst.shutdown().await;
+            return Ok(());
+        }
+        touch(last);
+        count(n as u64);
+        dst.write_all(&buf[..n]).await?;
+        dst.flush().await?;
+        touch(last);
+    }
+}

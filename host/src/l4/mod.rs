@@ -6,7 +6,7 @@ mod copy;
 
 use crate::config::Fallback;
 use crate::plugin::bindings::types;
-use crate::plugin::{PluginInstance, Verdict};
+use crate::plugin::{PluginInstance, RouteDecision, Verdict};
 use crate::upstream::{Backend, Pool};
 use arc_swap::ArcSwap;
 use std::net::{IpAddr, SocketAddr};
@@ -16,7 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use copy::proxy;
+pub use copy::{proxy, proxy_io, Io};
 
 /// What a TCP listener does with its connections.
 pub struct TcpService {
@@ -33,12 +33,29 @@ pub struct TcpService {
     pub stats: Arc<crate::listener::ListenerStats>,
 }
 
+/// What a TCP-family listener does about TLS.
+pub enum TlsMode {
+    /// Plain TCP.
+    None,
+    /// Terminate with these certificates.
+    Terminate(Arc<crate::tls::ServerTls>),
+    /// Read the ClientHello (within the timeout) for its SNI and ALPN, then
+    /// forward it and everything after untouched.
+    Passthrough(Duration),
+}
+
 /// The part of a TCP listener a reload may change.
 pub struct TcpRoutes {
-    /// Where connections go.
+    /// Where connections go (when there is no router or it has no match).
     pub pool: Arc<Pool>,
+    /// Every pool a router may name.
+    pub pools: Arc<std::collections::BTreeMap<String, Arc<Pool>>>,
     /// Access filters, in order.
     pub access: Vec<Arc<PluginInstance>>,
+    /// Router (`route-connection`), for SNI routing.
+    pub router: Option<Arc<PluginInstance>>,
+    /// TLS termination or passthrough.
+    pub tls: TlsMode,
     /// Idle timeout of a proxied connection.
     pub idle_timeout: Duration,
     /// Access-log fields, when the log is on.
@@ -60,14 +77,68 @@ pub fn wit_socket_address(addr: SocketAddr) -> types::SocketAddress {
     types::SocketAddress { ip, port: addr.port() }
 }
 
+/// The client side of a proxied connection once TLS is dealt with.
+enum ClientSide {
+    /// A socket, with bytes already read from it that the backend must get
+    /// first (a passthrough ClientHello).
+    Plain(TcpStream, Vec<u8>),
+    /// A terminated TLS session.
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+/// The backend side of a proxied connection.
+enum BackendSide {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl BackendSide {
+    fn into_io(self) -> Box<dyn Io> {
+        match self {
+            BackendSide::Plain(s) => Box::new(s),
+            BackendSide::Tls(s) => s,
+        }
+    }
+}
+
+/// Read from `client` until the bytes hold a whole ClientHello.
+async fn read_client_hello(
+    client: &mut TcpStream,
+    timeout: Duration,
+) -> std::io::Result<(crate::tls::client_hello::ClientHello, Vec<u8>)> {
+    use crate::tls::client_hello::{parse, Parsed, MAX_HELLO};
+    use tokio::io::AsyncReadExt;
+    let read = async {
+        let mut buf = Vec::with_capacity(2048);
+        loop {
+            if client.read_buf(&mut buf).await? == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "closed before a whole ClientHello",
+                ));
+            }
+            match parse(&buf) {
+                Parsed::Hello(hello) => return Ok((hello, buf)),
+                Parsed::Incomplete => buf.reserve(MAX_HELLO.saturating_sub(buf.len()).min(4096)),
+                Parsed::Invalid(why) => return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, why)),
+            }
+        }
+    };
+    tokio::time::timeout(timeout, read)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no ClientHello in time"))?
+}
+
 impl TcpService {
-    fn connection(&self, peer: SocketAddr) -> types::Connection {
+    fn connection(&self, peer: SocketAddr, tls: bool) -> types::Connection {
         types::Connection {
             client: wit_socket_address(peer),
             local: wit_socket_address(self.local),
             listener: self.listener_id,
-            protocol: types::Protocol::Tcp,
+            protocol: if tls { types::Protocol::Tls } else { types::Protocol::Tcp },
             sni: None,
+            alpn: None,
+            client_identity: None,
         }
     }
 
@@ -92,17 +163,45 @@ impl TcpService {
         true
     }
 
-    /// Balance and connect, trying a different backend after each failure.
-    async fn connect(&self, routes: &TcpRoutes, conn: &types::Connection) -> Option<(TcpStream, Arc<Backend>)> {
-        let pool = &routes.pool;
+    /// Run the route phase: the pool the connection goes to, or why none.
+    fn route<'r>(
+        &self,
+        routes: &'r TcpRoutes,
+        conn: &types::Connection,
+        alpn: &[String],
+    ) -> Result<&'r Arc<Pool>, String> {
+        let Some(router) = &routes.router else { return Ok(&routes.pool) };
+        match router.route_connection(conn, alpn) {
+            Ok(RouteDecision::Forward { pool, .. }) => {
+                routes.pools.get(&pool).ok_or_else(|| format!("route names an unknown pool `{pool}`"))
+            }
+            Ok(RouteDecision::NoMatch) => Ok(&routes.pool),
+            Ok(RouteDecision::Respond { status, .. }) => Err(format!("router answered {status}: connection closed")),
+            Err(e) if router.fallback() == Fallback::FailOpen => {
+                tracing::debug!(listener = %self.name, "router failed open: {e}");
+                Ok(&routes.pool)
+            }
+            Err(e) => Err(format!("router failed: {e}")),
+        }
+    }
+
+    /// Balance and connect (and, for a TLS pool, handshake), trying a
+    /// different backend after each failure.
+    async fn connect(
+        &self,
+        pool: &Arc<Pool>,
+        conn: &types::Connection,
+        peer: SocketAddr,
+    ) -> Option<(BackendSide, Arc<Backend>)> {
         let mut tried: Vec<u32> = Vec::new();
         let members = pool.members();
+        let hash_key = pool.settings.hash_key.as_ref().and_then(|k| k.of_connection(peer, conn.sni.as_deref()));
         for _ in 0..pool.settings.max_tries {
             let eligible = pool.eligible(&members, &tried);
             if eligible.is_empty() {
                 break;
             }
-            let slot = match pool.balancer.pick(pool, &members, eligible.clone(), conn, None, None) {
+            let slot = match pool.balancer.pick(pool, &members, eligible.clone(), conn, hash_key.as_deref(), None) {
                 Ok(slot) => slot,
                 Err(e) => {
                     tracing::debug!(pool = %pool.name, "balancer failed: {e}");
@@ -114,9 +213,15 @@ impl TcpService {
             };
             let backend = &members.backends[slot as usize];
             let started = Instant::now();
-            match tokio::time::timeout(pool.settings.connect_timeout, TcpStream::connect(backend.address.as_str()))
-                .await
-            {
+            let attempt = async {
+                let stream = TcpStream::connect(backend.address.as_str()).await?;
+                let _ = stream.set_nodelay(true);
+                match &pool.settings.tls {
+                    None => Ok::<_, std::io::Error>(BackendSide::Plain(stream)),
+                    Some(tls) => Ok(BackendSide::Tls(Box::new(tls.connect(&backend.address, stream).await?))),
+                }
+            };
+            match tokio::time::timeout(pool.settings.connect_timeout, attempt).await {
                 Ok(Ok(stream)) => {
                     backend.stats.record_latency(started.elapsed());
                     pool.report_success(backend);
@@ -136,22 +241,66 @@ impl TcpService {
         None
     }
 
-    async fn handle(self: Arc<Self>, client: TcpStream, peer: SocketAddr) {
+    async fn handle(self: Arc<Self>, mut client: TcpStream, peer: SocketAddr) {
         let _open = self.stats.accepted();
-        let conn = self.connection(peer);
         let routes = self.routes.load_full();
+        let mut conn = self.connection(peer, !matches!(routes.tls, TlsMode::None));
         let mut entry =
             routes.access_log.clone().map(|f| crate::access_log::Entry::new(f, self.name.clone(), peer.to_string()));
-        if let Some(e) = entry.as_mut() {
-            e.pool = routes.pool.name.clone();
-        }
+        let _ = client.set_nodelay(true);
+        let mut offered_alpn = Vec::new();
+        let client = match &routes.tls {
+            TlsMode::None => ClientSide::Plain(client, Vec::new()),
+            TlsMode::Terminate(tls) => match tls.accept(client).await {
+                Ok((stream, handshake)) => {
+                    conn.sni = handshake.sni;
+                    conn.alpn = handshake.alpn;
+                    conn.client_identity = handshake.client_identity;
+                    ClientSide::Tls(Box::new(stream))
+                }
+                Err(e) => {
+                    tracing::debug!(listener = %self.name, %peer, "TLS handshake failed: {e}");
+                    if let Some(en) = entry.as_mut() {
+                        en.error = format!("TLS handshake: {e}");
+                    }
+                    return;
+                }
+            },
+            TlsMode::Passthrough(timeout) => match read_client_hello(&mut client, *timeout).await {
+                Ok((hello, bytes)) => {
+                    conn.sni = hello.sni;
+                    offered_alpn = hello.alpn;
+                    ClientSide::Plain(client, bytes)
+                }
+                Err(e) => {
+                    tracing::debug!(listener = %self.name, %peer, "no ClientHello: {e}");
+                    if let Some(en) = entry.as_mut() {
+                        en.error = format!("no ClientHello: {e}");
+                    }
+                    return;
+                }
+            },
+        };
         if !self.admit(&routes, &conn, peer) {
             if let Some(e) = entry.as_mut() {
                 e.error = "denied".into();
             }
             return;
         }
-        let Some((upstream, backend)) = self.connect(&routes, &conn).await else {
+        let pool = match self.route(&routes, &conn, &offered_alpn) {
+            Ok(pool) => pool,
+            Err(why) => {
+                tracing::debug!(listener = %self.name, %peer, "{why}");
+                if let Some(e) = entry.as_mut() {
+                    e.error = why;
+                }
+                return;
+            }
+        };
+        if let Some(e) = entry.as_mut() {
+            e.pool = pool.name.clone();
+        }
+        let Some((upstream, backend)) = self.connect(pool, &conn, peer).await else {
             if let Some(e) = entry.as_mut() {
                 e.error = "no backend reachable".into();
             }
@@ -161,14 +310,85 @@ impl TcpService {
             e.backend = backend.address.clone();
         }
         let _active = backend.stats.open();
-        let _ = client.set_nodelay(true);
-        let _ = upstream.set_nodelay(true);
-        if let Err(err) = proxy(client, upstream, &backend.stats, routes.idle_timeout).await {
+        let result = match (client, upstream) {
+            (ClientSide::Plain(client, first), BackendSide::Plain(mut upstream)) => {
+                use tokio::io::AsyncWriteExt;
+                match upstream.write_all(&first).await {
+                    Ok(()) => {
+                        backend.stats.add_tx(first.len() as u64);
+                        proxy(client, upstream, &backend.stats, routes.idle_timeout).await
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            (ClientSide::Plain(client, first), upstream) => {
+                let client: Box<dyn Io> = Box::new(Prefixed::new(first, client));
+                proxy_io(client, upstream.into_io(), &backend.stats, routes.idle_timeout).await
+            }
+            (ClientSide::Tls(client), upstream) => {
+                proxy_io(client, upstream.into_io(), &backend.stats, routes.idle_timeout).await
+            }
+        };
+        if let Err(err) = result {
             tracing::debug!(listener = %self.name, %peer, "connection ended: {err}");
             if let Some(e) = entry.as_mut() {
                 e.error = err.to_string();
             }
         }
+    }
+}
+
+/// A stream that first yields bytes already read from it.
+struct Prefixed {
+    first: Vec<u8>,
+    at: usize,
+    inner: TcpStream,
+}
+
+impl Prefixed {
+    fn new(first: Vec<u8>, inner: TcpStream) -> Self {
+        Self { first, at: 0, inner }
+    }
+}
+
+impl tokio::io::AsyncRead for Prefixed {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.at < self.first.len() {
+            let n = (self.first.len() - self.at).min(buf.remaining());
+            let at = self.at;
+            buf.put_slice(&self.first[at..at + n]);
+            self.at += n;
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Prefixed {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

@@ -100,7 +100,8 @@ pub fn prepare_request(
         if let Ok(v) = HeaderValue::from_str(&xff) {
             h.insert("x-forwarded-for", v);
         }
-        h.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        let proto = if settings.https { "https" } else { "http" };
+        h.insert("x-forwarded-proto", HeaderValue::from_static(proto));
         if let Some(host) = h.get(header::HOST).cloned() {
             h.insert("x-forwarded-host", host);
         }
@@ -110,7 +111,8 @@ pub fn prepare_request(
             std::net::IpAddr::V6(v6) => format!("\"[{v6}]\""),
             v4 => v4.to_string(),
         };
-        let mut value = format!("for={node};proto=http");
+        let proto = if settings.https { "https" } else { "http" };
+        let mut value = format!("for={node};proto={proto}");
         if let Some(host) = h.get(header::HOST).and_then(|v| v.to_str().ok()) {
             value += &format!(";host=\"{host}\"");
         }
@@ -201,6 +203,7 @@ mod tests {
             x_forwarded: true,
             forwarded: true,
             via: true,
+            https: false,
         };
         let id = HeaderValue::from_static("abc");
         assert!(prepare_request(&mut parts, "127.0.0.1:5".parse().unwrap(), &settings, &id, &[]));

@@ -28,25 +28,42 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// Client to one pool's backends, with its own keep-alive pool.
-pub type UpstreamClient = Client<HttpConnector, ProxyBody>;
+pub type UpstreamClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, ProxyBody>;
 
-/// Build the client for a pool.
+/// Build the client for a pool; with `tls`, backends are reached over TLS
+/// (ALPN `h2` when the pool speaks HTTP/2, else `http/1.1`).
 pub fn upstream_client(
     http2: bool,
     keepalive: usize,
     keepalive_timeout: Duration,
     connect_timeout: Duration,
+    tls: Option<&crate::tls::BackendTls>,
 ) -> UpstreamClient {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(connect_timeout));
+    connector.enforce_http(false);
+    let config = match tls {
+        Some(t) => (*t.config).clone(),
+        None => crate::tls::plain_pool_config(),
+    };
+    let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config).https_or_http();
+    let builder = match tls.and_then(|t| t.sni.clone()) {
+        Some(name) => builder.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name)),
+        None => builder,
+    };
+    let https = if http2 {
+        builder.enable_http2().wrap_connector(connector)
+    } else {
+        builder.enable_http1().wrap_connector(connector)
+    };
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(keepalive_timeout)
         .pool_max_idle_per_host(keepalive)
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
         .http2_only(http2)
-        .build(connector)
+        .build(https)
 }
 
 /// A pool as an HTTP listener sees it: the pool and its client.
@@ -56,8 +73,10 @@ pub struct HttpPool {
     pub pool: Arc<Pool>,
     /// Its client.
     pub client: UpstreamClient,
-    /// Whether backends speak h2c.
+    /// Whether backends speak HTTP/2 (h2c, or h2 over TLS).
     pub http2: bool,
+    /// `http` or `https`: how backends are reached.
+    pub scheme: &'static str,
 }
 
 /// Settings of an HTTP listener.
@@ -73,6 +92,8 @@ pub struct HttpSettings {
     pub forwarded: bool,
     /// Add `Via`.
     pub via: bool,
+    /// The listener terminates TLS (`X-Forwarded-Proto: https`).
+    pub https: bool,
 }
 
 /// What an HTTP listener does with its requests.
@@ -104,6 +125,8 @@ pub struct HttpRoutes {
     pub access_log: Option<Arc<[crate::access_log::Field]>>,
     /// Listener settings.
     pub settings: HttpSettings,
+    /// HTTPS: the listener's certificates.
+    pub tls: Option<Arc<crate::tls::ServerTls>>,
 }
 
 /// Per client connection.
@@ -191,6 +214,8 @@ impl HttpService {
             listener: self.listener_id,
             protocol: types::Protocol::Http,
             sni: None,
+            alpn: None,
+            client_identity: None,
         }
     }
 
@@ -295,7 +320,8 @@ impl HttpService {
             e.pool = pool.name.clone();
         }
         if hash_key.is_none() {
-            hash_key = pool.settings.hash_key.as_ref().and_then(|k| k.extract(&parts, conn.peer));
+            hash_key =
+                pool.settings.hash_key.as_ref().and_then(|k| k.extract(&parts, conn.peer, conn.record.sni.as_deref()));
         }
         let upgrade = headers::prepare_request(&mut parts, conn.peer, &routes.settings, id, &request_edits);
         let on_client_upgrade = upgrade.then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>()).flatten();
@@ -347,7 +373,7 @@ impl HttpService {
             };
             let mut upstream = Request::from_parts(parts.clone_parts(), outgoing);
             *upstream.uri_mut() =
-                format!("http://{}{}", backend.address, path).parse().map_err(|_| Failure::Unreachable)?;
+                format!("{}://{}{}", target.scheme, backend.address, path).parse().map_err(|_| Failure::Unreachable)?;
             let active = backend.stats.open();
             let started = Instant::now();
             match tokio::time::timeout(pool.settings.response_timeout, target.client.request(upstream)).await {
@@ -496,11 +522,40 @@ fn request_timeout(socket: &std::net::TcpStream) {
 
 async fn serve_connection(service: Arc<HttpService>, stream: TcpStream, peer: SocketAddr, stop: CancellationToken) {
     let _ = stream.set_nodelay(true);
-    // A second handle on the socket, to answer 408 after hyper gives up on a
-    // request head (hyper itself just closes).
-    let spare = stream.as_fd().try_clone_to_owned().ok().map(std::net::TcpStream::from);
     let _open = service.stats.accepted();
-    let conn = Arc::new(ClientConn { record: service.connection(peer), peer, requests: Default::default() });
+    let mut record = service.connection(peer);
+    let tls = service.routes.load().tls.clone();
+    match tls {
+        None => {
+            // A second handle on the socket, to answer 408 after hyper gives
+            // up on a request head (hyper itself just closes).
+            let spare = stream.as_fd().try_clone_to_owned().ok().map(std::net::TcpStream::from);
+            serve_http(service, TokioIo::new(stream), record, peer, spare, stop).await
+        }
+        Some(tls) => match tls.accept(stream).await {
+            Ok((stream, handshake)) => {
+                record.protocol = types::Protocol::Https;
+                record.sni = handshake.sni;
+                record.alpn = handshake.alpn;
+                record.client_identity = handshake.client_identity;
+                serve_http(service, TokioIo::new(stream), record, peer, None, stop).await
+            }
+            Err(e) => tracing::debug!(listener = %service.name, %peer, "TLS handshake failed: {e}"),
+        },
+    }
+}
+
+async fn serve_http<I>(
+    service: Arc<HttpService>,
+    io: I,
+    record: types::Connection,
+    peer: SocketAddr,
+    spare: Option<std::net::TcpStream>,
+    stop: CancellationToken,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let conn = Arc::new(ClientConn { record, peer, requests: Default::default() });
     let first_request_seen = {
         let conn = conn.clone();
         move || conn.requests.load(std::sync::atomic::Ordering::Relaxed) > 0
@@ -518,7 +573,7 @@ async fn serve_connection(service: Arc<HttpService>, stream: TcpStream, peer: So
     builder.http2().timer(TokioTimer::new()).max_header_list_size(settings.max_header_size as u32);
     let svc = service.clone();
     let handler = hyper::service::service_fn(move |req| svc.clone().handle(conn.clone(), req));
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), handler);
+    let connection = builder.serve_connection_with_upgrades(io, handler);
     tokio::pin!(connection);
     tokio::select! {
         r = connection.as_mut() => {

@@ -701,6 +701,15 @@ impl PluginInstance {
             .collect())
     }
 
+    /// Ask a router where a connection goes (L4: SNI in `conn`, the
+    /// offered ALPN protocols in `alpn`).
+    pub fn route_connection(&self, conn: &types::Connection, alpn: &[String]) -> Result<RouteDecision, CallError> {
+        self.with_slot(|slot| {
+            let Bound::Router(r) = &slot.bound else { unreachable!("router slot") };
+            Ok(r.weir_plugin_route().call_route_connection(&mut slot.store, conn, alpn)?.map(decision))
+        })
+    }
+
     /// Ask a router where an HTTP request goes.
     pub fn route_request(&self, conn: &types::Connection, head: Arc<RequestHead>) -> Result<RouteDecision, CallError> {
         self.with_slot(|slot| {

@@ -340,53 +340,12 @@ mod tls {
     //! against the Mozilla roots, or not at all when asked.
 
     use super::{failed, io, resolve, Error, MAX_READ};
-    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-    use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+    use rustls::pki_types::ServerName;
+    use rustls::{ClientConfig, RootCertStore};
     use std::io::{Read, Write};
     use std::net::TcpStream;
     use std::sync::{Arc, OnceLock};
     use std::time::{Duration, Instant};
-
-    /// Accepts any certificate; signatures are still checked, so the peer
-    /// must hold the key of the certificate it shows.
-    #[derive(Debug)]
-    struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
-
-    impl ServerCertVerifier for AnyCertificate {
-        fn verify_server_cert(
-            &self,
-            _end_entity: &CertificateDer<'_>,
-            _intermediates: &[CertificateDer<'_>],
-            _server_name: &ServerName<'_>,
-            _ocsp: &[u8],
-            _now: UnixTime,
-        ) -> Result<ServerCertVerified, rustls::Error> {
-            Ok(ServerCertVerified::assertion())
-        }
-
-        fn verify_tls12_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-        }
-
-        fn verify_tls13_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-        }
-
-        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-            self.0.signature_verification_algorithms.supported_schemes()
-        }
-    }
 
     fn config(verify: bool) -> Arc<ClientConfig> {
         static VERIFYING: OnceLock<Arc<ClientConfig>> = OnceLock::new();
@@ -410,7 +369,7 @@ mod tls {
                 Arc::new(
                     builder
                         .dangerous()
-                        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider())))
+                        .with_custom_certificate_verifier(Arc::new(crate::tls::AnyCertificate::new()))
                         .with_no_client_auth(),
                 )
             })

@@ -59,6 +59,8 @@ pub struct PoolSettings {
     pub active_checks: bool,
     /// Whether a new backend starts up (else down until checks pass).
     pub initial_up: bool,
+    /// Connect to the backends over TLS.
+    pub tls: Option<Arc<crate::tls::BackendTls>>,
 }
 
 impl PoolSettings {
@@ -152,24 +154,42 @@ pub enum HashKey {
     Header(http::HeaderName),
     /// A cookie's value.
     Cookie(String),
+    /// The SNI of the client's TLS ClientHello.
+    Sni,
 }
 
 impl HashKey {
-    /// Parse `client-ip`, `path`, `header:NAME` or `cookie:NAME`.
+    /// Parse `client-ip`, `path`, `sni`, `header:NAME` or `cookie:NAME`.
     pub fn parse(s: &str) -> Option<Self> {
         match s.split_once(':') {
             None if s == "client-ip" => Some(Self::ClientIp),
             None if s == "path" => Some(Self::Path),
+            None if s == "sni" => Some(Self::Sni),
             Some(("header", name)) => http::HeaderName::from_bytes(name.trim().as_bytes()).ok().map(Self::Header),
             Some(("cookie", name)) if !name.trim().is_empty() => Some(Self::Cookie(name.trim().to_string())),
             _ => None,
         }
     }
 
-    /// The key of a request, if it has one.
-    pub fn extract(&self, head: &http::request::Parts, peer: std::net::SocketAddr) -> Option<String> {
+    /// The key of a connection (L4): only `client-ip` and `sni` apply.
+    pub fn of_connection(&self, peer: std::net::SocketAddr, sni: Option<&str>) -> Option<String> {
         match self {
             Self::ClientIp => Some(peer.ip().to_string()),
+            Self::Sni => sni.map(str::to_owned),
+            _ => None,
+        }
+    }
+
+    /// The key of a request, if it has one.
+    pub fn extract(
+        &self,
+        head: &http::request::Parts,
+        peer: std::net::SocketAddr,
+        sni: Option<&str>,
+    ) -> Option<String> {
+        match self {
+            Self::ClientIp => Some(peer.ip().to_string()),
+            Self::Sni => sni.map(str::to_owned),
             Self::Path => Some(head.uri.path().to_string()),
             Self::Header(name) => head.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned),
             Self::Cookie(name) => {

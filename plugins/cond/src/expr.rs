@@ -19,6 +19,10 @@ pub trait Facts {
     fn query(&self, name: &str) -> Option<String>;
     /// The client address.
     fn client_ip(&self) -> IpAddr;
+    /// SNI of a TLS connection.
+    fn sni(&self) -> Option<String>;
+    /// Identity of a verified client certificate.
+    fn client_identity(&self) -> Option<String>;
 }
 
 /// A set of alternatives from a `"a|b|c"` argument.
@@ -78,6 +82,13 @@ pub enum Cond {
     QueryValueIn(String, Alternatives),
     /// `req_cip_range("start", "end")`, inclusive, or `req_cip_range("10.0.0.0/8")`.
     CipRange(IpAddr, IpAddr),
+    /// `ses_tls_sni_in("a.example|b.example")` (case-insensitive).
+    SniIn(Alternatives),
+    /// `ses_tls_client_identity_in("alice|bob", fold_case)`: the verified
+    /// client certificate's identity.
+    ClientIdentityIn(Alternatives),
+    /// `ses_tls_client_auth()`: a verified client certificate was presented.
+    ClientAuth,
     /// `true` / `false`.
     Const(bool),
 }
@@ -107,6 +118,9 @@ impl Cond {
                     _ => false,
                 }
             }
+            Cond::SniIn(alt) => f.sni().is_some_and(|h| alt.contains(&h)),
+            Cond::ClientIdentityIn(alt) => f.client_identity().is_some_and(|v| alt.contains(&v)),
+            Cond::ClientAuth => f.client_identity().is_some(),
             Cond::Const(b) => *b,
         }
     }
@@ -333,7 +347,15 @@ impl Parser {
                 },
                 _ => None,
             },
+            "ses_tls_sni_in" if arity(1, 1) => s(0).map(|v| Cond::SniIn(Alternatives::new(&v, true))),
+            "ses_tls_client_identity_in" if arity(1, 2) => {
+                s(0).map(|v| Cond::ClientIdentityIn(Alternatives::new(&v, fold(1))))
+            }
+            "ses_tls_client_auth" if arity(0, 0) => Some(Cond::ClientAuth),
             "req_host_in"
+            | "ses_tls_sni_in"
+            | "ses_tls_client_identity_in"
+            | "ses_tls_client_auth"
             | "req_path_in"
             | "req_path_prefix_in"
             | "req_method_in"

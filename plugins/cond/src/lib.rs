@@ -14,7 +14,10 @@
 //! Primitives: `req_host_in`, `req_path_in`, `req_path_prefix_in`,
 //! `req_method_in`, `req_header_value_in`, `req_cookie_value_in`,
 //! `req_query_value_in` (values separated by `|`, an optional last `true`
-//! folds case) and `req_cip_range` (start and end address, or one CIDR).
+//! folds case) and `req_cip_range` (start and end address, or one CIDR); on
+//! TLS and HTTPS listeners also `ses_tls_sni_in`, `ses_tls_client_auth()`
+//! (a verified client certificate was presented) and
+//! `ses_tls_client_identity_in` (its subject common name, else first SAN).
 //! Rules are tried in order; the first true one picks the pool. A rule that
 //! does not parse is refused at load with its index and column.
 
@@ -53,32 +56,40 @@ pub fn compile(rules: &[(String, String)]) -> Result<Vec<(Cond, String)>, String
         .collect()
 }
 
+/// What conditions are evaluated against: a request, or on L4 only the
+/// connection (request conditions are then false).
 struct RequestFacts<'a> {
-    req: &'a Request,
+    req: Option<&'a Request>,
     conn: &'a Connection,
 }
 
 impl Facts for RequestFacts<'_> {
     fn host(&self) -> Option<String> {
-        self.req.host().map(|h| h.to_ascii_lowercase())
+        self.req?.host().map(|h| h.to_ascii_lowercase())
     }
     fn path(&self) -> String {
-        self.req.path()
+        self.req.map(Request::path).unwrap_or_default()
     }
     fn method(&self) -> String {
-        self.req.method()
+        self.req.map(Request::method).unwrap_or_default()
     }
     fn header(&self, name: &str) -> Option<String> {
-        self.req.header(name)
+        self.req?.header(name)
     }
     fn cookie(&self, name: &str) -> Option<String> {
-        self.req.cookie(name)
+        self.req?.cookie(name)
     }
     fn query(&self, name: &str) -> Option<String> {
-        self.req.query_param(name)
+        self.req?.query_param(name)
     }
     fn client_ip(&self) -> IpAddr {
         client_ip(self.conn)
+    }
+    fn sni(&self) -> Option<String> {
+        self.conn.sni.clone()
+    }
+    fn client_identity(&self) -> Option<String> {
+        self.conn.client_identity.clone()
     }
 }
 
@@ -96,9 +107,18 @@ impl Router for CondRouter {
     }
 
     fn route_request(&mut self, conn: &Connection, req: &Request) -> Result<Decision, Error> {
-        let facts = RequestFacts { req, conn };
-        let pool = self.rules.iter().find(|(c, _)| c.eval(&facts)).map(|(_, p)| p).or(self.default.as_ref());
-        Ok(pool.map_or(Decision::NoMatch, forward))
+        Ok(self.decide(&RequestFacts { req: Some(req), conn }))
+    }
+
+    fn route_connection(&mut self, conn: &Connection, _alpn: &[String]) -> Result<Decision, Error> {
+        Ok(self.decide(&RequestFacts { req: None, conn }))
+    }
+}
+
+impl CondRouter {
+    fn decide(&self, facts: &RequestFacts) -> Decision {
+        let pool = self.rules.iter().find(|(c, _)| c.eval(facts)).map(|(_, p)| p).or(self.default.as_ref());
+        pool.map_or(Decision::NoMatch, forward)
     }
 }
 
@@ -119,6 +139,8 @@ mod tests {
         cookies: HashMap<String, String>,
         query: HashMap<String, String>,
         ip: Option<IpAddr>,
+        sni: Option<String>,
+        identity: Option<String>,
     }
 
     impl Facts for Req {
@@ -142,6 +164,12 @@ mod tests {
         }
         fn client_ip(&self) -> IpAddr {
             self.ip.unwrap_or("127.0.0.1".parse().unwrap())
+        }
+        fn sni(&self) -> Option<String> {
+            self.sni.clone()
+        }
+        fn client_identity(&self) -> Option<String> {
+            self.identity.clone()
         }
     }
 
@@ -172,6 +200,19 @@ mod tests {
         assert!(holds(r#"req_cip_range("10.0.0.0", "10.255.255.255")"#, &r));
         assert!(holds(r#"req_cip_range("10.0.0.0/8")"#, &r));
         assert!(!holds(r#"req_cip_range("192.168.0.0/16")"#, &r));
+    }
+
+    #[test]
+    fn tls_session_conditions() {
+        let mut r = req("a.com", "GET", "/");
+        assert!(!holds(r#"ses_tls_client_auth()"#, &r));
+        assert!(!holds(r#"ses_tls_sni_in("a.com")"#, &r));
+        r.sni = Some("api.example.com".into());
+        r.identity = Some("Alice".into());
+        assert!(holds(r#"ses_tls_sni_in("API.example.com|b.example.com")"#, &r));
+        assert!(holds(r#"ses_tls_client_auth() && ses_tls_client_identity_in("bob|Alice")"#, &r));
+        assert!(!holds(r#"ses_tls_client_identity_in("alice")"#, &r));
+        assert!(holds(r#"ses_tls_client_identity_in("alice", true)"#, &r));
     }
 
     #[test]
