@@ -3,7 +3,7 @@
 //! certificates), pools that connect to their backends over TLS, and the
 //! ClientHello reader passthrough listeners route with.
 
-pub mod client_hello;
+pub use weir_wire::client_hello;
 
 use crate::config::{ListenerTls, PoolTls, TlsVersion};
 use arc_swap::ArcSwap;
