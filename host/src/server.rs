@@ -167,17 +167,25 @@ impl Prepared {
         for (name, l) in &cfg.listeners {
             let Some(spec) = l.tls.as_ref().filter(|t| !t.get_ref().passthrough) else { continue };
             let t = spec.get_ref();
-            let tls = ServerTls::load(t, loaded.base_dir(), l.protocol.is_http()).map_err(|e| match e.certificate {
-                Some((i, which)) => {
-                    let files = &t.certificates[i];
-                    let at = if which == "cert" { &files.cert } else { &files.key };
-                    src.error(at, format!("listeners.{name}.tls.certificates[{i}].{which}: {}", e.message))
+            let acme = match (&cfg.acme, t.acme.is_empty()) {
+                (Some(a), false) => {
+                    let settings = crate::acme::Settings::from_config(a, loaded.base_dir());
+                    Some(crate::acme::certificate_files(&settings.storage, &t.acme))
                 }
-                None => match &t.client_ca {
-                    Some(ca) => src.error(ca, format!("listeners.{name}.tls.client_ca: {}", e.message)),
-                    None => src.error(spec, format!("listeners.{name}.tls: {}", e.message)),
-                },
-            })?;
+                _ => None,
+            };
+            let tls =
+                ServerTls::load(t, loaded.base_dir(), l.protocol.is_http(), acme).map_err(|e| match e.certificate {
+                    Some((i, which)) => {
+                        let files = &t.certificates[i];
+                        let at = if which == "cert" { &files.cert } else { &files.key };
+                        src.error(at, format!("listeners.{name}.tls.certificates[{i}].{which}: {}", e.message))
+                    }
+                    None => match &t.client_ca {
+                        Some(ca) => src.error(ca, format!("listeners.{name}.tls.client_ca: {}", e.message)),
+                        None => src.error(spec, format!("listeners.{name}.tls: {}", e.message)),
+                    },
+                })?;
             listener_tls.insert(name.clone(), Arc::new(tls));
         }
 
@@ -320,6 +328,8 @@ pub struct ReloadSummary {
 /// The shared core of a running weir.
 pub struct ServerCore {
     runtime: Arc<Runtime>,
+    /// HTTP-01 answers of pending ACME orders, served by HTTP listeners.
+    challenges: Arc<crate::acme::Challenges>,
     snapshot: ArcSwap<Snapshot>,
     running: tokio::sync::Mutex<Running>,
     stop: CancellationToken,
@@ -361,6 +371,15 @@ impl ServerCore {
     /// pool; the first discovery of each pool runs before this returns.
     async fn start_background(&self, prepared: &Prepared, stop: &CancellationToken) {
         let cfg = &prepared.loaded.config;
+        if let Some(acme) = &cfg.acme {
+            let settings = crate::acme::Settings::from_config(acme, prepared.loaded.base_dir());
+            for l in cfg.listeners.values() {
+                if let Some(t) = l.tls.as_ref().filter(|t| !t.get_ref().acme.is_empty()) {
+                    let names = t.get_ref().acme.clone();
+                    crate::acme::spawn(settings.clone(), names, self.challenges.clone(), stop.clone());
+                }
+            }
+        }
         for (name, pool) in &prepared.pools {
             pool.track_throughput();
             let p = &cfg.pools[name];
@@ -454,6 +473,7 @@ impl ServerCore {
             }
             Protocol::Http | Protocol::Https => {
                 let service = Arc::new(HttpService {
+                    challenges: self.challenges.clone(),
                     name: name.into(),
                     listener_id,
                     local,
@@ -634,6 +654,7 @@ impl Server {
         let stop = CancellationToken::new();
         let core = ServerCore {
             runtime,
+            challenges: Arc::default(),
             snapshot: ArcSwap::from_pointee(Snapshot {
                 plugins: BTreeMap::new(),
                 pools: BTreeMap::new(),

@@ -442,6 +442,52 @@ pub struct ListenerTls {
     /// send its ClientHello).
     #[serde(default = "default_handshake_timeout")]
     pub handshake_timeout: Duration,
+    /// Host names to get one certificate for from the `[acme]` CA (served
+    /// after `certificates`, or as the default when there are none).
+    #[serde(default)]
+    pub acme: Vec<String>,
+}
+
+/// `[acme]`: certificates obtained and renewed automatically (RFC 8555),
+/// proven with HTTP-01 challenges that weir's HTTP listeners answer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Acme {
+    /// The CA's directory URL.
+    #[serde(default = "default_acme_directory")]
+    pub directory: Spanned<String>,
+    /// Contact URLs for the account (`mailto:ops@example.com`).
+    #[serde(default)]
+    pub contact: Vec<String>,
+    /// Directory for the account key and the certificates (relative to the
+    /// config file).
+    #[serde(default = "default_acme_storage")]
+    pub storage: String,
+    /// PEM root to trust for the directory's own HTTPS (a private CA).
+    pub ca: Option<Spanned<String>>,
+    /// Renew a certificate this long before it expires.
+    #[serde(default = "default_renew_before")]
+    pub renew_before: Duration,
+    /// How often certificates are checked for renewal (and a failed order
+    /// retried).
+    #[serde(default = "default_acme_check")]
+    pub check_interval: Duration,
+}
+
+fn default_acme_directory() -> Spanned<String> {
+    Spanned::new(0..0, "https://acme-v02.api.letsencrypt.org/directory".to_string())
+}
+
+fn default_acme_storage() -> String {
+    "acme".into()
+}
+
+fn default_renew_before() -> Duration {
+    Duration::from_secs(30 * 24 * 3600)
+}
+
+fn default_acme_check() -> Duration {
+    Duration::from_secs(12 * 3600)
 }
 
 /// One certificate chain and its private key.
@@ -612,6 +658,8 @@ pub struct Config {
     pub runtime: Runtime,
     /// The admin API (none: no admin listener).
     pub admin: Option<Admin>,
+    /// Automatic certificates from an ACME CA.
+    pub acme: Option<Acme>,
     /// Named plugin instances.
     #[serde(default)]
     pub plugins: BTreeMap<String, PluginInstance>,
@@ -676,8 +724,15 @@ impl Loaded {
             _ if t.passthrough && (t.client_ca.is_some() || t.alpn.is_some()) => {
                 fail("passthrough does not terminate TLS: `client_ca` and `alpn` do not apply".into())
             }
-            _ if !t.passthrough && t.certificates.is_empty() => {
-                fail("`certificates` is empty: give at least one { cert, key }, or set passthrough = true".into())
+            _ if t.passthrough && !t.acme.is_empty() => {
+                fail("passthrough does not terminate TLS: remove `acme`".into())
+            }
+            _ if !t.passthrough && t.certificates.is_empty() && t.acme.is_empty() => fail(
+                "`certificates` is empty: give at least one { cert, key }, `acme` host names, or passthrough = true"
+                    .into(),
+            ),
+            _ if !t.acme.is_empty() && self.config.acme.is_none() => {
+                fail("`acme` needs an [acme] table (directory, contact, storage)".into())
             }
             _ if t.handshake_timeout.0.is_zero() || t.watch_interval.0.is_zero() => {
                 fail("`handshake_timeout` and `watch_interval` must be above zero".into())

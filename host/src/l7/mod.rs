@@ -109,6 +109,8 @@ pub struct HttpService {
     pub routes: ArcSwap<HttpRoutes>,
     /// Connection and response counters.
     pub stats: Arc<crate::listener::ListenerStats>,
+    /// ACME HTTP-01 answers, served before any phase runs.
+    pub challenges: Arc<crate::acme::Challenges>,
 }
 
 /// The part of an HTTP listener a reload may change.
@@ -225,6 +227,11 @@ impl HttpService {
         req: Request<Incoming>,
     ) -> Result<Response<ProxyBody>, Infallible> {
         conn.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some(answer) = self.challenges.answer(req.uri().path()) {
+            let mut resp = Response::new(full(answer));
+            resp.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+            return Ok(resp);
+        }
         let id = req.headers().get(headers::X_REQUEST_ID).cloned().unwrap_or_else(request_id);
         let started = Instant::now();
         let routes = self.routes.load_full();

@@ -93,8 +93,16 @@ pub struct ServerTls {
     /// Time a client has to finish its handshake.
     pub handshake_timeout: Duration,
     store: Arc<ArcSwap<CertStore>>,
-    files: Vec<(PathBuf, PathBuf)>,
+    files: Vec<CertFiles>,
     stamps: Mutex<Vec<(Stamp, Stamp)>>,
+}
+
+/// One certificate's files; an optional pair (an ACME certificate not
+/// issued yet) is skipped until it loads.
+struct CertFiles {
+    cert: PathBuf,
+    key: PathBuf,
+    optional: bool,
 }
 
 /// A config problem, with the key it is about.
@@ -168,13 +176,15 @@ fn load_pair(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<Loade
     Ok(Loaded { key: Arc::new(certified), names })
 }
 
-fn load_store(files: &[(PathBuf, PathBuf)]) -> Result<CertStore, TlsError> {
+fn load_store(files: &[CertFiles]) -> Result<CertStore, TlsError> {
     let provider = provider();
     let mut loaded = Vec::with_capacity(files.len());
-    for (i, (cert, key)) in files.iter().enumerate() {
-        let pair = load_pair(cert, key, &provider)
-            .map_err(|(which, message)| TlsError { certificate: Some((i, which)), message })?;
-        loaded.push(pair);
+    for (i, f) in files.iter().enumerate() {
+        match load_pair(&f.cert, &f.key, &provider) {
+            Ok(pair) => loaded.push(pair),
+            Err(_) if f.optional => {}
+            Err((which, message)) => return Err(TlsError { certificate: Some((i, which)), message }),
+        }
     }
     Ok(CertStore(loaded))
 }
@@ -190,11 +200,21 @@ fn roots_from(path: &Path) -> Result<rustls::RootCertStore, String> {
 impl ServerTls {
     /// Load a listener's certificates and build its rustls config; relative
     /// paths are taken from `base`. `http` offers `h2` and `http/1.1` by
-    /// default.
-    pub fn load(spec: &ListenerTls, base: &Path, http: bool) -> Result<Self, TlsError> {
-        let files: Vec<(PathBuf, PathBuf)> =
-            spec.certificates.iter().map(|c| (base.join(c.cert.get_ref()), base.join(c.key.get_ref()))).collect();
-        let stamps = files.iter().map(|(c, k)| (stamp(c), stamp(k))).collect();
+    /// default. `acme` is the files of the listener's ACME certificate,
+    /// served once they exist.
+    pub fn load(
+        spec: &ListenerTls,
+        base: &Path,
+        http: bool,
+        acme: Option<(PathBuf, PathBuf)>,
+    ) -> Result<Self, TlsError> {
+        let mut files: Vec<CertFiles> = spec
+            .certificates
+            .iter()
+            .map(|c| CertFiles { cert: base.join(c.cert.get_ref()), key: base.join(c.key.get_ref()), optional: false })
+            .collect();
+        files.extend(acme.map(|(cert, key)| CertFiles { cert, key, optional: true }));
+        let stamps = files.iter().map(|f| (stamp(&f.cert), stamp(&f.key))).collect();
         let store = Arc::new(ArcSwap::from_pointee(load_store(&files)?));
         let versions: &[&rustls::SupportedProtocolVersion] = match spec.min_version {
             TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
@@ -233,7 +253,7 @@ impl ServerTls {
     /// handshakes use the new ones; open connections keep theirs. A file
     /// that does not load leaves the old certificates in place.
     pub fn refresh(&self) -> Result<bool, String> {
-        let now: Vec<(Stamp, Stamp)> = self.files.iter().map(|(c, k)| (stamp(c), stamp(k))).collect();
+        let now: Vec<(Stamp, Stamp)> = self.files.iter().map(|f| (stamp(&f.cert), stamp(&f.key))).collect();
         let mut stamps = self.stamps.lock();
         if *stamps == now {
             return Ok(false);
