@@ -160,10 +160,11 @@ fn client_hello(body: Vec<u8>) -> Result<ClientHello, Error> {
                     let name = names.vec16()?;
                     if name_type == 0 && hello.sni.is_none() {
                         let name = std::str::from_utf8(name.0).map_err(|_| Error::Invalid("SNI is not UTF-8"))?;
+                        let name = name.strip_suffix('.').unwrap_or(name);
                         if name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic()) {
                             return Err(Error::Invalid("SNI is not a host name"));
                         }
-                        hello.sni = Some(name.trim_end_matches('.').to_ascii_lowercase());
+                        hello.sni = Some(name.to_ascii_lowercase());
                     }
                 }
             }
@@ -242,6 +243,16 @@ mod tests {
     fn an_ip_address_name_sends_no_sni() {
         let bytes = rustls_hello("127.0.0.1", &[]);
         assert_eq!(parse(&bytes), Parsed::Hello(ClientHello::default()));
+    }
+
+    #[test]
+    fn an_sni_of_only_dots_is_refused() {
+        // Found by `cargo fuzz`: "." used to become an empty SNI.
+        let mut bytes = rustls_hello("z", &[]);
+        // The server_name entry: type host_name (0), length 1, "z".
+        let at = bytes.windows(4).position(|w| w == [0, 0, 1, b'z']).unwrap();
+        bytes[at + 3] = b'.';
+        assert!(matches!(parse(&bytes), Parsed::Invalid(_)));
     }
 
     #[test]
