@@ -155,6 +155,22 @@ pub fn server_config(cert: &Issued) -> Arc<rustls::ServerConfig> {
     Arc::new(config)
 }
 
+/// A server config serving one certificate and requiring client
+/// certificates from `pki`'s CA.
+pub fn server_config_requiring_clients(cert: &Issued, pki: &Pki) -> Arc<rustls::ServerConfig> {
+    let (chain, key) = cert.pair();
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(pki.roots()), provider())
+        .build()
+        .expect("client verifier");
+    let config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .expect("server certificate");
+    Arc::new(config)
+}
+
 /// Connect over TLS to `addr` with server name `name`.
 pub async fn connect(
     addr: std::net::SocketAddr,

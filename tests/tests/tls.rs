@@ -379,6 +379,42 @@ pool = "verified"
         assert_eq!(got.status.as_u16(), 502, "{host}: the certificate must not verify");
     }
 
+    // A backend that requires a client certificate gets the pool's.
+    let strict = HttpBackend::start_tls("strict", pki::server_config_requiring_clients(&cert, &pki)).await?;
+    let weir_id = pki.client("weir", "weir-proxy", false)?;
+    let mtls = start_weir(&format!(
+        r#"
+[pools.with-cert]
+backends = ["{addr}"]
+tls = {{ ca = {ca}, sni = "backend.test", cert = {cert}, key = {key} }}
+
+[pools.without-cert]
+backends = ["{addr}"]
+max_tries = 1
+tls = {{ ca = {ca}, sni = "backend.test" }}
+
+[plugins.pick]
+source = "builtin:host-path"
+config.routes = [{{ host = "without", pool = "without-cert" }}]
+
+[listeners.web]
+bind = "127.0.0.1:0"
+protocol = "http"
+pool = "with-cert"
+router = "pick"
+"#,
+        addr = strict.addr,
+        cert = toml_path(&weir_id.cert),
+        key = toml_path(&weir_id.key),
+    ))
+    .await?;
+    let front = mtls.listener_addr("web").context("listener")?;
+    let got = send(&client, get(front, "with", "/")).await?;
+    assert_eq!((got.status.as_u16(), got.header("x-backend")), (200, "strict"));
+    let got = send(&client, get(front, "without", "/")).await?;
+    assert_eq!(got.status.as_u16(), 502, "no client certificate, no backend");
+    mtls.shutdown().await;
+
     // L4: plain bytes in, TLS to the backend.
     let raw = weir.listener_addr("raw").context("listener")?;
     let mut tcp = tokio::net::TcpStream::connect(raw).await?;
