@@ -79,6 +79,18 @@ enum Command {
 
 #[derive(Subcommand)]
 enum PluginCommand {
+    /// Inspect a component: the world it implements, its imports, and
+    /// whether weir can load it (link and run `init` with a config).
+    Check {
+        /// The component file.
+        file: PathBuf,
+        /// The world it must implement (default: the one it exports).
+        #[arg(long)]
+        world: Option<String>,
+        /// The instance config to `init` it with: JSON or an inline TOML table.
+        #[arg(long, default_value = "{}")]
+        config: String,
+    },
     /// Swap a plugin instance's component: it is checked and initialised
     /// before it goes live; a refused one leaves the old one serving.
     Push {
@@ -89,6 +101,97 @@ enum PluginCommand {
         #[command(flatten)]
         target: AdminTarget,
     },
+}
+
+/// The config of `plugin check --config` as JSON: JSON as given, or an
+/// inline TOML table (`{ weights = [1, 2] }` or `weights = [1, 2]`).
+fn config_json(text: &str) -> Result<String> {
+    if let Ok(v) = serde_json::from_str::<serde_json::Value>(text) {
+        anyhow::ensure!(v.is_object(), "--config: JSON must be an object");
+        return Ok(v.to_string());
+    }
+    let table: toml::Table = toml::from_str(text)
+        .or_else(|_| {
+            toml::from_str(&format!("v = {text}")).map(|mut t: toml::Table| match t.remove("v") {
+                Some(toml::Value::Table(inner)) => inner,
+                _ => toml::Table::new(),
+            })
+        })
+        .map_err(|e| anyhow::anyhow!("--config: neither JSON nor a TOML table: {e}"))?;
+    Ok(serde_json::to_string(&table)?)
+}
+
+/// `weir plugin check`: print what a component is and whether weir loads
+/// it; `false` when it does not.
+fn check_plugin(file: &std::path::Path, world: Option<&str>, config: &str) -> Result<bool> {
+    use crate::plugin::{Grants, Limits, PluginSpec, World};
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    println!("file: {} ({} bytes)", file.display(), bytes.len());
+    let runtime = Runtime::new(Runtime::default_cache_dir())?;
+    let component = match runtime.compile(&bytes) {
+        Ok(c) => c,
+        Err(e) => {
+            println!("refused: {e}");
+            return Ok(false);
+        }
+    };
+    let worlds = runtime.worlds(&component);
+    let names: Vec<&str> = worlds.iter().map(|w| w.name()).collect();
+    println!("implements: {}", if names.is_empty() { "no weir world".to_string() } else { names.join(", ") });
+    let exports = runtime.exports(&component);
+    println!("exports: {}", if exports.is_empty() { "nothing".to_string() } else { exports.join(", ") });
+    let imports = runtime.imports(&component);
+    println!("imports: {}", if imports.is_empty() { "nothing".to_string() } else { imports.join(", ") });
+    let mut ok = true;
+    if let Err(e) = runtime.link_check(&component) {
+        println!("refused: it imports something weir does not provide: {e}");
+        ok = false;
+    }
+    let wanted = match world {
+        Some(w) => match World::ALL.into_iter().find(|x| x.name() == w) {
+            Some(x) => Some(x),
+            None => {
+                let all: Vec<&str> = World::ALL.iter().map(|w| w.name()).collect();
+                anyhow::bail!("--world: `{w}` is not one of {}", all.join(", "))
+            }
+        },
+        None => worlds.first().copied(),
+    };
+    let Some(wanted) = wanted else {
+        let all: Vec<&str> = World::ALL.iter().map(|w| w.name()).collect();
+        println!("refused: it exports none of weir's phase interfaces (worlds: {})", all.join(", "));
+        return Ok(false);
+    };
+    if !worlds.contains(&wanted) {
+        println!("refused: it does not implement {wanted} (it implements {})", names.join(", "));
+        return Ok(false);
+    }
+    if !ok {
+        return Ok(false);
+    }
+    let spec = PluginSpec {
+        name: "check".into(),
+        source: file.display().to_string(),
+        world: wanted,
+        config_json: config_json(config)?,
+        limits: Limits::default(),
+        fallback: crate::config::Fallback::FailClosed,
+        grants: Grants::default(),
+    };
+    let started = std::time::Instant::now();
+    match runtime.load(spec, &bytes) {
+        Ok(_) => {
+            println!(
+                "loads: yes, world {wanted} ({:.1} ms to link, instantiate and init)",
+                started.elapsed().as_secs_f64() * 1e3
+            );
+            Ok(true)
+        }
+        Err(e) => {
+            println!("refused: {e}");
+            Ok(false)
+        }
+    }
 }
 
 /// One admin API call; the JSON answer, or the API's error message.
@@ -249,6 +352,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Reload { target } => {
             let summary = admin_call(&target, "POST", "/reload", Vec::new())?;
             println!("reloaded: {summary}");
+        }
+        Command::Plugin { command: PluginCommand::Check { file, world, config } } => {
+            if !check_plugin(&file, world.as_deref(), &config)? {
+                return Ok(ExitCode::FAILURE);
+            }
         }
         Command::Plugin { command: PluginCommand::Push { name, file, target } } => {
             let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;

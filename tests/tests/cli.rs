@@ -211,3 +211,58 @@ fn status_plugin_push_and_reload_talk_to_a_running_weir() -> Result<()> {
     std::fs::remove_dir_all(&dir)?;
     Ok(())
 }
+
+#[test]
+fn plugin_check_says_what_a_component_is_and_whether_weir_loads_it() {
+    let dir = scratch("plugin-check");
+    let rr = dir.join("round-robin.wasm");
+    std::fs::write(&rr, weir::plugin::bundled("round-robin").expect("bundled round-robin")).unwrap();
+    let acl = dir.join("ip-access.wasm");
+    std::fs::write(&acl, weir::plugin::bundled("ip-access").expect("bundled ip-access")).unwrap();
+
+    let out = weir(&["plugin", "check", "round-robin.wasm"], &dir);
+    assert!(out.ok, "{}{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("implements: balancer"), "{}", out.stdout);
+    assert!(out.stdout.contains("imports: weir:plugin/"), "{}", out.stdout);
+    assert!(out.stdout.contains("loads: yes, world balancer"), "{}", out.stdout);
+
+    // The wrong world.
+    let out = weir(&["plugin", "check", "round-robin.wasm", "--world", "router"], &dir);
+    assert!(!out.ok);
+    assert!(out.stdout.contains("refused: it does not implement router (it implements balancer)"), "{}", out.stdout);
+
+    // A config the plugin's init refuses, in TOML or JSON.
+    let out = weir(&["plugin", "check", "ip-access.wasm", "--config", "{ default = \"maybe\" }"], &dir);
+    assert!(!out.ok);
+    assert!(out.stdout.contains("refused:") && out.stdout.contains("default"), "{}", out.stdout);
+    let ok = weir(
+        &["plugin", "check", "ip-access.wasm", "--config", r#"{"default": "deny", "rules": ["allow 10.0.0.0/8"]}"#],
+        &dir,
+    );
+    assert!(ok.stdout.contains("loads: yes, world access-filter"), "{}", ok.stdout);
+
+    // A component importing an interface weir does not provide.
+    let foreign = wat::parse_str(
+        r#"(component
+             (import "acme:missing/thing@1.0.0" (instance (export "ping" (func))))
+           )"#,
+    )
+    .unwrap();
+    std::fs::write(dir.join("foreign.wasm"), foreign).unwrap();
+    let out = weir(&["plugin", "check", "foreign.wasm"], &dir);
+    assert!(!out.ok);
+    assert!(out.stdout.contains("imports: acme:missing/thing@1.0.0"), "{}", out.stdout);
+    assert!(out.stdout.contains("refused: it imports something weir does not provide"), "{}", out.stdout);
+    assert!(out.stdout.contains("acme:missing/thing"), "{}", out.stdout);
+
+    // A core module and a file that is not WebAssembly at all.
+    std::fs::write(dir.join("core.wasm"), wat::parse_str("(module)").unwrap()).unwrap();
+    let out = weir(&["plugin", "check", "core.wasm"], &dir);
+    assert!(!out.ok);
+    assert!(out.stdout.contains("a core Wasm module, not a component"), "{}", out.stdout);
+    std::fs::write(dir.join("notes.txt"), "just text").unwrap();
+    let out = weir(&["plugin", "check", "notes.txt"], &dir);
+    assert!(!out.ok);
+    assert!(out.stdout.contains("not WebAssembly"), "{}", out.stdout);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -262,6 +262,12 @@ impl Runtime {
         World::ALL.into_iter().filter(|w| exports.contains(&w.export_name())).collect()
     }
 
+    /// Whether weir provides every import of a component; the error names
+    /// the first one it does not.
+    pub fn link_check(&self, component: &Component) -> Result<(), LoadError> {
+        self.linker.instantiate_pre(component).map(|_| ()).map_err(|e| LoadError::Link(format!("{e:#}")))
+    }
+
     /// Load a plugin instance: compile, check the world, link, instantiate
     /// and `init` with its config, so that a bad plugin fails here and not
     /// on the first connection.
