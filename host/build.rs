@@ -32,4 +32,52 @@ fn main() {
     }
     code.push_str("];\n");
     std::fs::write(out_dir.join("bundled.rs"), code).unwrap();
+    std::fs::write(out_dir.join("sdk_files.rs"), sdk_files(&workspace, &out_dir)).unwrap();
+}
+
+/// The SDK's sources and the WIT package, for `weir plugin new` to vendor
+/// into a new project (`weir/sdk/...`, `weir/wit/...`), with the SDK's
+/// manifest made standalone (workspace keys written out).
+fn sdk_files(workspace: &std::path::Path, out_dir: &std::path::Path) -> String {
+    let root = std::fs::read_to_string(workspace.join("Cargo.toml")).unwrap();
+    let manifest = std::fs::read_to_string(workspace.join("sdk/Cargo.toml")).unwrap();
+    let workspace_value = |key: &str| -> String {
+        root.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key} = ")))
+            .unwrap_or_else(|| panic!("no `{key}` in the workspace Cargo.toml"))
+            .to_string()
+    };
+    let standalone: String = manifest
+        .lines()
+        .map(|line| match line.split_once(".workspace = true") {
+            Some((key, _)) => format!("{key} = {}", workspace_value(key)),
+            None => match line.split_once(" = { workspace = true }") {
+                Some((key, _)) => format!("{key} = {}", workspace_value(key)),
+                None => line.to_string(),
+            },
+        })
+        .map(|l| l + "\n")
+        .collect::<String>();
+    let standalone_path = out_dir.join("sdk-Cargo.toml");
+    std::fs::write(&standalone_path, standalone).unwrap();
+    let mut files = vec![("sdk/Cargo.toml".to_string(), standalone_path)];
+    for dir in ["sdk/src", "wit"] {
+        let mut entries: Vec<_> = std::fs::read_dir(workspace.join(dir))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.is_file())
+            .collect();
+        entries.sort();
+        for path in entries {
+            let name = path.file_name().unwrap().to_string_lossy().to_string();
+            files.push((format!("{dir}/{name}"), path));
+        }
+    }
+    let mut code = String::from("/// Files vendored into new plugin projects: (path under `weir/`, text).\npub static SDK_FILES: &[(&str, &str)] = &[\n");
+    for (name, path) in files {
+        writeln!(code, "    ({name:?}, include_str!({:?})),", path.display().to_string()).unwrap();
+    }
+    code.push_str("];\n");
+    code
 }

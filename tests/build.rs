@@ -24,4 +24,7 @@ fn main() {
     weir_xtask::build_components(&toolchain, &workspace, &packages, &target, &components)
         .unwrap_or_else(|e| panic!("{e:#}"));
     println!("cargo:rustc-env=WEIR_TEST_COMPONENTS={}", components.display());
+    // Where those were compiled: scaffolded projects built by the tests
+    // reuse its wasm32 standard library instead of building their own.
+    println!("cargo:rustc-env=WEIR_TEST_WASM_TARGET={}", target.display());
 }

@@ -79,6 +79,29 @@ enum Command {
 
 #[derive(Subcommand)]
 enum PluginCommand {
+    /// Create a plugin project: sources, a unit test, and the weir SDK and
+    /// WIT vendored in, so it builds offline.
+    New {
+        /// The project (and component) name.
+        name: String,
+        /// The phase it serves: balancer, router, access-filter,
+        /// health-checker or discovery-adapter.
+        #[arg(long)]
+        world: String,
+        /// The language of the template.
+        #[arg(long, default_value = "rust")]
+        lang: String,
+        /// Where to create it.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Build the plugin project in a directory into a component
+    /// (`target/weir/<name>.wasm`), finding or installing a wasm32 toolchain.
+    Build {
+        /// The project directory.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
     /// Inspect a component: the world it implements, its imports, and
     /// whether weir can load it (link and run `init` with a config).
     Check {
@@ -121,6 +144,15 @@ fn config_json(text: &str) -> Result<String> {
     Ok(serde_json::to_string(&table)?)
 }
 
+/// A world by its name, or an error listing the names.
+fn parse_world(name: &str) -> Result<crate::plugin::World> {
+    use crate::plugin::World;
+    World::ALL.into_iter().find(|w| w.name() == name).ok_or_else(|| {
+        let all: Vec<&str> = World::ALL.iter().map(|w| w.name()).collect();
+        anyhow::anyhow!("--world: `{name}` is not one of {}", all.join(", "))
+    })
+}
+
 /// `weir plugin check`: print what a component is and whether weir loads
 /// it; `false` when it does not.
 fn check_plugin(file: &std::path::Path, world: Option<&str>, config: &str) -> Result<bool> {
@@ -148,13 +180,7 @@ fn check_plugin(file: &std::path::Path, world: Option<&str>, config: &str) -> Re
         ok = false;
     }
     let wanted = match world {
-        Some(w) => match World::ALL.into_iter().find(|x| x.name() == w) {
-            Some(x) => Some(x),
-            None => {
-                let all: Vec<&str> = World::ALL.iter().map(|w| w.name()).collect();
-                anyhow::bail!("--world: `{w}` is not one of {}", all.join(", "))
-            }
-        },
+        Some(w) => Some(parse_world(w)?),
         None => worlds.first().copied(),
     };
     let Some(wanted) = wanted else {
@@ -352,6 +378,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Reload { target } => {
             let summary = admin_call(&target, "POST", "/reload", Vec::new())?;
             println!("reloaded: {summary}");
+        }
+        Command::Plugin { command: PluginCommand::New { name, world, lang, dir } } => {
+            let world = parse_world(&world)?;
+            let files = crate::plugin::scaffold::new_project(&dir, &name, world, &lang)?;
+            println!("created {} ({} files): a {world} plugin in {lang}", dir.join(&name).display(), files.len());
+            println!("next: cd {} && cargo test && weir plugin build", dir.join(&name).display());
+        }
+        Command::Plugin { command: PluginCommand::Build { dir } } => {
+            let built = crate::plugin::scaffold::build_project(&dir)?;
+            println!("built {}", built.display());
         }
         Command::Plugin { command: PluginCommand::Check { file, world, config } } => {
             if !check_plugin(&file, world.as_deref(), &config)? {

@@ -266,3 +266,49 @@ fn plugin_check_says_what_a_component_is_and_whether_weir_loads_it() {
     assert!(out.stdout.contains("not WebAssembly"), "{}", out.stdout);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_new_makes_a_project_that_builds_loads_and_balances() -> Result<()> {
+    let dir = scratch("plugin-new");
+    let out = weir(&["plugin", "new", "--world", "balancer", "--dir", ".", "skip-one"], &dir);
+    assert!(out.ok, "{}{}", out.stdout, out.stderr);
+    let project = dir.join("skip-one");
+    assert!(project.join("weir/wit/phases.wit").exists() && project.join("weir/sdk/src/lib.rs").exists());
+    let again = weir(&["plugin", "new", "--world", "balancer", "--dir", ".", "skip-one"], &dir);
+    assert!(!again.ok && again.stderr.contains("exists already"), "{}", again.stderr);
+    let bad = weir(&["plugin", "new", "--world", "balancr", "--dir", ".", "x"], &dir);
+    assert!(!bad.ok && bad.stderr.contains("`balancr` is not one of"), "{}", bad.stderr);
+
+    // Build it (reusing the test build's wasm32 standard library).
+    let built = Command::new(weir_bin())
+        .args(["plugin", "build"])
+        .current_dir(&project)
+        .env("CARGO_TARGET_DIR", env!("WEIR_TEST_WASM_TARGET"))
+        .stdin(Stdio::null())
+        .output()?;
+    let stdout = String::from_utf8_lossy(&built.stdout);
+    assert!(built.status.success(), "{stdout}{}", String::from_utf8_lossy(&built.stderr));
+    let wasm = project.join("target/weir/skip-one.wasm");
+    assert!(stdout.contains("built") && wasm.exists(), "{stdout}");
+    let check = weir(&["plugin", "check", "skip-one/target/weir/skip-one.wasm", "--config", "{ offset = 1 }"], &dir);
+    assert!(check.ok && check.stdout.contains("loads: yes, world balancer"), "{}", check.stdout);
+
+    // weir runs it: with offset = 1 the first pick (sequence 0) is the second backend.
+    let backends = [EchoBackend::start("a").await?, EchoBackend::start("b").await?, EchoBackend::start("c").await?];
+    let config = format!(
+        "[plugins.lb]\nsource = {:?}\nconfig = {{ offset = 1 }}\n\n[pools.p]\nbalancer = \"lb\"\nbackends = {}\n\n\
+         [listeners.l]\nbind = \"127.0.0.1:0\"\npool = \"p\"\n",
+        wasm.display().to_string(),
+        addresses(&backends.iter().collect::<Vec<_>>())
+    );
+    let weir = start_weir(&config).await?;
+    let addr = weir.listener_addr("l").unwrap();
+    let mut names = Vec::new();
+    for _ in 0..6 {
+        names.push(exchange(addr, b"x").await?.0);
+    }
+    assert_eq!(names, ["b", "c", "a", "b", "c", "a"]);
+    weir.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

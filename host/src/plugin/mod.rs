@@ -6,6 +6,7 @@ pub mod bindings;
 mod bundled;
 mod instance;
 pub mod io;
+pub mod scaffold;
 pub mod state;
 
 pub use bundled::{bundled, BUNDLED};
