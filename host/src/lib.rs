@@ -18,6 +18,7 @@ pub mod l7;
 pub mod listener;
 pub mod metrics;
 pub mod plugin;
+pub mod proxy_protocol;
 pub mod server;
 pub mod upstream;
 

@@ -211,11 +211,13 @@ impl Prepared {
 }
 
 impl Prepared {
-    /// Every pool with an HTTP client of its own.
+    /// Every pool with an HTTP client of its own (not those that send
+    /// PROXY headers: a router naming one gets "unknown pool").
     fn http_pools(&self) -> BTreeMap<String, HttpPool> {
         let cfg = &self.loaded.config;
         self.pools
             .iter()
+            .filter(|(name, _)| cfg.pools[*name].send_proxy.is_none())
             .map(|(name, pool)| {
                 let p = &cfg.pools[name];
                 let client = l7::upstream_client(p.http2, p.keepalive, p.keepalive_timeout.0, p.connect_timeout.0);
@@ -347,6 +349,8 @@ impl ServerCore {
             access: l.access.iter().map(|a| prepared.plugins[a.get_ref()].clone()).collect(),
             idle_timeout: l.idle_timeout.0,
             access_log: l.access_log.fields(),
+            proxy_accept: crate::proxy_protocol::ProxyAccept::for_listener(l),
+            send_proxy: prepared.loaded.config.pools[l.pool.get_ref()].send_proxy.as_ref().map(|v| *v.get_ref()),
         }
     }
 
@@ -361,6 +365,7 @@ impl ServerCore {
             access: l.access.iter().map(|a| prepared.plugins[a.get_ref()].clone()).collect(),
             router: l.router.as_ref().map(|r| prepared.plugins[r.get_ref()].clone()),
             access_log: l.access_log.fields(),
+            proxy_accept: crate::proxy_protocol::ProxyAccept::for_listener(l),
             settings: HttpSettings {
                 header_timeout: l.header_timeout.0,
                 max_header_size: l.max_header_size.0 as usize,

@@ -7,6 +7,7 @@ mod copy;
 use crate::config::Fallback;
 use crate::plugin::bindings::types;
 use crate::plugin::{PluginInstance, Verdict};
+use crate::proxy_protocol::{self, ProxyAccept};
 use crate::upstream::{Backend, Pool};
 use arc_swap::ArcSwap;
 use std::net::{IpAddr, SocketAddr};
@@ -43,6 +44,10 @@ pub struct TcpRoutes {
     pub idle_timeout: Duration,
     /// Access-log fields, when the log is on.
     pub access_log: Option<Arc<[crate::access_log::Field]>>,
+    /// Who must send a PROXY header first, when the listener accepts them.
+    pub proxy_accept: Option<Arc<ProxyAccept>>,
+    /// The PROXY header written to each backend connection, if any.
+    pub send_proxy: Option<proxy_protocol::Version>,
 }
 
 /// The `socket-address` record of an address.
@@ -136,27 +141,51 @@ impl TcpService {
         None
     }
 
-    async fn handle(self: Arc<Self>, client: TcpStream, peer: SocketAddr) {
+    async fn handle(self: Arc<Self>, mut client: TcpStream, peer: SocketAddr) {
         let _open = self.stats.accepted();
-        let conn = self.connection(peer);
         let routes = self.routes.load_full();
         let mut entry =
             routes.access_log.clone().map(|f| crate::access_log::Entry::new(f, self.name.clone(), peer.to_string()));
         if let Some(e) = entry.as_mut() {
             e.pool = routes.pool.name.clone();
         }
+        // From here on, the client is the one a trusted proxy's header names.
+        let policy = routes.proxy_accept.as_deref();
+        let peer = match proxy_protocol::client_address(&mut client, peer, policy, &self.name).await {
+            Ok(client) => client,
+            Err(err) => {
+                if let Some(e) = entry.as_mut() {
+                    e.error = err.to_string();
+                }
+                return;
+            }
+        };
+        if let Some(e) = entry.as_mut() {
+            e.client = peer.to_string();
+        }
+        let conn = self.connection(peer);
         if !self.admit(&routes, &conn, peer) {
             if let Some(e) = entry.as_mut() {
                 e.error = "denied".into();
             }
             return;
         }
-        let Some((upstream, backend)) = self.connect(&routes, &conn).await else {
+        let Some((mut upstream, backend)) = self.connect(&routes, &conn).await else {
             if let Some(e) = entry.as_mut() {
                 e.error = "no backend reachable".into();
             }
             return;
         };
+        if let Some(version) = routes.send_proxy {
+            let local = client.local_addr().unwrap_or(self.local);
+            if let Err(err) = proxy_protocol::send_header(&mut upstream, version, peer, local).await {
+                tracing::debug!(listener = %self.name, backend = %backend.address, "sending the PROXY header: {err}");
+                if let Some(e) = entry.as_mut() {
+                    e.error = format!("sending the PROXY header: {err}");
+                }
+                return;
+            }
+        }
         if let Some(e) = entry.as_mut() {
             e.backend = backend.address.clone();
         }
