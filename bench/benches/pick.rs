@@ -47,6 +47,7 @@ fn pool(runtime: &Arc<Runtime>, plugin: &str, n: usize) -> Arc<Pool> {
         active_checks: false,
         initial_up: true,
         tls: None,
+        send_proxy: None,
     };
     Arc::new(Pool::new("bench", backends, balancer, settings, None))
 }

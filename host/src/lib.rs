@@ -19,6 +19,7 @@ pub mod l7;
 pub mod listener;
 pub mod metrics;
 pub mod plugin;
+pub mod proxy_protocol;
 pub mod server;
 pub mod tls;
 pub mod upstream;

@@ -236,6 +236,7 @@ impl Prepared {
                 active_checks: p.health.is_some(),
                 initial_up: p.health.as_ref().is_none_or(|h| h.initial == InitialHealth::Up),
                 tls,
+                send_proxy: p.send_proxy.as_ref().map(|v| *v.get_ref()),
             };
             // With discovery, the list found last carries over until the
             // next discovery answers.
@@ -261,11 +262,13 @@ impl Prepared {
 }
 
 impl Prepared {
-    /// Every pool with an HTTP client of its own.
+    /// Every pool with an HTTP client of its own (not those that send
+    /// PROXY headers: a router naming one gets "unknown pool").
     fn http_pools(&self) -> BTreeMap<String, HttpPool> {
         let cfg = &self.loaded.config;
         self.pools
             .iter()
+            .filter(|(name, _)| cfg.pools[*name].send_proxy.is_none())
             .map(|(name, pool)| {
                 let p = &cfg.pools[name];
                 let tls = pool.settings.tls.as_deref();
@@ -420,6 +423,7 @@ impl ServerCore {
             tls,
             idle_timeout: l.idle_timeout.0,
             access_log: l.access_log.fields(),
+            proxy_accept: crate::proxy_protocol::ProxyAccept::for_listener(l),
         }
     }
 
@@ -435,6 +439,7 @@ impl ServerCore {
             access: l.access.iter().map(|a| prepared.plugins[a.get_ref()].clone()).collect(),
             router: l.router.as_ref().map(|r| prepared.plugins[r.get_ref()].clone()),
             access_log: l.access_log.fields(),
+            proxy_accept: crate::proxy_protocol::ProxyAccept::for_listener(l),
             settings: HttpSettings {
                 header_timeout: l.header_timeout.0,
                 max_header_size: l.max_header_size.0 as usize,

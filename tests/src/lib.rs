@@ -322,3 +322,74 @@ impl Drop for Nginx {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A free loopback port (bound and released: another process may take it
+/// first, as with any port picked ahead).
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Connect to `addr` from the loopback address `from` (e.g. `127.0.0.2`),
+/// so the client's address differs from that of a proxy on 127.0.0.1.
+pub async fn connect_from(from: &str, addr: SocketAddr) -> Result<TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(from.parse()?, 0))?;
+    Ok(tokio::time::timeout(STEP, socket.connect(addr)).await??)
+}
+
+/// A real HAProxy started in the foreground (`-db`) from a generated config
+/// (a `global`/`defaults` preamble plus the given sections), killed when
+/// dropped. `None` when haproxy is not installed.
+pub struct Haproxy {
+    child: std::process::Child,
+    /// Scratch directory holding `haproxy.cfg` and its output.
+    pub dir: PathBuf,
+}
+
+impl Haproxy {
+    /// Start HAProxy on `sections` and wait until every address in `ready` accepts.
+    pub async fn start(name: &str, sections: &str, ready: &[SocketAddr]) -> Result<Option<Self>> {
+        let bin = ["/usr/sbin/haproxy", "/usr/bin/haproxy"].into_iter().find(|p| std::path::Path::new(p).exists());
+        let Some(bin) = bin else { return Ok(None) };
+        let dir = std::env::temp_dir().join(format!("weir-haproxy-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let conf = format!(
+            "global\n  maxconn 256\n\ndefaults\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\n{sections}\n"
+        );
+        std::fs::write(dir.join("haproxy.cfg"), conf)?;
+        let out = std::fs::File::create(dir.join("output.log"))?;
+        let child = std::process::Command::new(bin)
+            .arg("-db")
+            .arg("-f")
+            .arg(dir.join("haproxy.cfg"))
+            .stdin(std::process::Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()?;
+        let mut haproxy = Self { child, dir };
+        let deadline = std::time::Instant::now() + STEP;
+        for addr in ready {
+            while TcpStream::connect(addr).await.is_err() {
+                let exited = haproxy.child.try_wait()?.is_some();
+                if exited || std::time::Instant::now() > deadline {
+                    bail!("haproxy did not start: {}", haproxy.output());
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        Ok(Some(haproxy))
+    }
+
+    /// What HAProxy printed so far.
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(self.dir.join("output.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

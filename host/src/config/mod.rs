@@ -330,6 +330,9 @@ pub struct Pool {
     pub health: Option<HealthCheck>,
     /// Backends found by a discovery plugin (replacing `backends` once it answers).
     pub discovery: Option<Discovery>,
+    /// TCP: send a PROXY protocol header (`v1` or `v2`) on each backend
+    /// connection, naming the client. Not on pools of HTTP listeners.
+    pub send_proxy: Option<Spanned<crate::proxy_protocol::Version>>,
     /// HTTP: idle keep-alive connections kept per backend.
     #[serde(default = "default_keepalive")]
     pub keepalive: usize,
@@ -581,9 +584,17 @@ pub struct Listener {
     pub access: Vec<Spanned<String>>,
     /// HTTP: the router plugin instance that picks a pool per request.
     pub router: Option<Spanned<String>>,
-    /// HTTP: time a client has to send a request head (408 after).
+    /// Time a client has to send a request head (HTTP, 408 after) and a
+    /// trusted peer its PROXY header.
     #[serde(default = "default_header_timeout")]
     pub header_timeout: Duration,
+    /// Accept PROXY protocol headers (v1 or v2): peers in
+    /// `proxy_protocol_from` must send one, every other peer is refused.
+    #[serde(default = "off")]
+    pub proxy_protocol: Spanned<bool>,
+    /// Peers trusted to send a PROXY header: `ip` or `ip/prefix`.
+    #[serde(default)]
+    pub proxy_protocol_from: Vec<Spanned<String>>,
     /// HTTP: largest request head accepted (431 above).
     #[serde(default = "default_max_header_size")]
     pub max_header_size: ByteSize,
@@ -619,6 +630,10 @@ fn default_max_header_size() -> ByteSize {
 
 fn yes() -> bool {
     true
+}
+
+fn off() -> Spanned<bool> {
+    Spanned::new(0..0, false)
 }
 
 fn default_protocol() -> Protocol {
@@ -758,6 +773,7 @@ impl Loaded {
                 self.check_plugin_ref(&format!("listeners.{name}.router"), r)?;
             }
             self.check_listener_tls(name, l)?;
+            self.check_proxy_protocol(name, l)?;
         }
         for (name, p) in &c.pools {
             self.check_plugin_ref(&format!("pools.{name}.balancer"), &p.balancer)?;
@@ -847,6 +863,51 @@ impl Loaded {
         Ok(())
     }
 
+    fn check_proxy_protocol(&self, name: &str, l: &Listener) -> Result<(), ConfigError> {
+        let src = &self.source;
+        for n in &l.proxy_protocol_from {
+            if crate::proxy_protocol::parse_network(n.get_ref()).is_none() {
+                return Err(src.error(
+                    n,
+                    format!("listeners.{name}.proxy_protocol_from: `{}` is not an ip or ip/prefix", n.get_ref()),
+                ));
+            }
+        }
+        match (*l.proxy_protocol.get_ref(), l.proxy_protocol_from.first()) {
+            (true, None) => {
+                return Err(src.error(
+                    &l.proxy_protocol,
+                    format!(
+                        "listeners.{name}.proxy_protocol_from: required with proxy_protocol = true \
+                         (the peers trusted to send a PROXY header, e.g. [\"10.0.0.0/8\"])"
+                    ),
+                ))
+            }
+            (false, Some(first)) => {
+                return Err(src.error(
+                    first,
+                    format!("listeners.{name}.proxy_protocol_from: has no effect without proxy_protocol = true"),
+                ))
+            }
+            _ => {}
+        }
+        // An HTTP listener's backend connections are pooled and shared by
+        // its clients: there is no one client to name in a header.
+        if l.protocol == Protocol::Http {
+            if let Some(v) = self.config.pools.get(l.pool.get_ref()).and_then(|p| p.send_proxy.as_ref()) {
+                return Err(src.error(
+                    v,
+                    format!(
+                        "pools.{}.send_proxy: the pool of HTTP listener `{name}`; HTTP backend connections \
+                         are pooled and shared between clients, so send_proxy works on pools of TCP listeners only",
+                        l.pool.get_ref()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn check_plugin_ref(&self, key: &str, r: &Spanned<String>) -> Result<(), ConfigError> {
         let name = r.get_ref();
         if name.starts_with("builtin:") || self.config.plugins.contains_key(name) {
@@ -898,6 +959,30 @@ pool = "web"
     fn unknown_pool_is_located() {
         let e = parse(&GOOD.replace("pool = \"web\"", "pool = \"wbe\"")).unwrap_err().to_string();
         assert!(e.starts_with("t.toml:7:8: listeners.front.pool: no pool named `wbe`"), "{e}");
+    }
+
+    #[test]
+    fn proxy_protocol_keys_are_checked() {
+        let listener = |extra: &str| GOOD.replace("pool = \"web\"", &format!("pool = \"web\"\n{extra}"));
+        let l = parse(&listener("proxy_protocol = true\nproxy_protocol_from = [\"10.0.0.0/8\", \"::1\"]")).unwrap();
+        assert!(*l.config.listeners["front"].proxy_protocol.get_ref());
+        let e = parse(&listener("proxy_protocol = true")).unwrap_err().to_string();
+        assert!(e.starts_with("t.toml:8:18: listeners.front.proxy_protocol_from: required"), "{e}");
+        let e = parse(&listener("proxy_protocol_from = [\"10.0.0.0/8\"]")).unwrap_err().to_string();
+        assert!(e.starts_with("t.toml:8:24: listeners.front.proxy_protocol_from: has no effect"), "{e}");
+        let e =
+            parse(&listener("proxy_protocol = true\nproxy_protocol_from = [\"10.0.0.0/33\"]")).unwrap_err().to_string();
+        assert!(e.starts_with("t.toml:9:24: listeners.front.proxy_protocol_from: `10.0.0.0/33`"), "{e}");
+        let pool = |v: &str| GOOD.replace("[listeners.front]", &format!("send_proxy = \"{v}\"\n\n[listeners.front]"));
+        assert_eq!(
+            *parse(&pool("v2")).unwrap().config.pools["web"].send_proxy.as_ref().unwrap().get_ref(),
+            crate::proxy_protocol::Version::V2
+        );
+        let e = parse(&pool("v3")).unwrap_err().to_string();
+        assert!(e.starts_with("t.toml:5:14: ") && e.contains("v3"), "{e}");
+        let http = pool("v1").replace("pool = \"web\"", "pool = \"web\"\nprotocol = \"http\"");
+        let e = parse(&http).unwrap_err().to_string();
+        assert!(e.starts_with("t.toml:5:14: pools.web.send_proxy: the pool of HTTP listener `front`"), "{e}");
     }
 
     #[test]

@@ -7,6 +7,7 @@ mod copy;
 use crate::config::Fallback;
 use crate::plugin::bindings::types;
 use crate::plugin::{PluginInstance, RouteDecision, Verdict};
+use crate::proxy_protocol::{self, ProxyAccept};
 use crate::upstream::{Backend, Pool};
 use arc_swap::ArcSwap;
 use std::net::{IpAddr, SocketAddr};
@@ -60,6 +61,8 @@ pub struct TcpRoutes {
     pub idle_timeout: Duration,
     /// Access-log fields, when the log is on.
     pub access_log: Option<Arc<[crate::access_log::Field]>>,
+    /// Who must send a PROXY header first, when the listener accepts them.
+    pub proxy_accept: Option<Arc<ProxyAccept>>,
 }
 
 /// The `socket-address` record of an address.
@@ -192,6 +195,7 @@ impl TcpService {
         pool: &Arc<Pool>,
         conn: &types::Connection,
         peer: SocketAddr,
+        local: SocketAddr,
     ) -> Option<(BackendSide, Arc<Backend>)> {
         let mut tried: Vec<u32> = Vec::new();
         let members = pool.members();
@@ -214,8 +218,12 @@ impl TcpService {
             let backend = &members.backends[slot as usize];
             let started = Instant::now();
             let attempt = async {
-                let stream = TcpStream::connect(backend.address.as_str()).await?;
+                let mut stream = TcpStream::connect(backend.address.as_str()).await?;
                 let _ = stream.set_nodelay(true);
+                // The PROXY header goes first, in the clear, before any TLS.
+                if let Some(version) = pool.settings.send_proxy {
+                    proxy_protocol::send_header(&mut stream, version, peer, local).await?;
+                }
                 match &pool.settings.tls {
                     None => Ok::<_, std::io::Error>(BackendSide::Plain(stream)),
                     Some(tls) => Ok(BackendSide::Tls(Box::new(tls.connect(&backend.address, stream).await?))),
@@ -247,6 +255,22 @@ impl TcpService {
         let mut conn = self.connection(peer, !matches!(routes.tls, TlsMode::None));
         let mut entry =
             routes.access_log.clone().map(|f| crate::access_log::Entry::new(f, self.name.clone(), peer.to_string()));
+        // From here on, the client is the one a trusted proxy's header names.
+        let policy = routes.proxy_accept.as_deref();
+        let peer = match proxy_protocol::client_address(&mut client, peer, policy, &self.name).await {
+            Ok(client) => client,
+            Err(err) => {
+                if let Some(e) = entry.as_mut() {
+                    e.error = err.to_string();
+                }
+                return;
+            }
+        };
+        if let Some(e) = entry.as_mut() {
+            e.client = peer.to_string();
+        }
+        conn.client = wit_socket_address(peer);
+        let local = client.local_addr().unwrap_or(self.local);
         let _ = client.set_nodelay(true);
         let mut offered_alpn = Vec::new();
         let client = match &routes.tls {
@@ -300,7 +324,7 @@ impl TcpService {
         if let Some(e) = entry.as_mut() {
             e.pool = pool.name.clone();
         }
-        let Some((upstream, backend)) = self.connect(pool, &conn, peer).await else {
+        let Some((upstream, backend)) = self.connect(pool, &conn, peer, local).await else {
             if let Some(e) = entry.as_mut() {
                 e.error = "no backend reachable".into();
             }

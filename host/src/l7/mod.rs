@@ -125,6 +125,8 @@ pub struct HttpRoutes {
     pub router: Option<Arc<PluginInstance>>,
     /// Access-log fields, when the log is on.
     pub access_log: Option<Arc<[crate::access_log::Field]>>,
+    /// Who must send a PROXY header first, when the listener accepts them.
+    pub proxy_accept: Option<Arc<crate::proxy_protocol::ProxyAccept>>,
     /// Listener settings.
     pub settings: HttpSettings,
     /// HTTPS: the listener's certificates.
@@ -527,9 +529,15 @@ fn request_timeout(socket: &std::net::TcpStream) {
     let _ = s.write_all(b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n");
 }
 
-async fn serve_connection(service: Arc<HttpService>, stream: TcpStream, peer: SocketAddr, stop: CancellationToken) {
-    let _ = stream.set_nodelay(true);
+async fn serve_connection(service: Arc<HttpService>, mut stream: TcpStream, peer: SocketAddr, stop: CancellationToken) {
     let _open = service.stats.accepted();
+    // From here on, the client is the one a trusted proxy's header names.
+    let policy = service.routes.load().proxy_accept.clone();
+    let Ok(peer) = crate::proxy_protocol::client_address(&mut stream, peer, policy.as_deref(), &service.name).await
+    else {
+        return;
+    };
+    let _ = stream.set_nodelay(true);
     let mut record = service.connection(peer);
     let tls = service.routes.load().tls.clone();
     match tls {

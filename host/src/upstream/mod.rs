@@ -61,6 +61,8 @@ pub struct PoolSettings {
     pub initial_up: bool,
     /// Connect to the backends over TLS.
     pub tls: Option<Arc<crate::tls::BackendTls>>,
+    /// L4: start each backend connection with a PROXY protocol header.
+    pub send_proxy: Option<crate::proxy_protocol::Version>,
 }
 
 impl PoolSettings {
