@@ -19,6 +19,7 @@ pub mod listener;
 pub mod metrics;
 pub mod plugin;
 pub mod server;
+pub mod udp;
 pub mod upstream;
 
 pub use server::{Prepared, Server};
