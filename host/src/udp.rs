@@ -22,6 +22,7 @@ use std::io::ErrorKind;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -354,9 +355,25 @@ impl Session {
                     }
                     idle.as_mut().reset(tokio::time::Instant::now() + settings.idle_timeout);
                 }
-                ready = upstream.readable() => {
-                    if let Err(e) = ready {
-                        return End::Failed(e);
+                // ERROR too: an ICMP "port unreachable" sets the socket's
+                // error without making it readable.
+                ready = upstream.ready(Interest::READABLE | Interest::ERROR) => {
+                    let ready = match ready {
+                        Ok(r) => r,
+                        Err(e) => return End::Failed(e),
+                    };
+                    if ready.is_error() {
+                        match upstream.take_error() {
+                            Ok(Some(e)) if e.kind() == ErrorKind::ConnectionRefused => return End::Refused,
+                            Ok(Some(e)) | Err(e) => return End::Failed(e),
+                            // Nothing pending: clear the stale readiness.
+                            Ok(None) => {
+                                let _ = upstream.try_io(Interest::ERROR, || Err::<(), _>(ErrorKind::WouldBlock.into()));
+                            }
+                        }
+                    }
+                    if !ready.is_readable() {
+                        continue;
                     }
                     let reply = REPLY.with_borrow_mut(|buf| match upstream.try_recv(buf) {
                         Ok(n) => {
