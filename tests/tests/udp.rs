@@ -510,3 +510,31 @@ async fn reload_keeps_a_udp_listener_and_its_sessions_and_closing_it_ends_them()
     weir.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_answering_port_unreachable_is_ejected() -> Result<()> {
+    let a = UdpEcho::start("a").await?;
+    // A port with nothing bound: the kernel answers ICMP port unreachable.
+    let dead = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?;
+    let text = udp_config(&[dead, a.addr], "udp_idle_timeout = \"10s\"\n").replace(
+        "balancer = \"builtin:round-robin\"\n",
+        "balancer = \"builtin:round-robin\"\nfail_timeout = \"10s\"\n",
+    );
+    let weir = start_weir(&text).await?;
+    let addr = weir.listener_addr("l").unwrap();
+    let socket = client().await?;
+    // Round-robin sends the first session to the dead backend.
+    unanswered(&socket, addr, b"to nobody").await?;
+    let members = weir.pool("p").unwrap().members();
+    let gone = members.backends.iter().find(|b| b.address == dead.to_string()).unwrap();
+    eventually("the refusal to count as a failure", || gone.stats.failures() == 1 && !gone.is_healthy()).await?;
+    let stats = listener_stats(&weir);
+    eventually("the refused session to end", || stats.active() == 0).await?;
+    // The next datagram opens a new session, on the backend still in rotation.
+    let (name, echoed) = ask(&socket, addr, b"again").await?;
+    println!("after the refusal: {name}; dead backend failures {}", gone.stats.failures());
+    assert_eq!((name.as_str(), echoed.as_slice()), ("a", &b"again"[..]));
+    assert_eq!(stats.total(), 2);
+    weir.shutdown().await;
+    Ok(())
+}
