@@ -1,7 +1,8 @@
-//! The access log: one line per HTTP request (when its response body ends)
-//! or TCP connection (when it closes), with the fields a listener's config
-//! names, logged at `info` under the `weir::access` target (so it can be
-//! filtered, and follows `--log-format json`).
+//! The access log: one line per HTTP request (when its response body ends),
+//! TCP connection (when it closes) or UDP session (when it ends), with the
+//! fields a listener's config names, logged at `info` under the
+//! `weir::access` target (so it can be filtered, and follows
+//! `--log-format json`).
 
 use serde::Deserialize;
 use std::fmt::Write as _;
@@ -31,7 +32,7 @@ pub enum Field {
     Backend,
     /// HTTP status sent to the client.
     Status,
-    /// Response body bytes sent to the client (HTTP).
+    /// Response body bytes sent to the client (HTTP), or reply bytes (UDP).
     BytesOut,
     /// Time from the request head to the end of the response body, or the
     /// connection's life (TCP), in milliseconds.

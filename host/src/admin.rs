@@ -26,7 +26,7 @@ const MAX_UPLOAD: usize = 64 << 20;
 pub struct ListenerInfo {
     /// Bound address.
     pub address: SocketAddr,
-    /// `tcp` or `http`.
+    /// `tcp`, `http` or `udp`.
     pub protocol: &'static str,
     /// Its pool.
     pub pool: String,
@@ -68,7 +68,7 @@ fn unix_secs(t: SystemTime) -> u64 {
 
 fn listener_detail(name: &str, l: &ListenerInfo) -> Value {
     let s = &l.stats;
-    json!({
+    let mut detail = json!({
         "name": name,
         "address": l.address.to_string(),
         "protocol": l.protocol,
@@ -81,7 +81,12 @@ fn listener_detail(name: &str, l: &ListenerInfo) -> Value {
         },
         "response_p50_ms": s.response_time.quantile(0.5).map(|v| v * 1e3),
         "response_p99_ms": s.response_time.quantile(0.99).map(|v| v * 1e3),
-    })
+    });
+    if l.protocol == "udp" {
+        // Connections are sessions here.
+        detail["dropped_datagrams"] = json!(s.dropped());
+    }
+    detail
 }
 
 fn pool_summary(name: &str, pool: &Pool) -> Value {

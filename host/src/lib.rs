@@ -22,6 +22,7 @@ pub mod plugin;
 pub mod proxy_protocol;
 pub mod server;
 pub mod tls;
+pub mod udp;
 pub mod upstream;
 
 pub use server::{Prepared, Server};

@@ -1,7 +1,7 @@
-//! Per-listener counters: connections open and accepted, and on HTTP
-//! listeners the responses sent by status class and the time to each
-//! response head. They belong to the listener, so they survive reloads that
-//! keep it.
+//! Per-listener counters: connections (UDP: sessions) open and accepted,
+//! on HTTP listeners the responses sent by status class and the time to
+//! each response head, on UDP listeners the datagrams dropped. They
+//! belong to the listener, so they survive reloads that keep it.
 
 use crate::histogram::Histogram;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -13,6 +13,7 @@ pub struct ListenerStats {
     active: AtomicU64,
     total: AtomicU64,
     responses: [AtomicU64; 5],
+    dropped: AtomicU64,
     /// HTTP: time from request head to response head (errors weir answers
     /// itself included).
     pub response_time: Histogram,
@@ -34,6 +35,16 @@ impl ListenerStats {
     /// Connections accepted so far.
     pub fn total(&self) -> u64 {
         self.total.load(Relaxed)
+    }
+
+    /// UDP: count a datagram dropped (session cap, denied, no backend, queue full).
+    pub fn drop_datagram(&self) {
+        self.dropped.fetch_add(1, Relaxed);
+    }
+
+    /// UDP: datagrams dropped so far.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Relaxed)
     }
 
     /// Count an HTTP response sent to a client.

@@ -91,14 +91,14 @@ impl Collector for Live {
         family(
             &mut e,
             "backend_active_connections",
-            "Connections (TCP) or requests (HTTP) open to the backend",
+            "Connections (TCP), sessions (UDP) or requests (HTTP) open to the backend",
             Gauge,
             per_backend(|b| b.stats.active() as f64),
         )?;
         family(
             &mut e,
             "backend_connections",
-            "Connections (TCP) or requests (HTTP) sent to the backend",
+            "Connections (TCP), sessions (UDP) or requests (HTTP) sent to the backend",
             Counter,
             per_backend(|b| b.stats.total() as f64),
         )?;
@@ -168,16 +168,26 @@ impl Collector for Live {
         family(
             &mut e,
             "server_active_connections",
-            "Client connections open on the listener",
+            "Client connections (UDP: sessions) open on the listener",
             Gauge,
             per_listener(|s| s.active() as f64),
         )?;
         family(
             &mut e,
             "server_connections",
-            "Client connections accepted by the listener",
+            "Client connections (UDP: sessions) accepted by the listener",
             Counter,
             per_listener(|s| s.total() as f64),
+        )?;
+        family(
+            &mut e,
+            "server_dropped_datagrams",
+            "UDP: datagrams dropped (session limit, denied, no backend, queue full)",
+            Counter,
+            now.listeners
+                .iter()
+                .filter(|(_, l)| l.protocol == "udp")
+                .map(|(n, l)| (vec![("listener", n.as_str())], l.stats.dropped() as f64)),
         )?;
         let server_responses = listeners().flat_map(|(labels, s)| {
             CLASSES.iter().enumerate().map(move |(i, class)| {

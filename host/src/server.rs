@@ -10,6 +10,7 @@ use crate::l4::{self, TcpService};
 use crate::l7::{self, HttpPool, HttpService, HttpSettings};
 use crate::plugin::{Grants, Limits, LoadError, PluginInstance, PluginSpec, Runtime, World};
 use crate::tls::{BackendTls, ServerTls};
+use crate::udp::{self, UdpService};
 use crate::upstream::{BackendSpec, Pool, PoolSettings};
 use arc_swap::ArcSwap;
 use std::collections::BTreeMap;
@@ -298,6 +299,32 @@ pub struct Snapshot {
 enum Service {
     Tcp(Arc<TcpService>),
     Http(Arc<HttpService>),
+    Udp(Arc<UdpService>),
+}
+
+/// A listener's socket, bound before anything changes.
+enum Bound {
+    /// A listening TCP socket (TCP and HTTP listeners).
+    Tcp(tokio::net::TcpListener),
+    /// A UDP socket.
+    Udp(tokio::net::UdpSocket),
+}
+
+impl Bound {
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        match self {
+            Bound::Tcp(s) => s.local_addr(),
+            Bound::Udp(s) => s.local_addr(),
+        }
+    }
+}
+
+/// Bind the socket a listener's protocol needs.
+fn bind_listener(addr: SocketAddr, l: &crate::config::Listener) -> std::io::Result<Bound> {
+    match l.protocol {
+        Protocol::Udp => udp::bind(addr).map(Bound::Udp),
+        _ => bind(addr, l.backlog).map(Bound::Tcp),
+    }
 }
 
 struct RunningListener {
@@ -357,10 +384,10 @@ fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<tokio::net::TcpListen
 
 /// Bind, retrying for a moment: a listener closed by the same reload may
 /// still be releasing the address.
-async fn bind_soon(addr: SocketAddr, backlog: u32) -> std::io::Result<tokio::net::TcpListener> {
+async fn bind_soon(addr: SocketAddr, l: &crate::config::Listener) -> std::io::Result<Bound> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
     loop {
-        match bind(addr, backlog) {
+        match bind_listener(addr, l) {
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(10)).await
             }
@@ -427,6 +454,24 @@ impl ServerCore {
         }
     }
 
+    fn udp_routes(prepared: &Prepared, l: &crate::config::Listener) -> udp::UdpRoutes {
+        let count = |v: &Option<Spanned<u64>>| v.as_ref().map(|v| *v.get_ref());
+        udp::UdpRoutes {
+            pool: prepared.pools[l.pool.get_ref()].clone(),
+            access: l.access.iter().map(|a| prepared.plugins[a.get_ref()].clone()).collect(),
+            settings: udp::UdpSettings {
+                idle_timeout: l
+                    .udp_idle_timeout
+                    .as_ref()
+                    .map_or(crate::config::DEFAULT_UDP_IDLE_TIMEOUT, |t| t.get_ref().0),
+                max_requests: count(&l.udp_max_requests).unwrap_or(0),
+                max_responses: count(&l.udp_max_responses).unwrap_or(0),
+                max_sessions: count(&l.udp_max_sessions).unwrap_or(crate::config::DEFAULT_UDP_MAX_SESSIONS),
+            },
+            access_log: l.access_log.fields(),
+        }
+    }
+
     fn http_routes(
         prepared: &Prepared,
         pools: &Arc<BTreeMap<String, HttpPool>>,
@@ -459,13 +504,27 @@ impl ServerCore {
         http_pools: &Arc<BTreeMap<String, HttpPool>>,
         name: &str,
         l: &crate::config::Listener,
-        socket: tokio::net::TcpListener,
+        socket: Bound,
     ) -> std::io::Result<RunningListener> {
         let local = socket.local_addr()?;
         let stop = self.stop.child_token();
         let listener_id = self.runtime.shared().listener_id(name);
-        let service = match l.protocol {
-            Protocol::Tcp | Protocol::Tls => {
+        let service = match (l.protocol, socket) {
+            (Protocol::Udp, Bound::Udp(socket)) => {
+                let service = Arc::new(UdpService {
+                    name: name.into(),
+                    listener_id,
+                    local,
+                    routes: ArcSwap::from_pointee(Self::udp_routes(prepared, l)),
+                    stats: Arc::default(),
+                });
+                tokio::spawn(udp::serve(socket, service.clone(), stop.clone(), self.tracker.clone()));
+                Service::Udp(service)
+            }
+            (_, Bound::Udp(_)) | (Protocol::Udp, _) => {
+                return Err(std::io::Error::other(format!("listener {name}: socket does not match its protocol")))
+            }
+            (Protocol::Tcp | Protocol::Tls, Bound::Tcp(socket)) => {
                 let service = Arc::new(TcpService {
                     name: name.into(),
                     listener_id,
@@ -476,7 +535,7 @@ impl ServerCore {
                 tokio::spawn(l4::serve(socket, service.clone(), stop.clone(), self.tracker.clone()));
                 Service::Tcp(service)
             }
-            Protocol::Http | Protocol::Https => {
+            (Protocol::Http | Protocol::Https, Bound::Tcp(socket)) => {
                 let service = Arc::new(HttpService {
                     challenges: self.challenges.clone(),
                     name: name.into(),
@@ -512,6 +571,7 @@ impl ServerCore {
                         stats: match &l.service {
                             Service::Tcp(s) => s.stats.clone(),
                             Service::Http(s) => s.stats.clone(),
+                            Service::Udp(s) => s.stats.clone(),
                         },
                     };
                     (name.clone(), info)
@@ -560,9 +620,13 @@ impl ServerCore {
                 continue;
             }
             let addr: SocketAddr = l.bind.get_ref().parse().map_err(|e| format!("listeners.{name}.bind: {e}"))?;
-            let frees = closing.iter().any(|c| addr.port() != 0 && running.listeners[c].addr == addr);
+            let udp = |p: Protocol| p == Protocol::Udp;
+            let frees = closing.iter().any(|c| {
+                let r = &running.listeners[c];
+                addr.port() != 0 && r.addr == addr && udp(r.protocol) == udp(l.protocol)
+            });
             if !frees {
-                let socket = bind(addr, l.backlog).map_err(|e| {
+                let socket = bind_listener(addr, l).map_err(|e| {
                     prepared
                         .loaded
                         .source
@@ -600,6 +664,7 @@ impl ServerCore {
                 match &r.service {
                     Service::Tcp(s) => s.routes.store(Arc::new(Self::tcp_routes(&prepared, name, l))),
                     Service::Http(s) => s.routes.store(Arc::new(Self::http_routes(&prepared, &http_pools, name, l))),
+                    Service::Udp(s) => s.routes.store(Arc::new(Self::udp_routes(&prepared, l))),
                 }
                 continue;
             }
@@ -608,9 +673,7 @@ impl ServerCore {
                 None => {
                     let addr: SocketAddr =
                         l.bind.get_ref().parse().map_err(|e| format!("listeners.{name}.bind: {e}"))?;
-                    bind_soon(addr, l.backlog)
-                        .await
-                        .map_err(|e| format!("listeners.{name}.bind: cannot bind {addr}: {e}"))?
+                    bind_soon(addr, l).await.map_err(|e| format!("listeners.{name}.bind: cannot bind {addr}: {e}"))?
                 }
             };
             let opened = self.open(&prepared, &http_pools, name, l, socket).map_err(|e| e.to_string())?;
@@ -678,7 +741,7 @@ impl Server {
             let http_pools = Arc::new(prepared.http_pools());
             for (name, l) in &prepared.loaded.config.listeners {
                 let addr: SocketAddr = l.bind.get_ref().parse()?;
-                let socket = bind(addr, l.backlog).map_err(|e| {
+                let socket = bind_listener(addr, l).map_err(|e| {
                     prepared.loaded.source.error(&l.bind, format!("listeners.{name}.bind: cannot bind {addr}: {e}"))
                 })?;
                 let opened = core.open(&prepared, &http_pools, name, l, socket)?;

@@ -394,6 +394,8 @@ pub enum Protocol {
     /// HTTP over TLS: terminated, then proxied as `http` (ALPN `h2` and
     /// `http/1.1`).
     Https,
+    /// UDP datagrams, proxied per client session.
+    Udp,
 }
 
 impl Protocol {
@@ -404,6 +406,7 @@ impl Protocol {
             Protocol::Http => "http",
             Protocol::Tls => "tls",
             Protocol::Https => "https",
+            Protocol::Udp => "udp",
         }
     }
 
@@ -618,7 +621,21 @@ pub struct Listener {
     pub backlog: u32,
     /// TLS and HTTPS: certificates and handshake settings.
     pub tls: Option<Spanned<ListenerTls>>,
+    /// UDP: end a session with no datagram either way for this long (default 30s).
+    pub udp_idle_timeout: Option<Spanned<Duration>>,
+    /// UDP: datagrams a session forwards to its backend before the next
+    /// datagram from that client makes a new session (0 or none: unlimited).
+    pub udp_max_requests: Option<Spanned<u64>>,
+    /// UDP: responses after which a session ends (0 or none: unlimited).
+    pub udp_max_responses: Option<Spanned<u64>>,
+    /// UDP: sessions open at once; datagrams that would open more are dropped (default 65536).
+    pub udp_max_sessions: Option<Spanned<u64>>,
 }
+
+/// UDP sessions' idle timeout when `udp_idle_timeout` is not set.
+pub const DEFAULT_UDP_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Sessions per UDP listener when `udp_max_sessions` is not set.
+pub const DEFAULT_UDP_MAX_SESSIONS: u64 = 65_536;
 
 fn default_header_timeout() -> Duration {
     Duration::from_secs(10)
@@ -774,6 +791,7 @@ impl Loaded {
             }
             self.check_listener_tls(name, l)?;
             self.check_proxy_protocol(name, l)?;
+            self.check_udp_keys(name, l)?;
         }
         for (name, p) in &c.pools {
             self.check_plugin_ref(&format!("pools.{name}.balancer"), &p.balancer)?;
@@ -908,6 +926,38 @@ impl Loaded {
         Ok(())
     }
 
+    /// The `udp_*` keys belong to UDP listeners only, and a session needs a
+    /// non-zero idle timeout and room for at least one session.
+    fn check_udp_keys(&self, name: &str, l: &Listener) -> Result<(), ConfigError> {
+        let src = &self.source;
+        let counts = [
+            ("udp_max_requests", &l.udp_max_requests),
+            ("udp_max_responses", &l.udp_max_responses),
+            ("udp_max_sessions", &l.udp_max_sessions),
+        ];
+        if l.protocol != Protocol::Udp {
+            let set = counts.iter().find_map(|(key, v)| v.as_ref().map(|v| (*key, v.span().start)));
+            let set = set.or_else(|| l.udp_idle_timeout.as_ref().map(|v| ("udp_idle_timeout", v.span().start)));
+            if let Some((key, at)) = set {
+                return Err(src.error_at(at, format!("listeners.{name}.{key}: needs protocol = \"udp\"")));
+            }
+            return Ok(());
+        }
+        if let Some(r) = &l.router {
+            return Err(src.error(
+                r,
+                format!("listeners.{name}.router: not on protocol = \"udp\" (sessions go to the listener's pool)"),
+            ));
+        }
+        if let Some(t) = l.udp_idle_timeout.as_ref().filter(|t| t.get_ref().0.is_zero()) {
+            return Err(src.error(t, format!("listeners.{name}.udp_idle_timeout: must be above zero")));
+        }
+        if let Some(m) = l.udp_max_sessions.as_ref().filter(|m| *m.get_ref() == 0) {
+            return Err(src.error(m, format!("listeners.{name}.udp_max_sessions: must be at least 1")));
+        }
+        Ok(())
+    }
+
     fn check_plugin_ref(&self, key: &str, r: &Spanned<String>) -> Result<(), ConfigError> {
         let name = r.get_ref();
         if name.starts_with("builtin:") || self.config.plugins.contains_key(name) {
@@ -983,6 +1033,24 @@ pool = "web"
         let http = pool("v1").replace("pool = \"web\"", "pool = \"web\"\nprotocol = \"http\"");
         let e = parse(&http).unwrap_err().to_string();
         assert!(e.starts_with("t.toml:5:14: pools.web.send_proxy: the pool of HTTP listener `front`"), "{e}");
+    }
+
+    #[test]
+    fn udp_keys_belong_to_udp_listeners() {
+        let udp = GOOD.replace("pool = \"web\"", "pool = \"web\"\nprotocol = \"udp\"\nudp_max_requests = 1");
+        let l = parse(&udp).unwrap();
+        let front = &l.config.listeners["front"];
+        assert_eq!(front.protocol, Protocol::Udp);
+        assert_eq!(front.udp_max_requests.as_ref().map(|v| *v.get_ref()), Some(1));
+        let e =
+            parse(&GOOD.replace("pool = \"web\"", "pool = \"web\"\nudp_max_responses = 1")).unwrap_err().to_string();
+        assert!(e.starts_with("t.toml:8:21: listeners.front.udp_max_responses: needs protocol = \"udp\""), "{e}");
+        let e = parse(&format!("{udp}udp_idle_timeout = \"0s\"\n")).unwrap_err().to_string();
+        assert!(e.contains("listeners.front.udp_idle_timeout: must be above zero"), "{e}");
+        let e = parse(&format!("{udp}udp_max_sessions = 0\n")).unwrap_err().to_string();
+        assert!(e.contains("listeners.front.udp_max_sessions: must be at least 1"), "{e}");
+        let e = parse(&format!("{udp}router = \"builtin:host-path\"\n")).unwrap_err().to_string();
+        assert!(e.contains("listeners.front.router: not on protocol = \"udp\""), "{e}");
     }
 
     #[test]

@@ -78,9 +78,10 @@ impl AccessFilter for RateLimit {
     }
 
     fn check_connection(&mut self, conn: &Connection) -> Result<Verdict, Error> {
-        // TCP listeners limit connections; HTTP listeners limit requests (below).
+        // TCP listeners limit connections, UDP listeners sessions; HTTP
+        // listeners limit requests (below).
         Ok(match (&self.by, conn.protocol) {
-            (By::ClientIp, Protocol::Tcp | Protocol::Tls) => self.verdict(client_ip(conn).to_string()),
+            (By::ClientIp, Protocol::Tcp | Protocol::Tls | Protocol::Udp) => self.verdict(client_ip(conn).to_string()),
             _ => Verdict::Allow,
         })
     }
