@@ -8,10 +8,9 @@
 //! `udp_max_requests` datagrams it takes no more, and the next datagram from
 //! that client opens a new session.
 
-use crate::config::Fallback;
 use crate::l4::wit_socket_address;
 use crate::plugin::bindings::types;
-use crate::plugin::{PluginInstance, Verdict};
+use crate::plugin::PluginInstance;
 use crate::upstream::{Backend, Pool};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -136,60 +135,12 @@ impl UdpService {
         }
     }
 
-    /// Run the access phase; `true` lets the session through.
-    fn admit(&self, routes: &UdpRoutes, conn: &types::Connection, peer: SocketAddr) -> bool {
-        for filter in &routes.access {
-            match filter.check_connection(conn) {
-                Ok(Verdict::Allow) => {}
-                Ok(Verdict::Deny { reason, .. }) => {
-                    tracing::debug!(listener = %self.name, %peer, plugin = filter.name(), "denied: {reason}");
-                    return false;
-                }
-                Err(e) => {
-                    let open = filter.fallback() == Fallback::FailOpen;
-                    tracing::debug!(listener = %self.name, %peer, fail_open = open, "access plugin failed: {e}");
-                    if !open {
-                        return false;
-                    }
-                }
-            }
-        }
-        true
-    }
-
     /// Balance and open a connected socket to the backend, trying a
     /// different backend when the socket cannot be set up (an address that
     /// does not resolve, no local port).
     async fn connect(&self, routes: &UdpRoutes, conn: &types::Connection) -> Option<(UdpSocket, Arc<Backend>)> {
-        let pool = &routes.pool;
-        let mut tried: Vec<u32> = Vec::new();
-        let members = pool.members();
-        for _ in 0..pool.settings.max_tries {
-            let eligible = pool.eligible(&members, &tried);
-            if eligible.is_empty() {
-                break;
-            }
-            let slot = match pool.balancer.pick(pool, &members, eligible.clone(), conn, None, None) {
-                Ok(slot) => slot,
-                Err(e) => {
-                    tracing::debug!(pool = %pool.name, "balancer failed: {e}");
-                    match pool.balancer.fallback() {
-                        Fallback::FailOpen => pool.fallback_pick(&eligible)?,
-                        Fallback::FailClosed => return None,
-                    }
-                }
-            };
-            let backend = &members.backends[slot as usize];
-            match tokio::time::timeout(pool.settings.connect_timeout, connect_udp(&backend.address)).await {
-                Ok(Ok(socket)) => return Some((socket, backend.clone())),
-                Ok(Err(e)) => tracing::debug!(pool = %pool.name, backend = %backend.address, "no socket: {e}"),
-                Err(_) => tracing::debug!(pool = %pool.name, backend = %backend.address, "address lookup timed out"),
-            }
-            pool.report_failure(backend);
-            tried.push(slot);
-        }
-        tracing::warn!(pool = %pool.name, tried = tried.len(), "no backend for a UDP session; datagram dropped");
-        None
+        let attempt = |backend: Arc<Backend>| async move { connect_udp(&backend.address).await };
+        routes.pool.try_backends(conn, None, attempt).await
     }
 
     /// Hand a client's datagram to its session, opening one if it has none.
@@ -274,7 +225,7 @@ impl Session {
         if let Some(e) = entry.as_mut() {
             e.pool = routes.pool.name.clone();
         }
-        let refused = if !service.admit(&routes, &conn, peer) {
+        let refused = if !crate::l4::admit(&service.name, &routes.access, &conn, peer) {
             Some("denied")
         } else {
             match service.connect(&routes, &conn).await {

@@ -145,27 +145,6 @@ impl TcpService {
         }
     }
 
-    /// Run the access phase; `true` lets the connection through.
-    fn admit(&self, routes: &TcpRoutes, conn: &types::Connection, peer: SocketAddr) -> bool {
-        for filter in &routes.access {
-            match filter.check_connection(conn) {
-                Ok(Verdict::Allow) => {}
-                Ok(Verdict::Deny { reason, .. }) => {
-                    tracing::debug!(listener = %self.name, %peer, plugin = filter.name(), "denied: {reason}");
-                    return false;
-                }
-                Err(e) => {
-                    let open = filter.fallback() == Fallback::FailOpen;
-                    tracing::debug!(listener = %self.name, %peer, fail_open = open, "access plugin failed: {e}");
-                    if !open {
-                        return false;
-                    }
-                }
-            }
-        }
-        true
-    }
-
     /// Run the route phase: the pool the connection goes to, or why none.
     fn route<'r>(
         &self,
@@ -188,8 +167,8 @@ impl TcpService {
         }
     }
 
-    /// Balance and connect (and, for a TLS pool, handshake), trying a
-    /// different backend after each failure.
+    /// Balance and connect (and, for a TLS pool, handshake; for a pool
+    /// with `send_proxy`, write the PROXY header first).
     async fn connect(
         &self,
         pool: &Arc<Pool>,
@@ -197,56 +176,24 @@ impl TcpService {
         peer: SocketAddr,
         local: SocketAddr,
     ) -> Option<(BackendSide, Arc<Backend>)> {
-        let mut tried: Vec<u32> = Vec::new();
-        let members = pool.members();
         let hash_key = pool.settings.hash_key.as_ref().and_then(|k| k.of_connection(peer, conn.sni.as_deref()));
-        for _ in 0..pool.settings.max_tries {
-            let eligible = pool.eligible(&members, &tried);
-            if eligible.is_empty() {
-                break;
+        let started = Instant::now();
+        let attempt = |backend: Arc<Backend>| async move {
+            let mut stream = TcpStream::connect(backend.address.as_str()).await?;
+            let _ = stream.set_nodelay(true);
+            // The PROXY header goes first, in the clear, before any TLS.
+            if let Some(version) = pool.settings.send_proxy {
+                proxy_protocol::send_header(&mut stream, version, peer, local).await?;
             }
-            let slot = match pool.balancer.pick(pool, &members, eligible.clone(), conn, hash_key.as_deref(), None) {
-                Ok(slot) => slot,
-                Err(e) => {
-                    tracing::debug!(pool = %pool.name, "balancer failed: {e}");
-                    match pool.balancer.fallback() {
-                        Fallback::FailOpen => pool.fallback_pick(&eligible)?,
-                        Fallback::FailClosed => return None,
-                    }
-                }
-            };
-            let backend = &members.backends[slot as usize];
-            let started = Instant::now();
-            let attempt = async {
-                let mut stream = TcpStream::connect(backend.address.as_str()).await?;
-                let _ = stream.set_nodelay(true);
-                // The PROXY header goes first, in the clear, before any TLS.
-                if let Some(version) = pool.settings.send_proxy {
-                    proxy_protocol::send_header(&mut stream, version, peer, local).await?;
-                }
-                match &pool.settings.tls {
-                    None => Ok::<_, std::io::Error>(BackendSide::Plain(stream)),
-                    Some(tls) => Ok(BackendSide::Tls(Box::new(tls.connect(&backend.address, stream).await?))),
-                }
-            };
-            match tokio::time::timeout(pool.settings.connect_timeout, attempt).await {
-                Ok(Ok(stream)) => {
-                    backend.stats.record_latency(started.elapsed());
-                    pool.report_success(backend);
-                    return Some((stream, backend.clone()));
-                }
-                Ok(Err(e)) => {
-                    tracing::debug!(pool = %pool.name, backend = %backend.address, "connect failed: {e}")
-                }
-                Err(_) => {
-                    tracing::debug!(pool = %pool.name, backend = %backend.address, "connect timed out")
-                }
+            match &pool.settings.tls {
+                None => Ok(BackendSide::Plain(stream)),
+                Some(tls) => Ok(BackendSide::Tls(Box::new(tls.connect(&backend.address, stream).await?))),
             }
-            pool.report_failure(backend);
-            tried.push(slot);
-        }
-        tracing::warn!(pool = %pool.name, tried = tried.len(), "no backend reachable; connection closed");
-        None
+        };
+        let (stream, backend) = pool.try_backends(conn, hash_key.as_deref(), attempt).await?;
+        backend.stats.record_latency(started.elapsed());
+        pool.report_success(&backend);
+        Some((stream, backend))
     }
 
     async fn handle(self: Arc<Self>, mut client: TcpStream, peer: SocketAddr) {
@@ -305,7 +252,7 @@ impl TcpService {
                 }
             },
         };
-        if !self.admit(&routes, &conn, peer) {
+        if !admit(&self.name, &routes.access, &conn, peer) {
             if let Some(e) = entry.as_mut() {
                 e.error = "denied".into();
             }
@@ -414,6 +361,28 @@ impl tokio::io::AsyncWrite for Prefixed {
     ) -> std::task::Poll<std::io::Result<()>> {
         std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
+}
+
+/// Run the access phase of a connection (TCP, TLS) or session (UDP):
+/// `true` lets it through. A failed call applies the filter's fallback.
+pub fn admit(listener: &str, access: &[Arc<PluginInstance>], conn: &types::Connection, peer: SocketAddr) -> bool {
+    for filter in access {
+        match filter.check_connection(conn) {
+            Ok(Verdict::Allow) => {}
+            Ok(Verdict::Deny { reason, .. }) => {
+                tracing::debug!(%listener, %peer, plugin = filter.name(), "denied: {reason}");
+                return false;
+            }
+            Err(e) => {
+                let open = filter.fallback() == Fallback::FailOpen;
+                tracing::debug!(%listener, %peer, fail_open = open, "access plugin failed: {e}");
+                if !open {
+                    return false;
+                }
+            }
+        }
+    }
+    true
 }
 
 /// Accept connections until `stop` is cancelled; each runs on `tracker`.

@@ -521,4 +521,48 @@ impl Pool {
         let n = self.fallback_next.fetch_add(1, Ordering::Relaxed);
         Some(eligible[n % eligible.len()])
     }
+
+    /// The L4 balance loop: pick an eligible backend for `conn` and run
+    /// `attempt` on it within `connect_timeout`; after a failure, count it
+    /// for passive health and pick again among the backends not yet tried,
+    /// up to `max_tries`. A balancer that fails uses its fallback.
+    pub async fn try_backends<T, F, Fut>(
+        self: &Arc<Self>,
+        conn: &types::Connection,
+        hash_key: Option<&str>,
+        mut attempt: F,
+    ) -> Option<(T, Arc<Backend>)>
+    where
+        F: FnMut(Arc<Backend>) -> Fut,
+        Fut: std::future::Future<Output = std::io::Result<T>>,
+    {
+        let mut tried: Vec<u32> = Vec::new();
+        let members = self.members();
+        for _ in 0..self.settings.max_tries {
+            let eligible = self.eligible(&members, &tried);
+            if eligible.is_empty() {
+                break;
+            }
+            let slot = match self.balancer.pick(self, &members, eligible.clone(), conn, hash_key, None) {
+                Ok(slot) => slot,
+                Err(e) => {
+                    tracing::debug!(pool = %self.name, "balancer failed: {e}");
+                    match self.balancer.fallback() {
+                        crate::config::Fallback::FailOpen => self.fallback_pick(&eligible)?,
+                        crate::config::Fallback::FailClosed => return None,
+                    }
+                }
+            };
+            let backend = &members.backends[slot as usize];
+            match tokio::time::timeout(self.settings.connect_timeout, attempt(backend.clone())).await {
+                Ok(Ok(done)) => return Some((done, backend.clone())),
+                Ok(Err(e)) => tracing::debug!(pool = %self.name, backend = %backend.address, "attempt failed: {e}"),
+                Err(_) => tracing::debug!(pool = %self.name, backend = %backend.address, "attempt timed out"),
+            }
+            self.report_failure(backend);
+            tried.push(slot);
+        }
+        tracing::warn!(pool = %self.name, tried = tried.len(), "no backend reachable");
+        None
+    }
 }
