@@ -276,6 +276,10 @@ tls.handshake_timeout = "500ms"
         assert_eq!(header(&headers, "x-backend"), backend);
     }
 
+    // No SNI (an IP address as the name): the router has no match, so the
+    // listener's pool (a) gets it.
+    assert_eq!(served_cert(addr, "127.0.0.1").await?, cert_a.der.as_ref(), "no SNI: the default pool");
+
     // A ClientHello split over two writes is reassembled before routing.
     let mut conn = rustls_client_connection(&pki, "b.test")?;
     let mut hello = Vec::new();
@@ -299,7 +303,7 @@ tls.handshake_timeout = "500ms"
     let mut silent = tokio::net::TcpStream::connect(addr).await?;
     let n = tokio::time::timeout(STEP, silent.read_to_end(&mut rest)).await?.unwrap_or(0);
     assert_eq!(n, 0, "closed after the handshake timeout");
-    assert_eq!(a.connections() + b.connections(), 2 + before, "neither reached a backend");
+    assert_eq!(a.connections() + b.connections(), 3 + before, "neither reached a backend");
     assert_eq!(served_cert(addr, "a.test").await?, cert_a.der.as_ref());
     drop((tcp, junk, silent));
     weir.shutdown().await;
