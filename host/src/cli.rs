@@ -95,6 +95,15 @@ enum PluginCommand {
         #[arg(long, default_value = ".")]
         dir: PathBuf,
     },
+    /// Run a component on the synthetic cases of a TOML file (pools,
+    /// requests, expected decisions), without a proxy.
+    Test {
+        /// The component file.
+        file: PathBuf,
+        /// The cases file.
+        #[arg(long)]
+        cases: PathBuf,
+    },
     /// Build the plugin project in a directory into a component
     /// (`target/weir/<name>.wasm`), finding or installing a wasm32 toolchain.
     Build {
@@ -384,6 +393,26 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let files = crate::plugin::scaffold::new_project(&dir, &name, world, &lang)?;
             println!("created {} ({} files): a {world} plugin in {lang}", dir.join(&name).display(), files.len());
             println!("next: cd {} && cargo test && weir plugin build", dir.join(&name).display());
+        }
+        Command::Plugin { command: PluginCommand::Test { file, cases } } => {
+            let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let text = std::fs::read_to_string(&cases).with_context(|| format!("reading {}", cases.display()))?;
+            let parsed: crate::plugin::testkit::Cases =
+                toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", cases.display()))?;
+            let runtime = Runtime::new(Runtime::default_cache_dir())?;
+            let (world, outcomes) =
+                crate::plugin::testkit::run(&runtime, &bytes, &file.display().to_string(), &parsed)?;
+            let failed = outcomes.iter().filter(|o| o.failure.is_some()).count();
+            for o in &outcomes {
+                match &o.failure {
+                    None => println!("ok    {}", o.name),
+                    Some(why) => println!("FAIL  {}: {why}", o.name),
+                }
+            }
+            println!("{world}: {} cases, {} passed, {failed} failed", outcomes.len(), outcomes.len() - failed);
+            if failed > 0 {
+                return Ok(ExitCode::FAILURE);
+            }
         }
         Command::Plugin { command: PluginCommand::Build { dir } } => {
             let built = crate::plugin::scaffold::build_project(&dir)?;

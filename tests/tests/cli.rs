@@ -312,3 +312,81 @@ async fn plugin_new_makes_a_project_that_builds_loads_and_balances() -> Result<(
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+#[test]
+fn plugin_test_runs_a_component_on_synthetic_cases() {
+    let dir = scratch("plugin-test");
+    for name in ["round-robin", "least-connections", "ip-access", "host-path"] {
+        std::fs::write(dir.join(format!("{name}.wasm")), weir::plugin::bundled(name).unwrap()).unwrap();
+    }
+    let pool = r#"backends = [{ address = "10.0.0.1:80" }, { address = "10.0.0.2:80" }, { address = "10.0.0.3:80" }]"#;
+    std::fs::write(
+        dir.join("rr.toml"),
+        format!(
+            r#"{pool}
+[[case]]
+name = "in turn"
+expect = ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80", "10.0.0.1:80"]
+[[case]]
+name = "a down backend is skipped"
+down = ["10.0.0.2:80"]
+expect = ["10.0.0.1:80", "10.0.0.3:80", "10.0.0.1:80"]
+"#
+        ),
+    )
+    .unwrap();
+    let out = weir(&["plugin", "test", "round-robin.wasm", "--cases", "rr.toml"], &dir);
+    assert!(out.ok, "{}{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("balancer: 2 cases, 2 passed, 0 failed"), "{}", out.stdout);
+
+    std::fs::write(
+        dir.join("lc.toml"),
+        format!("{pool}\n[[case]]\nname = \"fewest\"\nactive = [5, 0, 2]\nexpect = [\"10.0.0.2:80\"]\n[[case]]\nname = \"wrong on purpose\"\nactive = [5, 0, 2]\nexpect = [\"10.0.0.1:80\"]\n"),
+    )
+    .unwrap();
+    let out = weir(&["plugin", "test", "least-connections.wasm", "--cases", "lc.toml"], &dir);
+    assert!(!out.ok, "a failing case fails the command");
+    assert!(out.stdout.contains("ok    fewest"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains(r#"FAIL  wrong on purpose: expected ["10.0.0.1:80"], got ["10.0.0.2:80"]"#),
+        "{}",
+        out.stdout
+    );
+
+    std::fs::write(
+        dir.join("acl.toml"),
+        r#"config = { default = "deny", rules = ["allow 10.0.0.0/8"] }
+[[case]]
+name = "inside"
+client = "10.1.2.3"
+expect = "allow"
+[[case]]
+name = "outside"
+client = "192.0.2.9"
+expect = "deny"
+expect_status = 403
+"#,
+    )
+    .unwrap();
+    let out = weir(&["plugin", "test", "ip-access.wasm", "--cases", "acl.toml"], &dir);
+    assert!(out.ok && out.stdout.contains("access-filter: 2 cases, 2 passed"), "{}{}", out.stdout, out.stderr);
+
+    std::fs::write(
+        dir.join("routes.toml"),
+        r#"config = { routes = [{ host = "shop.test", path = "/api/", pool = "api" }] }
+[[case]]
+name = "api"
+host = "shop.test"
+path = "/api/items?x=1"
+expect = "api"
+[[case]]
+name = "elsewhere"
+host = "other.test"
+expect = "no-match"
+"#,
+    )
+    .unwrap();
+    let out = weir(&["plugin", "test", "host-path.wasm", "--cases", "routes.toml"], &dir);
+    assert!(out.ok && out.stdout.contains("router: 2 cases, 2 passed"), "{}{}", out.stdout, out.stderr);
+    let _ = std::fs::remove_dir_all(&dir);
+}

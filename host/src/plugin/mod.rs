@@ -8,6 +8,7 @@ mod instance;
 pub mod io;
 pub mod scaffold;
 pub mod state;
+pub mod testkit;
 
 pub use bundled::{bundled, BUNDLED};
 pub use instance::{
