@@ -37,17 +37,7 @@ fn pool(runtime: &Arc<Runtime>, plugin: &str, n: usize) -> Arc<Pool> {
         connect_timeout: std::time::Duration::from_secs(1),
         max_tries: 1,
         max_fails: 0,
-        fail_timeout: std::time::Duration::from_secs(1),
-        response_timeout: std::time::Duration::from_secs(1),
-        hash_key: None,
-        retry_on: Vec::new(),
-        retry_budget: 0.0,
-        panic: false,
-        fail_on: Vec::new(),
-        active_checks: false,
-        initial_up: true,
-        tls: None,
-        send_proxy: None,
+        ..PoolSettings::default()
     };
     Arc::new(Pool::new("bench", backends, balancer, settings, None))
 }

@@ -213,15 +213,7 @@ impl Prepared {
                 }
                 None => None,
             };
-            let specs = p
-                .backends
-                .get_ref()
-                .iter()
-                .map(|b| {
-                    let t = b.get_ref().table();
-                    BackendSpec { address: t.address, weight: t.weight, priority: t.priority, tags: t.tags }
-                })
-                .collect();
+            let specs = p.backends.get_ref().iter().map(|b| BackendSpec::from(b.get_ref().table())).collect();
             let balancer = plugins[p.balancer.get_ref()].clone();
             let settings = PoolSettings {
                 connect_timeout: p.connect_timeout.0,

@@ -37,7 +37,6 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// A cases file.
 #[derive(Debug, Deserialize)]
@@ -48,31 +47,10 @@ pub struct Cases {
     pub config: toml::Table,
     /// Balancers: the pool's backends.
     #[serde(default)]
-    pub backends: Vec<CaseBackend>,
+    pub backends: Vec<crate::config::BackendTable>,
     /// The cases.
     #[serde(rename = "case", default)]
     pub cases: Vec<Case>,
-}
-
-/// One backend of the synthetic pool.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CaseBackend {
-    /// `host:port`.
-    pub address: String,
-    /// Weight.
-    #[serde(default = "one")]
-    pub weight: u32,
-    /// Priority group.
-    #[serde(default)]
-    pub priority: u32,
-    /// Tags.
-    #[serde(default)]
-    pub tags: Vec<String>,
-}
-
-fn one() -> u32 {
-    1
 }
 
 /// One case: inputs and the expected decision.
@@ -160,37 +138,10 @@ fn request(case: &Case) -> Result<Arc<super::state::RequestHead>> {
     Ok(Arc::new(req.body(()).with_context(|| format!("case `{}`: not a valid request", case.name))?.into_parts().0))
 }
 
-fn test_settings() -> PoolSettings {
-    PoolSettings {
-        connect_timeout: Duration::from_secs(1),
-        max_tries: 1,
-        max_fails: 0,
-        fail_timeout: Duration::from_secs(1),
-        response_timeout: Duration::from_secs(1),
-        hash_key: None,
-        retry_on: Vec::new(),
-        retry_budget: 0.0,
-        panic: false,
-        fail_on: Vec::new(),
-        active_checks: false,
-        initial_up: true,
-        tls: None,
-        send_proxy: None,
-    }
-}
-
 fn run_balancer(instance: &Arc<super::PluginInstance>, cases: &Cases, case: &Case) -> Result<Option<String>> {
-    let specs = cases
-        .backends
-        .iter()
-        .map(|b| BackendSpec {
-            address: b.address.clone(),
-            weight: b.weight,
-            priority: b.priority,
-            tags: b.tags.clone(),
-        })
-        .collect();
-    let pool = Arc::new(Pool::new("test", specs, instance.clone(), test_settings(), None));
+    let specs = cases.backends.iter().cloned().map(BackendSpec::from).collect();
+    let settings = PoolSettings { max_tries: 1, ..PoolSettings::default() };
+    let pool = Arc::new(Pool::new("test", specs, instance.clone(), settings, None));
     let members = pool.members();
     let mut guards = Vec::new();
     for (slot, n) in case.active.iter().enumerate() {

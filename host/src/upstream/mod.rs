@@ -65,6 +65,34 @@ pub struct PoolSettings {
     pub send_proxy: Option<crate::proxy_protocol::Version>,
 }
 
+impl Default for PoolSettings {
+    /// The defaults of a `[pools.NAME]` table with nothing set.
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(3),
+            max_tries: 3,
+            max_fails: 1,
+            fail_timeout: Duration::from_secs(10),
+            response_timeout: Duration::from_secs(60),
+            hash_key: None,
+            retry_on: Vec::new(),
+            retry_budget: 0.2,
+            panic: false,
+            fail_on: Vec::new(),
+            active_checks: false,
+            initial_up: true,
+            tls: None,
+            send_proxy: None,
+        }
+    }
+}
+
+impl From<crate::config::BackendTable> for BackendSpec {
+    fn from(t: crate::config::BackendTable) -> Self {
+        Self { address: t.address, weight: t.weight, priority: t.priority, tags: t.tags }
+    }
+}
+
 impl PoolSettings {
     /// Whether a backend that is new to the pool starts in rotation.
     fn starts_up(&self) -> bool {
