@@ -128,7 +128,8 @@ async fn probe_check_flips_on_a_wrong_reply() -> Result<()> {
     let b_addr = b.addr.to_string();
     // The right greeting passes (polled: with fall = 1 one probe slowed
     // past its timeout on a loaded machine would flip it for a round).
-    eventually("up on the right reply", || healthy(pool, &b_addr)).await?;
+    let passing = || healthy(pool, &b_addr) && pool.members().backends[1].health.streak() >= 2;
+    eventually("two passing probes on the right reply", passing).await?;
     // The same port now answers with another greeting.
     let addr = b.addr;
     b.stop().await;

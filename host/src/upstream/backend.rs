@@ -324,6 +324,12 @@ impl Health {
         }
     }
 
+    /// Consecutive agreeing active-check results: passes (positive) or
+    /// failures (negative).
+    pub fn streak(&self) -> i32 {
+        self.streak.load(Ordering::Relaxed)
+    }
+
     /// Health transitions so far.
     pub fn transitions(&self) -> u64 {
         self.transitions.load(Ordering::Relaxed)
