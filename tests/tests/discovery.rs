@@ -19,10 +19,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use weir::upstream::Pool;
 use weir::Server;
+use weir_tests::dns::{free_udp_port, Child, Dnsmasq};
 use weir_tests::web::{body, client_h1, send};
 use weir_tests::*;
 
@@ -124,19 +125,6 @@ fn free_tcp_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// A free loopback UDP port (bound and released).
-/// A loopback port free for both UDP and TCP (dnsmasq binds both).
-fn free_udp_port() -> Result<u16> {
-    for _ in 0..50 {
-        let tcp = std::net::TcpListener::bind("127.0.0.1:0")?;
-        let port = tcp.local_addr()?.port();
-        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return Ok(port);
-        }
-    }
-    anyhow::bail!("no loopback port free for both UDP and TCP")
-}
-
 /// Standard base64 with padding (etcd's JSON gateway takes keys and values so).
 fn b64(data: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -228,89 +216,6 @@ impl Drop for ContentServer {
 }
 
 /// A child process killed (and reaped) when dropped.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-const DNSMASQ: &str = "/usr/sbin/dnsmasq";
-
-/// A real dnsmasq answering only the records given on its command line, on
-/// 127.0.0.1 and a fixed UDP port; restartable with other records.
-struct Dnsmasq {
-    port: u16,
-    log: PathBuf,
-    child: Option<Child>,
-}
-
-impl Dnsmasq {
-    async fn start(port: u16, log: PathBuf, records: &[String]) -> Result<Self> {
-        let mut d = Self { port, log, child: None };
-        d.restart(records).await?;
-        Ok(d)
-    }
-
-    /// Stop dnsmasq (if running) and start it again on the same port with `records`.
-    async fn restart(&mut self, records: &[String]) -> Result<()> {
-        ensure!(
-            Path::new(DNSMASQ).exists(),
-            "{DNSMASQ} is missing: install the Debian package dnsmasq-base (scripts/setup --test does)"
-        );
-        self.child = None;
-        let log = std::fs::File::create(&self.log)?;
-        let child = std::process::Command::new(DNSMASQ)
-            .args([
-                "--keep-in-foreground",
-                "--no-resolv",
-                "--no-hosts",
-                "--bind-interfaces",
-                "--listen-address=127.0.0.1",
-                "--pid-file=",
-                "--conf-file=/dev/null",
-                "--user=root",
-                "--log-facility=-",
-            ])
-            .arg(format!("--port={}", self.port))
-            .args(records)
-            .stdin(std::process::Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting dnsmasq")?;
-        self.child = Some(Child(child));
-        self.wait_ready().await
-    }
-
-    /// Ask for `web.test` A until an answer with our id comes back.
-    async fn wait_ready(&mut self) -> Result<()> {
-        let mut query = vec![0x57, 0x31, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
-        for label in ["web", "test"] {
-            query.push(label.len() as u8);
-            query.extend_from_slice(label.as_bytes());
-        }
-        query.extend_from_slice(&[0, 0, 1, 0, 1]);
-        let socket = UdpSocket::bind("127.0.0.1:0").await?;
-        let deadline = Instant::now() + STEP;
-        let mut buf = [0u8; 512];
-        loop {
-            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.0.try_wait()) {
-                bail!("dnsmasq exited with {status}: {}", std::fs::read_to_string(&self.log).unwrap_or_default());
-            }
-            ensure!(Instant::now() < deadline, "dnsmasq did not answer on port {}", self.port);
-            socket.send_to(&query, ("127.0.0.1", self.port)).await?;
-            if let Ok(Ok((n, _))) = tokio::time::timeout(Duration::from_millis(100), socket.recv_from(&mut buf)).await {
-                if n >= 2 && buf[..2] == query[..2] {
-                    return Ok(());
-                }
-            }
-        }
-    }
-}
-
 const ETCD: &str = "/usr/bin/etcd";
 
 /// A real single-member etcd on loopback ports with a scratch data dir.

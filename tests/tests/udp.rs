@@ -10,13 +10,13 @@ use bytes::Bytes;
 use http::Request;
 use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 use weir::Server;
+use weir_tests::dns::{free_udp_port, Dnsmasq};
 use weir_tests::web::{body, client_h1, send};
 use weir_tests::*;
 
@@ -101,95 +101,6 @@ async fn unanswered(client: &UdpSocket, to: SocketAddr, payload: &[u8]) -> Resul
 
 async fn client() -> Result<UdpSocket> {
     Ok(UdpSocket::bind("127.0.0.1:0").await?)
-}
-
-const DNSMASQ: &str = "/usr/sbin/dnsmasq";
-
-/// A real dnsmasq answering only the records given on its command line, on
-/// 127.0.0.1 and a free port (started as `tests/tests/discovery.rs` does),
-/// killed when dropped.
-struct Dnsmasq {
-    port: u16,
-    child: std::process::Child,
-    log: PathBuf,
-}
-
-impl Dnsmasq {
-    async fn start(name: &str, records: &[&str]) -> Result<Self> {
-        ensure!(
-            Path::new(DNSMASQ).exists(),
-            "{DNSMASQ} is missing: install the Debian package dnsmasq-base (scripts/setup --test does)"
-        );
-        let port = free_udp_port()?;
-        let log = std::env::temp_dir().join(format!("weir-udp-dnsmasq-{name}-{}.log", std::process::id()));
-        let file = std::fs::File::create(&log)?;
-        let child = std::process::Command::new(DNSMASQ)
-            .args([
-                "--keep-in-foreground",
-                "--no-resolv",
-                "--no-hosts",
-                "--bind-interfaces",
-                "--listen-address=127.0.0.1",
-                "--pid-file=",
-                "--conf-file=/dev/null",
-                "--user=root",
-                "--log-facility=-",
-            ])
-            .arg(format!("--port={port}"))
-            .args(records)
-            .stdin(std::process::Stdio::null())
-            .stdout(file.try_clone()?)
-            .stderr(file)
-            .spawn()
-            .context("starting dnsmasq")?;
-        let mut d = Self { port, child, log };
-        d.wait_ready().await?;
-        Ok(d)
-    }
-
-    fn addr(&self) -> SocketAddr {
-        (Ipv4Addr::LOCALHOST, self.port).into()
-    }
-
-    /// Ask until dnsmasq answers.
-    async fn wait_ready(&mut self) -> Result<()> {
-        let socket = client().await?;
-        let query = dns_query(0x5731, "ready.test");
-        let deadline = Instant::now() + STEP;
-        let mut buf = [0u8; 512];
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                bail!("dnsmasq exited with {status}: {}", std::fs::read_to_string(&self.log).unwrap_or_default());
-            }
-            ensure!(Instant::now() < deadline, "dnsmasq did not answer on port {}", self.port);
-            socket.send_to(&query, self.addr()).await?;
-            if let Ok(Ok((n, _))) = tokio::time::timeout(Duration::from_millis(100), socket.recv_from(&mut buf)).await {
-                if n >= 2 && buf[..2] == query[..2] {
-                    return Ok(());
-                }
-            }
-        }
-    }
-}
-
-impl Drop for Dnsmasq {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.log);
-    }
-}
-
-/// A loopback port free for both UDP and TCP (dnsmasq binds both).
-fn free_udp_port() -> Result<u16> {
-    for _ in 0..50 {
-        let tcp = std::net::TcpListener::bind("127.0.0.1:0")?;
-        let port = tcp.local_addr()?.port();
-        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return Ok(port);
-        }
-    }
-    bail!("no loopback port free for both UDP and TCP")
 }
 
 /// A DNS query for the A record of `name`, recursion desired.
@@ -284,8 +195,12 @@ fn listener_stats(weir: &Server) -> Arc<weir::listener::ListenerStats> {
 async fn dns_through_weir_alternates_between_two_dnsmasq_servers() -> Result<()> {
     // The same name answers differently on each server (answers only:
     // nothing is sent to these addresses).
-    let one = Dnsmasq::start("one", &["--local=/test/", "--host-record=svc.test,10.0.0.1"]).await?;
-    let two = Dnsmasq::start("two", &["--local=/test/", "--host-record=svc.test,10.0.0.2"]).await?;
+    let dnsmasq = |name: &'static str, ip: &'static str| async move {
+        let log = std::env::temp_dir().join(format!("weir-udp-dnsmasq-{name}-{}.log", std::process::id()));
+        let records = ["--local=/test/".to_string(), format!("--host-record=svc.test,{ip}")];
+        Dnsmasq::start(free_udp_port()?, log, &records).await
+    };
+    let (one, two) = (dnsmasq("one", "10.0.0.1").await?, dnsmasq("two", "10.0.0.2").await?);
     let extra = "udp_max_requests = 1\nudp_max_responses = 1\n";
     let weir = start_weir(&udp_config(&[one.addr(), two.addr()], extra)).await?;
     let addr = weir.listener_addr("l").unwrap();
