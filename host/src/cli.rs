@@ -104,6 +104,20 @@ enum PluginCommand {
         #[arg(long)]
         cases: PathBuf,
     },
+    /// Run the requests of an access log through two versions of a plugin
+    /// and report where their decisions differ, before swapping one in.
+    Replay {
+        /// The version serving now.
+        old: PathBuf,
+        /// The candidate.
+        new: PathBuf,
+        /// An access log written by weir (plain or JSON lines).
+        #[arg(long)]
+        log: PathBuf,
+        /// The instance config both are `init`-ed with: JSON or an inline TOML table.
+        #[arg(long, default_value = "{}")]
+        config: String,
+    },
     /// Build the plugin project in a directory into a component
     /// (`target/weir/<name>.wasm`), finding or installing a wasm32 toolchain.
     Build {
@@ -413,6 +427,23 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if failed > 0 {
                 return Ok(ExitCode::FAILURE);
             }
+        }
+        Command::Plugin { command: PluginCommand::Replay { old, new, log, config } } => {
+            let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+            let (a, b) = (read(&old)?, read(&new)?);
+            let text = std::fs::read_to_string(&log).with_context(|| format!("reading {}", log.display()))?;
+            let config: toml::Table = serde_json::from_str(&config_json(&config)?)?;
+            let runtime = Runtime::new(Runtime::default_cache_dir())?;
+            let (old_name, new_name) = (old.display().to_string(), new.display().to_string());
+            let (world, total, diffs) =
+                crate::plugin::testkit::replay(&runtime, (&a, &old_name), (&b, &new_name), &config, &text)?;
+            for d in diffs.iter().take(20) {
+                println!("{}: {} -> {}", d.request, d.old, d.new);
+            }
+            if diffs.len() > 20 {
+                println!("... and {} more", diffs.len() - 20);
+            }
+            println!("{world}: {total} logged requests replayed, {} decided differently", diffs.len());
         }
         Command::Plugin { command: PluginCommand::Build { dir } } => {
             let built = crate::plugin::scaffold::build_project(&dir)?;

@@ -390,3 +390,48 @@ expect = "no-match"
     assert!(out.ok && out.stdout.contains("router: 2 cases, 2 passed"), "{}{}", out.stdout, out.stderr);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_replay_runs_a_real_access_log_through_two_versions() -> Result<()> {
+    use weir_tests::web::{client_h1, get, send, HttpBackend};
+    let backends = [HttpBackend::start("a").await?, HttpBackend::start("b").await?, HttpBackend::start("c").await?];
+    let list: Vec<String> = backends.iter().map(|b| format!("\"{}\"", b.addr)).collect();
+    let config = format!(
+        "[pools.p]\nbackends = [{}]\n\n[listeners.web]\nbind = \"127.0.0.1:0\"\nprotocol = \"http\"\npool = \"p\"\naccess_log = true\n",
+        list.join(", ")
+    );
+    for format in ["plain", "json"] {
+        let proc =
+            WeirProcess::spawn_with(&weir_bin(), &format!("replay-{format}"), &config, &["--log-format", format])?;
+        let client = client_h1();
+        for i in 0..6 {
+            let got = send(&client, get(proc.addr, "shop.test", &format!("/item/{i}"))).await?;
+            assert_eq!(got.status.as_u16(), 200);
+        }
+        drop(client);
+        let deadline = Instant::now() + STEP;
+        while proc.log.lock().unwrap().iter().filter(|l| l.contains("weir::access")).count() < 6 {
+            assert!(Instant::now() < deadline, "no access log lines");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let log: Vec<String> = proc.log.lock().unwrap().clone();
+        let dir = scratch(&format!("replay-{format}"));
+        std::fs::write(dir.join("access.log"), log.join("\n"))?;
+        std::fs::write(dir.join("rr.wasm"), weir::plugin::bundled("round-robin").unwrap())?;
+        std::fs::copy(component("weir-example-first"), dir.join("first.wasm"))?;
+
+        // The same component twice: no difference.
+        let out = weir(&["plugin", "replay", "rr.wasm", "rr.wasm", "--log", "access.log"], &dir);
+        assert!(out.ok, "{}{}", out.stdout, out.stderr);
+        assert!(out.stdout.contains("balancer: 6 logged requests replayed, 0 decided differently"), "{}", out.stdout);
+        // round-robin (a b c a b c) against `first` (always a): 4 of 6 differ.
+        let out = weir(&["plugin", "replay", "rr.wasm", "first.wasm", "--log", "access.log"], &dir);
+        assert!(out.stdout.contains("balancer: 6 logged requests replayed, 4 decided differently"), "{}", out.stdout);
+        let first = backends[0].addr.to_string();
+        let second = backends[1].addr.to_string();
+        assert!(out.stdout.contains(&format!("GET shop.test/item/1 from 127.0.0.1:")), "{}", out.stdout);
+        assert!(out.stdout.contains(&format!("{second} -> {first}")), "{}", out.stdout);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    Ok(())
+}

@@ -163,38 +163,51 @@ fn run_balancer(instance: &Arc<super::PluginInstance>, cases: &Cases, case: &Cas
         other => bail!("case `{}`: a balancer case expects addresses, not {other}", case.name),
     };
     let conn = connection(client_addr(&case.client)?, types::Protocol::Tcp);
-    let mut got = Vec::new();
-    for _ in &expected {
-        let eligible = pool.eligible(&members, &[]);
-        let picked = match pool.balancer.pick(&pool, &members, eligible, &conn, case.hash_key.as_deref(), None) {
-            Ok(slot) => members.backends[slot as usize].address.clone(),
-            Err(e) => format!("error: {e}"),
-        };
-        got.push(picked);
-    }
+    let got: Vec<String> = expected.iter().map(|_| pick_once(&pool, &conn, case.hash_key.as_deref())).collect();
     drop(guards);
     Ok((got != expected).then(|| format!("expected {expected:?}, got {got:?}")))
 }
 
-fn run_router(instance: &super::PluginInstance, case: &Case) -> Result<Option<String>> {
+/// One pick from `pool`, as the backend's address (or the error).
+fn pick_once(pool: &Arc<Pool>, conn: &types::Connection, hash_key: Option<&str>) -> String {
+    let members = pool.members();
+    let eligible = pool.eligible(&members, &[]);
+    match pool.balancer.pick(pool, &members, eligible, conn, hash_key, None) {
+        Ok(slot) => members.backends[slot as usize].address.clone(),
+        Err(e) => format!("error: {e}"),
+    }
+}
+
+/// A router's decision on a request: a pool, `no-match`, `respond N` or the error.
+fn route_decision(instance: &super::PluginInstance, case: &Case) -> Result<String> {
     let conn = connection(client_addr(&case.client)?, types::Protocol::Http);
-    let got = match instance.route_request(&conn, request(case)?) {
+    Ok(match instance.route_request(&conn, request(case)?) {
         Ok(RouteDecision::Forward { pool, .. }) => pool,
         Ok(RouteDecision::NoMatch) => "no-match".into(),
         Ok(RouteDecision::Respond { status, .. }) => format!("respond {status}"),
         Err(e) => format!("error: {e}"),
-    };
+    })
+}
+
+/// An access filter's verdict on a request: `allow`, `deny` (with its
+/// status) or the error.
+fn access_decision(instance: &super::PluginInstance, case: &Case) -> Result<(String, Option<u16>)> {
+    let conn = connection(client_addr(&case.client)?, types::Protocol::Http);
+    Ok(match instance.check_request(&conn, request(case)?) {
+        Ok(Verdict::Allow) => ("allow".to_string(), None),
+        Ok(Verdict::Deny { status, .. }) => ("deny".to_string(), Some(status.unwrap_or(403))),
+        Err(e) => (format!("error: {e}"), None),
+    })
+}
+
+fn run_router(instance: &super::PluginInstance, case: &Case) -> Result<Option<String>> {
+    let got = route_decision(instance, case)?;
     let expected = case.expect.as_str().unwrap_or_default();
     Ok((got != expected).then(|| format!("expected {expected:?}, got {got:?}")))
 }
 
 fn run_access(instance: &super::PluginInstance, case: &Case) -> Result<Option<String>> {
-    let conn = connection(client_addr(&case.client)?, types::Protocol::Http);
-    let got = match instance.check_request(&conn, request(case)?) {
-        Ok(Verdict::Allow) => ("allow".to_string(), None),
-        Ok(Verdict::Deny { status, .. }) => ("deny".to_string(), Some(status.unwrap_or(403))),
-        Err(e) => (format!("error: {e}"), None),
-    };
+    let got = access_decision(instance, case)?;
     let expected = case.expect.as_str().unwrap_or_default();
     if got.0 != expected {
         return Ok(Some(format!("expected {expected:?}, got {:?}", got.0)));
@@ -205,20 +218,31 @@ fn run_access(instance: &super::PluginInstance, case: &Case) -> Result<Option<St
     })
 }
 
-/// Run every case of `cases` against the component `bytes`.
-pub fn run(runtime: &Arc<Runtime>, bytes: &[u8], source: &str, cases: &Cases) -> Result<(World, Vec<Outcome>)> {
-    let component = runtime.compile(bytes)?;
-    let world = *runtime.worlds(&component).first().context("the component implements no weir world")?;
+/// Load a component as a plugin instance of the world it implements.
+fn load(
+    runtime: &Arc<Runtime>,
+    bytes: &[u8],
+    source: &str,
+    config: &toml::Table,
+) -> Result<Arc<super::PluginInstance>> {
+    let component = runtime.compile(bytes).with_context(|| source.to_string())?;
+    let world = *runtime.worlds(&component).first().with_context(|| format!("{source} implements no weir world"))?;
     let spec = PluginSpec {
-        name: "test".into(),
+        name: source.into(),
         source: source.into(),
         world,
-        config_json: serde_json::to_string(&cases.config)?,
+        config_json: serde_json::to_string(config)?,
         limits: Limits::default(),
         fallback: crate::config::Fallback::FailClosed,
         grants: Grants::default(),
     };
-    let instance = runtime.load(spec, bytes)?;
+    Ok(runtime.load(spec, bytes).with_context(|| source.to_string())?)
+}
+
+/// Run every case of `cases` against the component `bytes`.
+pub fn run(runtime: &Arc<Runtime>, bytes: &[u8], source: &str, cases: &Cases) -> Result<(World, Vec<Outcome>)> {
+    let instance = load(runtime, bytes, source, &cases.config)?;
+    let world = instance.world();
     let mut outcomes = Vec::new();
     for case in &cases.cases {
         let failure = match world {
@@ -230,4 +254,171 @@ pub fn run(runtime: &Arc<Runtime>, bytes: &[u8], source: &str, cases: &Cases) ->
         outcomes.push(Outcome { name: case.name.clone(), failure });
     }
     Ok((world, outcomes))
+}
+
+/// One request of an access log, as far as the log says.
+#[derive(Debug, Default)]
+pub struct Logged {
+    /// Client `ip:port`.
+    pub client: String,
+    /// Method, host and path.
+    pub method: String,
+    /// Host.
+    pub host: String,
+    /// Path and query.
+    pub path: String,
+    /// The backend that served it.
+    pub backend: String,
+}
+
+/// The `key=value` pairs of one access-log line (plain or `--log-format
+/// json`); lines that are not access-log lines give `None`.
+pub fn parse_log_line(line: &str) -> Option<Logged> {
+    let message = if line.trim_start().starts_with('{') {
+        let v: serde_json::Value = serde_json::from_str(line).ok()?;
+        if v["target"].as_str() != Some("weir::access") {
+            return None;
+        }
+        // Flattened (`weir --log-format json`) or nested under `fields`.
+        v["message"].as_str().or(v["fields"]["message"].as_str())?.to_string()
+    } else {
+        let at = line.find("weir::access")?;
+        line[at..].split_once(' ')?.1.to_string()
+    };
+    let mut logged = Logged::default();
+    let mut rest = message.as_str();
+    while let Some((key, after)) = rest.trim_start().split_once('=') {
+        let (value, next) = if let Some(quoted) = after.strip_prefix('"') {
+            // A Rust debug-quoted string: find the closing quote.
+            let mut end = None;
+            let mut escaped = false;
+            for (i, c) in quoted.char_indices() {
+                match (escaped, c) {
+                    (true, _) => escaped = false,
+                    (false, '\\') => escaped = true,
+                    (false, '"') => {
+                        end = Some(i);
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            let end = end?;
+            (quoted[..end].replace("\\\"", "\"").replace("\\\\", "\\"), &quoted[end + 1..])
+        } else {
+            let end = after.find(' ').unwrap_or(after.len());
+            (after[..end].to_string(), &after[end..])
+        };
+        match key.trim() {
+            "client" => logged.client = value,
+            "method" => logged.method = value,
+            "host" => logged.host = value,
+            "path" => logged.path = value,
+            "backend" => logged.backend = value,
+            _ => {}
+        }
+        rest = next;
+    }
+    (!logged.client.is_empty()).then_some(logged)
+}
+
+/// Where two plugin versions decided differently on a logged request.
+#[derive(Debug)]
+pub struct Difference {
+    /// The request, as `METHOD host/path from client`.
+    pub request: String,
+    /// The old version's decision.
+    pub old: String,
+    /// The new version's decision.
+    pub new: String,
+}
+
+/// Run the requests of an access log through two versions of a plugin and
+/// list where their decisions differ. Balancers pick from a pool of the
+/// backends the log names, each version from its own pool, request after
+/// request; routers and access filters see each request head as logged.
+pub fn replay(
+    runtime: &Arc<Runtime>,
+    old: (&[u8], &str),
+    new: (&[u8], &str),
+    config: &toml::Table,
+    log: &str,
+) -> Result<(World, usize, Vec<Difference>)> {
+    let a = load(runtime, old.0, old.1, config)?;
+    let b = load(runtime, new.0, new.1, config)?;
+    let world = a.world();
+    if b.world() != world {
+        bail!("{} is a {world} but {} is a {}", old.1, new.1, b.world());
+    }
+    let entries: Vec<Logged> = log.lines().filter_map(parse_log_line).collect();
+    let mut backends: Vec<String> = Vec::new();
+    for e in &entries {
+        if !e.backend.is_empty() && !backends.contains(&e.backend) {
+            backends.push(e.backend.clone());
+        }
+    }
+    let pool_of = |instance: &Arc<super::PluginInstance>| {
+        let specs = backends
+            .iter()
+            .map(|address| BackendSpec { address: address.clone(), weight: 1, priority: 0, tags: Vec::new() })
+            .collect();
+        Arc::new(Pool::new("replay", specs, instance.clone(), PoolSettings::default(), None))
+    };
+    if world == World::Balancer && backends.is_empty() {
+        bail!("the log names no backend to balance over");
+    }
+    let (pool_a, pool_b) = (pool_of(&a), pool_of(&b));
+    let mut differences = Vec::new();
+    for e in &entries {
+        let case = Case {
+            name: String::new(),
+            client: e.client.clone(),
+            active: Vec::new(),
+            down: Vec::new(),
+            hash_key: None,
+            method: if e.method.is_empty() { "GET".into() } else { e.method.clone() },
+            path: if e.path.is_empty() { "/".into() } else { e.path.clone() },
+            host: (!e.host.is_empty()).then(|| e.host.clone()),
+            headers: BTreeMap::new(),
+            expect: toml::Value::Boolean(true),
+            expect_status: None,
+        };
+        let (x, y) = match world {
+            World::Balancer => {
+                let conn = connection(client_addr(&case.client)?, types::Protocol::Http);
+                (pick_once(&pool_a, &conn, None), pick_once(&pool_b, &conn, None))
+            }
+            World::Router => (route_decision(&a, &case)?, route_decision(&b, &case)?),
+            World::AccessFilter => {
+                let show = |(v, s): (String, Option<u16>)| s.map_or(v.clone(), |s| format!("{v} {s}"));
+                (show(access_decision(&a, &case)?), show(access_decision(&b, &case)?))
+            }
+            other => bail!("`weir plugin replay` runs balancers, routers and access filters, not a {other}"),
+        };
+        if x != y {
+            let request = format!("{} {}{} from {}", case.method, e.host, case.path, case.client);
+            differences.push(Difference { request, old: x, new: y });
+        }
+    }
+    Ok((world, entries.len(), differences))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_log_line;
+
+    #[test]
+    fn access_log_lines_parse_in_both_formats() {
+        let plain = "2026-11-23T07:37:54.876187Z  INFO weir::access: client=127.0.0.1:60746 listener=web method=GET \
+                     host=shop.test path=\"/a b\" route=default pool=p backend=127.0.0.1:43813 status=200";
+        let e = parse_log_line(plain).unwrap();
+        assert_eq!((e.client.as_str(), e.path.as_str()), ("127.0.0.1:60746", "/a b"));
+        assert_eq!((e.method.as_str(), e.host.as_str(), e.backend.as_str()), ("GET", "shop.test", "127.0.0.1:43813"));
+        let json = r#"{"timestamp":"x","level":"INFO","fields":{"message":"client=10.0.0.9:1 path=\"/q\" backend=10.0.0.1:80"},"target":"weir::access"}"#;
+        let e = parse_log_line(json).unwrap();
+        assert_eq!((e.client.as_str(), e.path.as_str(), e.backend.as_str()), ("10.0.0.9:1", "/q", "10.0.0.1:80"));
+        let flat = r#"{"level":"INFO","message":"client=10.0.0.8:2 backend=10.0.0.2:80","target":"weir::access"}"#;
+        assert_eq!(parse_log_line(flat).unwrap().backend, "10.0.0.2:80");
+        assert!(parse_log_line("2026 INFO weir::server: listening local=127.0.0.1:1").is_none());
+    }
 }
