@@ -236,7 +236,7 @@ fn load(
         fallback: crate::config::Fallback::FailClosed,
         grants: Grants::default(),
     };
-    Ok(runtime.load(spec, bytes).with_context(|| source.to_string())?)
+    runtime.load(spec, bytes).with_context(|| source.to_string())
 }
 
 /// Run every case of `cases` against the component `bytes`.
