@@ -429,7 +429,7 @@ async fn plugin_replay_runs_a_real_access_log_through_two_versions() -> Result<(
         assert!(out.stdout.contains("balancer: 6 logged requests replayed, 4 decided differently"), "{}", out.stdout);
         let first = backends[0].addr.to_string();
         let second = backends[1].addr.to_string();
-        assert!(out.stdout.contains(&format!("GET shop.test/item/1 from 127.0.0.1:")), "{}", out.stdout);
+        assert!(out.stdout.contains("GET shop.test/item/1 from 127.0.0.1:"), "{}", out.stdout);
         assert!(out.stdout.contains(&format!("{second} -> {first}")), "{}", out.stdout);
         let _ = std::fs::remove_dir_all(&dir);
     }
