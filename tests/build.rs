@@ -24,4 +24,7 @@ fn main() {
     weir_xtask::build_components(&toolchain, &workspace, &packages, &target, &components)
         .unwrap_or_else(|e| panic!("{e:#}"));
     println!("cargo:rustc-env=WEIR_TEST_COMPONENTS={}", components.display());
+    // Python and JavaScript plugins are built by the tests themselves (see
+    // `weir_tests::lang`), into a cache under the target directory.
+    println!("cargo:rustc-env=WEIR_TARGET_DIR={}", weir_xtask::target_dir_from_out_dir(&out_dir).display());
 }

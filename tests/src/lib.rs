@@ -3,6 +3,7 @@
 //! client that sends, half-closes and reads everything back, and the paths of
 //! the example and test plugin components.
 
+pub mod lang;
 pub mod pki;
 pub mod web;
 

@@ -7,9 +7,9 @@
 //     "key_header": "x-api-key", "keys": ["k1", "k2"] }
 //
 // A connection from a `deny_clients` address is refused when it is accepted
-// (L4 and L7). On HTTP, a request whose `key_header` is missing answers 401,
-// one with a key not in `keys` answers 403; with no `keys` every request is
-// allowed.
+// (L4), and each of its requests with 403 (HTTP). A request whose
+// `key_header` is missing answers 401, one with a key not in `keys` 403;
+// with no `keys` every other request is allowed.
 
 let denyClients = new Set();
 let keyHeader = "x-api-key";
@@ -78,6 +78,8 @@ export const access = {
   },
 
   checkRequest(conn, req) {
+    const client = ipText(conn.client.ip);
+    if (denyClients.has(client)) return deny(`client ${client} is denied`, 403);
     if (keys === null) return { tag: "allow" };
     const key = req.header(keyHeader);
     if (key === undefined) return deny(`no ${keyHeader}`, 401);

@@ -42,9 +42,12 @@ def _removals(names, where: str) -> list[route.HeaderEdit]:
     return [route.HeaderEdit(n, None) for n in names]
 
 
+# Module state: it lives as long as the Wasm instance (componentize-py
+# does not promise one object of the export class across calls).
+ROUTES: list[tuple[str, route.Forward]] = []
+
+
 class Route(wit_world.exports.Route):
-    def __init__(self) -> None:
-        self.routes: list[tuple[str, route.Forward]] = []
 
     def init(self, config: str) -> None:
         try:
@@ -69,11 +72,11 @@ class Route(wit_world.exports.Route):
             routes.append((prefix, forward))
         # Longest prefix first, so the most specific route wins.
         routes.sort(key=lambda pr: len(pr[0]), reverse=True)
-        self.routes = routes
+        ROUTES[:] = routes
 
     def route_request(self, conn, req) -> route.Decision:
         path = req.path()
-        for prefix, forward in self.routes:
+        for prefix, forward in ROUTES:
             if path.startswith(prefix):
                 return route.Decision_Forward(forward)
         return route.Decision_NoMatch()

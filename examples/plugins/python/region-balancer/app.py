@@ -20,13 +20,17 @@ from wit_world.exports import balance
 from wit_world.imports import types
 
 
+# Module state: it lives as long as the Wasm instance (componentize-py
+# does not promise one object of the export class across calls).
+PREFIX = "region="
+# pool id -> one set of tags per slot
+TAGS: dict[int, list[frozenset[str]]] = {}
+
+
 class Balance(wit_world.exports.Balance):
-    def __init__(self) -> None:
-        self.prefix = "region="
-        # pool id -> one set of tags per slot
-        self.tags: dict[int, list[frozenset[str]]] = {}
 
     def init(self, config: str) -> None:
+        global PREFIX
         try:
             cfg = json.loads(config) if config.strip() else {}
         except ValueError as e:
@@ -34,7 +38,7 @@ class Balance(wit_world.exports.Balance):
         prefix = cfg.get("tag_prefix", "region=")
         if not isinstance(prefix, str):
             raise Err(types.Error_InvalidConfig("tag_prefix: expected a string"))
-        self.prefix = prefix
+        PREFIX = prefix
 
     def set_backends(self, pool: int, backends: list[types.Backend]) -> None:
         tags = [frozenset()] * len(backends)
@@ -42,7 +46,7 @@ class Balance(wit_world.exports.Balance):
             if b.slot >= len(tags):
                 tags.extend([frozenset()] * (b.slot + 1 - len(tags)))
             tags[b.slot] = frozenset(b.tags)
-        self.tags[pool] = tags
+        TAGS[pool] = tags
 
     def pick(self, pool, ctx: balance.PickContext, hash_key):
         if ctx.eligible_count == 0:
@@ -51,8 +55,8 @@ class Balance(wit_world.exports.Balance):
         active = pool.eligible_active()
         candidates = []
         if hash_key:
-            want = self.prefix + hash_key
-            tags = self.tags.get(ctx.pool, [])
+            want = PREFIX + hash_key
+            tags = TAGS.get(ctx.pool, [])
             candidates = [i for i, s in enumerate(slots) if s < len(tags) and want in tags[s]]
         if not candidates:
             candidates = range(len(slots))
