@@ -25,8 +25,13 @@ IMPORT("weir:plugin/pool@0.1.0", "[method]pool-view.eligible-slots")
 extern void pool_view_eligible_slots(int32_t self, list_t *ret);
 IMPORT("weir:plugin/pool@0.1.0", "[method]pool-view.eligible-active")
 extern void pool_view_eligible_active(int32_t self, list_t *ret);
+/* A borrowed handle handed to an export must be released before it returns. */
+IMPORT("weir:plugin/pool@0.1.0", "[resource-drop]pool-view")
+extern void pool_view_drop(int32_t self);
 
-/* The host lowers arguments into memory it asks for here; they are ours to free. */
+/* The host lowers arguments into memory it asks for here; they are ours to
+ * free. An empty list or string gets no allocation (its pointer is only
+ * aligned), hence `release`. */
 EXPORT("cabi_realloc")
 void *cabi_realloc(void *ptr, size_t old_size, size_t align, size_t new_size) {
     (void)old_size;
@@ -34,6 +39,10 @@ void *cabi_realloc(void *ptr, size_t old_size, size_t align, size_t new_size) {
     void *p = realloc(ptr, new_size);
     if (!p) abort();
     return p;
+}
+
+static void release(void *ptr, uint32_t len) {
+    if (len > 0) free(ptr);
 }
 
 /* record backend { slot: u32, address: string, weight: u32, priority: u32, tags: list<string> } */
@@ -84,11 +93,11 @@ static uint32_t npools;
 static void free_backends(backend_t *b, uint32_t len) {
     for (uint32_t i = 0; i < len; i++) {
         list_t *tags = b[i].tags.ptr;
-        for (uint32_t t = 0; t < b[i].tags.len; t++) free(tags[t].ptr);
-        free(b[i].tags.ptr);
-        free(b[i].address.ptr);
+        for (uint32_t t = 0; t < b[i].tags.len; t++) release(tags[t].ptr, tags[t].len);
+        release(b[i].tags.ptr, b[i].tags.len);
+        release(b[i].address.ptr, b[i].address.len);
     }
-    free(b);
+    release(b, len);
 }
 
 /* init: func(config: string) -> result<_, error>. Reads `"tag_prefix": "..."`. */
@@ -109,7 +118,7 @@ void *balance_init(char *config, uint32_t len) {
         prefix[p - start] = 0;
         break;
     }
-    free(config);
+    release(config, len);
     return ok();
 }
 
@@ -150,7 +159,8 @@ void *balance_pick(int32_t view, uint32_t pool, uint32_t eligible_count, uint64_
                    uint64_t client_hash, int32_t has_key, char *key, uint32_t key_len) {
     (void)client_hash;
     if (eligible_count == 0) {
-        if (has_key) free(key);
+        if (has_key) release(key, key_len);
+        pool_view_drop(view);
         return fail(ERROR_UNAVAILABLE, "no eligible backend");
     }
     list_t slots, active;
@@ -179,9 +189,10 @@ void *balance_pick(int32_t view, uint32_t pool, uint32_t eligible_count, uint64_
             break;
         }
     free(cand);
-    free(slots.ptr);
-    free(active.ptr);
-    if (has_key) free(key);
+    release(slots.ptr, slots.len);
+    release(active.ptr, active.len);
+    if (has_key) release(key, key_len);
+    pool_view_drop(view);
     ok();
     ret.case_ = CHOICE_SLOT;
     ret.a = chosen;
