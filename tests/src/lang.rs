@@ -52,9 +52,8 @@ pub fn componentize_py() -> PathBuf {
 pub fn python(name: &str, world: &str) -> Result<PathBuf> {
     let src = workspace().join("examples/plugins/python").join(name);
     let tool = componentize_py();
-    let version = tool_version(Command::new(&tool).arg("--version")).with_context(|| {
-        format!("componentize-py not found ({}): run scripts/setup --test", tool.display())
-    })?;
+    let version = tool_version(Command::new(&tool).arg("--version"))
+        .with_context(|| format!("componentize-py not found ({}): run scripts/setup --test", tool.display()))?;
     build(&src, name, world, &version, |out| {
         let mut c = Command::new(&tool);
         c.arg("-d").arg(workspace().join("wit")).args(["-w", world, "componentize", "-p"]);
@@ -100,9 +99,8 @@ pub fn c(name: &str, world: &str) -> Result<PathBuf> {
         tool_version(Command::new(&wasm_tools).arg("--version"))
             .with_context(|| format!("{} not found: run scripts/setup --test", wasm_tools.display()))?
     );
-    let mut sources: Vec<PathBuf> = std::fs::read_dir(&src)?
-        .map(|e| e.map(|e| e.path()))
-        .collect::<std::io::Result<_>>()?;
+    let mut sources: Vec<PathBuf> =
+        std::fs::read_dir(&src)?.map(|e| e.map(|e| e.path())).collect::<std::io::Result<_>>()?;
     sources.retain(|p| p.extension().is_some_and(|e| e == "c"));
     sources.sort();
     build(&src, name, world, &version, |out| {

@@ -20,7 +20,13 @@ use weir::upstream::{BackendSpec, Pool, PoolSettings};
 fn failures(p: &weir::plugin::PluginInstance) -> [u64; 5] {
     use std::sync::atomic::Ordering::Relaxed;
     let s = p.stats();
-    [s.errors.load(Relaxed), s.traps.load(Relaxed), s.timeouts.load(Relaxed), s.memory_exceeded.load(Relaxed), s.bad_answers.load(Relaxed)]
+    [
+        s.errors.load(Relaxed),
+        s.traps.load(Relaxed),
+        s.timeouts.load(Relaxed),
+        s.memory_exceeded.load(Relaxed),
+        s.bad_answers.load(Relaxed),
+    ]
 }
 use weir_tests::web::*;
 use weir_tests::*;
@@ -67,7 +73,12 @@ fn with_region(mut req: http::Request<TestBody>, region: Option<&str>) -> http::
     req
 }
 
-async fn counts(addr: std::net::SocketAddr, region: Option<&str>, path: &str, n: usize) -> Result<BTreeMap<String, usize>> {
+async fn counts(
+    addr: std::net::SocketAddr,
+    region: Option<&str>,
+    path: &str,
+    n: usize,
+) -> Result<BTreeMap<String, usize>> {
     let client = client_h1();
     let mut seen = BTreeMap::new();
     for _ in 0..n {
@@ -90,10 +101,8 @@ async fn hold(
         let got = send(&client_h1(), with_region(get(addr, "x", "/sleep/1500"), Some(&region))).await?;
         Ok(got.header("x-backend").to_string())
     });
-    eventually("the slow request to reach a backend", || {
-        backends.iter().map(|b| b.requests()).sum::<u64>() > before
-    })
-    .await?;
+    eventually("the slow request to reach a backend", || backends.iter().map(|b| b.requests()).sum::<u64>() > before)
+        .await?;
     Ok(task)
 }
 
@@ -101,7 +110,8 @@ async fn hold(
 /// requests on its backends (least-loaded among them), spread requests for
 /// an unknown region over every backend, least-loaded first.
 async fn region_balancer_carries_traffic(source: PathBuf) -> Result<()> {
-    let (eu1, eu2, us1) = (HttpBackend::start("eu1").await?, HttpBackend::start("eu2").await?, HttpBackend::start("us1").await?);
+    let (eu1, eu2, us1) =
+        (HttpBackend::start("eu1").await?, HttpBackend::start("eu2").await?, HttpBackend::start("us1").await?);
     let text = region_config(&source, &[(&eu1, "region=eu"), (&eu2, "region=eu"), (&us1, "region=us")]);
     let weir = start_weir(&text).await?;
     let addr = weir.listener_addr("web").unwrap();
@@ -180,11 +190,8 @@ async fn region_balancers_agree_on_real_traffic() -> Result<()> {
     for n in names {
         backends.push(HttpBackend::start(n).await?);
     }
-    let list: Vec<String> = backends
-        .iter()
-        .zip(tags)
-        .map(|(b, t)| format!("{{ address = \"{}\", tags = [\"{t}\"] }}", b.addr))
-        .collect();
+    let list: Vec<String> =
+        backends.iter().zip(tags).map(|(b, t)| format!("{{ address = \"{}\", tags = [\"{t}\"] }}", b.addr)).collect();
     let sources =
         [("rust", rust_balancer()), ("python", python_balancer()?), ("js", js_balancer()?), ("c", c_balancer()?)];
     let mut text = String::new();
@@ -223,7 +230,11 @@ async fn region_balancers_agree_on_real_traffic() -> Result<()> {
     Ok(())
 }
 
-fn balancer_pool(runtime: &Arc<weir::plugin::Runtime>, source: &std::path::Path, tags: &[&[&str]]) -> Result<Arc<Pool>> {
+fn balancer_pool(
+    runtime: &Arc<weir::plugin::Runtime>,
+    source: &std::path::Path,
+    tags: &[&[&str]],
+) -> Result<Arc<Pool>> {
     let spec = PluginSpec {
         name: format!("region-{}", source.display()),
         source: source.display().to_string(),
@@ -348,7 +359,8 @@ fn region_balancers_make_the_same_choices_as_the_rust_twin() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_path_router_routes_by_prefix_and_edits_headers() -> Result<()> {
     let source = lang::python("path-router", "router")?;
-    let (default, v1, v2) = (HttpBackend::start("default").await?, HttpBackend::start("v1").await?, HttpBackend::start("v2").await?);
+    let (default, v1, v2) =
+        (HttpBackend::start("default").await?, HttpBackend::start("v1").await?, HttpBackend::start("v2").await?);
     let text = format!(
         r#"[plugins.paths]
 source = "{}"
