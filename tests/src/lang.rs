@@ -156,6 +156,14 @@ fn build(
     toolchain(&tmp).with_context(|| format!("building {}", src.display()))?;
     std::fs::rename(&tmp, &out)?;
     let _ = std::fs::remove_dir_all(&scratch);
+    // Older builds of the same plugin are stale now.
+    for entry in std::fs::read_dir(&cache)?.flatten() {
+        let path = entry.path();
+        let file = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if path != out && file.ends_with(".wasm") && file.strip_prefix(&stem).is_some_and(|r| r.len() == 22) {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
     Ok(out)
 }
 
