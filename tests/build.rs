@@ -27,4 +27,7 @@ fn main() {
     // Where those were compiled: scaffolded projects built by the tests
     // reuse its wasm32 standard library instead of building their own.
     println!("cargo:rustc-env=WEIR_TEST_WASM_TARGET={}", target.display());
+    // Python and JavaScript plugins are built by the tests themselves (see
+    // `weir_tests::lang`), into a cache under the target directory.
+    println!("cargo:rustc-env=WEIR_TARGET_DIR={}", weir_xtask::target_dir_from_out_dir(&out_dir).display());
 }

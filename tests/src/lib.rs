@@ -4,6 +4,7 @@
 //! the example and test plugin components.
 
 pub mod dns;
+pub mod lang;
 pub mod pki;
 pub mod web;
 
