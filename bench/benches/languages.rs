@@ -43,21 +43,7 @@ fn pool(runtime: &Arc<Runtime>, source: &Path, bytes: &[u8]) -> Arc<Pool> {
             tags: vec![format!("region={r}")],
         })
         .collect();
-    let settings = PoolSettings {
-        connect_timeout: Duration::from_secs(1),
-        max_tries: 1,
-        max_fails: 0,
-        fail_timeout: Duration::from_secs(1),
-        response_timeout: Duration::from_secs(1),
-        hash_key: None,
-        retry_on: Vec::new(),
-        retry_budget: 0.0,
-        panic: false,
-        fail_on: Vec::new(),
-        active_checks: false,
-        initial_up: true,
-        tls: None,
-    };
+    let settings = PoolSettings { max_tries: 1, max_fails: 0, ..PoolSettings::default() };
     Arc::new(Pool::new("bench", backends, balancer, settings, None))
 }
 

@@ -256,21 +256,7 @@ fn balancer_pool(
             tags: t.iter().map(|s| s.to_string()).collect(),
         })
         .collect();
-    let settings = PoolSettings {
-        connect_timeout: std::time::Duration::from_secs(1),
-        max_tries: 1,
-        max_fails: 0,
-        fail_timeout: std::time::Duration::from_secs(1),
-        response_timeout: std::time::Duration::from_secs(1),
-        hash_key: None,
-        retry_on: Vec::new(),
-        retry_budget: 0.0,
-        panic: false,
-        fail_on: Vec::new(),
-        active_checks: false,
-        initial_up: true,
-        tls: None,
-    };
+    let settings = PoolSettings { max_tries: 1, max_fails: 0, ..PoolSettings::default() };
     Ok(Arc::new(Pool::new("p", backends, balancer, settings, None)))
 }
 
