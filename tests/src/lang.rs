@@ -7,7 +7,7 @@
 //! their sources, the WIT files and the toolchain version, so they are
 //! rebuilt only when one of those changes. `scripts/setup --test` installs
 //! the toolchains: componentize-py into a virtualenv at
-//! `<target>/lang-tools/venv`, componentize-js with `npm ci` in each
+//! `<target>/lang-tools/venv`, componentize-js with `npm install --no-save` in each
 //! JavaScript example.
 
 use anyhow::{bail, Context, Result};
@@ -71,8 +71,8 @@ pub fn js(name: &str, world: &str) -> Result<PathBuf> {
     if !tool.exists() {
         // What `scripts/setup --test` does, for a test run without it.
         let mut npm = Command::new("npm");
-        npm.args(["ci", "--no-audit", "--no-fund", "--silent"]).current_dir(&src);
-        run(npm, "npm ci")?;
+        npm.args(["install", "--no-save", "--no-audit", "--no-fund", "--silent"]).current_dir(&src);
+        run(npm, "npm install")?;
     }
     let version = tool_version(Command::new(&tool).arg("--version"))?;
     build(&src, name, world, &version, |out| {
