@@ -13,7 +13,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use weir::config::Fallback;
-use weir::l4::wit_socket_address;
 use weir::plugin::bindings::types;
 use weir::plugin::{Limits, PluginSpec, Runtime, World};
 use weir::upstream::{BackendSpec, Pool, PoolSettings};
@@ -59,15 +58,12 @@ fn sources() -> Vec<(&'static str, PathBuf)> {
 fn bench_languages(c: &mut Criterion) {
     let cache = std::env::temp_dir().join("weir-bench-plugin-cache");
     let runtime = Runtime::new(Some(cache)).expect("runtime");
-    let conn = types::Connection {
-        client: wit_socket_address("10.9.8.7:40000".parse().unwrap()),
-        local: wit_socket_address("127.0.0.1:80".parse().unwrap()),
-        listener: 0,
-        protocol: types::Protocol::Http,
-        sni: None,
-        alpn: None,
-        client_identity: None,
-    };
+    let conn = weir::l4::connection_record(
+        "10.9.8.7:40000".parse().unwrap(),
+        "127.0.0.1:80".parse().unwrap(),
+        0,
+        types::Protocol::Http,
+    );
     for (lang, source) in sources() {
         let bytes = std::fs::read(&source).expect("component");
         let cold = Runtime::new(None).expect("runtime");

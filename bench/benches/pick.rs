@@ -9,7 +9,6 @@ use std::collections::HashMap;
 use std::hint::black_box;
 use std::sync::Arc;
 use weir::config::Fallback;
-use weir::l4::wit_socket_address;
 use weir::plugin::bindings::types;
 use weir::plugin::{bundled, Limits, PluginSpec, Runtime, World};
 use weir::upstream::{BackendSpec, Pool, PoolSettings};
@@ -43,15 +42,12 @@ fn pool(runtime: &Arc<Runtime>, plugin: &str, n: usize) -> Arc<Pool> {
 }
 
 fn connection() -> types::Connection {
-    types::Connection {
-        client: wit_socket_address("10.9.8.7:40000".parse().unwrap()),
-        local: wit_socket_address("127.0.0.1:80".parse().unwrap()),
-        listener: 0,
-        protocol: types::Protocol::Tcp,
-        sni: None,
-        alpn: None,
-        client_identity: None,
-    }
+    weir::l4::connection_record(
+        "10.9.8.7:40000".parse().unwrap(),
+        "127.0.0.1:80".parse().unwrap(),
+        0,
+        types::Protocol::Tcp,
+    )
 }
 
 /// The native baseline of each algorithm: what the plugin computes, from the

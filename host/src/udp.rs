@@ -8,7 +8,6 @@
 //! `udp_max_requests` datagrams it takes no more, and the next datagram from
 //! that client opens a new session.
 
-use crate::l4::wit_socket_address;
 use crate::plugin::bindings::types;
 use crate::plugin::PluginInstance;
 use crate::upstream::{Backend, Pool};
@@ -124,15 +123,7 @@ enum End {
 
 impl UdpService {
     fn connection(&self, peer: SocketAddr) -> types::Connection {
-        types::Connection {
-            client: wit_socket_address(peer),
-            local: wit_socket_address(self.local),
-            listener: self.listener_id,
-            protocol: types::Protocol::Udp,
-            sni: None,
-            alpn: None,
-            client_identity: None,
-        }
+        crate::l4::connection_record(peer, self.local, self.listener_id, types::Protocol::Udp)
     }
 
     /// Balance and open a connected socket to the backend, trying a

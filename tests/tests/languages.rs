@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use weir::config::Fallback;
-use weir::l4::wit_socket_address;
 use weir::plugin::bindings::types;
 use weir::plugin::{Limits, PluginSpec, World};
 use weir::upstream::{BackendSpec, Pool, PoolSettings};
@@ -279,15 +278,12 @@ fn region_balancers_make_the_same_choices_as_the_rust_twin() -> Result<()> {
     let sources =
         [("rust", rust_balancer()), ("python", python_balancer()?), ("js", js_balancer()?), ("c", c_balancer()?)];
     let pools = sources.iter().map(|(_, s)| balancer_pool(&runtime, s, &tags)).collect::<Result<Vec<_>>>()?;
-    let conn = types::Connection {
-        client: wit_socket_address("10.9.8.7:40000".parse().unwrap()),
-        local: wit_socket_address("127.0.0.1:80".parse().unwrap()),
-        listener: 0,
-        protocol: types::Protocol::Http,
-        sni: None,
-        alpn: None,
-        client_identity: None,
-    };
+    let conn = weir::l4::connection_record(
+        "10.9.8.7:40000".parse().unwrap(),
+        "127.0.0.1:80".parse().unwrap(),
+        0,
+        types::Protocol::Http,
+    );
     let keys = [Some("eu"), Some("us"), Some("ap"), Some("mars"), None, Some("")];
     let mut rng = 0x2545_f491_4f6c_dd1du64;
     let mut next = |n: u64| {

@@ -65,6 +65,25 @@ pub struct TcpRoutes {
     pub proxy_accept: Option<Arc<ProxyAccept>>,
 }
 
+/// The `connection` record of a new connection or session, before TLS
+/// fills in its `sni`, `alpn` and `client-identity`.
+pub fn connection_record(
+    client: SocketAddr,
+    local: SocketAddr,
+    listener: u32,
+    protocol: types::Protocol,
+) -> types::Connection {
+    types::Connection {
+        client: wit_socket_address(client),
+        local: wit_socket_address(local),
+        listener,
+        protocol,
+        sni: None,
+        alpn: None,
+        client_identity: None,
+    }
+}
+
 /// The `socket-address` record of an address.
 pub fn wit_socket_address(addr: SocketAddr) -> types::SocketAddress {
     let ip = match addr.ip() {
@@ -134,15 +153,8 @@ async fn read_client_hello(
 
 impl TcpService {
     fn connection(&self, peer: SocketAddr, tls: bool) -> types::Connection {
-        types::Connection {
-            client: wit_socket_address(peer),
-            local: wit_socket_address(self.local),
-            listener: self.listener_id,
-            protocol: if tls { types::Protocol::Tls } else { types::Protocol::Tcp },
-            sni: None,
-            alpn: None,
-            client_identity: None,
-        }
+        let protocol = if tls { types::Protocol::Tls } else { types::Protocol::Tcp };
+        connection_record(peer, self.local, self.listener_id, protocol)
     }
 
     /// Run the route phase: the pool the connection goes to, or why none.
@@ -177,21 +189,23 @@ impl TcpService {
         local: SocketAddr,
     ) -> Option<(BackendSide, Arc<Backend>)> {
         let hash_key = pool.settings.hash_key.as_ref().and_then(|k| k.of_connection(peer, conn.sni.as_deref()));
-        let started = Instant::now();
+        // Latency is the successful attempt's own: connect (and handshake).
         let attempt = |backend: Arc<Backend>| async move {
+            let started = Instant::now();
             let mut stream = TcpStream::connect(backend.address.as_str()).await?;
             let _ = stream.set_nodelay(true);
             // The PROXY header goes first, in the clear, before any TLS.
             if let Some(version) = pool.settings.send_proxy {
                 proxy_protocol::send_header(&mut stream, version, peer, local).await?;
             }
-            match &pool.settings.tls {
-                None => Ok(BackendSide::Plain(stream)),
-                Some(tls) => Ok(BackendSide::Tls(Box::new(tls.connect(&backend.address, stream).await?))),
-            }
+            let side = match &pool.settings.tls {
+                None => BackendSide::Plain(stream),
+                Some(tls) => BackendSide::Tls(Box::new(tls.connect(&backend.address, stream).await?)),
+            };
+            backend.stats.record_latency(started.elapsed());
+            Ok::<_, std::io::Error>(side)
         };
         let (stream, backend) = pool.try_backends(conn, hash_key.as_deref(), attempt).await?;
-        backend.stats.record_latency(started.elapsed());
         pool.report_success(&backend);
         Some((stream, backend))
     }

@@ -212,15 +212,7 @@ fn request_id() -> HeaderValue {
 
 impl HttpService {
     fn connection(&self, peer: SocketAddr) -> types::Connection {
-        types::Connection {
-            client: crate::l4::wit_socket_address(peer),
-            local: crate::l4::wit_socket_address(self.local),
-            listener: self.listener_id,
-            protocol: types::Protocol::Http,
-            sni: None,
-            alpn: None,
-            client_identity: None,
-        }
+        crate::l4::connection_record(peer, self.local, self.listener_id, types::Protocol::Http)
     }
 
     async fn handle(

@@ -116,15 +116,7 @@ fn client_addr(s: &str) -> Result<SocketAddr> {
 }
 
 fn connection(client: SocketAddr, protocol: types::Protocol) -> types::Connection {
-    types::Connection {
-        client: crate::l4::wit_socket_address(client),
-        local: crate::l4::wit_socket_address(SocketAddr::from(([127, 0, 0, 1], 8080))),
-        listener: 0,
-        protocol,
-        sni: None,
-        alpn: None,
-        client_identity: None,
-    }
+    crate::l4::connection_record(client, SocketAddr::from(([127, 0, 0, 1], 8080)), 0, protocol)
 }
 
 fn request(case: &Case) -> Result<Arc<super::state::RequestHead>> {
