@@ -23,7 +23,7 @@ fn spec(source: &Path) -> PluginSpec {
         source: source.display().to_string(),
         world: World::Balancer,
         config_json: "{}".into(),
-        limits: Limits { memory: 128 << 20, timeout: Duration::from_secs(1) },
+        limits: Limits { memory: 128 << 20, timeout: Duration::from_secs(1), ..Limits::default() },
         fallback: Fallback::FailClosed,
         grants: Default::default(),
     }

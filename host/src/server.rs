@@ -111,7 +111,8 @@ impl Prepared {
             };
             let config = p.config.as_ref().map(|c| c.get_ref().clone()).unwrap_or_default();
             let json = serde_json::to_string(&config).expect("TOML tables are JSON-representable");
-            let limits = Limits { timeout: p.timeout.0, memory: p.memory_limit.0 as usize };
+            let limits =
+                Limits { timeout: p.timeout.0, memory: p.memory_limit.0 as usize, init_timeout: p.init_timeout.0 };
             let fallback = p.fallback.unwrap_or(default_fallback(world));
             let at_config = |e: LoadError| match &p.config {
                 Some(c) => src.error(c, format!("{key}.config: {e}")),

@@ -239,7 +239,7 @@ fn balancer_pool(
         source: source.display().to_string(),
         world: World::Balancer,
         config_json: "{}".into(),
-        limits: Limits { memory: 128 << 20, timeout: std::time::Duration::from_secs(1) },
+        limits: Limits { memory: 128 << 20, timeout: std::time::Duration::from_secs(1), ..Limits::default() },
         fallback: Fallback::FailClosed,
         grants: Default::default(),
     };

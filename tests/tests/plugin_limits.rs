@@ -124,3 +124,19 @@ async fn trap_in_init_is_refused_at_load() -> Result<()> {
     assert!(err.contains("init failed"), "{err}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_running_past_init_timeout_is_refused_at_load() -> Result<()> {
+    let a = EchoBackend::start("a").await?;
+    let text = config(&addresses(&[&a]), "init-spin", 1, "fail-open")
+        .replace("timeout = \"50ms\"", "init_timeout = \"300ms\"");
+    let started = std::time::Instant::now();
+    let err = match start_weir(&text).await {
+        Ok(_) => panic!("a plugin looping in init was accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("plugins.bad") && err.contains("init_timeout (300ms)"), "{err}");
+    // Interrupted at its own deadline, not the 5 s default.
+    assert!(started.elapsed() < std::time::Duration::from_secs(4), "{:?}", started.elapsed());
+    Ok(())
+}

@@ -110,6 +110,10 @@ pub struct PluginInstance {
     /// 1 ms epochs, so time the thread is descheduled counts too).
     #[serde(default = "default_call_timeout")]
     pub timeout: Duration,
+    /// Time making an instance (instantiation plus the plugin's `init`) may
+    /// run; instances are made at load and after one is dropped.
+    #[serde(default = "default_init_timeout")]
+    pub init_timeout: Duration,
     /// Linear memory one instance may grow to.
     #[serde(default = "default_memory_limit")]
     pub memory_limit: ByteSize,
@@ -234,6 +238,10 @@ fn default_failpolicy() -> FailPolicy {
 
 fn default_call_timeout() -> Duration {
     Duration::from_millis(100)
+}
+
+fn default_init_timeout() -> Duration {
+    Duration::from_secs(5)
 }
 
 fn default_memory_limit() -> ByteSize {

@@ -24,11 +24,16 @@ pub struct Limits {
     pub timeout: Duration,
     /// Linear memory an instance may grow to, in bytes.
     pub memory: usize,
+    /// Time instantiation plus `init` may run. Longer than a call's: it runs
+    /// once per instance, off the request path at load, and plugins with an
+    /// embedded interpreter (Python, JavaScript) spend most of their start-up
+    /// there.
+    pub init_timeout: Duration,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { timeout: Duration::from_millis(100), memory: 32 << 20 }
+        Self { timeout: Duration::from_millis(100), memory: 32 << 20, init_timeout: Duration::from_secs(5) }
     }
 }
 
@@ -435,8 +440,8 @@ impl PluginInstance {
         self.current.load().hash.clone()
     }
 
-    fn deadline_ticks(limits: &Limits) -> u64 {
-        (limits.timeout.as_micros() / super::EPOCH_TICK.as_micros()).max(1) as u64 + 1
+    fn deadline_ticks(timeout: Duration) -> u64 {
+        (timeout.as_micros() / super::EPOCH_TICK.as_micros()).max(1) as u64 + 1
     }
 
     fn fail(&self, kind: CallErrorKind, message: String) -> CallError {
@@ -455,10 +460,15 @@ impl PluginInstance {
             ),
         );
         store.limiter(|s| &mut s.limits);
-        store.set_epoch_deadline(Self::deadline_ticks(&generation.limits));
+        store.set_epoch_deadline(Self::deadline_ticks(generation.limits.init_timeout));
+        let init_timeout = generation.limits.init_timeout;
         let failed = |e: wasmtime::Error| {
             self.stats.instantiate_failures.fetch_add(1, Ordering::Relaxed);
-            self.fail(CallErrorKind::Instantiate, format!("{e:#}"))
+            let message = match classify(&e) {
+                CallErrorKind::Timeout => format!("instantiation and init ran past init_timeout ({init_timeout:?})"),
+                _ => format!("{e:#}"),
+            };
+            self.fail(CallErrorKind::Instantiate, message)
         };
         let config = generation.config_json.clone();
         let init_failed = |e: types::Error| {
@@ -542,7 +552,7 @@ impl PluginInstance {
             },
         };
         let limits = Limits { timeout: timeout.unwrap_or(generation.limits.timeout), ..generation.limits };
-        slot.store.set_epoch_deadline(Self::deadline_ticks(&limits));
+        slot.store.set_epoch_deadline(Self::deadline_ticks(limits.timeout));
         let result = f(&mut slot);
         if let Some(t) = started {
             self.stats.call_time.observe(t.elapsed());

@@ -2,7 +2,8 @@
 //! shared counter, starting with the first) it misbehaves as `mode` says —
 //! `trap`, `spin` (loop forever) or `hog` (grow memory without bound) — and
 //! otherwise picks the last eligible backend, so the tests can tell its
-//! answers from the host's fallback.
+//! answers from the host's fallback. `init-trap` and `init-spin` misbehave
+//! in `init` instead.
 
 use serde::Deserialize;
 use weir_sdk::balancer::*;
@@ -26,11 +27,14 @@ struct Misbehave {
 impl Balancer for Misbehave {
     fn init(config: Config) -> Result<Self, Error> {
         let settings: Settings = config.parse()?;
-        if !["trap", "spin", "hog", "init-trap"].contains(&settings.mode.as_str()) {
+        if !["trap", "spin", "hog", "init-trap", "init-spin"].contains(&settings.mode.as_str()) {
             return Err(Error::InvalidConfig(format!("unknown mode `{}`", settings.mode)));
         }
         if settings.mode == "init-trap" {
             panic!("trap in init");
+        }
+        if settings.mode == "init-spin" {
+            spin();
         }
         Ok(Self { settings, calls: SharedCounter::new("calls") })
     }
@@ -40,12 +44,7 @@ impl Balancer for Misbehave {
         if self.calls.fetch_add(1) % self.settings.every.max(1) == 0 {
             match self.settings.mode.as_str() {
                 "trap" => panic!("misbehave: trap"),
-                "spin" => {
-                    let mut x = 0u64;
-                    loop {
-                        x = std::hint::black_box(x.wrapping_add(1));
-                    }
-                }
+                "spin" => spin(),
                 _ => {
                     let mut hoard: Vec<Vec<u8>> = Vec::new();
                     loop {
@@ -59,6 +58,14 @@ impl Balancer for Misbehave {
             return Err(Error::Other("listener id without a name".into()));
         }
         Ok(Choice::Slot(pool.eligible(n - 1)))
+    }
+}
+
+/// Loop forever (until the host interrupts the call).
+fn spin() -> ! {
+    let mut x = 0u64;
+    loop {
+        x = std::hint::black_box(x.wrapping_add(1));
     }
 }
 
