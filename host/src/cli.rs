@@ -406,7 +406,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let world = parse_world(&world)?;
             let files = crate::plugin::scaffold::new_project(&dir, &name, world, &lang)?;
             println!("created {} ({} files): a {world} plugin in {lang}", dir.join(&name).display(), files.len());
-            println!("next: cd {} && cargo test && weir plugin build", dir.join(&name).display());
+            let test = match lang.as_str() {
+                "rust" => "cargo test && weir plugin build",
+                _ => "weir plugin build",
+            };
+            println!("next: cd {} && {test} (see its README.md)", dir.join(&name).display());
         }
         Command::Plugin { command: PluginCommand::Test { file, cases } } => {
             let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;

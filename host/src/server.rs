@@ -118,15 +118,7 @@ impl Prepared {
                 Some(c) => src.error(c, format!("{key}.config: {e}")),
                 None => at(e),
             };
-            let g = &p.grants;
-            let grants = Grants {
-                http: g.http.clone(),
-                tcp: g.tcp.clone(),
-                udp: g.udp.clone(),
-                dns: g.dns.as_ref().and_then(|d| d.get_ref().parse().ok()),
-                files: g.files.iter().map(|f| loaded.base_dir().join(f)).collect(),
-                exec: g.exec.iter().map(Into::into).collect(),
-            };
+            let grants = Grants::from_config(&p.grants, loaded.base_dir());
             let spec = PluginSpec {
                 name: name.clone(),
                 source: p.source.get_ref().clone(),

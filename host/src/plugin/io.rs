@@ -34,6 +34,21 @@ pub struct Grants {
     pub exec: Vec<PathBuf>,
 }
 
+impl Grants {
+    /// The `grants` table of a plugin instance; relative file paths are
+    /// taken from `base_dir` (the config file's directory).
+    pub fn from_config(g: &crate::config::Grants, base_dir: &std::path::Path) -> Self {
+        Self {
+            http: g.http.clone(),
+            tcp: g.tcp.clone(),
+            udp: g.udp.clone(),
+            dns: g.dns.as_ref().and_then(|d| d.get_ref().parse().ok()),
+            files: g.files.iter().map(|f| base_dir.join(f)).collect(),
+            exec: g.exec.iter().map(Into::into).collect(),
+        }
+    }
+}
+
 /// The I/O context of one call: what the call may reach besides the
 /// grants, and when it must be done.
 #[derive(Debug, Clone)]

@@ -1,24 +1,83 @@
-//! `weir plugin new` and `weir plugin build`: a plugin project that builds
-//! on its own, offline, from what the `weir` binary carries (the SDK's
-//! source and the WIT package, vendored into `weir/`), and the build of such
-//! a project into a component with the same toolchain detection the bundled
-//! plugins use.
+//! `weir plugin new` and `weir plugin build`: plugin projects in Rust,
+//! Python and JavaScript from templates (`host/templates/`), each with a
+//! test and the WIT package (and for Rust the SDK's source) vendored into
+//! `weir/`, and their build into a component: the wasm32 toolchain the
+//! bundled plugins use for Rust, componentize-py for Python and
+//! componentize-js for JavaScript, found or installed into the project.
 
 use super::World;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 
 include!(concat!(env!("OUT_DIR"), "/sdk_files.rs"));
 
 /// Languages `weir plugin new` has templates for.
-pub const LANGUAGES: &[&str] = &["rust"];
+pub const LANGUAGES: &[&str] = &["rust", "python", "js"];
+
+/// The componentize-py version Python projects build with.
+pub const COMPONENTIZE_PY: &str = "0.25.1";
+/// The `@bytecodealliance/componentize-js` version JavaScript projects pin.
+pub const COMPONENTIZE_JS: &str = "0.23.0";
+/// The `@bytecodealliance/preview2-shim` version they pin by override (the
+/// one componentize-js 0.23.0 was released with).
+pub const PREVIEW2_SHIM: &str = "0.25.0";
+
+/// The limits plugins with an embedded interpreter (Python, JavaScript)
+/// need, as TOML keys of `[plugins.NAME]` and of a cases file.
+const INTERPRETER_LIMITS: &str = "memory_limit = \"128MiB\"   # the interpreter's heap\n\
+     timeout = \"1s\"           # a fresh instance's first call is slow\n";
 
 /// The SDK feature (and export macro suffix) of a world.
 fn feature(world: World) -> &'static str {
     world.name()
 }
 
-fn template(world: World, name: &str) -> (String, String) {
+/// The plugin source of `world` in `lang`, with its placeholders.
+fn source(lang: &str, world: World) -> &'static str {
+    match (lang, world) {
+        ("rust", World::Balancer) => include_str!("../../templates/rust/balancer.rs"),
+        ("rust", World::Router) => include_str!("../../templates/rust/router.rs"),
+        ("rust", World::AccessFilter) => include_str!("../../templates/rust/access-filter.rs"),
+        ("rust", World::HealthChecker) => include_str!("../../templates/rust/health-checker.rs"),
+        ("rust", World::DiscoveryAdapter) => include_str!("../../templates/rust/discovery-adapter.rs"),
+        ("python", World::Balancer) => include_str!("../../templates/python/balancer.py"),
+        ("python", World::Router) => include_str!("../../templates/python/router.py"),
+        ("python", World::AccessFilter) => include_str!("../../templates/python/access-filter.py"),
+        ("python", World::HealthChecker) => include_str!("../../templates/python/health-checker.py"),
+        ("python", World::DiscoveryAdapter) => include_str!("../../templates/python/discovery-adapter.py"),
+        (_, World::Balancer) => include_str!("../../templates/js/balancer.js"),
+        (_, World::Router) => include_str!("../../templates/js/router.js"),
+        (_, World::AccessFilter) => include_str!("../../templates/js/access-filter.js"),
+        (_, World::HealthChecker) => include_str!("../../templates/js/health-checker.js"),
+        (_, World::DiscoveryAdapter) => include_str!("../../templates/js/discovery-adapter.js"),
+    }
+}
+
+/// The `weir plugin test` cases of a world's template.
+fn cases(world: World) -> &'static str {
+    match world {
+        World::Balancer => include_str!("../../templates/cases/balancer.toml"),
+        World::Router => include_str!("../../templates/cases/router.toml"),
+        World::AccessFilter => include_str!("../../templates/cases/access-filter.toml"),
+        World::HealthChecker => include_str!("../../templates/cases/health-checker.toml"),
+        World::DiscoveryAdapter => include_str!("../../templates/cases/discovery-adapter.toml"),
+    }
+}
+
+/// The instance config the template reads, as TOML.
+fn example_config(world: World) -> &'static str {
+    match world {
+        World::Balancer => "{ offset = 0 }",
+        World::Router => "{ prefix = \"/api/\", pool = \"api\" }",
+        World::AccessFilter => "{ header = \"x-blocked\" }",
+        World::HealthChecker => "{ timeout_ms = 500 }",
+        World::DiscoveryAdapter => "{ addresses = [\"127.0.0.1:8080\"] }",
+    }
+}
+
+/// `skip-one` -> `SkipOne`: the Rust type a template implements.
+fn type_name(name: &str) -> String {
     let type_name: String = name
         .split(|c: char| !c.is_ascii_alphanumeric())
         .filter(|p| !p.is_empty())
@@ -27,236 +86,16 @@ fn template(world: World, name: &str) -> (String, String) {
             c.next().map(|f| f.to_ascii_uppercase().to_string() + c.as_str()).unwrap_or_default()
         })
         .collect();
-    let type_name = if type_name.is_empty() || type_name.starts_with(|c: char| c.is_ascii_digit()) {
+    if type_name.is_empty() || type_name.starts_with(|c: char| c.is_ascii_digit()) {
         format!("Plugin{type_name}")
     } else {
         type_name
-    };
-    let (body, config) = match world {
-        World::Balancer => (
-            r#"use weir_sdk::balancer::*;
-
-/// The instance config (`config = { ... }` in weir's TOML).
-#[derive(serde::Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct Settings {
-    /// Skip this many backends on every pick (a toy knob to show config).
-    #[serde(default)]
-    offset: u32,
-}
-
-struct TYPE {
-    offset: u32,
-}
-
-/// The decision, kept free of host calls so it is unit-tested natively.
-pub fn choose(sequence: u64, offset: u32, eligible: u32) -> u32 {
-    ((sequence + offset as u64) % eligible as u64) as u32
-}
-
-impl Balancer for TYPE {
-    fn init(config: Config) -> Result<Self, Error> {
-        let s: Settings = config.parse()?;
-        Ok(Self { offset: s.offset })
-    }
-
-    fn pick(&mut self, _pool: &PoolView, ctx: &PickContext, _key: Option<&str>) -> Result<Choice, Error> {
-        let n = eligible_or_err(ctx)?;
-        Ok(Choice::EligibleIndex(choose(ctx.sequence, self.offset, n)))
     }
 }
 
-weir_sdk::export_balancer!(TYPE);
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn picks_go_round_the_eligible_backends() {
-        let picks: Vec<u32> = (0..6).map(|seq| choose(seq, 1, 3)).collect();
-        assert_eq!(picks, vec![1, 2, 0, 1, 2, 0]);
-    }
-}
-"#,
-            "{ offset = 0 }",
-        ),
-        World::Router => (
-            r#"use weir_sdk::router::*;
-
-/// The instance config: requests whose path starts with `prefix` go to `pool`.
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Settings {
-    prefix: String,
-    pool: String,
-}
-
-struct TYPE(Settings);
-
-/// The decision, kept free of host calls so it is unit-tested natively.
-pub fn pool_for<'a>(path: &str, prefix: &str, pool: &'a str) -> Option<&'a str> {
-    path.starts_with(prefix).then_some(pool)
-}
-
-impl Router for TYPE {
-    fn init(config: Config) -> Result<Self, Error> {
-        Ok(Self(config.parse()?))
-    }
-
-    fn route_request(&mut self, _conn: &Connection, req: &Request) -> Result<Decision, Error> {
-        Ok(match pool_for(&req.path(), &self.0.prefix, &self.0.pool) {
-            Some(pool) => forward(pool),
-            None => Decision::NoMatch,
-        })
-    }
-}
-
-weir_sdk::export_router!(TYPE);
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_prefix_picks_the_pool() {
-        assert_eq!(pool_for("/api/users", "/api/", "api"), Some("api"));
-        assert_eq!(pool_for("/", "/api/", "api"), None);
-    }
-}
-"#,
-            "{ prefix = \"/api/\", pool = \"api\" }",
-        ),
-        World::AccessFilter => (
-            r#"use weir_sdk::access::*;
-
-/// The instance config: requests carrying this header are denied.
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Settings {
-    header: String,
-}
-
-struct TYPE(Settings);
-
-/// The decision, kept free of host calls so it is unit-tested natively.
-pub fn allowed(value: Option<&str>) -> bool {
-    value.is_none()
-}
-
-impl AccessFilter for TYPE {
-    fn init(config: Config) -> Result<Self, Error> {
-        Ok(Self(config.parse()?))
-    }
-
-    fn check_request(&mut self, _conn: &Connection, req: &Request) -> Result<Verdict, Error> {
-        if allowed(req.header(&self.0.header).as_deref()) {
-            Ok(Verdict::Allow)
-        } else {
-            Ok(deny(format!("{} present", self.0.header), Some(403)))
-        }
-    }
-}
-
-weir_sdk::export_access_filter!(TYPE);
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_header_denies() {
-        assert!(allowed(None));
-        assert!(!allowed(Some("1")));
-    }
-}
-"#,
-            "{ header = \"x-blocked\" }",
-        ),
-        World::HealthChecker => (
-            r#"use weir_sdk::health::*;
-use std::time::Duration;
-
-/// The instance config.
-#[derive(serde::Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct Settings {
-    /// Connect timeout in milliseconds (0: as long as the call may run).
-    #[serde(default)]
-    timeout_ms: u32,
-}
-
-struct TYPE {
-    timeout: Duration,
-}
-
-impl HealthChecker for TYPE {
-    fn init(config: Config) -> Result<Self, Error> {
-        let s: Settings = config.parse()?;
-        Ok(Self { timeout: Duration::from_millis(s.timeout_ms as u64) })
-    }
-
-    fn check(&mut self, target: &Backend) -> Result<Health, Error> {
-        match io::tcp_probe(&target.address, &[], 0, self.timeout) {
-            Ok(_) => Ok(Health::Healthy),
-            Err(e) => unhealthy_from(e),
-        }
-    }
-}
-
-weir_sdk::export_health_checker!(TYPE);
-"#,
-            "{ timeout_ms = 500 }",
-        ),
-        World::DiscoveryAdapter => (
-            r#"use weir_sdk::discovery::*;
-
-/// The instance config: a fixed list, a stand-in for a real source.
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Settings {
-    addresses: Vec<String>,
-}
-
-struct TYPE(Settings);
-
-impl Discovery for TYPE {
-    fn init(config: Config) -> Result<Self, Error> {
-        Ok(Self(config.parse()?))
-    }
-
-    fn discover(&mut self) -> Result<Vec<Discovered>, Error> {
-        Ok(self
-            .0
-            .addresses
-            .iter()
-            .map(|a| Discovered { address: a.clone(), weight: 1, priority: 0, tags: Vec::new() })
-            .collect())
-    }
-}
-
-weir_sdk::export_discovery!(TYPE);
-"#,
-            "{ addresses = [\"127.0.0.1:8080\"] }",
-        ),
-    };
+fn rust_files(name: &str, world: World) -> Vec<(PathBuf, String)> {
     let header = format!("//! weir {} plugin `{name}`, made by `weir plugin new`.\n\n", world.name());
-    (header + &body.replace("TYPE", &type_name), config.to_string())
-}
-
-/// Create a Rust plugin project for `world` in `dir/name`; the files written.
-pub fn new_project(dir: &Path, name: &str, world: World, lang: &str) -> Result<Vec<PathBuf>> {
-    if lang != "rust" {
-        bail!("--lang {lang}: templates exist for {}", LANGUAGES.join(", "));
-    }
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-        bail!("`{name}`: a plugin name is letters, digits, `-` and `_`");
-    }
-    let root = dir.join(name);
-    if root.exists() {
-        bail!("{} exists already", root.display());
-    }
-    let (lib, config) = template(world, name);
+    let lib = header + &source("rust", world).replace("TYPE", &type_name(name));
     let cargo = format!(
         r#"[package]
 name = "{name}"
@@ -285,38 +124,165 @@ strip = true
 "#,
         feature = feature(world)
     );
-    let readme = format!(
+    let mut files = vec![
+        (PathBuf::from("Cargo.toml"), cargo),
+        (PathBuf::from("src/lib.rs"), lib),
+        (PathBuf::from(".gitignore"), "/target\n".to_string()),
+    ];
+    for (path, text) in SDK_FILES {
+        files.push((Path::new("weir").join(path), text.to_string()));
+    }
+    files
+}
+
+fn python_files(name: &str, world: World) -> Vec<(PathBuf, String)> {
+    let pyproject = format!(
+        r#"[project]
+name = "{name}"
+version = "0.1.0"
+description = "weir {world} plugin"
+requires-python = ">=3.10"
+
+# What `weir plugin build` reads: the world the component implements, the
+# module that implements it, and the componentize-py it installs into .venv
+# when none is on PATH.
+[tool.weir]
+world = "{world}"
+module = "app"
+componentize-py = "{COMPONENTIZE_PY}"
+"#,
+        world = world.name()
+    );
+    let mut files = vec![
+        (PathBuf::from("pyproject.toml"), pyproject),
+        (PathBuf::from("app.py"), source("python", world).replace("NAME", name)),
+        (PathBuf::from("settings.py"), include_str!("../../templates/python/settings.py").to_string()),
+        (PathBuf::from(".gitignore"), "/target\n/.venv\n__pycache__/\n".to_string()),
+    ];
+    files.extend(wit_files());
+    files
+}
+
+fn js_files(name: &str, world: World) -> Vec<(PathBuf, String)> {
+    let package = format!(
+        r#"{{
+  "name": "{name}",
+  "version": "0.1.0",
+  "private": true,
+  "type": "module",
+  "description": "weir {world} plugin",
+  "main": "{name}.js",
+  "weir": {{ "world": "{world}" }},
+  "scripts": {{
+    "build": "weir plugin build"
+  }},
+  "devDependencies": {{
+    "@bytecodealliance/componentize-js": "{COMPONENTIZE_JS}"
+  }},
+  "overrides": {{
+    "@bytecodealliance/preview2-shim": "{PREVIEW2_SHIM}"
+  }}
+}}
+"#,
+        world = world.name()
+    );
+    let script = source("js", world)
+        .replace("// SETTINGS\n", include_str!("../../templates/js/_settings.js"))
+        .replace("NAME", name);
+    let mut files = vec![
+        (PathBuf::from("package.json"), package),
+        (PathBuf::from(format!("{name}.js")), script),
+        (PathBuf::from(".gitignore"), "/target\n/node_modules\n".to_string()),
+    ];
+    files.extend(wit_files());
+    files
+}
+
+/// The WIT package alone (`weir/wit/...`), for projects without the Rust SDK.
+fn wit_files() -> impl Iterator<Item = (PathBuf, String)> {
+    SDK_FILES
+        .iter()
+        .filter(|(path, _)| path.starts_with("wit/"))
+        .map(|(path, text)| (Path::new("weir").join(path), text.to_string()))
+}
+
+/// The project's README: how to build, test and load it.
+fn readme(name: &str, world: World, lang: &str) -> String {
+    let config = example_config(world);
+    let wasm = format!("target/weir/{name}.wasm");
+    let test = format!("weir plugin test {wasm} --cases cases.toml   # the component on synthetic cases\n");
+    let (intro, unit, limits) = match lang {
+        "rust" => (
+            "Rust, with weir-sdk (vendored in `weir/sdk` with the WIT package, so it builds offline).",
+            "cargo test                       # the plugin's logic, natively\n",
+            "",
+        ),
+        "python" => (
+            "Python, built into a component by componentize-py. `weir plugin build` uses \
+             `.venv/bin/componentize-py`, else `componentize-py` on `PATH`, else installs \
+             the version in `pyproject.toml` into `.venv` (needs `python3 -m venv`). \
+             `weir/wit` holds the WIT package the bindings come from.",
+            "",
+            INTERPRETER_LIMITS,
+        ),
+        _ => (
+            "JavaScript, built into a component by componentize-js. `weir plugin build` uses \
+             `node_modules/.bin/componentize-js`, else `componentize-js` on `PATH`, else runs \
+             `npm install --no-save` first. `weir/wit` holds the WIT package the bindings come from.",
+            "",
+            INTERPRETER_LIMITS,
+        ),
+    };
+    format!(
         r#"# {name}
 
-A weir {world} plugin.
+A weir {world} plugin in {intro}
 
 ```sh
-cargo test                       # the plugin's logic, natively
-weir plugin build                # -> target/weir/{name}.wasm
-weir plugin check target/weir/{name}.wasm --config '{config}'
+{unit}weir plugin build                # -> {wasm}
+{test}weir plugin check {wasm} --config '{config}'
 ```
 
 Use it in weir's config:
 
 ```toml
 [plugins.{name}]
-source = "{name}/target/weir/{name}.wasm"
+source = "{name}/{wasm}"
 config = {config}
-```
+{limits}```
 
-`weir/` holds the weir SDK and WIT package this project was made with.
+and swap a new build into a running weir with
+`weir plugin push {name} {wasm}` (admin API enabled).
 "#,
         world = world.name()
-    );
-    let mut files = vec![
-        (PathBuf::from("Cargo.toml"), cargo),
-        (PathBuf::from("src/lib.rs"), lib),
-        (PathBuf::from("README.md"), readme),
-        (PathBuf::from(".gitignore"), "/target\n".to_string()),
-    ];
-    for (path, text) in SDK_FILES {
-        files.push((Path::new("weir").join(path), text.to_string()));
+    )
+}
+
+/// Create a plugin project for `world` in `lang` in `dir/name`; the files written.
+pub fn new_project(dir: &Path, name: &str, world: World, lang: &str) -> Result<Vec<PathBuf>> {
+    if !LANGUAGES.contains(&lang) {
+        bail!("--lang {lang}: templates exist for {}", LANGUAGES.join(", "));
     }
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        bail!("`{name}`: a plugin name is letters, digits, `-` and `_`");
+    }
+    let root = dir.join(name);
+    if root.exists() {
+        bail!("{} exists already", root.display());
+    }
+    let mut files = match lang {
+        "rust" => rust_files(name, world),
+        "python" => python_files(name, world),
+        _ => js_files(name, world),
+    };
+    files.push((PathBuf::from("README.md"), readme(name, world, lang)));
+    let mut cases = cases(world).replace("NAME", name);
+    if lang != "rust" {
+        // After the leading comment, before the first table.
+        let at = cases.lines().take_while(|l| l.starts_with('#')).map(|l| l.len() + 1).sum();
+        cases.insert_str(at, INTERPRETER_LIMITS);
+    }
+    files.push((PathBuf::from("cases.toml"), cases));
     let mut written = Vec::new();
     for (path, text) in files {
         let full = root.join(&path);
@@ -329,18 +295,160 @@ config = {config}
     Ok(written)
 }
 
-/// Build the Rust plugin project at `dir` into `dir/target/weir/<name>.wasm`
-/// (compiling in `$CARGO_TARGET_DIR` when set, as cargo does).
+/// A plugin project `weir plugin build` knows, by its manifest.
+enum Project {
+    /// `Cargo.toml`: built with the wasm32 toolchain the bundled plugins use.
+    Rust,
+    /// `pyproject.toml` with `[tool.weir]`: built with componentize-py.
+    Python { name: String, world: String, module: String, version: String },
+    /// `package.json` with `"weir"`: built with componentize-js.
+    Js { name: String, world: String, main: String },
+}
+
+impl Project {
+    fn detect(dir: &Path) -> Result<Self> {
+        if dir.join("Cargo.toml").exists() {
+            return Ok(Project::Rust);
+        }
+        let pyproject = dir.join("pyproject.toml");
+        if pyproject.exists() {
+            let text = std::fs::read_to_string(&pyproject)?;
+            let doc: toml::Table = toml::from_str(&text).with_context(|| format!("{}", pyproject.display()))?;
+            let key = |table: Option<&toml::Value>, key: &str| -> Result<String> {
+                table
+                    .and_then(|t| t.get(key))
+                    .and_then(|v| v.as_str())
+                    .map(str::to_string)
+                    .with_context(|| format!("{}: no `{key}` string", pyproject.display()))
+            };
+            let weir = doc.get("tool").and_then(|t| t.get("weir"));
+            if weir.is_none() {
+                bail!("{}: no [tool.weir] table (world, module): not a weir plugin project", pyproject.display());
+            }
+            return Ok(Project::Python {
+                name: key(doc.get("project"), "name")?,
+                world: key(weir, "world")?,
+                module: key(weir, "module").unwrap_or_else(|_| "app".into()),
+                version: key(weir, "componentize-py").unwrap_or_else(|_| COMPONENTIZE_PY.into()),
+            });
+        }
+        let package = dir.join("package.json");
+        if package.exists() {
+            let text = std::fs::read_to_string(&package)?;
+            let doc: serde_json::Value =
+                serde_json::from_str(&text).with_context(|| format!("{}", package.display()))?;
+            let key = |value: &serde_json::Value, key: &str| -> Result<String> {
+                value
+                    .get(key)
+                    .and_then(|v| v.as_str())
+                    .map(str::to_string)
+                    .with_context(|| format!("{}: no `{key}` string", package.display()))
+            };
+            let Some(weir) = doc.get("weir") else {
+                bail!("{}: no \"weir\" entry (world): not a weir plugin project", package.display());
+            };
+            return Ok(Project::Js { name: key(&doc, "name")?, world: key(weir, "world")?, main: key(&doc, "main")? });
+        }
+        bail!(
+            "{} has no Cargo.toml, pyproject.toml or package.json: run `weir plugin build` in a plugin project",
+            dir.display()
+        )
+    }
+}
+
+/// Build the plugin project at `dir` into `dir/target/weir/<name>.wasm`.
+/// Rust compiles in `$CARGO_TARGET_DIR` when set, as cargo does.
 pub fn build_project(dir: &Path) -> Result<PathBuf> {
     let dir = dir.canonicalize().with_context(|| format!("no project at {}", dir.display()))?;
-    if !dir.join("Cargo.toml").exists() {
-        bail!("{} has no Cargo.toml: run `weir plugin build` in a plugin project", dir.display());
-    }
-    let package = weir_xtask::package_name(&dir)?;
-    let mut say = |line: &str| eprintln!("weir: {line}");
-    let toolchain = weir_xtask::ensure_toolchain(&mut say)?;
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or(dir.join("target"), PathBuf::from);
     let out = dir.join("target").join("weir");
-    let built = weir_xtask::build_components(&toolchain, &dir, &[package], &target, &out)?;
-    built.into_iter().next().context("the build produced no component")
+    match Project::detect(&dir)? {
+        Project::Rust => {
+            let package = weir_xtask::package_name(&dir)?;
+            let mut say = |line: &str| eprintln!("weir: {line}");
+            let toolchain = weir_xtask::ensure_toolchain(&mut say)?;
+            let target = std::env::var_os("CARGO_TARGET_DIR").map_or(dir.join("target"), PathBuf::from);
+            let built = weir_xtask::build_components(&toolchain, &dir, &[package], &target, &out)?;
+            built.into_iter().next().context("the build produced no component")
+        }
+        Project::Python { name, world, module, version } => {
+            let tool = python_tool(&dir, &version)?;
+            std::fs::create_dir_all(&out)?;
+            let wasm = out.join(format!("{name}.wasm"));
+            let mut c = Command::new(&tool);
+            c.arg("-d").arg(dir.join("weir/wit")).args(["-w", &world, "componentize", "-p"]);
+            c.arg(&dir).arg(&module).arg("-o").arg(&wasm);
+            // componentize-py writes scratch files into the working directory.
+            c.current_dir(&out);
+            run(c, "componentize-py")?;
+            Ok(wasm)
+        }
+        Project::Js { name, world, main } => {
+            let tool = js_tool(&dir)?;
+            std::fs::create_dir_all(&out)?;
+            let wasm = out.join(format!("{name}.wasm"));
+            let mut c = Command::new(&tool);
+            c.arg("--wit").arg(dir.join("weir/wit")).args(["--world-name", &world]);
+            // weir provides no wasi:http; the rest of WASI p2 is linked with nothing granted.
+            c.args(["--disable", "http", "--disable", "fetch-event", "--out"]).arg(&wasm);
+            c.arg(dir.join(&main)).current_dir(&dir);
+            run(c, "componentize-js")?;
+            Ok(wasm)
+        }
+    }
+}
+
+/// Whether `tool --version` runs.
+fn runs(tool: &Path) -> bool {
+    Command::new(tool).arg("--version").stdin(Stdio::null()).output().is_ok_and(|o| o.status.success())
+}
+
+/// componentize-py: the project's `.venv`, else `PATH`, else installed into
+/// the project's `.venv` with pip.
+fn python_tool(dir: &Path, version: &str) -> Result<PathBuf> {
+    let venv = dir.join(".venv/bin/componentize-py");
+    if venv.exists() {
+        return Ok(venv);
+    }
+    if runs(Path::new("componentize-py")) {
+        return Ok(PathBuf::from("componentize-py"));
+    }
+    eprintln!("weir: componentize-py not found; installing componentize-py {version} into .venv");
+    let mut c = Command::new("python3");
+    c.args(["-m", "venv", ".venv"]).current_dir(dir);
+    run(c, "python3 -m venv (Debian: apt install python3-venv)")?;
+    let mut c = Command::new(dir.join(".venv/bin/pip"));
+    c.args(["install", "--quiet", &format!("componentize-py=={version}")]).current_dir(dir);
+    run(c, "pip install componentize-py")?;
+    Ok(venv)
+}
+
+/// componentize-js: the project's `node_modules`, else `PATH`, else
+/// installed with `npm install --no-save` from `package.json`.
+fn js_tool(dir: &Path) -> Result<PathBuf> {
+    let local = dir.join("node_modules/.bin/componentize-js");
+    if local.exists() {
+        return Ok(local);
+    }
+    if runs(Path::new("componentize-js")) {
+        return Ok(PathBuf::from("componentize-js"));
+    }
+    eprintln!("weir: componentize-js not found; running npm install");
+    let mut c = Command::new("npm");
+    c.args(["install", "--no-save", "--no-audit", "--no-fund"]).current_dir(dir);
+    run(c, "npm install (Debian: apt install npm)")?;
+    Ok(local)
+}
+
+/// Run a toolchain step with no stdin; its output is shown only when it fails.
+fn run(mut cmd: Command, what: &str) -> Result<()> {
+    let out = cmd.stdin(Stdio::null()).output().with_context(|| format!("{what}: cannot start {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{what} failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
 }

@@ -25,9 +25,20 @@
 //! name = "blocked"                         # access filter: "allow" or "deny"
 //! client = "10.66.0.1"
 //! expect = "deny"
+//!
+//! [[case]]
+//! name = "answers"                         # health checker: "healthy" or "unhealthy"
+//! respond = "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
+//! expect = "healthy"                       # (target: a loopback peer the kit opens)
+//!
+//! [[case]]
+//! name = "the registry's list"             # discovery adapter: the addresses
+//! expect = ["10.0.0.1:80", "10.0.0.2:80"]
 //! ```
 //!
-//! Each case runs on a fresh pool, so the pick sequence starts at 0.
+//! Each case runs on a fresh pool, so the pick sequence starts at 0. The
+//! instance runs under weir's limits; `timeout`, `memory_limit` and `grants`
+//! at the top set them as `[plugins.NAME]` does.
 
 use super::{Grants, Limits, PluginSpec, RouteDecision, Runtime, Verdict, World};
 use crate::plugin::bindings::types;
@@ -39,7 +50,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 /// A cases file.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Cases {
     /// The instance config handed to `init`.
@@ -48,6 +59,13 @@ pub struct Cases {
     /// Balancers: the pool's backends.
     #[serde(default)]
     pub backends: Vec<crate::config::BackendTable>,
+    /// A call's time limit (health checks and discovery: each call's; default 2 s there).
+    pub timeout: Option<crate::config::Duration>,
+    /// Linear memory an instance may grow to.
+    pub memory_limit: Option<crate::config::ByteSize>,
+    /// What the plugin's `io` imports may reach (health checks and discovery).
+    #[serde(default)]
+    pub grants: crate::config::Grants,
     /// The cases.
     #[serde(rename = "case", default)]
     pub cases: Vec<Case>,
@@ -82,10 +100,18 @@ pub struct Case {
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
     /// Balancer: the picked addresses, one pick each; router: a pool name
-    /// or `"no-match"`; access filter: `"allow"` or `"deny"`.
+    /// or `"no-match"`; access filter: `"allow"` or `"deny"`; health
+    /// checker: `"healthy"` or `"unhealthy"`; discovery adapter: the
+    /// discovered addresses in order.
     pub expect: toml::Value,
     /// Access filter: the status of a denial.
     pub expect_status: Option<u16>,
+    /// Health checker: the backend checked, `host:port`; by default a
+    /// loopback TCP peer the kit opens for the case.
+    pub target: Option<String>,
+    /// Health checker: what the kit's peer writes on each connection, after
+    /// reading what the check sent (e.g. an HTTP response).
+    pub respond: Option<String>,
 }
 
 fn default_client() -> String {
@@ -210,13 +236,98 @@ fn run_access(instance: &super::PluginInstance, case: &Case) -> Result<Option<St
     })
 }
 
-/// Load a component as a plugin instance of the world it implements.
-fn load(
-    runtime: &Arc<Runtime>,
-    bytes: &[u8],
-    source: &str,
-    config: &toml::Table,
-) -> Result<Arc<super::PluginInstance>> {
+/// The time a background call (check, discover) may take.
+fn background_timeout(cases: &Cases) -> std::time::Duration {
+    cases.timeout.map_or(std::time::Duration::from_secs(2), |t| t.0)
+}
+
+/// A loopback TCP peer for health-check cases: reads what a check sends,
+/// writes `respond`, closes. It stops when dropped.
+struct Peer {
+    addr: SocketAddr,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Peer {
+    fn start(respond: Vec<u8>) -> Result<Self> {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(mut stream) = stream else { continue };
+                let _ = stream.set_read_timeout(Some(std::time::Duration::from_millis(300)));
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf);
+                let _ = stream.write_all(&respond);
+                let _ = stream.shutdown(std::net::Shutdown::Write);
+            }
+        });
+        Ok(Self { addr, stop, thread: Some(thread) })
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        // Wake the accept loop so it sees the flag.
+        let _ = std::net::TcpStream::connect_timeout(&self.addr, std::time::Duration::from_secs(1));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run_health(instance: &super::PluginInstance, cases: &Cases, case: &Case) -> Result<Option<String>> {
+    let peer = match &case.target {
+        Some(_) => None,
+        None => Some(Peer::start(case.respond.clone().unwrap_or_default().into_bytes())?),
+    };
+    let address = match (&case.target, &peer) {
+        (Some(t), _) => t.clone(),
+        (None, Some(p)) => p.addr.to_string(),
+        (None, None) => unreachable!("a peer is started when no target is given"),
+    };
+    let backend = types::Backend { slot: 0, address, weight: 1, priority: 0, tags: Vec::new() };
+    let (got, why) = match instance.check(&backend, background_timeout(cases)) {
+        Ok(Ok(())) => ("healthy".to_string(), String::new()),
+        Ok(Err(reason)) => ("unhealthy".to_string(), format!(" ({reason})")),
+        Err(e) => (format!("error: {e}"), String::new()),
+    };
+    let expected = case.expect.as_str().unwrap_or_default();
+    Ok((got != expected).then(|| format!("expected {expected:?}, got {got:?}{why}")))
+}
+
+fn run_discovery(instance: &super::PluginInstance, cases: &Cases, case: &Case) -> Result<Option<String>> {
+    let expected: Vec<String> = match &case.expect {
+        toml::Value::Array(list) => list.iter().map(|v| v.as_str().unwrap_or_default().to_string()).collect(),
+        other => bail!("case `{}`: a discovery case expects a list of addresses, not {other}", case.name),
+    };
+    let got: Vec<String> = match instance.discover(background_timeout(cases)) {
+        Ok(list) => list.into_iter().map(|d| d.address).collect(),
+        Err(e) => vec![format!("error: {e}")],
+    };
+    Ok((got != expected).then(|| format!("expected {expected:?}, got {got:?}")))
+}
+
+/// Load a component as a plugin instance of the world it implements, under
+/// the limits and grants of `cases`.
+fn load(runtime: &Arc<Runtime>, bytes: &[u8], source: &str, cases: &Cases) -> Result<Arc<super::PluginInstance>> {
+    let config = &cases.config;
+    let defaults = Limits::default();
+    let limits = Limits {
+        timeout: cases.timeout.map_or(defaults.timeout, |t| t.0),
+        memory: cases.memory_limit.map_or(defaults.memory, |m| m.0 as usize),
+        ..defaults
+    };
+    let base = std::env::current_dir().unwrap_or_default();
+    let grants = Grants::from_config(&cases.grants, &base);
     let component = runtime.compile(bytes).with_context(|| source.to_string())?;
     let world = *runtime.worlds(&component).first().with_context(|| format!("{source} implements no weir world"))?;
     let spec = PluginSpec {
@@ -224,16 +335,16 @@ fn load(
         source: source.into(),
         world,
         config_json: serde_json::to_string(config)?,
-        limits: Limits::default(),
+        limits,
         fallback: crate::config::Fallback::FailClosed,
-        grants: Grants::default(),
+        grants,
     };
     runtime.load(spec, bytes).with_context(|| source.to_string())
 }
 
 /// Run every case of `cases` against the component `bytes`.
 pub fn run(runtime: &Arc<Runtime>, bytes: &[u8], source: &str, cases: &Cases) -> Result<(World, Vec<Outcome>)> {
-    let instance = load(runtime, bytes, source, &cases.config)?;
+    let instance = load(runtime, bytes, source, cases)?;
     let world = instance.world();
     let mut outcomes = Vec::new();
     for case in &cases.cases {
@@ -241,7 +352,8 @@ pub fn run(runtime: &Arc<Runtime>, bytes: &[u8], source: &str, cases: &Cases) ->
             World::Balancer => run_balancer(&instance, cases, case)?,
             World::Router => run_router(&instance, case)?,
             World::AccessFilter => run_access(&instance, case)?,
-            other => bail!("`weir plugin test` runs balancers, routers and access filters, not a {other}"),
+            World::HealthChecker => run_health(&instance, cases, case)?,
+            World::DiscoveryAdapter => run_discovery(&instance, cases, case)?,
         };
         outcomes.push(Outcome { name: case.name.clone(), failure });
     }
@@ -336,8 +448,9 @@ pub fn replay(
     config: &toml::Table,
     log: &str,
 ) -> Result<(World, usize, Vec<Difference>)> {
-    let a = load(runtime, old.0, old.1, config)?;
-    let b = load(runtime, new.0, new.1, config)?;
+    let settings = Cases { config: config.clone(), ..Cases::default() };
+    let a = load(runtime, old.0, old.1, &settings)?;
+    let b = load(runtime, new.0, new.1, &settings)?;
     let world = a.world();
     if b.world() != world {
         bail!("{} is a {world} but {} is a {}", old.1, new.1, b.world());
@@ -374,6 +487,8 @@ pub fn replay(
             headers: BTreeMap::new(),
             expect: toml::Value::Boolean(true),
             expect_status: None,
+            target: None,
+            respond: None,
         };
         let (x, y) = match world {
             World::Balancer => {
