@@ -1,6 +1,33 @@
 //! The access phase: allow or deny a connection (L4 and L7) or a request (L7).
 //!
 //! Implement [`AccessFilter`] and call [`export_access_filter!`](crate::export_access_filter).
+//! A filter that refuses requests without an API key:
+//!
+//! ```
+//! use weir_sdk::access::*;
+//!
+//! #[derive(serde::Deserialize)]
+//! struct Settings {
+//!     header: String,
+//! }
+//!
+//! struct NeedsKey(Settings);
+//!
+//! impl AccessFilter for NeedsKey {
+//!     fn init(config: Config) -> Result<Self, Error> {
+//!         Ok(NeedsKey(config.parse()?))
+//!     }
+//!     fn check_request(&mut self, _conn: &Connection, req: &Request) -> Result<Verdict, Error> {
+//!         Ok(match req.header(&self.0.header) {
+//!             Some(_) => Verdict::Allow,
+//!             None => deny(format!("no {}", self.0.header), Some(401)),
+//!         })
+//!     }
+//! }
+//!
+//! weir_sdk::export_access_filter!(NeedsKey);
+//! # fn main() {}
+//! ```
 
 #[doc(hidden)]
 pub mod bindings {

@@ -188,7 +188,29 @@ impl Config {
 
     /// Deserialize into the plugin's own config type. An empty config reads
     /// as an empty table. The error names the key that does not fit, as a
-    /// path (`checks[2].port: invalid type: ...`).
+    /// path (`checks[2].port: invalid type: ...`), and `?` turns it into
+    /// [`Error::InvalidConfig`], which weir reports at load with the file and
+    /// line of the instance's `config`.
+    ///
+    /// ```
+    /// use weir_sdk::Config;
+    ///
+    /// #[derive(serde::Deserialize, Debug)]
+    /// #[serde(deny_unknown_fields)]
+    /// struct Settings {
+    ///     prefix: String,
+    ///     #[serde(default)]
+    ///     weights: Vec<u32>,
+    /// }
+    ///
+    /// let ok: Settings = Config::from_json(r#"{"prefix": "/api/"}"#.into()).parse().unwrap();
+    /// assert_eq!((ok.prefix.as_str(), ok.weights.len()), ("/api/", 0));
+    ///
+    /// let bad = Config::from_json(r#"{"prefix": "/", "weights": [1, "x"]}"#.into()).parse::<Settings>();
+    /// assert!(bad.unwrap_err().starts_with("weights[1]: invalid type"));
+    /// let typo = Config::from_json(r#"{"prefx": "/"}"#.into()).parse::<Settings>();
+    /// assert!(typo.unwrap_err().contains("unknown field `prefx`"));
+    /// ```
     pub fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, String> {
         let text = if self.0.trim().is_empty() { "{}" } else { &self.0 };
         let mut de = serde_json::Deserializer::from_str(text);

@@ -70,6 +70,15 @@ pub fn parse_backend_line(line: &str) -> Result<Option<Discovered>, String> {
 
 /// Parse a whole text of backend lines (see [`parse_backend_line`]); an
 /// error names the 1-based line number.
+///
+/// ```
+/// use weir_sdk::discovery::parse_backend_lines;
+///
+/// let list = parse_backend_lines("# the web tier\n10.0.0.1:80 weight=3 tags=eu,ssd\n\n10.0.0.2:80\n").unwrap();
+/// assert_eq!(list.len(), 2);
+/// assert_eq!((list[0].weight, list[0].tags.clone()), (3, vec!["eu".to_string(), "ssd".to_string()]));
+/// assert_eq!(parse_backend_lines("10.0.0.1:80\nnot-an-address\n").unwrap_err(), "line 2: `not-an-address` is not `host:port`");
+/// ```
 pub fn parse_backend_lines(text: &str) -> Result<Vec<Discovered>, String> {
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {

@@ -2,7 +2,32 @@
 //!
 //! Implement [`HealthChecker`] and call [`export_health_checker!`](crate::export_health_checker).
 //! The [`io`](crate::io) functions reach the backend being checked without
-//! any grant.
+//! any grant. A checker that expects a banner from the backend:
+//!
+//! ```
+//! use std::time::Duration;
+//! use weir_sdk::health::*;
+//!
+//! struct Banner;
+//!
+//! impl HealthChecker for Banner {
+//!     fn init(_config: Config) -> Result<Self, Error> {
+//!         Ok(Banner)
+//!     }
+//!     fn check(&mut self, target: &Backend) -> Result<Health, Error> {
+//!         match io::tcp_probe(&target.address, b"", 64, Duration::from_millis(500)) {
+//!             Ok(reply) if reply.starts_with(b"220 ") => Ok(Health::Healthy),
+//!             Ok(_) => Ok(Health::Unhealthy("no 220 banner".into())),
+//!             // A refused or timed-out probe is unhealthy; I/O the grants
+//!             // deny is the instance's error.
+//!             Err(e) => unhealthy_from(e),
+//!         }
+//!     }
+//! }
+//!
+//! weir_sdk::export_health_checker!(Banner);
+//! # fn main() {}
+//! ```
 
 #[doc(hidden)]
 pub mod bindings {

@@ -6,7 +6,7 @@
 //! discovery adapters (`discovery-adapter`) also get [`io`] (in those
 //! features only). A whole round-robin balancer:
 //!
-//! ```ignore
+//! ```
 //! use weir_sdk::balancer::*;
 //!
 //! struct RoundRobin;
@@ -23,7 +23,11 @@
 //! }
 //!
 //! weir_sdk::export_balancer!(RoundRobin);
+//! # fn main() {}
 //! ```
+//!
+//! Each phase module has an example of its own; they are compiled (and the
+//! ones that need no host, run) by `cargo test -p weir-sdk --doc --all-features`.
 
 #![deny(missing_docs)]
 

@@ -1,6 +1,34 @@
 //! The route phase: map an HTTP request (or a TLS connection by SNI) to a pool.
 //!
 //! Implement [`Router`] and call [`export_router!`](crate::export_router).
+//! A router that sends one host to its own pool, keyed by a header for the
+//! pool's balancer:
+//!
+//! ```
+//! use weir_sdk::router::*;
+//!
+//! struct ByHost;
+//!
+//! impl Router for ByHost {
+//!     fn init(_config: Config) -> Result<Self, Error> {
+//!         Ok(ByHost)
+//!     }
+//!     fn route_request(&mut self, _conn: &Connection, req: &Request) -> Result<Decision, Error> {
+//!         if req.host().as_deref() != Some("api.example.com") {
+//!             return Ok(Decision::NoMatch);
+//!         }
+//!         Ok(Decision::Forward(Forward {
+//!             pool: "api".into(),
+//!             hash_key: req.header("x-user"),
+//!             request_headers: vec![HeaderEdit { name: "x-routed".into(), value: Some("api".into()) }],
+//!             response_headers: Vec::new(),
+//!         }))
+//!     }
+//! }
+//!
+//! weir_sdk::export_router!(ByHost);
+//! # fn main() {}
+//! ```
 
 #[doc(hidden)]
 pub mod bindings {
