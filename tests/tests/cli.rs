@@ -280,16 +280,10 @@ async fn plugin_new_makes_a_project_that_builds_loads_and_balances() -> Result<(
     assert!(!bad.ok && bad.stderr.contains("`balancr` is not one of"), "{}", bad.stderr);
 
     // Build it (reusing the test build's wasm32 standard library).
-    let built = Command::new(weir_bin())
-        .args(["plugin", "build"])
-        .current_dir(&project)
-        .env("CARGO_TARGET_DIR", env!("WEIR_TEST_WASM_TARGET"))
-        .stdin(Stdio::null())
-        .output()?;
-    let stdout = String::from_utf8_lossy(&built.stdout);
-    assert!(built.status.success(), "{stdout}{}", String::from_utf8_lossy(&built.stderr));
+    let built = weir_building(&["plugin", "build"], &project)?;
+    assert!(built.ok, "{}{}", built.stdout, built.stderr);
     let wasm = project.join("target/weir/skip-one.wasm");
-    assert!(stdout.contains("built") && wasm.exists(), "{stdout}");
+    assert!(built.stdout.contains("built") && wasm.exists(), "{}", built.stdout);
     let check = weir(&["plugin", "check", "skip-one/target/weir/skip-one.wasm", "--config", "{ offset = 1 }"], &dir);
     assert!(check.ok && check.stdout.contains("loads: yes, world balancer"), "{}", check.stdout);
 

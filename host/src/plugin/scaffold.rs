@@ -397,46 +397,43 @@ pub fn build_project(dir: &Path) -> Result<PathBuf> {
     }
 }
 
-/// Whether `tool --version` runs.
-fn runs(tool: &Path) -> bool {
-    Command::new(tool).arg("--version").stdin(Stdio::null()).output().is_ok_and(|o| o.status.success())
+/// A build tool: `local` (inside the project) when it exists, else `name`
+/// when it runs from `PATH`, else `local` after `install` put it there.
+fn find_or_install(local: PathBuf, name: &str, install: impl FnOnce() -> Result<()>) -> Result<PathBuf> {
+    if local.exists() {
+        return Ok(local);
+    }
+    let on_path = Command::new(name).arg("--version").stdin(Stdio::null()).output();
+    if on_path.is_ok_and(|o| o.status.success()) {
+        return Ok(PathBuf::from(name));
+    }
+    install()?;
+    Ok(local)
 }
 
 /// componentize-py: the project's `.venv`, else `PATH`, else installed into
 /// the project's `.venv` with pip.
 fn python_tool(dir: &Path, version: &str) -> Result<PathBuf> {
-    let venv = dir.join(".venv/bin/componentize-py");
-    if venv.exists() {
-        return Ok(venv);
-    }
-    if runs(Path::new("componentize-py")) {
-        return Ok(PathBuf::from("componentize-py"));
-    }
-    eprintln!("weir: componentize-py not found; installing componentize-py {version} into .venv");
-    let mut c = Command::new("python3");
-    c.args(["-m", "venv", ".venv"]).current_dir(dir);
-    run(c, "python3 -m venv (Debian: apt install python3-venv)")?;
-    let mut c = Command::new(dir.join(".venv/bin/pip"));
-    c.args(["install", "--quiet", &format!("componentize-py=={version}")]).current_dir(dir);
-    run(c, "pip install componentize-py")?;
-    Ok(venv)
+    find_or_install(dir.join(".venv/bin/componentize-py"), "componentize-py", || {
+        eprintln!("weir: componentize-py not found; installing componentize-py {version} into .venv");
+        let mut c = Command::new("python3");
+        c.args(["-m", "venv", ".venv"]).current_dir(dir);
+        run(c, "python3 -m venv (Debian: apt install python3-venv)")?;
+        let mut c = Command::new(dir.join(".venv/bin/pip"));
+        c.args(["install", "--quiet", &format!("componentize-py=={version}")]).current_dir(dir);
+        run(c, "pip install componentize-py")
+    })
 }
 
 /// componentize-js: the project's `node_modules`, else `PATH`, else
 /// installed with `npm install --no-save` from `package.json`.
 fn js_tool(dir: &Path) -> Result<PathBuf> {
-    let local = dir.join("node_modules/.bin/componentize-js");
-    if local.exists() {
-        return Ok(local);
-    }
-    if runs(Path::new("componentize-js")) {
-        return Ok(PathBuf::from("componentize-js"));
-    }
-    eprintln!("weir: componentize-js not found; running npm install");
-    let mut c = Command::new("npm");
-    c.args(["install", "--no-save", "--no-audit", "--no-fund"]).current_dir(dir);
-    run(c, "npm install (Debian: apt install npm)")?;
-    Ok(local)
+    find_or_install(dir.join("node_modules/.bin/componentize-js"), "componentize-js", || {
+        eprintln!("weir: componentize-js not found; running npm install");
+        let mut c = Command::new("npm");
+        c.args(["install", "--no-save", "--no-audit", "--no-fund"]).current_dir(dir);
+        run(c, "npm install (Debian: apt install npm)")
+    })
 }
 
 /// Run a toolchain step with no stdin; its output is shown only when it fails.
