@@ -17,18 +17,6 @@ impl Drop for Child {
     }
 }
 
-/// A loopback port free for both UDP and TCP (dnsmasq binds both).
-pub fn free_udp_port() -> Result<u16> {
-    for _ in 0..50 {
-        let tcp = std::net::TcpListener::bind("127.0.0.1:0")?;
-        let port = tcp.local_addr()?.port();
-        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return Ok(port);
-        }
-    }
-    anyhow::bail!("no loopback port free for both UDP and TCP")
-}
-
 /// Where Debian's dnsmasq-base puts the binary.
 pub const DNSMASQ: &str = "/usr/sbin/dnsmasq";
 

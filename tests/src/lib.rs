@@ -286,7 +286,7 @@ impl Nginx {
         for (file, content) in files {
             std::fs::write(dir.join("www").join(file), content)?;
         }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = free_port()?;
         let d = dir.display();
         let conf = format!(
             "daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
@@ -325,10 +325,31 @@ impl Drop for Nginx {
     }
 }
 
-/// A free loopback port (bound and released: another process may take it
-/// first, as with any port picked ahead).
+/// A free loopback port, for TCP and UDP alike, for a peer (HAProxy, nginx,
+/// dnsmasq, pebble) that must be told its port ahead. Picked at random below
+/// the kernel's ephemeral range and checked free, not taken from `:0`: that
+/// gives an ephemeral port, which the outgoing connections of every test
+/// running beside this one draw from, so one of them could take it before
+/// the peer binds it.
 pub fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    use std::hash::{BuildHasher, Hasher};
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (from, to) = (10_000u16, low.max(10_100));
+    for attempt in 0u32..200 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        h.write_u32(attempt);
+        let port = from + (h.finish() % u64::from(to - from)) as u16;
+        let tcp = std::net::TcpListener::bind(("127.0.0.1", port));
+        let udp = std::net::UdpSocket::bind(("127.0.0.1", port));
+        if tcp.is_ok() && udp.is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free loopback port found in {from}..{to}")
 }
 
 /// Connect to `addr` from the loopback address `from` (e.g. `127.0.0.2`),

@@ -24,10 +24,6 @@ impl Drop for Child {
     }
 }
 
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 fn spawn(program: &str, args: &[String], env: &[(&str, &str)], log: &Path) -> Result<Child> {
     ensure!(
         Path::new(program).exists(),

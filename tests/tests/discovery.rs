@@ -23,7 +23,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use weir::upstream::Pool;
 use weir::Server;
-use weir_tests::dns::{free_udp_port, Child, Dnsmasq};
+use weir_tests::dns::{Child, Dnsmasq};
 use weir_tests::web::{body, client_h1, send};
 use weir_tests::*;
 
@@ -118,11 +118,6 @@ async fn pool_becomes(what: &str, pool: &Pool, want: &[Entry]) -> Result<()> {
 async fn pool_becomes_set(what: &str, pool: &Pool, want: &[Entry]) -> Result<()> {
     let want = sorted(want.to_vec());
     eventually(what, || sorted_backends(pool) == want).await.with_context(|| format!("pool is {:?}", backends(pool)))
-}
-
-/// A free loopback TCP port (bound and released).
-fn free_tcp_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// Standard base64 with padding (etcd's JSON gateway takes keys and values so).
@@ -230,7 +225,7 @@ impl Etcd {
             Path::new(ETCD).exists(),
             "{ETCD} is missing: install the Debian package etcd-server (scripts/setup --test does)"
         );
-        let (client, peer) = (free_tcp_port()?, free_tcp_port()?);
+        let (client, peer) = (free_port()?, free_port()?);
         let endpoint = format!("http://127.0.0.1:{client}");
         let peer_url = format!("http://127.0.0.1:{peer}");
         let log_path = dir.join("etcd.log");
@@ -600,7 +595,7 @@ async fn consul_discovery_reads_the_health_api() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dns_discovery_follows_a_and_srv_records_from_dnsmasq() -> Result<()> {
     let dir = Scratch::new("dns")?;
-    let port = free_udp_port()?;
+    let port = free_port()?;
     let records = |r: &[&str]| r.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     let mut dns = Dnsmasq::start(
         port,
@@ -658,7 +653,7 @@ async fn dns_discovery_follows_a_and_srv_records_from_dnsmasq() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dns_ipv4_discovery_survives_a_refused_aaaa_question() -> Result<()> {
     let dir = Scratch::new("dns-refused")?;
-    let port = free_udp_port()?;
+    let port = free_port()?;
     let _dns = Dnsmasq::start(port, dir.join("dnsmasq.log"), &["--host-record=web.test,127.0.0.2".to_string()]).await?;
     let text = format!(
         "[plugins.dns-a]\nsource = \"builtin:discover-dns\"\n\

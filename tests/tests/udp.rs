@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 use weir::Server;
-use weir_tests::dns::{free_udp_port, Dnsmasq};
+use weir_tests::dns::Dnsmasq;
 use weir_tests::web::{body, client_h1, send};
 use weir_tests::*;
 
@@ -198,7 +198,7 @@ async fn dns_through_weir_alternates_between_two_dnsmasq_servers() -> Result<()>
     let dnsmasq = |name: &'static str, ip: &'static str| async move {
         let log = std::env::temp_dir().join(format!("weir-udp-dnsmasq-{name}-{}.log", std::process::id()));
         let records = ["--local=/test/".to_string(), format!("--host-record=svc.test,{ip}")];
-        Dnsmasq::start(free_udp_port()?, log, &records).await
+        Dnsmasq::start(free_port()?, log, &records).await
     };
     let (one, two) = (dnsmasq("one", "10.0.0.1").await?, dnsmasq("two", "10.0.0.2").await?);
     let extra = "udp_max_requests = 1\nudp_max_responses = 1\n";
