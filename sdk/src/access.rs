@@ -53,12 +53,16 @@ pub trait AccessFilter: Sized + 'static {
     /// Build the filter from its instance config.
     fn init(config: Config) -> Result<Self, Error>;
 
-    /// Decide on a new connection. Allows by default.
+    /// Decide on a new connection (TCP, TLS, HTTP) or UDP session. Allows
+    /// by default. Answer [`Verdict::AllowConnection`] when the decision
+    /// holds for all of an HTTP connection's requests (it depends only on
+    /// the connection): weir then skips `check_request` for them.
     fn check_connection(&mut self, _conn: &Connection) -> Result<Verdict, Error> {
         Ok(Verdict::Allow)
     }
 
-    /// Decide on an HTTP request head. Allows by default.
+    /// Decide on an HTTP request head, unless `check_connection` settled
+    /// the request's connection. Allows by default.
     fn check_request(&mut self, _conn: &Connection, _req: &Request) -> Result<Verdict, Error> {
         Ok(Verdict::Allow)
     }

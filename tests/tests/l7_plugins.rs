@@ -1,5 +1,6 @@
 //! The bundled L7 plugins end to end: `ab-split`, `cond`, `rate-limit` and
-//! `ip-access` on an HTTP listener, plus WebSocket and malformed requests.
+//! `ip-access` on an HTTP listener (asked once per connection), plus
+//! WebSocket and malformed requests.
 
 use anyhow::Result;
 use bytes::Bytes;
@@ -215,6 +216,45 @@ async fn ip_access_answers_403_on_http() -> Result<()> {
     assert_eq!(got.status, StatusCode::FORBIDDEN);
     assert!(String::from_utf8_lossy(&got.body).contains("denied by ip-access"), "{:?}", got.body);
     assert_eq!(b[0].requests(), 0);
+    weir.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_settled_per_connection_spares_or_answers_its_requests() -> Result<()> {
+    let (b, text) = pools(&["p"]).await?;
+    // ip-access answers `allow-connection` or `deny` at check-connection;
+    // rate-limit by header answers plain `allow` there and is asked per request.
+    let text = text.replace("pool = \"p\"\n", "pool = \"p\"\naccess = [\"acl\", \"limit\"]\n")
+        + "\n[plugins.acl]\nsource = \"builtin:ip-access\"\nconfig = { default = \"deny\", rules = [\"allow 127.0.0.1\"] }\n"
+        + "\n[plugins.limit]\nsource = \"builtin:rate-limit\"\nconfig = { rate = 100000, by = \"header:x-user\" }\n";
+    let weir = start_weir(&text).await?;
+    let addr = weir.listener_addr("web").unwrap();
+    let calls = |name: &str| weir.plugin(name).unwrap().stats().calls.load(std::sync::atomic::Ordering::Relaxed);
+
+    // 20 requests over one keep-alive connection from an allowed address.
+    let client = client_h1();
+    for _ in 0..20 {
+        assert_eq!(send(&client, get(addr, "x", "/")).await?.status, StatusCode::OK);
+    }
+    assert_eq!(b[0].requests(), 20);
+    // Once per connection: this one, and perhaps start_weir's readiness probe.
+    let (acl, limit) = (calls("acl"), calls("limit"));
+    assert!((1..=2).contains(&acl), "ip-access is asked once per connection, not per request: {acl} calls");
+    assert_eq!(limit, acl + 20, "rate-limit: check-connection per connection, then every request");
+
+    // Three pipelined requests on one connection from a denied address:
+    // each gets the denial, with no further call and nothing forwarded.
+    let mut s = connect_from("127.0.0.2", addr).await?;
+    s.write_all(b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\nGET /2 HTTP/1.1\r\nHost: x\r\n\r\nGET /3 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await?;
+    let mut got = Vec::new();
+    tokio::time::timeout(STEP, s.read_to_end(&mut got)).await??;
+    let got = String::from_utf8_lossy(&got);
+    assert_eq!(got.matches("HTTP/1.1 403 Forbidden").count(), 3, "{got}");
+    assert_eq!(got.matches("127.0.0.2 denied by ip-access").count(), 3, "{got}");
+    assert_eq!(calls("acl"), acl + 1);
+    assert_eq!(calls("limit"), limit, "a denied connection asks no later filter");
+    assert_eq!(b[0].requests(), 20);
     weir.shutdown().await;
     Ok(())
 }

@@ -382,7 +382,7 @@ impl tokio::io::AsyncWrite for Prefixed {
 pub fn admit(listener: &str, access: &[Arc<PluginInstance>], conn: &types::Connection, peer: SocketAddr) -> bool {
     for filter in access {
         match filter.check_connection(conn) {
-            Ok(Verdict::Allow) => {}
+            Ok(Verdict::Allow | Verdict::AllowConnection) => {}
             Ok(Verdict::Deny { reason, .. }) => {
                 tracing::debug!(%listener, %peer, plugin = filter.name(), "denied: {reason}");
                 return false;

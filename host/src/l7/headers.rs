@@ -11,8 +11,21 @@ use std::net::SocketAddr;
 /// The request id header weir adds (and keeps when the client sent one).
 pub const X_REQUEST_ID: &str = "x-request-id";
 
-const HOP_BY_HOP: [&str; 7] =
-    ["connection", "proxy-connection", "keep-alive", "te", "transfer-encoding", "upgrade", "proxy-authenticate"];
+/// Names built once: removing or inserting by `&str` parses the name each time.
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("proxy-connection"),
+    HeaderName::from_static("keep-alive"),
+    header::TE,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHENTICATE,
+];
+/// [`X_REQUEST_ID`] as a header name.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static(X_REQUEST_ID);
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Whether a request asks for a protocol upgrade (WebSocket).
 fn is_upgrade(headers: &HeaderMap) -> bool {
@@ -27,6 +40,11 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
 /// Remove hop-by-hop fields, including those the `Connection` field names.
 /// `TE: trailers` survives (HTTP/2 and gRPC need it).
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // The usual head has none but `Connection`, or none at all: look before
+    // removing (a removal hashes and probes even when nothing is there).
+    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -41,7 +59,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
     if te_trailers {
@@ -93,17 +111,17 @@ pub fn prepare_request(
     }
     if settings.x_forwarded {
         let ip = peer.ip().to_string();
-        let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        let xff = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
             Some(prior) => format!("{prior}, {ip}"),
             None => ip,
         };
         if let Ok(v) = HeaderValue::from_str(&xff) {
-            h.insert("x-forwarded-for", v);
+            h.insert(X_FORWARDED_FOR, v);
         }
         let proto = if settings.https { "https" } else { "http" };
-        h.insert("x-forwarded-proto", HeaderValue::from_static(proto));
+        h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
         if let Some(host) = h.get(header::HOST).cloned() {
-            h.insert("x-forwarded-host", host);
+            h.insert(X_FORWARDED_HOST, host);
         }
     }
     if settings.forwarded {
@@ -123,7 +141,7 @@ pub fn prepare_request(
     if settings.via {
         h.append(header::VIA, HeaderValue::from_static("1.1 weir"));
     }
-    h.insert(X_REQUEST_ID, id.clone());
+    h.insert(REQUEST_ID, id.clone());
     apply_edits(h, edits);
     upgrade
 }
@@ -131,7 +149,7 @@ pub fn prepare_request(
 /// Turn a backend's response head into the one sent to the client.
 pub fn prepare_response(parts: &mut http::response::Parts, edits: &[HeaderEdit], id: &HeaderValue) {
     strip_hop_by_hop(&mut parts.headers);
-    parts.headers.insert(X_REQUEST_ID, id.clone());
+    parts.headers.insert(REQUEST_ID, id.clone());
     apply_edits(&mut parts.headers, edits);
 }
 
@@ -154,7 +172,7 @@ pub fn direct_response(
     let mut resp = Response::new(full(body));
     *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     add_all(resp.headers_mut(), &headers);
-    resp.headers_mut().insert(X_REQUEST_ID, id.clone());
+    resp.headers_mut().insert(REQUEST_ID, id.clone());
     resp
 }
 

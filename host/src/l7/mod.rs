@@ -11,7 +11,8 @@ use crate::plugin::{HttpPick, PluginInstance, RouteDecision, Verdict};
 use crate::upstream::{Backend, Pool};
 use arc_swap::ArcSwap;
 use body::{full, Counted, ProxyBody};
-use http::{HeaderValue, Request, Response, StatusCode};
+use http::uri::{PathAndQuery, Scheme};
+use http::{HeaderValue, Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Incoming};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -138,10 +139,49 @@ struct ClientConn {
     record: types::Connection,
     peer: SocketAddr,
     requests: std::sync::atomic::AtomicU64,
+    access: ConnAccess,
+}
+
+/// What the access filters' `check-connection` settled for a whole HTTP
+/// connection when it opened.
+#[derive(Default)]
+struct ConnAccess {
+    /// Filters that answered `allow-connection`: not asked per request.
+    cleared: Vec<Arc<PluginInstance>>,
+    /// A denial (or a fail-closed failure) that answers every request.
+    denied: Option<Failure>,
+}
+
+impl ConnAccess {
+    /// Ask each filter about the connection, in order, until one denies.
+    fn check(access: &[Arc<PluginInstance>], record: &types::Connection) -> Self {
+        let mut settled = Self::default();
+        for filter in access {
+            match filter.check_connection(record) {
+                Ok(Verdict::Allow) => {}
+                Ok(Verdict::AllowConnection) => settled.cleared.push(filter.clone()),
+                Ok(Verdict::Deny { reason, status, headers }) => {
+                    settled.denied = Some(Failure::Denied(status.unwrap_or(403), reason, headers));
+                    break;
+                }
+                Err(e) if filter.fallback() == Fallback::FailOpen => tracing::debug!("access plugin failed open: {e}"),
+                Err(e) => {
+                    settled.denied = Some(Failure::PluginFailed(e.to_string()));
+                    break;
+                }
+            }
+        }
+        settled
+    }
+
+    /// Whether `filter` cleared the connection for all its requests.
+    fn cleared(&self, filter: &Arc<PluginInstance>) -> bool {
+        self.cleared.iter().any(|c| Arc::ptr_eq(c, filter))
+    }
 }
 
 /// Why a request got an error response; the one place statuses are chosen.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Failure {
     Denied(u16, String, Vec<(String, String)>),
     PluginFailed(String),
@@ -198,7 +238,7 @@ impl Failure {
         *resp.status_mut() = status;
         let h = resp.headers_mut();
         h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
-        h.insert(headers::X_REQUEST_ID, request_id.clone());
+        h.insert(headers::REQUEST_ID, request_id.clone());
         if let Failure::Denied(_, _, extra) = self {
             headers::add_all(h, extra);
         }
@@ -206,8 +246,12 @@ impl Failure {
     }
 }
 
+/// A random 16-digit hex request id, formatted without an allocation of its own.
 fn request_id() -> HeaderValue {
-    HeaderValue::from_str(&format!("{:016x}", rand::random::<u64>())).expect("hex is a valid header value")
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let n = rand::random::<u64>();
+    let digits: [u8; 16] = std::array::from_fn(|i| HEX[(n >> (60 - 4 * i)) as usize & 0xf]);
+    HeaderValue::from_bytes(&digits).expect("hex is a valid header value")
 }
 
 impl HttpService {
@@ -226,7 +270,7 @@ impl HttpService {
             resp.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
             return Ok(resp);
         }
-        let id = req.headers().get(headers::X_REQUEST_ID).cloned().unwrap_or_else(request_id);
+        let id = req.headers().get(&headers::REQUEST_ID).cloned().unwrap_or_else(request_id);
         let started = Instant::now();
         let routes = self.routes.load_full();
         let mut entry = routes.access_log.clone().map(|fields| {
@@ -272,9 +316,12 @@ impl HttpService {
         let (parts, body) = req.into_parts();
         let head = Arc::new(parts);
 
-        for filter in &routes.access {
+        if let Some(denied) = &conn.access.denied {
+            return Err(denied.clone());
+        }
+        for filter in routes.access.iter().filter(|f| !conn.access.cleared(f)) {
             match filter.check_request(&conn.record, head.clone()) {
-                Ok(Verdict::Allow) => {}
+                Ok(Verdict::Allow | Verdict::AllowConnection) => {}
                 Ok(Verdict::Deny { reason, status, headers }) => {
                     return Err(Failure::Denied(status.unwrap_or(403), reason, headers));
                 }
@@ -327,7 +374,8 @@ impl HttpService {
         let upgrade = headers::prepare_request(&mut parts, conn.peer, &routes.settings, id, &request_edits);
         let on_client_upgrade = upgrade.then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>()).flatten();
         parts.version = if target.http2 { http::Version::HTTP_2 } else { http::Version::HTTP_11 };
-        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+        let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let scheme = if target.scheme == "https" { Scheme::HTTPS } else { Scheme::HTTP };
 
         // A request without a body can be sent again to another backend.
         let idempotent = matches!(
@@ -343,6 +391,7 @@ impl HttpService {
             cookies: parts.headers.get_all(http::header::COOKIE).iter().cloned().collect(),
             response_headers: Vec::new(),
         };
+        let mut parts = Some(parts);
         for _ in 0..pool.settings.max_tries {
             let eligible = pool.eligible(&members, &tried);
             if eligible.is_empty() {
@@ -372,9 +421,23 @@ impl HttpService {
                 }
                 _ => body::empty(),
             };
-            let mut upstream = Request::from_parts(parts.clone_parts(), outgoing);
-            *upstream.uri_mut() =
-                format!("{}://{}{}", target.scheme, backend.address, path).parse().map_err(|_| Failure::Unreachable)?;
+            // The head is copied only while another attempt may need it.
+            let last = !replayable || tried.len() + 1 >= pool.settings.max_tries as usize;
+            let head = match parts.take() {
+                Some(p) if last => p,
+                Some(p) => {
+                    let copy = p.clone_parts();
+                    parts = Some(p);
+                    copy
+                }
+                None => return Err(Failure::Unreachable),
+            };
+            let mut upstream = Request::from_parts(head, outgoing);
+            let mut uri = http::uri::Parts::default();
+            uri.scheme = Some(scheme.clone());
+            uri.authority = Some(backend.authority.clone().ok_or(Failure::Unreachable)?);
+            uri.path_and_query = Some(path.clone());
+            *upstream.uri_mut() = Uri::from_parts(uri).map_err(|_| Failure::Unreachable)?;
             let active = backend.stats.open();
             let started = Instant::now();
             match tokio::time::timeout(pool.settings.response_timeout, target.client.request(upstream)).await {
@@ -562,13 +625,15 @@ async fn serve_http<I>(
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let conn = Arc::new(ClientConn { record, peer, requests: Default::default() });
+    // The access filters see the connection once (`check-connection`);
+    // what they settle there spares or answers its requests.
+    let access = ConnAccess::check(&service.routes.load().access, &record);
+    let conn = Arc::new(ClientConn { record, peer, requests: Default::default(), access });
     let first_request_seen = {
         let conn = conn.clone();
         move || conn.requests.load(std::sync::atomic::Ordering::Relaxed) > 0
     };
-    // Access filters run per request (check-request), so a denial is an
-    // HTTP status, not a dropped connection.
+    // A denial is an HTTP status on every request, not a dropped connection.
     let settings = service.routes.load().settings;
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder

@@ -104,6 +104,9 @@ impl PluginStats {
 pub enum Verdict {
     /// Let it through.
     Allow,
+    /// Let the connection and all its requests through: on HTTP, the
+    /// filter is not asked about the connection's requests.
+    AllowConnection,
     /// Refuse it.
     Deny {
         /// Why, for the log.
@@ -441,7 +444,9 @@ impl PluginInstance {
     }
 
     fn deadline_ticks(timeout: Duration) -> u64 {
-        (timeout.as_micros() / super::EPOCH_TICK.as_micros()).max(1) as u64 + 1
+        // The current tick is partly over: one more than ceil(timeout /
+        // tick) stops the call after at least `timeout`.
+        timeout.as_micros().div_ceil(super::EPOCH_TICK.as_micros()).max(1) as u64 + 1
     }
 
     fn fail(&self, kind: CallErrorKind, message: String) -> CallError {
@@ -780,6 +785,7 @@ fn verdict(v: access::exports::weir::plugin::access::Verdict) -> Verdict {
     use access::exports::weir::plugin::access::Verdict as V;
     match v {
         V::Allow => Verdict::Allow,
+        V::AllowConnection => Verdict::AllowConnection,
         V::Deny(d) => Verdict::Deny { reason: d.reason, status: d.status, headers: d.headers },
     }
 }

@@ -207,12 +207,17 @@ fn route_decision(instance: &super::PluginInstance, case: &Case) -> Result<Strin
     })
 }
 
-/// An access filter's verdict on a request: `allow`, `deny` (with its
-/// status) or the error.
+/// An access filter's verdict on a request as an HTTP listener reaches it
+/// (`check-connection`, then `check-request` unless the connection's verdict
+/// settled it): `allow`, `deny` (with its status) or the error.
 fn access_decision(instance: &super::PluginInstance, case: &Case) -> Result<(String, Option<u16>)> {
     let conn = connection(client_addr(&case.client)?, types::Protocol::Http);
-    Ok(match instance.check_request(&conn, request(case)?) {
-        Ok(Verdict::Allow) => ("allow".to_string(), None),
+    let verdict = match instance.check_connection(&conn) {
+        Ok(Verdict::Allow) => instance.check_request(&conn, request(case)?),
+        settled => settled,
+    };
+    Ok(match verdict {
+        Ok(Verdict::Allow | Verdict::AllowConnection) => ("allow".to_string(), None),
         Ok(Verdict::Deny { status, .. }) => ("deny".to_string(), Some(status.unwrap_or(403))),
         Err(e) => (format!("error: {e}"), None),
     })

@@ -226,6 +226,9 @@ pub struct Backend {
     pub slot: u32,
     /// `host:port`.
     pub address: String,
+    /// The address parsed once as a URI authority, for HTTP requests
+    /// (`None` if it is not one).
+    pub authority: Option<http::uri::Authority>,
     /// Relative weight.
     pub weight: u32,
     /// Priority group (lower preferred).

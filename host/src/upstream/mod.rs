@@ -132,6 +132,7 @@ fn build_backends(
         };
         backends.push(Arc::new(Backend {
             slot,
+            authority: s.address.parse().ok(),
             address: s.address,
             weight: s.weight,
             priority: s.priority,

@@ -102,7 +102,12 @@ impl AccessFilter for IpAccess {
     }
 
     fn check_connection(&mut self, conn: &Connection) -> Result<Verdict, Error> {
-        Ok(self.verdict(conn))
+        // The client's address is all this filter looks at: an allowed
+        // connection's requests need not be asked about one by one.
+        Ok(match self.verdict(conn) {
+            Verdict::Allow => Verdict::AllowConnection,
+            denied => denied,
+        })
     }
 
     fn check_request(&mut self, conn: &Connection, _req: &Request) -> Result<Verdict, Error> {
