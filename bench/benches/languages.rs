@@ -79,7 +79,7 @@ fn bench_languages(c: &mut Criterion) {
         group.bench_function("pick", |b| {
             b.iter(|| {
                 let m = p.members();
-                p.balancer.pick(&p, &m, p.eligible(&m, &[]), &conn, Some("eu"), None).unwrap()
+                p.balancer.plugin().unwrap().pick(&p, &m, p.eligible(&m, &[]), &conn, Some("eu"), None).unwrap()
             })
         });
         group.sample_size(10);

@@ -151,7 +151,7 @@ fn bench_pick(c: &mut Criterion) {
             group.bench_with_input(BenchmarkId::new("wasm", n), &n, |b, _| {
                 b.iter(|| {
                     let m = p.members();
-                    p.balancer.pick(&p, &m, p.eligible(&m, &[]), &conn, None, None).unwrap()
+                    p.balancer.plugin().unwrap().pick(&p, &m, p.eligible(&m, &[]), &conn, None, None).unwrap()
                 })
             });
             let mut seq = 0u64;

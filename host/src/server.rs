@@ -75,7 +75,9 @@ impl Prepared {
                 }
             };
         for (name, pool) in &cfg.pools {
-            note(&pool.balancer, World::Balancer, format!("pools.{name}.balancer"))?;
+            if pool.balancer.get_ref() != crate::upstream::NATIVE_ROUND_ROBIN {
+                note(&pool.balancer, World::Balancer, format!("pools.{name}.balancer"))?;
+            }
             if let Some(h) = &pool.health {
                 note(&h.plugin, World::HealthChecker, format!("pools.{name}.health.plugin"))?;
             }
@@ -207,7 +209,10 @@ impl Prepared {
                 None => None,
             };
             let specs = p.backends.get_ref().iter().map(|b| BackendSpec::from(b.get_ref().table())).collect();
-            let balancer = plugins[p.balancer.get_ref()].clone();
+            let balancer = match plugins.get(p.balancer.get_ref()) {
+                Some(plugin) => crate::upstream::Balancer::Plugin(plugin.clone()),
+                None => crate::upstream::Balancer::NativeRoundRobin,
+            };
             let settings = PoolSettings {
                 connect_timeout: p.connect_timeout.0,
                 max_tries: p.max_tries,

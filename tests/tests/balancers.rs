@@ -47,6 +47,33 @@ async fn weighted_round_robin_is_exact_and_smooth() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn native_round_robin_takes_strict_turns_and_only_it_is_native() -> Result<()> {
+    let (a, b, c) = (HttpBackend::start("a").await?, HttpBackend::start("b").await?, HttpBackend::start("c").await?);
+    let weir = start_weir(&config("native:round-robin", &[(&a, 1), (&b, 1), (&c, 1)], "")).await?;
+    assert_eq!(weir.pool("p").unwrap().balancer.name(), "native:round-robin");
+    let addr = weir.listener_addr("web").unwrap();
+    let client = client_h1();
+    let mut order = Vec::new();
+    for _ in 0..300 {
+        order.push(send(&client, get(addr, "x", "/")).await?.header("x-backend").to_string());
+    }
+    // Strict turns: every window of three holds each backend once.
+    assert!(
+        order.chunks(3).all(|w| {
+            let mut w = w.to_vec();
+            w.sort();
+            w == ["a", "b", "c"]
+        }),
+        "{order:?}"
+    );
+    weir.shutdown().await;
+
+    let err = start_weir(&config("native:least-connections", &[(&a, 1)], "")).await.err().expect("refused");
+    assert!(format!("{err:#}").contains("pools.p.balancer: no native balancer `native:least-connections`"), "{err:#}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn least_connections_avoids_a_slow_backend() -> Result<()> {
     let (fast1, fast2, slow) =
         (HttpBackend::start("fast1").await?, HttpBackend::start("fast2").await?, HttpBackend::slow("slow", 200).await?);

@@ -118,7 +118,7 @@ async fn region_balancer_carries_traffic(source: PathBuf) -> Result<()> {
 
     // eu requests stay on the eu backends, shared between them.
     let eu = counts(addr, Some("eu"), "/", 200).await?;
-    let balancer = weir.pool("p").unwrap().balancer.clone();
+    let balancer = weir.pool("p").unwrap().balancer.plugin().unwrap().clone();
     assert_eq!(failures(&balancer), [0; 5], "errors, traps, timeouts, memory, bad answers");
     assert_eq!(eu.keys().collect::<Vec<_>>(), ["eu1", "eu2"], "{eu:?}");
     assert!(eu.values().all(|&n| n >= 80), "eu requests not shared: {eu:?}");
@@ -155,7 +155,7 @@ async fn region_balancer_carries_traffic(source: PathBuf) -> Result<()> {
     assert_eq!(during.len(), 1, "{during:?}");
     assert!(!busy.contains(during.keys().next().unwrap()), "busy {busy:?}, during {during:?}");
 
-    assert_eq!(failures(&weir.pool("p").unwrap().balancer), [0; 5], "errors, traps, timeouts, memory, bad answers");
+    assert_eq!(failures(weir.pool("p").unwrap().balancer.plugin().unwrap()), [0; 5], "errors, traps, timeouts, memory, bad answers");
     Ok(())
 }
 
@@ -224,7 +224,7 @@ async fn region_balancers_agree_on_real_traffic() -> Result<()> {
     assert_eq!(&order["js"], rust, "javascript differs from the Rust twin");
     assert_eq!(&order["c"], rust, "c differs from the Rust twin");
     for (lang, _) in &sources {
-        assert_eq!(failures(&weir.pool(lang).unwrap().balancer), [0; 5], "{lang}: failed calls");
+        assert_eq!(failures(weir.pool(lang).unwrap().balancer.plugin().unwrap()), [0; 5], "{lang}: failed calls");
     }
     Ok(())
 }
@@ -312,7 +312,7 @@ fn region_balancers_make_the_same_choices_as_the_rust_twin() -> Result<()> {
                 answers.push(None);
                 continue;
             }
-            answers.push(Some(pool.balancer.pick(pool, &members, eligible, &conn, key, None)?));
+            answers.push(Some(pool.balancer.plugin().unwrap().pick(pool, &members, eligible, &conn, key, None)?));
         }
         drop(guards);
         let eligible: Vec<u32> = (0..tags.len() as u32).filter(|s| !tried.contains(s)).collect();

@@ -802,7 +802,17 @@ impl Loaded {
             self.check_udp_keys(name, l)?;
         }
         for (name, p) in &c.pools {
-            self.check_plugin_ref(&format!("pools.{name}.balancer"), &p.balancer)?;
+            let key = format!("pools.{name}.balancer");
+            match p.balancer.get_ref().as_str() {
+                crate::upstream::NATIVE_ROUND_ROBIN => {}
+                other if other.starts_with("native:") => {
+                    return Err(self.source.error(
+                        &p.balancer,
+                        format!("{key}: no native balancer `{other}` (the host's own is `native:round-robin`)"),
+                    ))
+                }
+                _ => self.check_plugin_ref(&key, &p.balancer)?,
+            }
             if let Some(h) = &p.health {
                 self.check_plugin_ref(&format!("pools.{name}.health.plugin"), &h.plugin)?;
                 for (value, key) in [(h.interval, "interval"), (h.timeout, "timeout")] {

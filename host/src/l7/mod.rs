@@ -397,20 +397,9 @@ impl HttpService {
             if eligible.is_empty() {
                 break;
             }
-            let slot = match pool.balancer.pick(
-                pool,
-                &members,
-                eligible.clone(),
-                &conn.record,
-                hash_key.as_deref(),
-                Some(&mut http_pick),
-            ) {
-                Ok(slot) => slot,
-                Err(e) => match pool.balancer.fallback() {
-                    Fallback::FailOpen => pool.fallback_pick(&eligible).ok_or(Failure::NoBackend)?,
-                    Fallback::FailClosed => return Err(Failure::PluginFailed(e.to_string())),
-                },
-            };
+            let slot = pool
+                .choose(&members, eligible, &conn.record, hash_key.as_deref(), Some(&mut http_pick))
+                .map_err(Failure::PluginFailed)?;
             let backend = members.backends[slot as usize].clone();
             if let Some(e) = entry.as_mut() {
                 e.backend = backend.address.clone();

@@ -190,7 +190,8 @@ fn run_balancer(instance: &Arc<super::PluginInstance>, cases: &Cases, case: &Cas
 fn pick_once(pool: &Arc<Pool>, conn: &types::Connection, hash_key: Option<&str>) -> String {
     let members = pool.members();
     let eligible = pool.eligible(&members, &[]);
-    match pool.balancer.pick(pool, &members, eligible, conn, hash_key, None) {
+    let Some(plugin) = pool.balancer.plugin() else { return "error: not a balancer plugin".into() };
+    match plugin.pick(pool, &members, eligible, conn, hash_key, None) {
         Ok(slot) => members.backends[slot as usize].address.clone(),
         Err(e) => format!("error: {e}"),
     }

@@ -314,14 +314,52 @@ impl MemberChange {
     }
 }
 
+/// The name of the host's own round-robin balancer.
+pub const NATIVE_ROUND_ROBIN: &str = "native:round-robin";
+
+/// A pool's balancer: a plugin instance, or the host's own round-robin.
+#[derive(Clone)]
+pub enum Balancer {
+    /// A balancer plugin instance.
+    Plugin(Arc<PluginInstance>),
+    /// `native:round-robin`: round-robin run by the host with no Wasm call,
+    /// the one a failing-open plugin falls back to. The baseline the
+    /// benchmarks measure the plugin pipeline against.
+    NativeRoundRobin,
+}
+
+impl From<Arc<PluginInstance>> for Balancer {
+    fn from(p: Arc<PluginInstance>) -> Self {
+        Self::Plugin(p)
+    }
+}
+
+impl Balancer {
+    /// The instance name (or `native:round-robin`).
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Plugin(p) => p.name(),
+            Self::NativeRoundRobin => NATIVE_ROUND_ROBIN,
+        }
+    }
+
+    /// The plugin instance, unless the balancer is native.
+    pub fn plugin(&self) -> Option<&Arc<PluginInstance>> {
+        match self {
+            Self::Plugin(p) => Some(p),
+            Self::NativeRoundRobin => None,
+        }
+    }
+}
+
 /// A named set of backends with one balancer.
 pub struct Pool {
     /// Process-unique id, handed to balancers.
     pub id: u32,
     /// Name from the config.
     pub name: String,
-    /// The balancer plugin.
-    pub balancer: Arc<PluginInstance>,
+    /// The balancer.
+    pub balancer: Balancer,
     /// Connection and failure settings.
     pub settings: PoolSettings,
     /// HTTP retry accounting.
@@ -344,7 +382,7 @@ impl Pool {
     pub fn new(
         name: &str,
         specs: Vec<BackendSpec>,
-        balancer: Arc<PluginInstance>,
+        balancer: impl Into<Balancer>,
         settings: PoolSettings,
         previous: Option<&Pool>,
     ) -> Self {
@@ -354,7 +392,7 @@ impl Pool {
         Self {
             id: NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed),
             name: name.into(),
-            balancer,
+            balancer: balancer.into(),
             settings,
             retries: RetryBudget::default(),
             members: ArcSwap::from_pointee(Members::new(1, backends, live.clone())),
@@ -542,7 +580,35 @@ impl Pool {
         });
     }
 
-    /// The native default used when the balancer plugin fails open: round-robin.
+    /// One of `eligible` (which must not be empty) from the balancer. A
+    /// plugin call that fails applies the instance's fallback: the native
+    /// round-robin when it fails open, the error when it fails closed.
+    pub fn choose(
+        self: &Arc<Self>,
+        members: &Arc<Members>,
+        eligible: Arc<Vec<u32>>,
+        conn: &types::Connection,
+        hash_key: Option<&str>,
+        http: Option<&mut crate::plugin::HttpPick>,
+    ) -> Result<u32, String> {
+        let plugin = match &self.balancer {
+            Balancer::Plugin(p) => p,
+            Balancer::NativeRoundRobin => return self.fallback_pick(&eligible).ok_or_else(|| "no backend".into()),
+        };
+        match plugin.pick(self, members, eligible.clone(), conn, hash_key, http) {
+            Ok(slot) => Ok(slot),
+            Err(e) => {
+                tracing::debug!(pool = %self.name, "balancer failed: {e}");
+                match plugin.fallback() {
+                    crate::config::Fallback::FailOpen => self.fallback_pick(&eligible).ok_or_else(|| e.to_string()),
+                    crate::config::Fallback::FailClosed => Err(e.to_string()),
+                }
+            }
+        }
+    }
+
+    /// The native round-robin: `native:round-robin`, and the fallback of a
+    /// balancer plugin that fails open.
     pub fn fallback_pick(&self, eligible: &[u32]) -> Option<u32> {
         if eligible.is_empty() {
             return None;
@@ -572,16 +638,7 @@ impl Pool {
             if eligible.is_empty() {
                 break;
             }
-            let slot = match self.balancer.pick(self, &members, eligible.clone(), conn, hash_key, None) {
-                Ok(slot) => slot,
-                Err(e) => {
-                    tracing::debug!(pool = %self.name, "balancer failed: {e}");
-                    match self.balancer.fallback() {
-                        crate::config::Fallback::FailOpen => self.fallback_pick(&eligible)?,
-                        crate::config::Fallback::FailClosed => return None,
-                    }
-                }
-            };
+            let Ok(slot) = self.choose(&members, eligible, conn, hash_key, None) else { return None };
             let backend = &members.backends[slot as usize];
             match tokio::time::timeout(self.settings.connect_timeout, attempt(backend.clone())).await {
                 Ok(Ok(done)) => return Some((done, backend.clone())),
