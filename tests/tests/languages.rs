@@ -155,7 +155,11 @@ async fn region_balancer_carries_traffic(source: PathBuf) -> Result<()> {
     assert_eq!(during.len(), 1, "{during:?}");
     assert!(!busy.contains(during.keys().next().unwrap()), "busy {busy:?}, during {during:?}");
 
-    assert_eq!(failures(weir.pool("p").unwrap().balancer.plugin().unwrap()), [0; 5], "errors, traps, timeouts, memory, bad answers");
+    assert_eq!(
+        failures(weir.pool("p").unwrap().balancer.plugin().unwrap()),
+        [0; 5],
+        "errors, traps, timeouts, memory, bad answers"
+    );
     Ok(())
 }
 
