@@ -209,9 +209,9 @@ impl Prepared {
                 None => None,
             };
             let specs = p.backends.get_ref().iter().map(|b| BackendSpec::from(b.get_ref().table())).collect();
-            let balancer = match plugins.get(p.balancer.get_ref()) {
-                Some(plugin) => crate::upstream::Balancer::Plugin(plugin.clone()),
-                None => crate::upstream::Balancer::NativeRoundRobin,
+            let balancer = match p.balancer.get_ref().as_str() {
+                crate::upstream::NATIVE_ROUND_ROBIN => crate::upstream::Balancer::NativeRoundRobin,
+                name => crate::upstream::Balancer::Plugin(plugins[name].clone()),
             };
             let settings = PoolSettings {
                 connect_timeout: p.connect_timeout.0,

@@ -377,26 +377,63 @@ impl tokio::io::AsyncWrite for Prefixed {
     }
 }
 
-/// Run the access phase of a connection (TCP, TLS) or session (UDP):
-/// `true` lets it through. A failed call applies the filter's fallback.
-pub fn admit(listener: &str, access: &[Arc<PluginInstance>], conn: &types::Connection, peer: SocketAddr) -> bool {
-    for filter in access {
-        match filter.check_connection(conn) {
-            Ok(Verdict::Allow | Verdict::AllowConnection) => {}
-            Ok(Verdict::Deny { reason, .. }) => {
-                tracing::debug!(%listener, %peer, plugin = filter.name(), "denied: {reason}");
-                return false;
-            }
-            Err(e) => {
-                let open = filter.fallback() == Fallback::FailOpen;
-                tracing::debug!(%listener, %peer, fail_open = open, "access plugin failed: {e}");
-                if !open {
-                    return false;
+/// What the access filters' `check-connection` settled for a connection
+/// (TCP, TLS, HTTP) or UDP session, asked in order until one refuses.
+#[derive(Default)]
+pub struct Admission {
+    /// Filters that answered `allow-connection`: on HTTP, not asked about
+    /// the connection's requests.
+    pub cleared: Vec<Arc<PluginInstance>>,
+    /// Why the connection is refused, if it is.
+    pub refused: Option<Refusal>,
+}
+
+/// A refused connection.
+#[derive(Debug, Clone)]
+pub enum Refusal {
+    /// A filter denied it (status and headers are for HTTP).
+    Denied { reason: String, status: Option<u16>, headers: Vec<(String, String)> },
+    /// A filter's call failed and the filter fails closed.
+    Failed(String),
+}
+
+impl Admission {
+    /// Run the access phase of a connection. A failed call applies the
+    /// filter's fallback.
+    pub fn check(listener: &str, access: &[Arc<PluginInstance>], conn: &types::Connection, peer: SocketAddr) -> Self {
+        let mut settled = Self::default();
+        for filter in access {
+            match filter.check_connection(conn) {
+                Ok(Verdict::Allow) => {}
+                Ok(Verdict::AllowConnection) => settled.cleared.push(filter.clone()),
+                Ok(Verdict::Deny { reason, status, headers }) => {
+                    tracing::debug!(%listener, %peer, plugin = filter.name(), "denied: {reason}");
+                    settled.refused = Some(Refusal::Denied { reason, status, headers });
+                    break;
+                }
+                Err(e) => {
+                    let open = filter.fallback() == Fallback::FailOpen;
+                    tracing::debug!(%listener, %peer, fail_open = open, "access plugin failed: {e}");
+                    if !open {
+                        settled.refused = Some(Refusal::Failed(e.to_string()));
+                        break;
+                    }
                 }
             }
         }
+        settled
     }
-    true
+
+    /// Whether `filter` cleared the connection for all its requests.
+    pub fn cleared(&self, filter: &Arc<PluginInstance>) -> bool {
+        self.cleared.iter().any(|c| Arc::ptr_eq(c, filter))
+    }
+}
+
+/// Run the access phase of a connection (TCP, TLS) or session (UDP):
+/// `true` lets it through.
+pub fn admit(listener: &str, access: &[Arc<PluginInstance>], conn: &types::Connection, peer: SocketAddr) -> bool {
+    Admission::check(listener, access, conn, peer).refused.is_none()
 }
 
 /// Accept connections until `stop` is cancelled; each runs on `tracker`.

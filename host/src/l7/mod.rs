@@ -6,6 +6,7 @@ mod body;
 pub mod headers;
 
 use crate::config::Fallback;
+use crate::l4::{Admission, Refusal};
 use crate::plugin::bindings::types;
 use crate::plugin::{HttpPick, PluginInstance, RouteDecision, Verdict};
 use crate::upstream::{Backend, Pool};
@@ -139,45 +140,10 @@ struct ClientConn {
     record: types::Connection,
     peer: SocketAddr,
     requests: std::sync::atomic::AtomicU64,
-    access: ConnAccess,
-}
-
-/// What the access filters' `check-connection` settled for a whole HTTP
-/// connection when it opened.
-#[derive(Default)]
-struct ConnAccess {
-    /// Filters that answered `allow-connection`: not asked per request.
-    cleared: Vec<Arc<PluginInstance>>,
-    /// A denial (or a fail-closed failure) that answers every request.
-    denied: Option<Failure>,
-}
-
-impl ConnAccess {
-    /// Ask each filter about the connection, in order, until one denies.
-    fn check(access: &[Arc<PluginInstance>], record: &types::Connection) -> Self {
-        let mut settled = Self::default();
-        for filter in access {
-            match filter.check_connection(record) {
-                Ok(Verdict::Allow) => {}
-                Ok(Verdict::AllowConnection) => settled.cleared.push(filter.clone()),
-                Ok(Verdict::Deny { reason, status, headers }) => {
-                    settled.denied = Some(Failure::Denied(status.unwrap_or(403), reason, headers));
-                    break;
-                }
-                Err(e) if filter.fallback() == Fallback::FailOpen => tracing::debug!("access plugin failed open: {e}"),
-                Err(e) => {
-                    settled.denied = Some(Failure::PluginFailed(e.to_string()));
-                    break;
-                }
-            }
-        }
-        settled
-    }
-
-    /// Whether `filter` cleared the connection for all its requests.
-    fn cleared(&self, filter: &Arc<PluginInstance>) -> bool {
-        self.cleared.iter().any(|c| Arc::ptr_eq(c, filter))
-    }
+    /// What `check-connection` settled when the connection opened.
+    access: Admission,
+    /// The answer to every request when it refused the connection.
+    refused: Option<Failure>,
 }
 
 /// Why a request got an error response; the one place statuses are chosen.
@@ -316,8 +282,8 @@ impl HttpService {
         let (parts, body) = req.into_parts();
         let head = Arc::new(parts);
 
-        if let Some(denied) = &conn.access.denied {
-            return Err(denied.clone());
+        if let Some(refused) = &conn.refused {
+            return Err(refused.clone());
         }
         for filter in routes.access.iter().filter(|f| !conn.access.cleared(f)) {
             match filter.check_request(&conn.record, head.clone()) {
@@ -412,15 +378,8 @@ impl HttpService {
             };
             // The head is copied only while another attempt may need it.
             let last = !replayable || tried.len() + 1 >= pool.settings.max_tries as usize;
-            let head = match parts.take() {
-                Some(p) if last => p,
-                Some(p) => {
-                    let copy = p.clone_parts();
-                    parts = Some(p);
-                    copy
-                }
-                None => return Err(Failure::Unreachable),
-            };
+            let head = if last { parts.take() } else { parts.as_ref().map(CloneParts::clone_parts) };
+            let head = head.ok_or(Failure::Unreachable)?;
             let mut upstream = Request::from_parts(head, outgoing);
             let mut uri = http::uri::Parts::default();
             uri.scheme = Some(scheme.clone());
@@ -616,8 +575,12 @@ async fn serve_http<I>(
 {
     // The access filters see the connection once (`check-connection`);
     // what they settle there spares or answers its requests.
-    let access = ConnAccess::check(&service.routes.load().access, &record);
-    let conn = Arc::new(ClientConn { record, peer, requests: Default::default(), access });
+    let access = Admission::check(&service.name, &service.routes.load().access, &record, peer);
+    let refused = access.refused.clone().map(|r| match r {
+        Refusal::Denied { reason, status, headers } => Failure::Denied(status.unwrap_or(403), reason, headers),
+        Refusal::Failed(e) => Failure::PluginFailed(e),
+    });
+    let conn = Arc::new(ClientConn { record, peer, requests: Default::default(), access, refused });
     let first_request_seen = {
         let conn = conn.clone();
         move || conn.requests.load(std::sync::atomic::Ordering::Relaxed) > 0
