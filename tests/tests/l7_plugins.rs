@@ -341,6 +341,15 @@ async fn malformed_requests_get_4xx_and_nothing_is_forwarded() -> Result<()> {
     let got = String::from_utf8_lossy(&got);
     assert!(got.starts_with("HTTP/1.1 408"), "{got:?}");
 
+    // A client that says nothing at all is cut off the same way.
+    let started = Instant::now();
+    let mut s = TcpStream::connect(addr).await?;
+    let mut got = Vec::new();
+    tokio::time::timeout(STEP, s.read_to_end(&mut got)).await??;
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(250) && took < Duration::from_secs(3), "closed after {took:?}");
+    assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 408"), "{got:?}");
+
     assert_eq!(b[0].requests(), 0, "nothing reached the backend");
     // Still serving.
     assert_eq!(send(&client_h1(), get(addr, "x", "/ok")).await?.status, StatusCode::OK);

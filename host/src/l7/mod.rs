@@ -529,11 +529,58 @@ pub async fn serve(listener: TcpListener, service: Arc<HttpService>, stop: Cance
 fn request_timeout(socket: &std::net::TcpStream) {
     use std::io::Write;
     let mut s = socket;
-    let _ = s.write_all(b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n");
+    let _ = s.write_all(REQUEST_TIMEOUT);
 }
 
-async fn serve_connection(service: Arc<HttpService>, mut stream: TcpStream, peer: SocketAddr, stop: CancellationToken) {
+/// Answer of a plain HTTP listener to a client that sent nothing in time.
+const REQUEST_TIMEOUT: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
+
+/// A new client connection. Until its first byte arrives it costs this small
+/// future, a timer and the socket: the PROXY header parse, the TLS handshake,
+/// hyper's buffers and the connection's state are built (and boxed) only
+/// then, so idle connections stay cheap. A client silent for the listener's
+/// `header_timeout` is closed (with a 408 on plain HTTP).
+async fn serve_connection(service: Arc<HttpService>, stream: TcpStream, peer: SocketAddr, stop: CancellationToken) {
     let _open = service.stats.accepted();
+    let (header_timeout, plain) = {
+        let routes = service.routes.load();
+        (routes.settings.header_timeout, routes.tls.is_none() && routes.proxy_accept.is_none())
+    };
+    // The first byte, the timeout and a stop polled by hand: a `select!` of
+    // `timeout(peek)` and `cancelled()` makes this waiting future twice as big.
+    // A peek, not `readable()`: readiness may be reported with no byte there.
+    let first = {
+        let mut expired = std::pin::pin!(tokio::time::sleep(header_timeout));
+        let mut stopped = std::pin::pin!(stop.cancelled());
+        std::future::poll_fn(|cx| {
+            use std::{future::Future, task::Poll};
+            if stopped.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(None);
+            }
+            let mut byte = [0u8; 1];
+            if let Poll::Ready(r) = stream.poll_peek(cx, &mut tokio::io::ReadBuf::new(&mut byte)) {
+                return Poll::Ready(Some(r));
+            }
+            expired.as_mut().poll(cx).map(|()| Some(Err(std::io::ErrorKind::TimedOut.into())))
+        })
+        .await
+    };
+    match first {
+        None | Some(Ok(0)) => return,
+        Some(Ok(_)) => {}
+        Some(Err(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
+            if plain {
+                let _ = stream.try_write(REQUEST_TIMEOUT);
+            }
+            return tracing::debug!(listener = %service.name, %peer, "no request within header_timeout");
+        }
+        Some(Err(e)) => return tracing::debug!(listener = %service.name, %peer, "connection: {e}"),
+    }
+    Box::pin(serve_active(service, stream, peer, stop)).await
+}
+
+/// A connection whose client has started talking.
+async fn serve_active(service: Arc<HttpService>, mut stream: TcpStream, peer: SocketAddr, stop: CancellationToken) {
     // From here on, the client is the one a trusted proxy's header names.
     let policy = service.routes.load().proxy_accept.clone();
     let Ok(peer) = crate::proxy_protocol::client_address(&mut stream, peer, policy.as_deref(), &service.name).await
