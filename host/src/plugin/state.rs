@@ -374,11 +374,8 @@ impl http::HostRequest for PluginState {
 
     fn host(&mut self, _: Resource<RequestRep>) -> wasmtime::Result<Option<String>> {
         let req = self.request()?;
-        let host =
-            req.uri.host().map(str::to_owned).or_else(|| {
-                req.headers.get(::http::header::HOST).and_then(header_str).map(|h| strip_port(&h).to_owned())
-            });
-        Ok(host)
+        let host = req.uri.host().or_else(|| req.headers.get(::http::header::HOST)?.to_str().ok().map(strip_port));
+        Ok(host.map(str::to_owned))
     }
 
     fn header(&mut self, _: Resource<RequestRep>, name: String) -> wasmtime::Result<Option<String>> {

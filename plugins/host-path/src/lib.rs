@@ -126,19 +126,29 @@ impl Table {
         Ok(table)
     }
 
-    /// Host tables that apply to `host`, best first.
-    fn candidates<'a>(&'a self, host: &str) -> Vec<&'a PathTable> {
-        let host = host.trim_end_matches('.').to_ascii_lowercase();
-        let labels: Vec<&str> = host.rsplit('.').collect();
+    /// The pool for a host and path, if any rule or the default matches:
+    /// the exact host's table, then the wildcards from the most specific,
+    /// then `*`; the first table with a matching path decides. Nothing is
+    /// allocated unless the host has upper case or a wildcard applies.
+    pub fn route(&self, host: Option<&str>, path: &str) -> Option<&str> {
+        let host = host.unwrap_or("").trim_end_matches('.');
+        let lower;
+        let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            lower = host.to_ascii_lowercase();
+            lower.as_str()
+        } else {
+            host
+        };
         let mut wildcards = Vec::new();
-        let mut node = &self.hosts;
         let mut exact = None;
-        for (depth, label) in labels.iter().enumerate() {
-            match node.children.get(*label) {
+        let mut node = &self.hosts;
+        let mut labels = host.rsplit('.').peekable();
+        while let Some(label) = labels.next() {
+            match node.children.get(label) {
                 Some(next) => node = next,
                 None => break,
             }
-            if depth + 1 < labels.len() {
+            if labels.peek().is_some() {
                 // More labels remain to the left: this node's wildcard covers them.
                 if let Some(w) = &node.wildcard {
                     wildcards.push(w);
@@ -147,13 +157,12 @@ impl Table {
                 exact = node.exact.as_ref();
             }
         }
-        exact.into_iter().chain(wildcards.into_iter().rev()).chain(self.any.as_ref()).collect()
-    }
-
-    /// The pool for a host and path, if any rule or the default matches.
-    pub fn route(&self, host: Option<&str>, path: &str) -> Option<&str> {
-        let host = host.unwrap_or("");
-        self.candidates(host).iter().find_map(|t| t.find(path)).or(self.default.as_deref())
+        exact
+            .into_iter()
+            .chain(wildcards.into_iter().rev())
+            .chain(self.any.as_ref())
+            .find_map(|t| t.find(path))
+            .or(self.default.as_deref())
     }
 }
 
