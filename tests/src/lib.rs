@@ -267,7 +267,9 @@ impl Drop for WeirProcess {
 }
 
 /// A real nginx on a loopback port, started from a generated config and
-/// stopped when dropped. `None` when nginx is not installed.
+/// stopped when dropped. `None` when nginx is not installed. One process
+/// (`master_process off`): killing it leaves no orphaned worker holding the
+/// port.
 pub struct Nginx {
     child: std::process::Child,
     /// Bound address.
@@ -289,7 +291,7 @@ impl Nginx {
         let port = free_port()?;
         let d = dir.display();
         let conf = format!(
-            "daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+            "daemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
              events {{ worker_connections 1024; }}\n\
              http {{\n  access_log off;\n  client_body_temp_path {d}/tmp;\n  proxy_temp_path {d}/tmp;\n\
              fastcgi_temp_path {d}/tmp;\n  uwsgi_temp_path {d}/tmp;\n  scgi_temp_path {d}/tmp;\n\
