@@ -60,6 +60,31 @@ async fn get_is_balanced_with_proxy_headers_and_keepalive() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_half_closes_after_its_request_is_answered() -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // `nc -N`, `curl --data @- < file | ...`-style clients: the request, then
+    // the write side shut, then the answer read to the end.
+    let a = HttpBackend::start("a").await?;
+    let weir = start_weir(&http_config(&[("p", &[&a])], "", "")).await?;
+    let addr = weir.listener_addr("web").unwrap();
+    for body in ["", "hello"] {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        let method = if body.is_empty() { "GET" } else { "POST" };
+        let head = format!("{method} /half HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+        s.write_all(head.as_bytes()).await?;
+        s.shutdown().await?;
+        let mut got = Vec::new();
+        tokio::time::timeout(STEP, s.read_to_end(&mut got)).await??;
+        let got = String::from_utf8_lossy(&got);
+        assert!(got.starts_with("HTTP/1.1 200"), "{method}: {got:?}");
+        assert!(got.to_ascii_lowercase().contains("x-seen-path: /half"), "{got}");
+    }
+    assert_eq!(a.requests(), 2);
+    weir.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodies_stream_both_ways_intact() -> Result<()> {
     let a = HttpBackend::start("a").await?;
     let weir = start_weir(&http_config(&[("p", &[&a])], "", "")).await?;

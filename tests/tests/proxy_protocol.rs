@@ -39,8 +39,7 @@ async fn talk(stream: TcpStream, bytes: &[u8]) -> Result<Vec<u8>> {
 }
 
 /// An HTTP/1.1 exchange: write `request` (with `connection: close`) and read
-/// until the server closes, without half-closing (which hyper takes as the
-/// client going away).
+/// until the server closes.
 async fn ask(stream: TcpStream, request: &[u8]) -> Result<String> {
     Ok(String::from_utf8_lossy(&converse(stream, request, false).await?).into_owned())
 }

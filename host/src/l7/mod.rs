@@ -640,7 +640,10 @@ async fn serve_http<I>(
         .timer(TokioTimer::new())
         .header_read_timeout(settings.header_timeout)
         .max_buf_size(settings.max_header_size.max(8192))
-        .keep_alive(true);
+        .keep_alive(true)
+        // A client may shut its write side once the request is sent (`nc -N`):
+        // answer it, as nginx does, instead of dropping the request.
+        .half_close(true);
     builder.http2().timer(TokioTimer::new()).max_header_list_size(settings.max_header_size as u32);
     let svc = service.clone();
     let handler = hyper::service::service_fn(move |req| svc.clone().handle(conn.clone(), req));
