@@ -3,7 +3,7 @@
 //! A plugin is a `cdylib` crate that enables the feature of its phase
 //! (`balancer`, `access-filter`, ...), implements that phase's trait and calls
 //! the matching export macro. Health checkers (`health-checker`) and
-//! discovery adapters (`discovery-adapter`) also get [`io`] (in those
+//! discovery adapters (`discovery-adapter`) also get the `io` module (in those
 //! features only). A whole round-robin balancer:
 //!
 //! ```
