@@ -32,12 +32,13 @@ pub async fn check_round(pool: &Arc<Pool>, checker: &Arc<PluginInstance>, s: Che
     let members = pool.members();
     let permits = Arc::new(Semaphore::new(CONCURRENT_CHECKS));
     let mut running = JoinSet::new();
+    let proxy = pool.settings.send_proxy;
     for backend in members.backends.iter().cloned() {
         let target = members.wit_backends[backend.slot as usize].clone();
         let checker = checker.clone();
         let Ok(permit) = permits.clone().acquire_owned().await else { break };
         running.spawn_blocking(move || {
-            let verdict = match checker.check(&target, s.timeout) {
+            let verdict = match checker.check(&target, proxy, s.timeout) {
                 Ok(v) => v,
                 Err(e) => Err(format!("check failed: {:?}: {}", e.kind, e.message)),
             };

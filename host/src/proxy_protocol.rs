@@ -345,6 +345,21 @@ pub fn encode(version: Version, source: SocketAddr, destination: SocketAddr) -> 
     }
 }
 
+/// The header of a connection weir opens on its own behalf, not for a
+/// client: a health check of a backend that expects PROXY (v1 `UNKNOWN`,
+/// v2 `LOCAL`; the receiver keeps the connection's own endpoints), as
+/// HAProxy's checks of a `send-proxy` server do.
+pub fn encode_local(version: Version) -> Vec<u8> {
+    match version {
+        Version::V1 => b"PROXY UNKNOWN\r\n".to_vec(),
+        Version::V2 => {
+            let mut out = V2_SIGNATURE.to_vec();
+            out.extend_from_slice(&[0x20, 0x00, 0, 0]); // version 2, LOCAL; UNSPEC; no address
+            out
+        }
+    }
+}
+
 /// Write the header for `source` → `destination` on a fresh backend connection.
 pub async fn send_header(
     stream: &mut TcpStream,
@@ -361,6 +376,14 @@ mod tests {
 
     fn addr(s: &str) -> SocketAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn local_headers_parse_as_local() {
+        for v in [Version::V1, Version::V2] {
+            let h = encode_local(v);
+            assert!(matches!(parse(&h), Parsed::Complete(Header::Local, n) if n == h.len()), "{v:?}");
+        }
     }
 
     fn proxy(source: &str, destination: &str) -> Header {

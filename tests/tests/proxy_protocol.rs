@@ -227,15 +227,23 @@ proxy_protocol_from = ["127.0.0.0/30"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weir_sends_proxy_v1_and_v2_to_haproxy_accept_proxy() -> Result<()> {
     let (accepting, chain_front) = (free_port()?, free_port()?);
+    // HTTP health checks of a backend that requires PROXY: they send a
+    // LOCAL header too, or HAProxy would refuse them and the pools go down.
     let weir = start_weir(&format!(
         r#"
+[plugins.hc]
+source = "builtin:check-http"
+config = {{ path = "/", status = ["200"] }}
+
 [pools.v1]
 backends = ["127.0.0.1:{accepting}"]
 send_proxy = "v1"
+health = {{ plugin = "hc", interval = "100ms", timeout = "1s", rise = 1, fall = 1 }}
 
 [pools.v2]
 backends = ["127.0.0.1:{accepting}"]
 send_proxy = "v2"
+health = {{ plugin = "hc", interval = "100ms", timeout = "1s", rise = 1, fall = 1 }}
 
 [listeners.l1]
 bind = "127.0.0.1:0"
@@ -259,6 +267,15 @@ proxy_protocol_from = ["127.0.0.1"]
          http-request return status 200 content-type text/plain lf-string \"%[src]:%[src_port] %[dst]:%[dst_port]\"\n\n"
     ) + &send_sections("chain", &[(chain_front, "send-proxy")], chain);
     let haproxy = haproxy_or_skip!(Haproxy::start("accept", &sections, &[local(accepting), local(chain_front)]));
+    // Checked before HAProxy listened, the backends may be down: checks that
+    // pass from now on bring them up and keep them up.
+    let checks = || weir.plugin("hc").unwrap().stats().calls.load(std::sync::atomic::Ordering::Relaxed);
+    let ran = checks();
+    eventually("six more checks", || checks() >= ran + 6).await?;
+    for pool in ["v1", "v2"] {
+        let backend = weir.pool(pool).unwrap().members().backends[0].clone();
+        assert!(backend.is_healthy(), "{pool}: {}\n{}", backend.health.last_failure(), haproxy.output());
+    }
     let request = b"GET / HTTP/1.1\r\nhost: pp.test\r\nconnection: close\r\n\r\n";
     for listener in ["l1", "l2"] {
         let addr = weir.listener_addr(listener).context("listener")?;

@@ -677,12 +677,13 @@ impl PluginInstance {
     fn background<R>(
         &self,
         target: Option<String>,
+        proxy: Option<crate::proxy_protocol::Version>,
         timeout: Duration,
         f: impl FnOnce(&mut Slot) -> wasmtime::Result<Result<R, types::Error>>,
     ) -> Result<R, CallError> {
         let deadline = std::time::Instant::now() + timeout;
         self.with_slot_for(Some(timeout + timeout / 4 + Duration::from_millis(20)), |slot| {
-            slot.store.data_mut().io = Some(super::io::CallScope { target, deadline });
+            slot.store.data_mut().io = Some(super::io::CallScope { target, proxy, deadline });
             let r = f(slot);
             slot.store.data_mut().io = None;
             r
@@ -690,10 +691,17 @@ impl PluginInstance {
     }
 
     /// Ask a health checker about a backend: `Ok(Ok(()))` healthy,
-    /// `Ok(Err(reason))` unhealthy. Blocks on I/O: call from a blocking thread.
-    pub fn check(&self, target: &types::Backend, timeout: Duration) -> Result<Result<(), String>, CallError> {
+    /// `Ok(Err(reason))` unhealthy. With `proxy` (the pool sends PROXY to
+    /// its backends), the checker's connections to the backend start with a
+    /// `LOCAL` header. Blocks on I/O: call from a blocking thread.
+    pub fn check(
+        &self,
+        target: &types::Backend,
+        proxy: Option<crate::proxy_protocol::Version>,
+        timeout: Duration,
+    ) -> Result<Result<(), String>, CallError> {
         use health::exports::weir::plugin::healthcheck::Health;
-        let health = self.background(Some(target.address.clone()), timeout, |slot| {
+        let health = self.background(Some(target.address.clone()), proxy, timeout, |slot| {
             let Bound::Health(h) = &slot.bound else { unreachable!("health slot") };
             h.weir_plugin_healthcheck().call_check(&mut slot.store, target)
         })?;
@@ -706,7 +714,7 @@ impl PluginInstance {
     /// Ask a discovery plugin for its backends. Blocks on I/O: call from a
     /// blocking thread.
     pub fn discover(&self, timeout: Duration) -> Result<Vec<Discovered>, CallError> {
-        let list = self.background(None, timeout, |slot| {
+        let list = self.background(None, None, timeout, |slot| {
             let Bound::Discovery(d) = &slot.bound else { unreachable!("discovery slot") };
             d.weir_plugin_discovery().call_discover(&mut slot.store)
         })?;

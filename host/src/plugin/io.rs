@@ -55,6 +55,10 @@ impl Grants {
 pub struct CallScope {
     /// The backend a health check is judging, which it may always reach.
     pub target: Option<String>,
+    /// The PROXY protocol version the target's pool speaks to it: every
+    /// connection to the target then starts with a `LOCAL` header, so that a
+    /// backend that requires PROXY can be checked.
+    pub proxy: Option<crate::proxy_protocol::Version>,
     /// When the call's time is up.
     pub deadline: Instant,
 }
@@ -109,6 +113,15 @@ impl PluginState {
     fn is_target(&self, address: &str) -> bool {
         self.io.as_ref().and_then(|s| s.target.as_deref()) == Some(address)
     }
+
+    /// The bytes a connection to `address` starts with: a PROXY `LOCAL`
+    /// header when it is the checked backend of a pool that sends PROXY.
+    fn prefix(&self, address: &str) -> Vec<u8> {
+        match self.io.as_ref().and_then(|s| s.proxy) {
+            Some(v) if self.is_target(address) => crate::proxy_protocol::encode_local(v),
+            _ => Vec::new(),
+        }
+    }
 }
 
 fn resolve(address: &str) -> Result<SocketAddr, Error> {
@@ -150,10 +163,12 @@ impl io::Host for PluginState {
         body: Vec<u8>,
         timeout_ms: u32,
     ) -> wasmtime::Result<Result<io::HttpResponse, Error>> {
-        let allowed = self.grants.http.iter().any(|p| url_under(&url, p))
-            || url_authority(&url).is_some_and(|a| self.is_target(a));
+        let authority = url_authority(&url);
+        let allowed =
+            self.grants.http.iter().any(|p| url_under(&url, p)) || authority.is_some_and(|a| self.is_target(a));
         let denial = (!allowed).then(|| format!("URL {url}"));
-        self.guarded(denial, timeout_ms, |t| http_request(&method, &url, headers, body, t))
+        let prefix = authority.map(|a| self.prefix(a)).unwrap_or_default();
+        self.guarded(denial, timeout_ms, |t| http_request(&method, &url, headers, body, &prefix, t))
     }
 
     fn tcp_probe(
@@ -164,7 +179,8 @@ impl io::Host for PluginState {
         timeout_ms: u32,
     ) -> wasmtime::Result<Result<Vec<u8>, Error>> {
         let denial = self.reach(&self.grants.tcp, &address, "TCP");
-        self.guarded(denial, timeout_ms, |t| tcp_probe(&address, &send, read_max, t))
+        let prefix = self.prefix(&address);
+        self.guarded(denial, timeout_ms, |t| tcp_probe(&address, &prefix, &send, read_max, t))
     }
 
     fn tls_probe(
@@ -176,7 +192,8 @@ impl io::Host for PluginState {
         timeout_ms: u32,
     ) -> wasmtime::Result<Result<Vec<u8>, Error>> {
         let denial = self.reach(&self.grants.tcp, &address, "TCP");
-        self.guarded(denial, timeout_ms, |t| tls::probe(&address, &tls, &send, read_max, t))
+        let prefix = self.prefix(&address);
+        self.guarded(denial, timeout_ms, |t| tls::probe(&address, &tls, &prefix, &send, read_max, t))
     }
 
     fn udp_probe(
@@ -227,15 +244,22 @@ fn http_request(
     url: &str,
     headers: Vec<(String, String)>,
     body: Vec<u8>,
+    prefix: &[u8],
     timeout: Duration,
 ) -> Result<io::HttpResponse, Error> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
+    let config = ureq::Agent::config_builder()
         .timeout_global(Some(timeout))
         .http_status_as_error(false)
         .proxy(None)
         .max_redirects(0)
-        .build()
-        .into();
+        .build();
+    let agent = if prefix.is_empty() {
+        ureq::Agent::new_with_config(config)
+    } else {
+        use ureq::unversioned::{resolver::DefaultResolver, transport::Connector, transport::TcpConnector};
+        let connector = ().chain(TcpConnector::default()).chain(Prefix(prefix.to_vec()));
+        ureq::Agent::with_parts(config, connector, DefaultResolver::default())
+    };
     let mut request = ureq::http::Request::builder().method(method).uri(url);
     for (name, value) in headers {
         request = request.header(name, value);
@@ -257,17 +281,47 @@ fn http_request(
     Ok(io::HttpResponse { status, headers, body })
 }
 
-/// Connect, send, and return the first bytes that come back (at most
-/// `read_max`; none are waited for when `read_max` is 0).
-fn tcp_probe(address: &str, send: &[u8], read_max: u32, timeout: Duration) -> Result<Vec<u8>, Error> {
+/// A ureq connector that sends `prefix` on each new connection before the
+/// request (a PROXY header).
+#[derive(Debug)]
+struct Prefix(Vec<u8>);
+
+impl<In: ureq::unversioned::transport::Transport> ureq::unversioned::transport::Connector<In> for Prefix {
+    type Out = In;
+
+    fn connect(
+        &self,
+        details: &ureq::unversioned::transport::ConnectionDetails,
+        chained: Option<In>,
+    ) -> Result<Option<In>, ureq::Error> {
+        let Some(mut transport) = chained else { return Ok(None) };
+        let out = transport.buffers().output();
+        if out.len() < self.0.len() {
+            return Err(ureq::Error::Io(std::io::Error::other("output buffer smaller than the PROXY header")));
+        }
+        out[..self.0.len()].copy_from_slice(&self.0);
+        let timeout = ureq::unversioned::transport::NextTimeout {
+            after: details.config.timeouts().global.unwrap_or(Duration::from_secs(5)).into(),
+            reason: ureq::Timeout::Global,
+            per_read: None,
+            per_write: None,
+        };
+        transport.transmit_output(self.0.len(), timeout)?;
+        Ok(Some(transport))
+    }
+}
+
+/// Connect, send `prefix` then `send`, and return the first bytes that come
+/// back (at most `read_max`; none are waited for when `read_max` is 0).
+fn tcp_probe(address: &str, prefix: &[u8], send: &[u8], read_max: u32, timeout: Duration) -> Result<Vec<u8>, Error> {
     let started = Instant::now();
     let addr = resolve(address)?;
     let mut stream =
         TcpStream::connect_timeout(&addr, timeout).map_err(|e| failed(format!("connect to {address}: {e}")))?;
     let left = || timeout.saturating_sub(started.elapsed()).max(Duration::from_millis(1));
-    if !send.is_empty() {
+    if !prefix.is_empty() || !send.is_empty() {
         stream.set_write_timeout(Some(left())).ok();
-        stream.write_all(send).map_err(|e| failed(format!("send to {address}: {e}")))?;
+        stream.write_all(&[prefix, send].concat()).map_err(|e| failed(format!("send to {address}: {e}")))?;
     }
     if read_max == 0 {
         return Ok(Vec::new());
@@ -396,6 +450,7 @@ mod tls {
     pub fn probe(
         address: &str,
         options: &io::TlsOptions,
+        prefix: &[u8],
         send: &[u8],
         read_max: u32,
         timeout: Duration,
@@ -412,10 +467,11 @@ mod tls {
             ServerName::try_from(host.clone()).map_err(|e| failed(format!("bad TLS server name {host}: {e}")))?;
         let addr = resolve(address)?;
         let left = || timeout.saturating_sub(started.elapsed()).max(Duration::from_millis(1));
-        let tcp =
+        let mut tcp =
             TcpStream::connect_timeout(&addr, timeout).map_err(|e| failed(format!("connect to {address}: {e}")))?;
         tcp.set_read_timeout(Some(left())).ok();
         tcp.set_write_timeout(Some(left())).ok();
+        tcp.write_all(prefix).map_err(|e| failed(format!("send to {address}: {e}")))?;
         let conn = rustls::ClientConnection::new(config(options.verify), name)
             .map_err(|e| failed(format!("TLS to {address}: {e}")))?;
         let mut stream = rustls::StreamOwned::new(conn, tcp);

@@ -301,7 +301,7 @@ fn run_health(instance: &super::PluginInstance, cases: &Cases, case: &Case) -> R
         (None, None) => unreachable!("a peer is started when no target is given"),
     };
     let backend = types::Backend { slot: 0, address, weight: 1, priority: 0, tags: Vec::new() };
-    let (got, why) = match instance.check(&backend, background_timeout(cases)) {
+    let (got, why) = match instance.check(&backend, None, background_timeout(cases)) {
         Ok(Ok(())) => ("healthy".to_string(), String::new()),
         Ok(Err(reason)) => ("unhealthy".to_string(), format!(" ({reason})")),
         Err(e) => (format!("error: {e}"), String::new()),
