@@ -40,6 +40,36 @@ pub const PACKAGE_VERSION: &str = "0.1.0";
 /// of its CPU time (they preempt the worker), at 10 ms a fiftieth of that.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
+/// Compiled components not used for this long leave the cache (each weir
+/// upgrade or plugin change leaves its predecessors' entries behind).
+pub const CACHE_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// Remove the cache entries in `dir` not used for `max_age` (a use touches
+/// an entry), and the leftovers of interrupted writes. Returns how many
+/// files went.
+pub fn prune_cache(dir: &Path, max_age: Duration) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        // `<key>.cwasm`, or `<key>.tmp<pid>` while (or after a failed) write.
+        let limit = if name.ends_with(".cwasm") {
+            max_age
+        } else if name.contains(".tmp") {
+            max_age.min(Duration::from_secs(3600))
+        } else {
+            continue;
+        };
+        let age = entry.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
+        if age.is_some_and(|a| a > limit) && std::fs::remove_file(&path).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
 /// The phase a plugin implements, by the world it targets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum World {
@@ -188,6 +218,13 @@ impl Runtime {
             if let Err(e) = std::fs::create_dir_all(dir) {
                 tracing::warn!("plugin cache {} unusable, compiling every time: {e}", dir.display());
             }
+            let dir = dir.clone();
+            let _ = std::thread::Builder::new().name("weir-cache-prune".into()).spawn(move || {
+                let n = prune_cache(&dir, CACHE_MAX_AGE);
+                if n > 0 {
+                    tracing::info!("plugin cache {}: removed {n} entries unused for 30 days", dir.display());
+                }
+            });
         }
         Ok(Arc::new(Self { engine, linker, shared: Arc::default(), cache_dir, ticker_stop }))
     }
@@ -235,7 +272,14 @@ impl Runtime {
             // engine with the same compatibility hash (part of the key), in
             // a directory weir owns.
             match unsafe { Component::deserialize_file(&self.engine, path) } {
-                Ok(c) => return Ok(c),
+                Ok(c) => {
+                    // Used: kept by the pruning for another CACHE_MAX_AGE.
+                    let _ = std::fs::File::options()
+                        .append(true)
+                        .open(path)
+                        .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+                    return Ok(c);
+                }
                 Err(e) => tracing::warn!("ignoring bad cache entry {}: {e}", path.display()),
             }
         }
@@ -320,4 +364,60 @@ pub fn component_hash(bytes: &[u8]) -> String {
 fn wasmparser_is_component(bytes: &[u8]) -> bool {
     // Magic `\0asm`, then a version/layer word whose layer half is 1 for components.
     bytes.len() >= 8 && &bytes[..4] == b"\0asm" && bytes[6..8] == [1, 0]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::SystemTime;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("weir-cache-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn aged(path: &Path, age: Duration) {
+        std::fs::write(path, b"x").unwrap();
+        let f = std::fs::File::options().append(true).open(path).unwrap();
+        f.set_modified(SystemTime::now() - age).unwrap();
+    }
+
+    #[test]
+    fn pruning_removes_unused_entries_and_stale_partial_writes_only() {
+        let dir = scratch("prune");
+        let day = Duration::from_secs(24 * 3600);
+        aged(&dir.join("old.cwasm"), 40 * day);
+        aged(&dir.join("recent.cwasm"), 2 * day);
+        aged(&dir.join("old.tmp123"), Duration::from_secs(2 * 3600));
+        aged(&dir.join("writing.tmp456"), Duration::from_secs(60));
+        aged(&dir.join("notes.txt"), 400 * day);
+        assert_eq!(prune_cache(&dir, CACHE_MAX_AGE), 2);
+        let mut left: Vec<String> =
+            std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        left.sort();
+        assert_eq!(left, ["notes.txt", "recent.cwasm", "writing.tmp456"]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_cache_hit_marks_the_entry_used() {
+        let dir = scratch("touch");
+        let runtime = Runtime::new(Some(dir.clone())).unwrap();
+        let bytes = bundled("round-robin").unwrap();
+        runtime.compile(bytes).unwrap();
+        let entry = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == "cwasm"))
+            .unwrap();
+        // Within the age limit, so a pruning running beside the test keeps it.
+        let f = std::fs::File::options().append(true).open(&entry).unwrap();
+        f.set_modified(SystemTime::now() - Duration::from_secs(20 * 24 * 3600)).unwrap();
+        runtime.compile(bytes).unwrap();
+        let age = std::fs::metadata(&entry).unwrap().modified().unwrap().elapsed().unwrap_or_default();
+        assert!(age < Duration::from_secs(3600), "touched on use, now {age:?} old");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
