@@ -11,7 +11,7 @@ use std::sync::Arc;
 use weir::config::Fallback;
 use weir::plugin::bindings::types;
 use weir::plugin::{bundled, Limits, PluginSpec, Runtime, World};
-use weir::upstream::{BackendSpec, Pool, PoolSettings};
+use weir::upstream::{BackendSpec, Live, Pool, PoolSettings};
 
 fn pool(runtime: &Arc<Runtime>, plugin: &str, n: usize) -> Arc<Pool> {
     let spec = PluginSpec {
@@ -79,9 +79,16 @@ fn native(plugin: &str, pool: &Pool, seq: u64) -> u32 {
             })
         }
         "least-connections" => {
-            let active: Vec<u32> = eligible.iter().map(|&s| members.live(s).active()).collect();
-            let weights: Vec<u32> = stats().map(|b| b.weight).collect();
-            eligible[weir_plugin_least_connections::least_loaded(&active, &weights, seq)]
+            // Weights prepared once per pool, as the plugin does in `set-backends`.
+            thread_local!(static W: std::cell::RefCell<HashMap<u32, weir_plugin_least_connections::Weights>> = Default::default());
+            let active = members.gather(&eligible, Live::active);
+            W.with_borrow_mut(|cache| {
+                let w = cache.entry(pool.id).or_insert_with(|| {
+                    weir_plugin_least_connections::Weights::new(members.backends.iter().map(|b| b.weight).collect())
+                });
+                let slots = (w.len() != active.len() && !w.uniform()).then_some(&eligible[..]);
+                eligible[w.least_loaded(&active, slots, seq)]
+            })
         }
         "power-of-two-choices" => {
             let a = rand::random_range(0..n) as usize;
@@ -94,12 +101,12 @@ fn native(plugin: &str, pool: &Pool, seq: u64) -> u32 {
             }
         }
         "least-latency" => {
-            let lat: Vec<u32> = eligible.iter().map(|&s| members.live(s).latency_us()).collect();
-            let active: Vec<u32> = eligible.iter().map(|&s| members.live(s).active()).collect();
+            let lat = members.gather(&eligible, Live::latency_us);
+            let active = members.gather(&eligible, Live::active);
             eligible[weir_plugin_least_latency::lowest(&lat, &active, seq)]
         }
         "least-bandwidth" => {
-            let rates: Vec<u64> = eligible.iter().map(|&s| members.live(s).bytes_per_sec()).collect();
+            let rates = members.gather(&eligible, Live::bytes_per_sec);
             eligible[weir_plugin_least_bandwidth::least(&rates, seq)]
         }
         "ip-hash" => {

@@ -313,20 +313,17 @@ impl pool::HostPoolView for PluginState {
 
     fn eligible_active(&mut self, _: Resource<PoolViewRep>) -> wasmtime::Result<Vec<u32>> {
         let call = self.pick()?;
-        let m = &call.members;
-        Ok(call.eligible.iter().map(|&s| m.live(s).active()).collect())
+        Ok(call.members.gather(&call.eligible, crate::upstream::Live::active))
     }
 
     fn eligible_latency_us(&mut self, _: Resource<PoolViewRep>) -> wasmtime::Result<Vec<u32>> {
         let call = self.pick()?;
-        let m = &call.members;
-        Ok(call.eligible.iter().map(|&s| m.live(s).latency_us()).collect())
+        Ok(call.members.gather(&call.eligible, crate::upstream::Live::latency_us))
     }
 
     fn eligible_bytes_per_sec(&mut self, _: Resource<PoolViewRep>) -> wasmtime::Result<Vec<u64>> {
         let call = self.pick()?;
-        let m = &call.members;
-        Ok(call.eligible.iter().map(|&s| m.live(s).bytes_per_sec()).collect())
+        Ok(call.members.gather(&call.eligible, crate::upstream::Live::bytes_per_sec))
     }
 
     fn connection(&mut self, _: Resource<PoolViewRep>) -> wasmtime::Result<super::bindings::types::Connection> {

@@ -282,6 +282,19 @@ impl Members {
         unsafe { &*self.cells[slot as usize].0 }
     }
 
+    /// One live number of each backend in `eligible` (ascending slots of
+    /// this list), in that order. When every backend is eligible the cells
+    /// are read in slot order, without looking the slots up.
+    #[inline]
+    pub fn gather<T>(&self, eligible: &[u32], number: impl Fn(&Live) -> T) -> Vec<T> {
+        if eligible.len() == self.cells.len() {
+            // SAFETY: as in `live`.
+            self.cells.iter().map(|c| number(unsafe { &*c.0 })).collect()
+        } else {
+            eligible.iter().map(|&s| number(self.live(s))).collect()
+        }
+    }
+
     /// The backend with this address.
     pub fn find(&self, address: &str) -> Option<&Arc<Backend>> {
         self.backends.iter().find(|b| b.address == address)
