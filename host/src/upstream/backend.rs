@@ -67,6 +67,13 @@ impl LiveTable {
         &chunk[i % CHUNK]
     }
 
+    /// The cells `first .. first + len`, when they lie in one chunk.
+    #[inline]
+    pub fn run(&self, first: u32, len: usize) -> Option<&[Live]> {
+        let i = first as usize;
+        self.chunks.get(i / CHUNK)?.get()?.get(i % CHUNK..i % CHUNK + len)
+    }
+
     fn alloc(&self) -> u32 {
         if let Some(i) = self.free.lock().pop() {
             return i;
@@ -116,6 +123,11 @@ impl BackendStats {
             failures: AtomicU64::new(0),
             responses: Default::default(),
         }
+    }
+
+    /// The index of the backend's cell in its pool's live table.
+    pub fn cell_index(&self) -> u32 {
+        self.cell
     }
 
     /// The backend's cell in its pool's live table.

@@ -240,8 +240,12 @@ pub struct Members {
     pub wit_backends: Vec<types::Backend>,
     /// Each slot's cell in the pool's live table, by address.
     cells: Box<[LivePtr]>,
+    /// The first cell's index, when the cells are consecutive cells of one
+    /// chunk in slot order (a pool's first member list, and most later
+    /// ones): a gather over every backend then reads one array.
+    run: Option<u32>,
     /// The pool's live table, which keeps those cells allocated.
-    _live: Arc<LiveTable>,
+    live_table: Arc<LiveTable>,
     /// Slots of the healthy backends, ascending.
     healthy: ArcSwap<Vec<u32>>,
 }
@@ -259,7 +263,11 @@ impl Members {
             })
             .collect();
         let cells = backends.iter().map(|b| LivePtr(b.stats.live())).collect();
-        let members = Self { version, backends, wit_backends, cells, _live: live, healthy: ArcSwap::default() };
+        let first = backends.first().map_or(0, |b| b.stats.cell_index());
+        let consecutive = backends.iter().enumerate().all(|(i, b)| b.stats.cell_index() as usize == first as usize + i);
+        let run = (consecutive && live.run(first, backends.len()).is_some()).then_some(first);
+        let members =
+            Self { version, backends, wit_backends, cells, run, live_table: live, healthy: ArcSwap::default() };
         members.refresh();
         members
     }
@@ -276,7 +284,7 @@ impl Members {
     /// The live numbers of `slot` (which must be in range).
     #[inline]
     pub fn live(&self, slot: u32) -> &Live {
-        // SAFETY: the cell belongs to a chunk of `_live`, which never moves
+        // SAFETY: the cell belongs to a chunk of `live_table`, which never moves
         // or frees a chunk while it lives, and `self` holds it. The cell is
         // not reused while `self.backends` holds the backend's stats.
         unsafe { &*self.cells[slot as usize].0 }
@@ -284,10 +292,13 @@ impl Members {
 
     /// One live number of each backend in `eligible` (ascending slots of
     /// this list), in that order. When every backend is eligible the cells
-    /// are read in slot order, without looking the slots up.
+    /// are read in slot order, as one array when they are consecutive.
     #[inline]
     pub fn gather<T>(&self, eligible: &[u32], number: impl Fn(&Live) -> T) -> Vec<T> {
         if eligible.len() == self.cells.len() {
+            if let Some(cells) = self.run.and_then(|first| self.live_table.run(first, self.cells.len())) {
+                return cells.iter().map(number).collect();
+            }
             // SAFETY: as in `live`.
             self.cells.iter().map(|c| number(unsafe { &*c.0 })).collect()
         } else {
