@@ -91,6 +91,36 @@ pub fn random_below(n: u32) -> u32 {
     (((random_u64() >> 32) * n as u64) >> 32) as u32
 }
 
+/// A fast pseudo-random generator (wyrand) inside the plugin, seeded once
+/// from the host: for balancers that draw on every pick, with no host call
+/// per draw. Each plugin instance has its own sequence. Not for cryptography.
+#[derive(Debug, Clone)]
+pub struct FastRng(u64);
+
+impl FastRng {
+    /// A generator seeded from the host's [`random_u64`].
+    pub fn from_host() -> Self {
+        Self(random_u64())
+    }
+
+    /// A generator with a given seed (the same seed, the same sequence).
+    pub fn from_seed(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    /// 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0xa076_1d64_78bd_642f);
+        let t = self.0 as u128 * (self.0 ^ 0xe703_7ed1_a0b4_28db) as u128;
+        (t >> 64) as u64 ^ t as u64
+    }
+
+    /// A uniformly distributed number in `0..n` (`n` > 0).
+    pub fn below(&mut self, n: u32) -> u32 {
+        (((self.next_u64() >> 32) * n as u64) >> 32) as u32
+    }
+}
+
 /// Take a token from the host-owned bucket `key` (`rate` a second, at most
 /// `burst` saved up). `Ok(())` when one was taken, else the wait until the
 /// next one is due. Buckets are shared by every instance and worker thread.

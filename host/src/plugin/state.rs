@@ -311,6 +311,15 @@ impl pool::HostPoolView for PluginState {
         Ok(slot_of(self.pick()?, slot)?.stats.active())
     }
 
+    fn eligible_active_pair(&mut self, _: Resource<PoolViewRep>, a: u32, b: u32) -> wasmtime::Result<u64> {
+        let call = self.pick()?;
+        let active = |index: u32| match call.eligible.get(index as usize) {
+            Some(&slot) => Ok(call.members.live(slot).active() as u64),
+            None => Err(wasmtime::format_err!("eligible index {index} out of range ({})", call.eligible.len())),
+        };
+        Ok(active(a)? | active(b)? << 32)
+    }
+
     fn eligible_active(&mut self, _: Resource<PoolViewRep>) -> wasmtime::Result<Vec<u32>> {
         let call = self.pick()?;
         Ok(call.members.gather(&call.eligible, crate::upstream::Live::active))
