@@ -3,8 +3,9 @@
 //! Each function returns the index of the `turn`-th (cyclically) of the
 //! entries with the smallest key, exactly as [`nth_min`](crate::nth_min)
 //! does, and 0 for no entries. On wasm32 they run on 128-bit SIMD (which
-//! wasmtime enables by default) in three passes (smallest key, ties, position)
-//! of 32 keys a step; elsewhere they are plain loops, for native tests.
+//! wasmtime enables by default) in two passes of 32 keys a step (the
+//! smallest key with its ties, then the position); elsewhere they are
+//! plain loops, for native tests.
 //! A scan of 1 024 `u32` keys takes a few hundred nanoseconds in a plugin,
 //! where a scalar loop takes over a microsecond.
 
@@ -171,14 +172,6 @@ mod simd {
     }
 
     #[inline(always)]
-    fn lanes_min(v: v128) -> u32 {
-        u32x4_extract_lane::<0>(v)
-            .min(u32x4_extract_lane::<1>(v))
-            .min(u32x4_extract_lane::<2>(v))
-            .min(u32x4_extract_lane::<3>(v))
-    }
-
-    #[inline(always)]
     fn lanes_max(v: v128) -> u32 {
         u32x4_extract_lane::<0>(v)
             .max(u32x4_extract_lane::<1>(v))
@@ -187,17 +180,51 @@ mod simd {
     }
 
     #[inline(always)]
-    fn lanes_sum(v: v128) -> u64 {
-        u32x4_extract_lane::<0>(v) as u64
-            + u32x4_extract_lane::<1>(v) as u64
-            + u32x4_extract_lane::<2>(v) as u64
-            + u32x4_extract_lane::<3>(v) as u64
+    fn lanes(v: v128) -> [u32; 4] {
+        [u32x4_extract_lane::<0>(v), u32x4_extract_lane::<1>(v), u32x4_extract_lane::<2>(v), u32x4_extract_lane::<3>(v)]
     }
 
-    /// The smallest of four accumulators and the keys of `tail`.
-    #[inline(always)]
-    fn min_of(m: [v128; 4], tail: impl Iterator<Item = u32>) -> u32 {
-        tail.fold(lanes_min(u32x4_min(u32x4_min(m[0], m[1]), u32x4_min(m[2], m[3]))), u32::min)
+    /// Each lane's smallest `u32` key so far and how many times it came,
+    /// in four accumulators: the smallest key and its ties in one pass.
+    struct MinCount {
+        m: [v128; 4],
+        c: [v128; 4],
+    }
+
+    impl MinCount {
+        #[inline(always)]
+        fn new() -> Self {
+            Self { m: [u32x4_splat(u32::MAX); 4], c: [u32x4_splat(0); 4] }
+        }
+
+        /// Four more keys, into accumulator `q % 4`.
+        #[inline(always)]
+        fn add(&mut self, q: usize, k: v128) {
+            let (m, c) = (self.m[q % 4], self.c[q % 4]);
+            // A smaller key restarts its lane's count at 1; an equal one adds 1.
+            self.c[q % 4] = v128_bitselect(u32x4_splat(1), i32x4_sub(c, i32x4_eq(k, m)), u32x4_lt(k, m));
+            self.m[q % 4] = u32x4_min(k, m);
+        }
+
+        /// The smallest key and how many times it came, with the keys of `tail`.
+        #[inline(always)]
+        fn finish(&self, tail: impl Iterator<Item = u32>) -> (u32, u64) {
+            let (mut min, mut ties) = (u32::MAX, 0u64);
+            let mut take = |m: u32, c: u64| {
+                if m < min {
+                    (min, ties) = (m, c);
+                } else if m == min {
+                    ties += c;
+                }
+            };
+            for a in 0..4 {
+                for (m, c) in lanes(self.m[a]).into_iter().zip(lanes(self.c[a])) {
+                    take(m, c as u64);
+                }
+            }
+            tail.for_each(|k| take(k, 1));
+            (min, ties)
+        }
     }
 
     /// Smallest key, number of ties, and the position, over `u32` keys
@@ -209,36 +236,29 @@ mod simd {
         tail: impl Iterator<Item = u32> + Clone,
         turn: u64,
     ) -> usize {
-        let mut m = [u32x4_splat(u32::MAX); 4];
+        let mut acc = MinCount::new();
         for j in 0..whole {
             let b = block(j);
-            for q in 0..V {
-                m[q % 4] = u32x4_min(m[q % 4], b[q]);
+            for (q, &k) in b.iter().enumerate() {
+                acc.add(q, k);
             }
         }
-        let min = min_of(m, tail.clone());
-        ties_and_position32(whole, block, tail, min, turn)
+        let (min, ties) = acc.finish(tail.clone());
+        position32(whole, block, tail, min, ties, turn)
     }
 
-    /// The second and third passes of [`nth_min32`], given the smallest key.
+    /// The last pass of [`nth_min32`]: where the `turn`-th (cyclically) of
+    /// the `ties` keys equal to `min` is.
     #[inline(always)]
-    fn ties_and_position32(
+    fn position32(
         whole: usize,
         block: impl Fn(usize) -> Block,
         tail: impl Iterator<Item = u32> + Clone,
         min: u32,
+        ties: u64,
         turn: u64,
     ) -> usize {
         let mv = u32x4_splat(min);
-        let mut c = [u32x4_splat(0); 4];
-        for j in 0..whole {
-            let b = block(j);
-            for q in 0..V {
-                c[q % 4] = i32x4_sub(c[q % 4], i32x4_eq(b[q], mv));
-            }
-        }
-        let ties = lanes_sum(i32x4_add(i32x4_add(c[0], c[1]), i32x4_add(c[2], c[3])))
-            + tail.clone().filter(|&k| k == min).count() as u64;
         let want = (turn % ties.max(1)) as u32;
         let mask = |j: usize| {
             let b = block(j);
@@ -274,24 +294,21 @@ mod simd {
             }
             p
         };
-        let (mut m, mut ma, mut mb) = ([u32x4_splat(u32::MAX); 4], u32x4_splat(0), u32x4_splat(0));
+        let (mut acc, mut ma, mut mb) = (MinCount::new(), u32x4_splat(0), u32x4_splat(0));
         for j in 0..whole {
             let (x, y) = (ba(j), bb(j));
             for q in 0..V {
                 ma = u32x4_max(ma, x[q]);
                 mb = u32x4_max(mb, y[q]);
-            }
-            let p = product(j);
-            for q in 0..V {
-                m[q % 4] = u32x4_min(m[q % 4], p[q]);
+                acc.add(q, i32x4_mul(x[q], i32x4_add(y[q], off)));
             }
         }
         let max_a = ta.iter().copied().fold(lanes_max(ma), u32::max) as u64;
         let max_b = tb.iter().copied().fold(lanes_max(mb), u32::max) as u64;
         if max_a * (max_b + offset as u64) <= u32::MAX as u64 {
             let tail = tail.map(|k| k as u32);
-            let min = min_of(m, tail.clone());
-            return ties_and_position32(whole, product, tail, min, turn);
+            let (min, ties) = acc.finish(tail.clone());
+            return position32(whole, product, tail, min, ties, turn);
         }
         let keys = |j: usize| {
             let (x, y) = (ba(j), bb(j));
@@ -319,22 +336,21 @@ mod simd {
             }
             l
         };
-        let (mut m, mut any) = ([u32x4_splat(u32::MAX); 4], u64x2_splat(0));
+        let (mut acc, mut any) = (MinCount::new(), u64x2_splat(0));
         for j in 0..whole {
             let k = b(j);
             for v in k {
                 any = v128_or(any, v);
             }
-            let l = low(j);
-            for q in 0..V {
-                m[q % 4] = u32x4_min(m[q % 4], l[q]);
+            for (q, &l) in low(j).iter().enumerate() {
+                acc.add(q, l);
             }
         }
         let high = (u64x2_extract_lane::<0>(any) | u64x2_extract_lane::<1>(any)) >> 32;
         if high == 0 && tail.iter().all(|&k| k >> 32 == 0) {
             let tail = tail.iter().map(|&k| k as u32);
-            let min = min_of(m, tail.clone());
-            return ties_and_position32(whole, low, tail, min, turn);
+            let (min, ties) = acc.finish(tail.clone());
+            return position32(whole, low, tail, min, ties, turn);
         }
         nth_min64(whole, b, tail.iter().copied(), turn)
     }
