@@ -11,7 +11,7 @@ use std::sync::Arc;
 use weir::config::Fallback;
 use weir::plugin::bindings::types;
 use weir::plugin::{bundled, Limits, PluginSpec, Runtime, World};
-use weir::upstream::{BackendSpec, Live, Pool, PoolSettings};
+use weir::upstream::{BackendSpec, Pool, PoolSettings};
 
 fn pool(runtime: &Arc<Runtime>, plugin: &str, n: usize) -> Arc<Pool> {
     let spec = PluginSpec {
@@ -81,7 +81,7 @@ fn native(plugin: &str, pool: &Pool, seq: u64) -> u32 {
         "least-connections" => {
             // Weights prepared once per pool, as the plugin does in `set-backends`.
             thread_local!(static W: std::cell::RefCell<HashMap<u32, weir_plugin_least_connections::Weights>> = Default::default());
-            let active = members.gather(&eligible, Live::active);
+            let active = members.gather_active(&eligible);
             W.with_borrow_mut(|cache| {
                 let w = cache.entry(pool.id).or_insert_with(|| {
                     weir_plugin_least_connections::Weights::new(members.backends.iter().map(|b| b.weight).collect())
@@ -101,12 +101,12 @@ fn native(plugin: &str, pool: &Pool, seq: u64) -> u32 {
             }
         }
         "least-latency" => {
-            let lat = members.gather(&eligible, Live::latency_us);
-            let active = members.gather(&eligible, Live::active);
+            let lat = members.gather_latency_us(&eligible);
+            let active = members.gather_active(&eligible);
             eligible[weir_plugin_least_latency::lowest(&lat, &active, seq)]
         }
         "least-bandwidth" => {
-            let rates = members.gather(&eligible, Live::bytes_per_sec);
+            let rates = members.gather_bytes_per_sec(&eligible);
             eligible[weir_plugin_least_bandwidth::least(&rates, seq)]
         }
         "ip-hash" => {

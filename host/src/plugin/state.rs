@@ -322,17 +322,17 @@ impl pool::HostPoolView for PluginState {
 
     fn eligible_active(&mut self, _: Resource<PoolViewRep>) -> wasmtime::Result<Vec<u32>> {
         let call = self.pick()?;
-        Ok(call.members.gather(&call.eligible, crate::upstream::Live::active))
+        Ok(call.members.gather_active(&call.eligible))
     }
 
     fn eligible_latency_us(&mut self, _: Resource<PoolViewRep>) -> wasmtime::Result<Vec<u32>> {
         let call = self.pick()?;
-        Ok(call.members.gather(&call.eligible, crate::upstream::Live::latency_us))
+        Ok(call.members.gather_latency_us(&call.eligible))
     }
 
     fn eligible_bytes_per_sec(&mut self, _: Resource<PoolViewRep>) -> wasmtime::Result<Vec<u64>> {
         let call = self.pick()?;
-        Ok(call.members.gather(&call.eligible, crate::upstream::Live::bytes_per_sec))
+        Ok(call.members.gather_bytes_per_sec(&call.eligible))
     }
 
     fn connection(&mut self, _: Resource<PoolViewRep>) -> wasmtime::Result<super::bindings::types::Connection> {
