@@ -181,7 +181,7 @@ struct Generation {
     pre: InstancePre<PluginState>,
     config_json: String,
     limits: Limits,
-    idle: Mutex<Vec<Box<Slot>>>,
+    idle: Mutex<Vec<Slot>>,
     hash: String,
     grants: Arc<super::Grants>,
     /// 1 for the component loaded from the config, +1 per swap.
@@ -453,7 +453,7 @@ impl PluginInstance {
         CallError { plugin: self.name.clone(), kind, message }
     }
 
-    fn instantiate(&self, generation: &Generation) -> Result<Box<Slot>, CallError> {
+    fn instantiate(&self, generation: &Generation) -> Result<Slot, CallError> {
         self.stats.instances_created.fetch_add(1, Ordering::Relaxed);
         let mut store = Store::new(
             self.runtime.engine(),
@@ -517,7 +517,7 @@ impl PluginInstance {
                 Bound::Discovery(d)
             }
         };
-        Ok(Box::new(Slot { store, bound, seen_pools: HashMap::new() }))
+        Ok(Slot { store, bound, seen_pools: HashMap::new() })
     }
 
     /// Run `f` on an idle instance under the call limits. A trap, timeout or
