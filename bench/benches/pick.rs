@@ -79,9 +79,16 @@ fn native(plugin: &str, pool: &Pool, seq: u64) -> u32 {
             })
         }
         "least-connections" => {
-            let active: Vec<u32> = eligible.iter().map(|&s| members.live(s).active()).collect();
-            let weights: Vec<u32> = stats().map(|b| b.weight).collect();
-            eligible[weir_plugin_least_connections::least_loaded(&active, &weights, seq)]
+            // Weights prepared once per pool, as the plugin does in `set-backends`.
+            thread_local!(static W: std::cell::RefCell<HashMap<u32, weir_plugin_least_connections::Weights>> = Default::default());
+            let active = members.gather_active(&eligible);
+            W.with_borrow_mut(|cache| {
+                let w = cache.entry(pool.id).or_insert_with(|| {
+                    weir_plugin_least_connections::Weights::new(members.backends.iter().map(|b| b.weight).collect())
+                });
+                let slots = (w.len() != active.len() && !w.uniform()).then_some(&eligible[..]);
+                eligible[w.least_loaded(&active, slots, seq)]
+            })
         }
         "power-of-two-choices" => {
             let a = rand::random_range(0..n) as usize;
@@ -94,12 +101,12 @@ fn native(plugin: &str, pool: &Pool, seq: u64) -> u32 {
             }
         }
         "least-latency" => {
-            let lat: Vec<u32> = eligible.iter().map(|&s| members.live(s).latency_us()).collect();
-            let active: Vec<u32> = eligible.iter().map(|&s| members.live(s).active()).collect();
+            let lat = members.gather_latency_us(&eligible);
+            let active = members.gather_active(&eligible);
             eligible[weir_plugin_least_latency::lowest(&lat, &active, seq)]
         }
         "least-bandwidth" => {
-            let rates: Vec<u64> = eligible.iter().map(|&s| members.live(s).bytes_per_sec()).collect();
+            let rates = members.gather_bytes_per_sec(&eligible);
             eligible[weir_plugin_least_bandwidth::least(&rates, seq)]
         }
         "ip-hash" => {

@@ -42,6 +42,9 @@ pub mod imports {
 mod common;
 pub use common::*;
 
+mod scan;
+pub use scan::*;
+
 #[cfg(feature = "balancer")]
 pub mod balancer;
 

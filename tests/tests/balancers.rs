@@ -374,3 +374,22 @@ fn host_client_hash_is_the_sdks_hash64() {
         assert_eq!(weir::plugin::client_hash(&wit), weir_sdk::hash64(&bytes), "{addr}");
     }
 }
+
+#[test]
+fn sdk_scans_agree_with_the_plain_loop_in_wasm() -> Result<()> {
+    use weir::plugin::{Limits, PluginSpec, Runtime, World};
+    let spec = PluginSpec {
+        name: "scan-check".into(),
+        source: "scan-check".into(),
+        world: World::Balancer,
+        config_json: "{}".into(),
+        limits: Limits { init_timeout: Duration::from_secs(60), ..Limits::default() },
+        fallback: weir::config::Fallback::FailClosed,
+        grants: Default::default(),
+    };
+    let bytes = std::fs::read(component("weir-test-scan-check"))?;
+    // `init` compares every scan (SIMD in Wasm) with the plain loop and
+    // refuses its config on the first mismatch.
+    Runtime::new(None)?.load(spec, &bytes).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(())
+}

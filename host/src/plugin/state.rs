@@ -311,22 +311,28 @@ impl pool::HostPoolView for PluginState {
         Ok(slot_of(self.pick()?, slot)?.stats.active())
     }
 
+    fn eligible_active_pair(&mut self, _: Resource<PoolViewRep>, a: u32, b: u32) -> wasmtime::Result<u64> {
+        let call = self.pick()?;
+        let active = |index: u32| match call.eligible.get(index as usize) {
+            Some(&slot) => Ok(call.members.live(slot).active() as u64),
+            None => Err(wasmtime::format_err!("eligible index {index} out of range ({})", call.eligible.len())),
+        };
+        Ok(active(a)? | active(b)? << 32)
+    }
+
     fn eligible_active(&mut self, _: Resource<PoolViewRep>) -> wasmtime::Result<Vec<u32>> {
         let call = self.pick()?;
-        let m = &call.members;
-        Ok(call.eligible.iter().map(|&s| m.live(s).active()).collect())
+        Ok(call.members.gather_active(&call.eligible))
     }
 
     fn eligible_latency_us(&mut self, _: Resource<PoolViewRep>) -> wasmtime::Result<Vec<u32>> {
         let call = self.pick()?;
-        let m = &call.members;
-        Ok(call.eligible.iter().map(|&s| m.live(s).latency_us()).collect())
+        Ok(call.members.gather_latency_us(&call.eligible))
     }
 
     fn eligible_bytes_per_sec(&mut self, _: Resource<PoolViewRep>) -> wasmtime::Result<Vec<u64>> {
         let call = self.pick()?;
-        let m = &call.members;
-        Ok(call.eligible.iter().map(|&s| m.live(s).bytes_per_sec()).collect())
+        Ok(call.members.gather_bytes_per_sec(&call.eligible))
     }
 
     fn connection(&mut self, _: Resource<PoolViewRep>) -> wasmtime::Result<super::bindings::types::Connection> {

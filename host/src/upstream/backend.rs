@@ -6,34 +6,41 @@ use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicU8, O
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-/// The numbers balancers read on every pick: kept apart from the other
-/// counters, in a pool's [`LiveTable`], so that a scan over a pool reads
-/// contiguous memory.
-#[derive(Debug, Default)]
-#[repr(C, align(16))]
-pub struct Live {
-    active: AtomicU32,
-    latency_us: AtomicU32,
-    bytes_per_sec: AtomicU64,
+/// One backend's numbers that balancers read on every pick: its place in
+/// its pool's [`LiveTable`], kept apart from the other counters so that a
+/// scan over a pool reads contiguous memory.
+#[derive(Debug, Clone, Copy)]
+pub struct Live<'a> {
+    chunk: &'a Chunk,
+    i: usize,
 }
 
-impl Live {
+impl<'a> Live<'a> {
     /// Connections (or requests) open now.
     pub fn active(&self) -> u32 {
-        self.active.load(Ordering::Relaxed)
+        self.chunk.active[self.i].load(Ordering::Relaxed)
     }
     /// Recent latency, microseconds (peak-EWMA).
     pub fn latency_us(&self) -> u32 {
-        self.latency_us.load(Ordering::Relaxed)
+        self.chunk.latency_us[self.i].load(Ordering::Relaxed)
     }
     /// Recent rx+tx bytes per second.
     pub fn bytes_per_sec(&self) -> u64 {
-        self.bytes_per_sec.load(Ordering::Relaxed)
+        self.chunk.bytes_per_sec[self.i].load(Ordering::Relaxed)
     }
-    fn reset(&self) {
-        self.active.store(0, Ordering::Relaxed);
-        self.latency_us.store(0, Ordering::Relaxed);
-        self.bytes_per_sec.store(0, Ordering::Relaxed);
+    fn active_cell(self) -> &'a AtomicU32 {
+        &self.chunk.active[self.i]
+    }
+    fn latency_cell(self) -> &'a AtomicU32 {
+        &self.chunk.latency_us[self.i]
+    }
+    fn bytes_per_sec_cell(self) -> &'a AtomicU64 {
+        &self.chunk.bytes_per_sec[self.i]
+    }
+    fn reset(self) {
+        self.active_cell().store(0, Ordering::Relaxed);
+        self.latency_cell().store(0, Ordering::Relaxed);
+        self.bytes_per_sec_cell().store(0, Ordering::Relaxed);
     }
 }
 
@@ -42,12 +49,34 @@ const CHUNK: usize = 1024;
 /// Chunks a table may have: a million backends per pool, allocated as used.
 const CHUNKS: usize = 1024;
 
-/// A pool's [`Live`] cells: chunks of contiguous cells that never move, one
-/// cell per backend for as long as any member list or in-flight work holds
-/// its [`BackendStats`]; freed cells are reused.
+/// [`CHUNK`] backends' live numbers, each number in an array of its own
+/// (struct of arrays): a scan of one number reads one contiguous array.
+#[derive(Debug)]
+pub struct Chunk {
+    /// Connections (or requests) open now.
+    pub active: Box<[AtomicU32]>,
+    /// Recent latency, microseconds (peak-EWMA).
+    pub latency_us: Box<[AtomicU32]>,
+    /// Recent rx+tx bytes per second.
+    pub bytes_per_sec: Box<[AtomicU64]>,
+}
+
+impl Chunk {
+    fn new() -> Self {
+        Self {
+            active: (0..CHUNK).map(|_| AtomicU32::new(0)).collect(),
+            latency_us: (0..CHUNK).map(|_| AtomicU32::new(0)).collect(),
+            bytes_per_sec: (0..CHUNK).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+}
+
+/// A pool's live numbers: chunks that never move, one cell (an index into
+/// each of a chunk's arrays) per backend for as long as any member list or
+/// in-flight work holds its [`BackendStats`]; freed cells are reused.
 #[derive(Debug)]
 pub struct LiveTable {
-    chunks: Box<[OnceLock<Box<[Live]>>]>,
+    chunks: Box<[OnceLock<Chunk>]>,
     free: Mutex<Vec<u32>>,
     next: AtomicU32,
 }
@@ -61,10 +90,26 @@ impl Default for LiveTable {
 impl LiveTable {
     /// The cell `index`.
     #[inline]
-    pub fn cell(&self, index: u32) -> &Live {
+    pub fn cell(&self, index: u32) -> Live<'_> {
         let i = index as usize;
-        let chunk = self.chunks[i / CHUNK].get_or_init(|| (0..CHUNK).map(|_| Live::default()).collect());
-        &chunk[i % CHUNK]
+        Live { chunk: self.chunks[i / CHUNK].get_or_init(Chunk::new), i: i % CHUNK }
+    }
+
+    /// The chunk of cell `index`, and the cell's position in it.
+    #[inline]
+    pub fn place(&self, index: u32) -> (&Chunk, usize) {
+        let i = index as usize;
+        (self.chunks[i / CHUNK].get_or_init(Chunk::new), i % CHUNK)
+    }
+
+    /// The chunk holding cells `first .. first + len` and their positions
+    /// in it, when they lie in one chunk.
+    #[inline]
+    pub fn run(&self, first: u32, len: usize) -> Option<(&Chunk, std::ops::Range<usize>)> {
+        let i = first as usize;
+        let chunk = self.chunks.get(i / CHUNK)?.get_or_init(Chunk::new);
+        let range = i % CHUNK..i % CHUNK + len;
+        (range.end <= CHUNK).then_some((chunk, range))
     }
 
     fn alloc(&self) -> u32 {
@@ -125,7 +170,7 @@ impl BackendStats {
 
     /// The live numbers.
     #[inline]
-    pub fn live(&self) -> &Live {
+    pub fn live(&self) -> Live<'_> {
         self.table.cell(self.cell)
     }
 
@@ -174,10 +219,10 @@ impl BackendStats {
     /// value by 1/8, so a backend that turns slow is noticed immediately.
     pub fn record_latency(&self, d: Duration) {
         let sample = d.as_micros().min(u32::MAX as u128) as u32;
-        let live = self.live();
-        let old = live.latency_us.load(Ordering::Relaxed);
+        let cell = self.live().latency_cell();
+        let old = cell.load(Ordering::Relaxed);
         let new = if sample >= old { sample } else { old - old / 8 + sample / 8 };
-        live.latency_us.store(new, Ordering::Relaxed);
+        cell.store(new, Ordering::Relaxed);
     }
 
     /// Fold the bytes moved since the last call, `elapsed` ago, into the
@@ -186,9 +231,9 @@ impl BackendStats {
         let total = self.rx() + self.tx();
         let rate = ((total - *last_total) as f64 / elapsed.as_secs_f64().max(1e-3)) as u64;
         *last_total = total;
-        let live = self.live();
-        let old = live.bytes_per_sec.load(Ordering::Relaxed);
-        live.bytes_per_sec.store(old / 2 + rate / 2, Ordering::Relaxed);
+        let cell = self.live().bytes_per_sec_cell();
+        let old = cell.load(Ordering::Relaxed);
+        cell.store(old / 2 + rate / 2, Ordering::Relaxed);
     }
     /// Record an HTTP response status.
     pub fn record_status(&self, status: u16) {
@@ -202,7 +247,7 @@ impl BackendStats {
     }
     /// Mark a connection as open; the guard closes it.
     pub fn open(self: &Arc<Self>) -> ActiveGuard {
-        self.live().active.fetch_add(1, Ordering::Relaxed);
+        self.live().active_cell().fetch_add(1, Ordering::Relaxed);
         self.total.fetch_add(1, Ordering::Relaxed);
         ActiveGuard(self.clone())
     }
@@ -213,7 +258,7 @@ pub struct ActiveGuard(Arc<BackendStats>);
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
-        self.0.live().active.fetch_sub(1, Ordering::Relaxed);
+        self.0.live().active_cell().fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -7,7 +7,7 @@
 
 mod backend;
 
-pub use backend::{ActiveGuard, Backend, BackendStats, Ejection, Health, Live, LiveTable};
+pub use backend::{ActiveGuard, Backend, BackendStats, Chunk, Ejection, Health, Live, LiveTable};
 
 use crate::plugin::bindings::types;
 use crate::plugin::PluginInstance;
@@ -238,10 +238,14 @@ pub struct Members {
     pub backends: Vec<Arc<Backend>>,
     /// The backend list as balancers receive it.
     pub wit_backends: Vec<types::Backend>,
-    /// Each slot's cell in the pool's live table, by address.
-    cells: Box<[LivePtr]>,
+    /// Each slot's cell in the pool's live table.
+    cells: Box<[u32]>,
+    /// The first cell, when the cells are consecutive cells of one chunk in
+    /// slot order (a pool's first member list, and most later ones): a
+    /// gather over every backend then copies part of one array.
+    run: Option<u32>,
     /// The pool's live table, which keeps those cells allocated.
-    _live: Arc<LiveTable>,
+    live_table: Arc<LiveTable>,
     /// Slots of the healthy backends, ascending.
     healthy: ArcSwap<Vec<u32>>,
 }
@@ -258,8 +262,12 @@ impl Members {
                 tags: b.tags.clone(),
             })
             .collect();
-        let cells = backends.iter().map(|b| LivePtr(b.stats.live())).collect();
-        let members = Self { version, backends, wit_backends, cells, _live: live, healthy: ArcSwap::default() };
+        let cells: Box<[u32]> = backends.iter().map(|b| b.stats.cell()).collect();
+        let first = cells.first().copied().unwrap_or(0);
+        let consecutive = cells.iter().enumerate().all(|(i, &c)| c as usize == first as usize + i);
+        let run = (consecutive && live.run(first, cells.len()).is_some()).then_some(first);
+        let members =
+            Self { version, backends, wit_backends, cells, run, live_table: live, healthy: ArcSwap::default() };
         members.refresh();
         members
     }
@@ -275,11 +283,44 @@ impl Members {
 
     /// The live numbers of `slot` (which must be in range).
     #[inline]
-    pub fn live(&self, slot: u32) -> &Live {
-        // SAFETY: the cell belongs to a chunk of `_live`, which never moves
-        // or frees a chunk while it lives, and `self` holds it. The cell is
-        // not reused while `self.backends` holds the backend's stats.
-        unsafe { &*self.cells[slot as usize].0 }
+    pub fn live(&self, slot: u32) -> Live<'_> {
+        self.live_table.cell(self.cells[slot as usize])
+    }
+
+    /// Active counts of the backends in `eligible` (ascending slots of this
+    /// list), in that order.
+    pub fn gather_active(&self, eligible: &[u32]) -> Vec<u32> {
+        self.gather(eligible, |c| &c.active, |a| a.load(Ordering::Relaxed))
+    }
+
+    /// Latencies (µs) of the backends in `eligible`, in that order.
+    pub fn gather_latency_us(&self, eligible: &[u32]) -> Vec<u32> {
+        self.gather(eligible, |c| &c.latency_us, |a| a.load(Ordering::Relaxed))
+    }
+
+    /// Bytes/s of the backends in `eligible`, in that order.
+    pub fn gather_bytes_per_sec(&self, eligible: &[u32]) -> Vec<u64> {
+        self.gather(eligible, |c| &c.bytes_per_sec, |a| a.load(Ordering::Relaxed))
+    }
+
+    /// One column of the live table for `eligible`. With every backend
+    /// eligible and the cells consecutive, a copy of part of one array.
+    #[inline]
+    fn gather<A, T>(&self, eligible: &[u32], column: impl Fn(&Chunk) -> &[A], load: impl Fn(&A) -> T) -> Vec<T> {
+        if eligible.len() == self.cells.len() {
+            if let Some((chunk, range)) = self.run.and_then(|first| self.live_table.run(first, self.cells.len())) {
+                return column(chunk)[range].iter().map(load).collect();
+            }
+        }
+        let one = |cell: u32| {
+            let (chunk, i) = self.live_table.place(cell);
+            load(&column(chunk)[i])
+        };
+        if eligible.len() == self.cells.len() {
+            self.cells.iter().map(|&c| one(c)).collect()
+        } else {
+            eligible.iter().map(|&s| one(self.cells[s as usize])).collect()
+        }
     }
 
     /// The backend with this address.
@@ -287,14 +328,6 @@ impl Members {
         self.backends.iter().find(|b| b.address == address)
     }
 }
-
-/// A pointer to a cell of a [`LiveTable`], valid while the table lives.
-struct LivePtr(*const Live);
-
-// SAFETY: `Live` is all atomics; the pointer is only read through `&Live`.
-unsafe impl Send for LivePtr {}
-// SAFETY: as above.
-unsafe impl Sync for LivePtr {}
 
 /// What a member-list change did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

@@ -4,9 +4,10 @@
 
 use weir_sdk::balancer::*;
 
-/// Index of the smallest rate; `turn` rotates among ties.
+/// Index of the smallest rate; `turn` rotates among ties (one SIMD scan,
+/// the SDK's `nth_min_u64`).
 pub fn least(rates: &[u64], turn: u64) -> usize {
-    nth_min(rates.len(), |i| rates[i], turn)
+    nth_min_u64(rates, turn)
 }
 
 struct LeastBandwidth;

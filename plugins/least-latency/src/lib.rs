@@ -5,10 +5,10 @@
 
 use weir_sdk::balancer::*;
 
-/// Index of the lowest score; `turn` rotates among ties.
+/// Index of the lowest score; `turn` rotates among ties. One SIMD scan of
+/// the exact products (the SDK's `nth_min_product`).
 pub fn lowest(latency_us: &[u32], active: &[u32], turn: u64) -> usize {
-    let score = |i: usize| latency_us[i] as u64 * (active[i] as u64 + 1);
-    nth_min(latency_us.len(), score, turn)
+    nth_min_product(latency_us, active, 1, turn)
 }
 
 struct LeastLatency;
@@ -30,6 +30,26 @@ weir_sdk::export_balancer!(LeastLatency);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_scan_is_the_plain_definition() {
+        let mut seed = 11u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for round in 0..500 {
+            let n = (next() % 100 + 1) as usize;
+            let spread = [3u64, 1000, 1 << 32][round % 3];
+            let latency: Vec<u32> = (0..n).map(|_| (next() % spread) as u32).collect();
+            let active: Vec<u32> = (0..n).map(|_| (next() % spread) as u32).collect();
+            let turn = next();
+            let score = |i: usize| latency[i] as u64 * (active[i] as u64 + 1);
+            assert_eq!(lowest(&latency, &active, turn), nth_min(n, score, turn));
+        }
+    }
 
     #[test]
     fn latency_times_load() {

@@ -102,7 +102,7 @@ impl Balancer for Sticky {
             Inner::Random => random_below(n),
             Inner::LeastConnections => {
                 let active = pool.eligible_active();
-                nth_min(active.len(), |i| active[i] as u64, ctx.sequence) as u32
+                nth_min_u32(&active, ctx.sequence) as u32
             }
         };
         let Some((_, cookies)) = self.pools.get(&ctx.pool) else { return Ok(Choice::EligibleIndex(index)) };
