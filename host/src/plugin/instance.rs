@@ -10,7 +10,6 @@ use crate::config::Fallback;
 use crate::upstream::{Members, Pool};
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -172,8 +171,9 @@ pub enum RouteDecision {
 struct Slot {
     store: Store<PluginState>,
     bound: Bound,
-    /// Pool id -> version of the backend list this instance was given.
-    seen_pools: HashMap<u32, u64>,
+    /// Pool id -> version of the backend list this instance was given
+    /// (looked up on every pick: a fast hash for a u32 key).
+    seen_pools: rustc_hash::FxHashMap<u32, u64>,
 }
 
 /// One loaded version of a plugin instance.
@@ -517,7 +517,7 @@ impl PluginInstance {
                 Bound::Discovery(d)
             }
         };
-        Ok(Slot { store, bound, seen_pools: HashMap::new() })
+        Ok(Slot { store, bound, seen_pools: Default::default() })
     }
 
     /// Run `f` on an idle instance under the call limits. A trap, timeout or
