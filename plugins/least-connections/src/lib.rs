@@ -126,13 +126,8 @@ mod tests {
 
     #[test]
     fn scaled_scan_agrees_with_cross_multiplication() {
-        let mut seed = 7u64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut rng = FastRng::from_seed(7u64);
+        let mut next = move || rng.next_u64();
         for round in 0..2000 {
             let n = (next() % 40 + 1) as usize;
             let weights: Vec<u32> = (0..n).map(|_| [1, 1, 2, 3, 0, 5, 100, 97][(next() % 8) as usize]).collect();

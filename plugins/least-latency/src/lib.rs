@@ -33,13 +33,8 @@ mod tests {
 
     #[test]
     fn the_scan_is_the_plain_definition() {
-        let mut seed = 11u64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut rng = FastRng::from_seed(11u64);
+        let mut next = move || rng.next_u64();
         for round in 0..500 {
             let n = (next() % 100 + 1) as usize;
             let spread = [3u64, 1000, 1 << 32][round % 3];

@@ -8,13 +8,8 @@ use weir_sdk::balancer::*;
 
 /// Every disagreement between the scans and `nth_min`, described.
 pub fn disagreements() -> Vec<String> {
-    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-    let mut next = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
+    let mut rng = FastRng::from_seed(0x9e37_79b9_7f4a_7c15u64);
+    let mut next = move || rng.next_u64();
     let mut bad = Vec::new();
     for round in 0..3000 {
         // Lengths around the SIMD block sizes, and a large pool now and then.
