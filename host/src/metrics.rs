@@ -4,7 +4,7 @@
 //! status class, latency and health transitions; per plugin instance its
 //! call counters and generation.
 
-use crate::plugin::PluginInstance;
+use crate::plugin::{MetricKind, PluginInstance};
 use crate::upstream::Pool;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
@@ -255,6 +255,29 @@ impl Collector for Live {
             "Generation in use (1, then +1 per swap)",
             Gauge,
             per_plugin(|p| p.generation().number as f64),
+        )?;
+        // Metrics plugins open themselves, for the instances in service.
+        let custom = self.core.runtime().shared().metrics();
+        let custom = custom.iter().filter(|(p, ..)| now.plugins.contains_key(&**p));
+        let custom_of = |kind: MetricKind| {
+            custom
+                .clone()
+                .filter(move |(_, _, k, _)| *k == kind)
+                .map(|(p, n, _, v)| -> PRow { (vec![("plugin", &**p), ("name", n.as_str())], *v as f64) })
+        };
+        family(
+            &mut e,
+            "plugin_custom",
+            "Counters plugins keep (host.open-metric)",
+            Counter,
+            custom_of(MetricKind::Counter),
+        )?;
+        family(
+            &mut e,
+            "plugin_custom_gauge",
+            "Gauges plugins keep (host.open-metric)",
+            Gauge,
+            custom_of(MetricKind::Gauge),
         )?;
         histograms(
             &mut e,

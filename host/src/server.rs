@@ -572,6 +572,11 @@ impl ServerCore {
         }
     }
 
+    /// The plugin runtime (shared store, compile cache).
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
+
     /// The current snapshot.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.load_full()

@@ -1,5 +1,5 @@
 //! Host imports every plugin may use, wrapped for Rust: logging, clock,
-//! randomness, shared counters and the shared key-value store.
+//! randomness, shared counters, metrics and the shared key-value store.
 
 use crate::imports::weir::plugin::host;
 pub use crate::imports::weir::plugin::types::{Backend, Connection, Error, IpAddress, Protocol, SocketAddress};
@@ -128,6 +128,57 @@ pub fn take_token(key: &str, rate: u32, burst: u32) -> Result<(), std::time::Dur
     match host::take_token(key, rate, burst) {
         0 => Ok(()),
         ms => Err(std::time::Duration::from_millis(ms as u64)),
+    }
+}
+
+/// A metric of this plugin instance that weir exports on its `/metrics`:
+/// a counter as `weir_plugin_custom_total{plugin="NAME",name="..."}`, a
+/// gauge as `weir_plugin_custom_gauge{...}`. Like [`SharedCounter`], it is
+/// shared by every instance and worker thread and survives hot swaps.
+///
+/// Open it once, in `init`, and keep it: `inc`, `add` and `set` are one
+/// host call each, with no lookup.
+///
+/// ```no_run
+/// use weir_sdk::Metric;
+///
+/// let refused = Metric::counter("refused").expect("a valid metric name");
+/// refused.inc();
+/// let queue = Metric::gauge("queue_depth").expect("a valid metric name");
+/// queue.set(3);
+/// ```
+pub struct Metric(host::Metric);
+
+impl Metric {
+    /// The counter `name` (1 to 64 of `a-z`, `A-Z`, `0-9`, `_`). Refused when
+    /// the name is invalid, is a gauge already, or the plugin instance has
+    /// 64 metrics.
+    pub fn counter(name: &str) -> Result<Self, Error> {
+        Self::open(name, host::MetricKind::Counter)
+    }
+
+    /// The gauge `name`; refused as for [`Metric::counter`].
+    pub fn gauge(name: &str) -> Result<Self, Error> {
+        Self::open(name, host::MetricKind::Gauge)
+    }
+
+    fn open(name: &str, kind: host::MetricKind) -> Result<Self, Error> {
+        host::open_metric(name, kind).map(Self).map_err(Error::Other)
+    }
+
+    /// Add one.
+    pub fn inc(&self) {
+        self.0.add(1);
+    }
+
+    /// Add `delta` (a counter ignores a negative one).
+    pub fn add(&self, delta: i64) {
+        self.0.add(delta);
+    }
+
+    /// Set the value (a gauge; a counter ignores it).
+    pub fn set(&self, value: i64) {
+        self.0.set(value);
     }
 }
 

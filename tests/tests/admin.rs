@@ -402,6 +402,53 @@ async fn metrics_parse_and_match_the_traffic() -> Result<()> {
     Ok(())
 }
 
+/// Metrics a plugin opens itself (`host.open-metric`, `weir_sdk::Metric`)
+/// are on `/metrics` with the plugin's name: rate-limit counts each refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_a_plugin_keeps_are_exported_with_its_name() -> Result<()> {
+    let a = HttpBackend::start("a").await?;
+    let text = format!(
+        "[admin]\nbind = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n\n[plugins.limit]\nsource = \"builtin:rate-limit\"\n\
+         config = {{ rate = 1, burst = 3, by = \"header:x-key\" }}\n\n[pools.p]\nbackends = [\"{}\"]\n\n\
+         [listeners.web]\nbind = \"127.0.0.1:0\"\nprotocol = \"http\"\npool = \"p\"\naccess = [\"limit\"]\n",
+        a.addr
+    );
+    let weir = start_weir(&text).await?;
+    let (addr, admin) = (weir.listener_addr("web").unwrap(), weir.admin_addr().unwrap());
+    let client = client_h1();
+    let limited_now = || async {
+        let got = send(&client_h1(), admin_request("GET", admin, "/metrics", Some(TOKEN), Bytes::new())).await?;
+        let text = String::from_utf8(got.body.to_vec())?;
+        let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))?;
+        anyhow::Ok(scrape.samples.into_iter().find_map(|s| {
+            let ours = s.metric == "weir_plugin_custom_total"
+                && s.labels.get("plugin") == Some("limit")
+                && s.labels.get("name") == Some("limited");
+            match s.value {
+                prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) if ours => Some(v),
+                _ => None,
+            }
+        }))
+    };
+    // Opened at init: exported at zero before any refusal.
+    assert_eq!(limited_now().await?, Some(0.0));
+    let (mut ok, mut refused) = (0, 0);
+    for _ in 0..12 {
+        let mut req = get(addr, "x", "/");
+        req.headers_mut().insert("x-key", http::HeaderValue::from_static("k"));
+        match send(&client, req).await?.status {
+            StatusCode::OK => ok += 1,
+            StatusCode::TOO_MANY_REQUESTS => refused += 1,
+            other => anyhow::bail!("unexpected {other}"),
+        }
+    }
+    println!("rate-limit: {ok} allowed, {refused} refused; metric {:?}", limited_now().await?);
+    assert!(refused >= 7, "{ok} allowed, {refused} refused");
+    assert_eq!(limited_now().await?, Some(refused as f64));
+    weir.shutdown().await;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listeners_are_created_and_deleted_and_weights_changed_at_runtime() -> Result<()> {
     let (a, b) = (EchoBackend::start("a").await?, EchoBackend::start("b").await?);

@@ -1,6 +1,6 @@
 //! Host-side bindings generated from `wit/` for the worlds weir calls.
 
-pub use crate::plugin::state::{PoolViewRep, RequestRep, SharedCounterRep};
+pub use crate::plugin::state::{MetricRep, PoolViewRep, RequestRep, SharedCounterRep};
 
 /// The `balancer` world; also defines the shared `types`, `host` and `pool` interfaces.
 pub mod balancer {
@@ -10,6 +10,7 @@ pub mod balancer {
         imports: { default: trappable },
         with: {
             "weir:plugin/host.shared-counter": super::SharedCounterRep,
+            "weir:plugin/host.metric": super::MetricRep,
             "weir:plugin/pool.pool-view": super::PoolViewRep,
         },
     });

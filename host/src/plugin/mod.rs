@@ -16,7 +16,7 @@ pub use instance::{
     Rollout, RolloutInfo, RouteDecision, Verdict,
 };
 pub use io::Grants;
-pub use state::{HttpPick, SharedStore};
+pub use state::{HttpPick, MetricKind, SharedStore, MAX_PLUGIN_METRICS};
 
 use sha2::{Digest, Sha256};
 use std::hash::{Hash, Hasher};

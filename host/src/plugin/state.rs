@@ -16,6 +16,24 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 /// Host data behind a guest's `shared-counter` handle.
 pub struct SharedCounterRep(Arc<AtomicI64>);
 
+/// Host data behind a guest's `metric` handle.
+pub struct MetricRep {
+    kind: MetricKind,
+    value: Arc<AtomicI64>,
+}
+
+/// What a plugin metric measures (the WIT `metric-kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricKind {
+    /// Only goes up.
+    Counter,
+    /// Goes up and down.
+    Gauge,
+}
+
+/// Metrics one plugin instance name may open.
+pub const MAX_PLUGIN_METRICS: usize = 64;
+
 /// Marker for the `pool-view` handle; the data is the store's current [`PickCall`].
 pub struct PoolViewRep;
 
@@ -28,6 +46,7 @@ pub struct RequestRep;
 pub struct SharedStore {
     counters: Mutex<HashMap<Key, Arc<AtomicI64>>>,
     kv: Mutex<HashMap<Key, Vec<u8>>>,
+    metrics: Mutex<std::collections::BTreeMap<Key, (MetricKind, Arc<AtomicI64>)>>,
     buckets: parking_lot::RwLock<HashMap<Key, Arc<AtomicU64>>>,
     listeners: parking_lot::RwLock<Vec<String>>,
 }
@@ -93,6 +112,37 @@ impl SharedStore {
     /// The counter `name` of namespace `ns`, created at zero.
     pub fn counter(&self, ns: &Arc<str>, name: String) -> Arc<AtomicI64> {
         self.counters.lock().entry((ns.clone(), name)).or_default().clone()
+    }
+
+    /// The metric `name` of plugin instance `ns`, created at zero; refused
+    /// with the reason when the name is not a metric name, is open as the
+    /// other kind, or `ns` has [`MAX_PLUGIN_METRICS`] already.
+    pub fn metric(&self, ns: &Arc<str>, name: String, kind: MetricKind) -> Result<Arc<AtomicI64>, String> {
+        if name.is_empty() || name.len() > 64 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Err(format!("`{name}` is not a metric name (1 to 64 of a-z, A-Z, 0-9 and _)"));
+        }
+        let mut metrics = self.metrics.lock();
+        let key = (ns.clone(), name);
+        if let Some((k, value)) = metrics.get(&key) {
+            return match *k == kind {
+                true => Ok(value.clone()),
+                false => Err(format!("`{}` is already open as a {k:?}", key.1)),
+            };
+        }
+        let open = metrics.range((ns.clone(), String::new())..).take_while(|((n, _), _)| n == ns).count();
+        if open >= MAX_PLUGIN_METRICS {
+            return Err(format!("this plugin instance has {MAX_PLUGIN_METRICS} metrics already"));
+        }
+        Ok(metrics.entry(key).or_insert_with(|| (kind, Arc::default())).1.clone())
+    }
+
+    /// Every plugin metric: (plugin instance, name, kind, value), by plugin and name.
+    pub fn metrics(&self) -> Vec<(Arc<str>, String, MetricKind, i64)> {
+        let metrics = self.metrics.lock();
+        metrics
+            .iter()
+            .map(|((ns, name), (kind, v))| (ns.clone(), name.clone(), *kind, v.load(Ordering::Relaxed)))
+            .collect()
     }
 }
 
@@ -245,6 +295,21 @@ impl host::Host for PluginState {
         self.shared.kv.lock().remove(&(self.name.clone(), key));
         Ok(())
     }
+
+    fn open_metric(
+        &mut self,
+        name: String,
+        kind: host::MetricKind,
+    ) -> wasmtime::Result<Result<Resource<MetricRep>, String>> {
+        let kind = match kind {
+            host::MetricKind::Counter => MetricKind::Counter,
+            host::MetricKind::Gauge => MetricKind::Gauge,
+        };
+        Ok(match self.shared.metric(&self.name, name, kind) {
+            Ok(value) => Ok(self.table.push(MetricRep { kind, value })?),
+            Err(e) => Err(e),
+        })
+    }
 }
 
 impl host::HostSharedCounter for PluginState {
@@ -267,6 +332,29 @@ impl host::HostSharedCounter for PluginState {
     }
 
     fn drop(&mut self, this: Resource<SharedCounterRep>) -> wasmtime::Result<()> {
+        self.table.delete(this)?;
+        Ok(())
+    }
+}
+
+impl host::HostMetric for PluginState {
+    fn add(&mut self, this: Resource<MetricRep>, delta: i64) -> wasmtime::Result<()> {
+        let m = self.table.get(&this)?;
+        if m.kind == MetricKind::Gauge || delta > 0 {
+            m.value.fetch_add(delta, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    fn set(&mut self, this: Resource<MetricRep>, value: i64) -> wasmtime::Result<()> {
+        let m = self.table.get(&this)?;
+        if m.kind == MetricKind::Gauge {
+            m.value.store(value, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    fn drop(&mut self, this: Resource<MetricRep>) -> wasmtime::Result<()> {
         self.table.delete(this)?;
         Ok(())
     }
@@ -442,5 +530,38 @@ mod tests {
         // Other keys and namespaces are independent.
         assert_eq!(store.take_token(&ns, "other".into(), 10, 5, t0), 0);
         assert_eq!(store.take_token(&"rl2".into(), "k".into(), 10, 5, t0), 0);
+    }
+
+    #[test]
+    fn metrics_are_named_kinded_and_capped_per_plugin() {
+        let store = SharedStore::default();
+        let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
+        let hits = store.metric(&a, "hits".into(), MetricKind::Counter).unwrap();
+        hits.fetch_add(2, Ordering::Relaxed);
+        // The same name gives the same value; the other kind is refused.
+        assert_eq!(store.metric(&a, "hits".into(), MetricKind::Counter).unwrap().load(Ordering::Relaxed), 2);
+        assert!(store.metric(&a, "hits".into(), MetricKind::Gauge).unwrap_err().contains("already open as a Counter"));
+        for bad in ["", "has space", "dash-ed", &"x".repeat(65)] {
+            assert!(
+                store.metric(&a, bad.into(), MetricKind::Gauge).unwrap_err().contains("not a metric name"),
+                "{bad}"
+            );
+        }
+        for i in 1..MAX_PLUGIN_METRICS {
+            store.metric(&a, format!("m{i}"), MetricKind::Gauge).unwrap();
+        }
+        assert!(store.metric(&a, "one_more".into(), MetricKind::Gauge).unwrap_err().contains("64 metrics"));
+        // Another plugin has its own names and its own cap.
+        store.metric(&b, "hits".into(), MetricKind::Gauge).unwrap().store(-5, Ordering::Relaxed);
+        let all = store.metrics();
+        assert_eq!(all.len(), MAX_PLUGIN_METRICS + 1);
+        assert_eq!(
+            all.iter().find(|(p, n, ..)| &**p == "a" && n == "hits").map(|m| (m.2, m.3)),
+            Some((MetricKind::Counter, 2))
+        );
+        assert_eq!(
+            all.iter().find(|(p, n, ..)| &**p == "b" && n == "hits").map(|m| (m.2, m.3)),
+            Some((MetricKind::Gauge, -5))
+        );
     }
 }

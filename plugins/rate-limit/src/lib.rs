@@ -10,6 +10,9 @@
 //! Over the limit, HTTP requests get `429` with `Retry-After` (seconds,
 //! rounded up); on TCP listeners the connection is closed. Requests without
 //! the header named by `by` share one bucket.
+//!
+//! Refusals are counted on `/metrics` as
+//! `weir_plugin_custom_total{plugin="NAME",name="limited"}`.
 
 use serde::Deserialize;
 use weir_sdk::access::*;
@@ -43,6 +46,8 @@ struct RateLimit {
     burst: u32,
     by: By,
     status: u16,
+    /// Requests, connections or sessions refused.
+    limited: Metric,
 }
 
 /// `Retry-After` in whole seconds, at least 1.
@@ -54,11 +59,14 @@ impl RateLimit {
     fn verdict(&self, key: String) -> Verdict {
         match take_token(&key, self.rate, self.burst) {
             Ok(()) => Verdict::Allow,
-            Err(wait) => Verdict::Deny(DenyInfo {
-                reason: format!("rate limit {} /s exceeded for {key}", self.rate),
-                status: Some(self.status),
-                headers: vec![("retry-after".into(), retry_after_secs(wait).to_string())],
-            }),
+            Err(wait) => {
+                self.limited.inc();
+                Verdict::Deny(DenyInfo {
+                    reason: format!("rate limit {} /s exceeded for {key}", self.rate),
+                    status: Some(self.status),
+                    headers: vec![("retry-after".into(), retry_after_secs(wait).to_string())],
+                })
+            }
         }
     }
 }
@@ -74,7 +82,8 @@ impl AccessFilter for RateLimit {
             Some(("header", h)) if !h.is_empty() => By::Header(h.to_string()),
             _ => return Err(Error::InvalidConfig(format!("by: `{}` is not client-ip or header:NAME", s.by))),
         };
-        Ok(Self { rate: s.rate, burst: s.burst.unwrap_or(s.rate), by, status: s.status })
+        let limited = Metric::counter("limited")?;
+        Ok(Self { rate: s.rate, burst: s.burst.unwrap_or(s.rate), by, status: s.status, limited })
     }
 
     fn check_connection(&mut self, conn: &Connection) -> Result<Verdict, Error> {
