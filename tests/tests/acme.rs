@@ -2,7 +2,8 @@
 //! Encrypt's test server, a Debian package) validates weir's HTTP-01 answer
 //! on weir's HTTP listener, resolving the name through pebble-challtestsrv's
 //! DNS, and weir then serves the issued certificate on its HTTPS listener,
-//! which curl verifies against Pebble's root.
+//! which curl verifies against Pebble's root; when the certificate is due,
+//! weir orders a new one and serves it without a restart.
 
 use anyhow::{bail, ensure, Context, Result};
 use std::path::{Path, PathBuf};
@@ -75,6 +76,9 @@ ca = "{ca}"
 storage = "{storage}"
 contact = ["mailto:ops@acme.test"]
 check_interval = "1s"
+# Longer than Pebble's certificates live: every check finds the certificate
+# due, so the test sees a renewal without waiting for an expiry.
+renew_before = "100y"
 
 [pools.p]
 backends = ["{backend}"]
@@ -158,6 +162,23 @@ tls.watch_interval = "100ms"
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
+    // Renewal: the next check orders a new certificate, stored over the
+    // old one and served without a restart.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let renewed = loop {
+        if let Ok(tls) = pki::connect(https, "acme.test", pki::any_certificate()).await {
+            if let Some(certs) = tls.get_ref().1.peer_certificates() {
+                if certs[0].as_ref() != served.as_slice() {
+                    break certs[0].as_ref().to_vec();
+                }
+            }
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("the certificate for acme.test was not renewed within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    println!("ACME: first certificate {} bytes, renewed one {} bytes, different", served.len(), renewed.len());
     assert!(storage.join("account.json").exists(), "the account is kept for the next order");
     let stored = std::fs::read_to_string(storage.join("acme.test.pem"))?;
     assert!(stored.matches("BEGIN CERTIFICATE").count() >= 2, "the chain is stored, leaf first");
