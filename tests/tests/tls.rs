@@ -6,6 +6,7 @@
 use anyhow::{bail, Context, Result};
 use std::net::SocketAddr;
 use std::process::Output;
+use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use weir_tests::pki::{self, Pki};
 use weir_tests::web::*;
@@ -306,6 +307,55 @@ tls.handshake_timeout = "500ms"
     assert_eq!(a.connections() + b.connections(), 3 + before, "neither reached a backend");
     assert_eq!(served_cert(addr, "a.test").await?, cert_a.der.as_ref());
     drop((tcp, junk, silent));
+    weir.shutdown().await;
+    Ok(())
+}
+
+/// Passthrough routes on the protocols a ClientHello offers (`cond`'s
+/// `ses_tls_alpn_in`): a client offering h2 goes to one pool, the others to
+/// the listener's pool, as HAProxy's `req.ssl_alpn` routes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passthrough_routes_by_the_offered_alpn() -> Result<()> {
+    let pki = Pki::new("pass-alpn")?;
+    let (cert_a, cert_b) = (pki.server("a", &["a.test"])?, pki.server("b", &["b.test"])?);
+    let a = HttpBackend::start_tls("a", pki::server_config(&cert_a)).await?;
+    let b = HttpBackend::start_tls("b", pki::server_config(&cert_b)).await?;
+    let weir = start_weir(&format!(
+        r#"
+[plugins.by-alpn]
+source = "builtin:cond"
+config.rules = [{{ cond = 'ses_tls_alpn_in("h2")', pool = "h2" }}]
+
+[pools.h2]
+backends = ["{}"]
+
+[pools.other]
+backends = ["{}"]
+
+[listeners.tls]
+bind = "127.0.0.1:0"
+protocol = "tls"
+pool = "other"
+router = "by-alpn"
+tls.passthrough = true
+"#,
+        a.addr, b.addr
+    ))
+    .await?;
+    let addr = weir.listener_addr("tls").context("listener")?;
+    let offering = |alpn: &[&str]| {
+        let mut config = (*pki::any_certificate()).clone();
+        config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+        Arc::new(config)
+    };
+    for (alpn, cert) in
+        [(&["h2", "http/1.1"][..], &cert_a), (&["http/1.1"][..], &cert_b), (&[][..], &cert_b), (&["h2"][..], &cert_a)]
+    {
+        let tls = pki::connect(addr, "any.test", offering(alpn)).await?;
+        let served = tls.get_ref().1.peer_certificates().context("no certificate")?[0].as_ref().to_vec();
+        assert_eq!(served, cert.der.as_ref(), "offering {alpn:?}");
+    }
+    assert_eq!((a.connections(), b.connections()), (2, 2));
     weir.shutdown().await;
     Ok(())
 }

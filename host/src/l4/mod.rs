@@ -254,6 +254,9 @@ impl TcpService {
             TlsMode::Passthrough(timeout) => match read_client_hello(&mut client, *timeout).await {
                 Ok((hello, bytes)) => {
                     conn.sni = hello.sni;
+                    // Nothing is settled on passthrough: the record carries
+                    // what the client offered, in its order.
+                    conn.alpn = (!hello.alpn.is_empty()).then(|| hello.alpn.join(","));
                     offered_alpn = hello.alpn;
                     ClientSide::Plain(client, bytes)
                 }

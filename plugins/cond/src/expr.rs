@@ -23,6 +23,9 @@ pub trait Facts {
     fn sni(&self) -> Option<String>;
     /// Identity of a verified client certificate.
     fn client_identity(&self) -> Option<String>;
+    /// ALPN protocols: the one settled on a terminating listener, the ones
+    /// the client offered on passthrough.
+    fn alpn(&self) -> Vec<String>;
 }
 
 /// A set of alternatives from a `"a|b|c"` argument.
@@ -89,6 +92,9 @@ pub enum Cond {
     ClientIdentityIn(Alternatives),
     /// `ses_tls_client_auth()`: a verified client certificate was presented.
     ClientAuth,
+    /// `ses_tls_alpn_in("h2|http/1.1")`: the settled ALPN protocol, or on
+    /// passthrough any protocol the client offered, is one of these.
+    AlpnIn(Alternatives),
     /// `true` / `false`.
     Const(bool),
 }
@@ -121,6 +127,7 @@ impl Cond {
             Cond::SniIn(alt) => f.sni().is_some_and(|h| alt.contains(&h)),
             Cond::ClientIdentityIn(alt) => f.client_identity().is_some_and(|v| alt.contains(&v)),
             Cond::ClientAuth => f.client_identity().is_some(),
+            Cond::AlpnIn(alt) => f.alpn().iter().any(|p| alt.contains(p)),
             Cond::Const(b) => *b,
         }
     }
@@ -352,7 +359,9 @@ impl Parser {
                 s(0).map(|v| Cond::ClientIdentityIn(Alternatives::new(&v, fold(1))))
             }
             "ses_tls_client_auth" if arity(0, 0) => Some(Cond::ClientAuth),
+            "ses_tls_alpn_in" if arity(1, 1) => s(0).map(|v| Cond::AlpnIn(Alternatives::new(&v, false))),
             "req_host_in"
+            | "ses_tls_alpn_in"
             | "ses_tls_sni_in"
             | "ses_tls_client_identity_in"
             | "ses_tls_client_auth"

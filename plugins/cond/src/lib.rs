@@ -17,7 +17,9 @@
 //! folds case) and `req_cip_range` (start and end address, or one CIDR); on
 //! TLS and HTTPS listeners also `ses_tls_sni_in`, `ses_tls_client_auth()`
 //! (a verified client certificate was presented) and
-//! `ses_tls_client_identity_in` (its subject common name, else first SAN).
+//! `ses_tls_client_identity_in` (its subject common name, else first SAN)
+//! and `ses_tls_alpn_in` (the settled ALPN protocol; on passthrough, any
+//! protocol the client offered).
 //! Rules are tried in order; the first true one picks the pool. A rule that
 //! does not parse is refused at load with its index and column.
 
@@ -61,6 +63,8 @@ pub fn compile(rules: &[(String, String)]) -> Result<Vec<(Cond, String)>, String
 struct RequestFacts<'a> {
     req: Option<&'a Request>,
     conn: &'a Connection,
+    /// The protocols offered in a passed-through ClientHello.
+    offered_alpn: &'a [String],
 }
 
 impl Facts for RequestFacts<'_> {
@@ -91,6 +95,13 @@ impl Facts for RequestFacts<'_> {
     fn client_identity(&self) -> Option<String> {
         self.conn.client_identity.clone()
     }
+    fn alpn(&self) -> Vec<String> {
+        match &self.conn.alpn {
+            _ if !self.offered_alpn.is_empty() => self.offered_alpn.to_vec(),
+            Some(settled) => vec![settled.clone()],
+            None => Vec::new(),
+        }
+    }
 }
 
 struct CondRouter {
@@ -107,11 +118,11 @@ impl Router for CondRouter {
     }
 
     fn route_request(&mut self, conn: &Connection, req: &Request) -> Result<Decision, Error> {
-        Ok(self.decide(&RequestFacts { req: Some(req), conn }))
+        Ok(self.decide(&RequestFacts { req: Some(req), conn, offered_alpn: &[] }))
     }
 
-    fn route_connection(&mut self, conn: &Connection, _alpn: &[String]) -> Result<Decision, Error> {
-        Ok(self.decide(&RequestFacts { req: None, conn }))
+    fn route_connection(&mut self, conn: &Connection, alpn: &[String]) -> Result<Decision, Error> {
+        Ok(self.decide(&RequestFacts { req: None, conn, offered_alpn: alpn }))
     }
 }
 
@@ -141,6 +152,7 @@ mod tests {
         ip: Option<IpAddr>,
         sni: Option<String>,
         identity: Option<String>,
+        alpn: Vec<String>,
     }
 
     impl Facts for Req {
@@ -170,6 +182,9 @@ mod tests {
         }
         fn client_identity(&self) -> Option<String> {
             self.identity.clone()
+        }
+        fn alpn(&self) -> Vec<String> {
+            self.alpn.clone()
         }
     }
 
@@ -213,6 +228,11 @@ mod tests {
         assert!(holds(r#"ses_tls_client_auth() && ses_tls_client_identity_in("bob|Alice")"#, &r));
         assert!(!holds(r#"ses_tls_client_identity_in("alice")"#, &r));
         assert!(holds(r#"ses_tls_client_identity_in("alice", true)"#, &r));
+        assert!(!holds(r#"ses_tls_alpn_in("h2")"#, &r));
+        r.alpn = vec!["h2".into(), "http/1.1".into()];
+        assert!(holds(r#"ses_tls_alpn_in("h2")"#, &r));
+        assert!(holds(r#"ses_tls_alpn_in("http/1.1|spdy/3")"#, &r));
+        assert!(!holds(r#"ses_tls_alpn_in("h3")"#, &r));
     }
 
     #[test]
