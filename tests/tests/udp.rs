@@ -340,21 +340,29 @@ async fn max_sessions_drops_datagrams_of_new_clients_only() -> Result<()> {
 async fn access_denial_drops_datagrams_before_any_backend() -> Result<()> {
     let a = UdpEcho::start("a").await?;
     let text = udp_config(&[a.addr], "access = [\"acl\"]\n")
-        + "\n[plugins.acl]\nsource = \"builtin:ip-access\"\nconfig = { default = \"allow\", rules = [\"deny 127.0.0.0/8\"] }\n";
+        + "\n[plugins.acl]\nsource = \"builtin:ip-access\"\nconfig = { default = \"allow\", rules = [\"deny 127.0.0.2/32\"] }\n";
     let weir = start_weir(&text).await?;
     let addr = weir.listener_addr("l").unwrap();
-    let socket = client().await?;
+    let calls = || weir.plugin("acl").unwrap().stats().calls.load(Ordering::Relaxed);
+    // An allowed client: access is asked once for its session, not per datagram.
+    let allowed = client().await?;
+    for i in 0..10 {
+        assert_eq!(ask(&allowed, addr, format!("allowed {i}").as_bytes()).await?.0, "a");
+    }
+    assert_eq!(calls(), 1, "one access call for a session of 10 datagrams");
+    // A denied client: nothing reaches a backend.
+    let denied = UdpSocket::bind("127.0.0.2:0").await?;
     for i in 0..5 {
-        unanswered(&socket, addr, format!("denied {i}").as_bytes()).await?;
+        unanswered(&denied, addr, format!("denied {i}").as_bytes()).await?;
     }
     let stats = listener_stats(&weir);
     eventually("every denied datagram counted", || stats.dropped() == 5).await?;
-    let calls = weir.plugin("acl").unwrap().stats().calls.load(Ordering::Relaxed);
-    println!("dropped {}, access calls {calls}, backend received {}", stats.dropped(), a.received());
-    assert_eq!(a.received(), 0);
-    assert!((1..=5).contains(&calls), "one access call per session attempt: {calls}");
+    let denied_calls = calls() - 1;
+    println!("allowed: 10 echoed, 1 access call; denied: dropped {}, access calls {denied_calls}", stats.dropped());
+    assert_eq!(a.received(), 10);
+    assert!((1..=5).contains(&denied_calls), "one access call per session attempt: {denied_calls}");
     let members = weir.pool("p").unwrap().members();
-    assert_eq!(members.backends[0].stats.total(), 0);
+    assert_eq!(members.backends[0].stats.total(), 1, "one session reached the backend");
     weir.shutdown().await;
     Ok(())
 }
