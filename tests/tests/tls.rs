@@ -233,6 +233,17 @@ async fn a_replaced_certificate_is_served_without_restart_and_open_connections_s
     std::fs::write(&second.cert, "not a certificate")?;
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert_eq!(served_cert(addr, "site.test").await?, second.der.as_ref());
+
+    // A config reload naming other files serves their certificate on the
+    // same socket at once, and the open connection still goes on.
+    let third = pki.server("site-moved", &["site.test"])?;
+    let text = terminating(echo.addr, "tls", &[&third], "tls.watch_interval = \"100ms\"");
+    weir.reload(weir::config::Source { origin: "reload.toml".into(), text }).await.map_err(anyhow::Error::msg)?;
+    assert_eq!(weir.listener_addr("l"), Some(addr));
+    assert_eq!(served_cert(addr, "site.test").await?, third.der.as_ref());
+    open.write_all(b"after load").await?;
+    tokio::time::timeout(STEP, open.read_exact(&mut back)).await??;
+    assert_eq!(&back, b"after load");
     drop(open);
     weir.shutdown().await;
     Ok(())
