@@ -267,7 +267,7 @@ impl Drop for WeirProcess {
 }
 
 /// A real nginx on a loopback port, started from a generated config and
-/// stopped when dropped. `None` when nginx is not installed. One process
+/// stopped when dropped; an error when nginx is not installed. One process
 /// (`master_process off`): killing it leaves no orphaned worker holding the
 /// port.
 pub struct Nginx {
@@ -280,9 +280,9 @@ pub struct Nginx {
 
 impl Nginx {
     /// Start nginx serving `www/` plus `location` blocks given in `locations`.
-    pub async fn start(name: &str, locations: &str, files: &[(&str, &[u8])]) -> Result<Option<Self>> {
+    pub async fn start(name: &str, locations: &str, files: &[(&str, &[u8])]) -> Result<Self> {
         let bin = ["/usr/sbin/nginx", "/usr/bin/nginx"].into_iter().find(|p| std::path::Path::new(p).exists());
-        let Some(bin) = bin else { return Ok(None) };
+        let bin = bin.context("nginx is not installed: run scripts/setup --test, which installs it")?;
         let dir = std::env::temp_dir().join(format!("weir-nginx-{name}-{}", std::process::id()));
         std::fs::create_dir_all(dir.join("www"))?;
         for (file, content) in files {
@@ -315,7 +315,7 @@ impl Nginx {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Ok(Some(Self { child, addr, dir }))
+        Ok(Self { child, addr, dir })
     }
 }
 
@@ -364,7 +364,7 @@ pub async fn connect_from(from: &str, addr: SocketAddr) -> Result<TcpStream> {
 
 /// A real HAProxy started in the foreground (`-db`) from a generated config
 /// (a `global`/`defaults` preamble plus the given sections), killed when
-/// dropped. `None` when haproxy is not installed.
+/// dropped; an error when haproxy is not installed.
 pub struct Haproxy {
     child: std::process::Child,
     /// Scratch directory holding `haproxy.cfg` and its output.
@@ -373,9 +373,9 @@ pub struct Haproxy {
 
 impl Haproxy {
     /// Start HAProxy on `sections` and wait until every address in `ready` accepts.
-    pub async fn start(name: &str, sections: &str, ready: &[SocketAddr]) -> Result<Option<Self>> {
+    pub async fn start(name: &str, sections: &str, ready: &[SocketAddr]) -> Result<Self> {
         let bin = ["/usr/sbin/haproxy", "/usr/bin/haproxy"].into_iter().find(|p| std::path::Path::new(p).exists());
-        let Some(bin) = bin else { return Ok(None) };
+        let bin = bin.context("haproxy is not installed: run scripts/setup --test, which installs it")?;
         let dir = std::env::temp_dir().join(format!("weir-haproxy-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         let conf = format!(
@@ -402,7 +402,7 @@ impl Haproxy {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
-        Ok(Some(haproxy))
+        Ok(haproxy)
     }
 
     /// What HAProxy printed so far.

@@ -91,18 +91,6 @@ async fn refused(stream: TcpStream, bytes: &[u8]) -> Result<bool> {
     }
 }
 
-macro_rules! haproxy_or_skip {
-    ($start:expr) => {
-        match $start.await? {
-            Some(h) => h,
-            None => {
-                eprintln!("haproxy is not installed (scripts/setup --test installs it): skipped");
-                return Ok(());
-            }
-        }
-    };
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn haproxy_send_proxy_v1_and_v2_carry_the_client_to_an_http_listener() -> Result<()> {
     let backend = HttpBackend::start("a").await?;
@@ -130,8 +118,7 @@ proxy_protocol_from = ["127.0.0.1"]
     let web = weir.listener_addr("web").context("web")?;
     let (v1, v2) = (free_port()?, free_port()?);
     let fronts = [(v1, "send-proxy"), (v2, "send-proxy-v2")];
-    let haproxy =
-        haproxy_or_skip!(Haproxy::start("send-http", &send_sections("web", &fronts, web), &[local(v1), local(v2)]));
+    let haproxy = Haproxy::start("send-http", &send_sections("web", &fronts, web), &[local(v1), local(v2)]).await?;
     for (port, option) in fronts {
         for from in ["127.0.0.2", "127.0.0.3"] {
             let resp = http_get_from(from, local(port), "/pp").await?;
@@ -189,7 +176,7 @@ proxy_protocol_from = ["127.0.0.0/30"]
     let sections = send_sections("guarded", &[(ports[0], "send-proxy"), (ports[1], "send-proxy-v2")], guarded)
         + &send_sections("sticky", &[(ports[2], "send-proxy"), (ports[3], "send-proxy-v2")], sticky);
     let ready: Vec<SocketAddr> = ports.iter().map(|&p| local(p)).collect();
-    let haproxy = haproxy_or_skip!(Haproxy::start("send-tcp", &sections, &ready));
+    let haproxy = Haproxy::start("send-tcp", &sections, &ready).await?;
     for (port, option) in [(ports[0], "send-proxy"), (ports[1], "send-proxy-v2")] {
         let allowed = talk(connect_from("127.0.0.3", local(port)).await?, b"hello").await?;
         println!("{option} from 127.0.0.3: {:?}", String::from_utf8_lossy(&allowed));
@@ -266,7 +253,7 @@ proxy_protocol_from = ["127.0.0.1"]
         "frontend accepting\n  mode http\n  bind 127.0.0.1:{accepting} accept-proxy\n  \
          http-request return status 200 content-type text/plain lf-string \"%[src]:%[src_port] %[dst]:%[dst_port]\"\n\n"
     ) + &send_sections("chain", &[(chain_front, "send-proxy")], chain);
-    let haproxy = haproxy_or_skip!(Haproxy::start("accept", &sections, &[local(accepting), local(chain_front)]));
+    let haproxy = Haproxy::start("accept", &sections, &[local(accepting), local(chain_front)]).await?;
     // Checked before HAProxy listened, the backends may be down: checks that
     // pass from now on bring them up and keep them up.
     let checks = || weir.plugin("hc").unwrap().stats().calls.load(std::sync::atomic::Ordering::Relaxed);
@@ -392,11 +379,8 @@ async fn the_access_log_names_the_proxied_client() -> Result<()> {
     );
     let weir = WeirProcess::spawn(std::path::Path::new(env!("CARGO_BIN_EXE_weir-under-test")), "proxy-log", &text)?;
     let front = free_port()?;
-    let _haproxy = haproxy_or_skip!(Haproxy::start(
-        "log",
-        &send_sections("log", &[(front, "send-proxy-v2")], weir.addr),
-        &[local(front)]
-    ));
+    let _haproxy =
+        Haproxy::start("log", &send_sections("log", &[(front, "send-proxy-v2")], weir.addr), &[local(front)]).await?;
     let stream = connect_from("127.0.0.2", local(front)).await?;
     let client = stream.local_addr()?;
     assert_eq!(talk(stream, b"logged").await?, b"a\nlogged");
