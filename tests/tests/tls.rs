@@ -195,6 +195,53 @@ tls.client_ca = {}
     Ok(())
 }
 
+/// The verified identity reaches the access phase too, on an HTTPS and on
+/// a TLS (L4) listener: a test filter admits alice and refuses bob.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_filters_see_the_client_identity_on_https_and_tls() -> Result<()> {
+    let pki = Pki::new("mtls-access")?;
+    let cert = pki.server("site", &["site.test"])?;
+    let (alice, bob) = (pki.client("alice", "alice", false)?, pki.client("bob", "bob", false)?);
+    let web = HttpBackend::start("web").await?;
+    let echo = EchoBackend::start("echo").await?;
+    let tls = format!(
+        "tls.certificates = [{{ cert = {}, key = {} }}]\ntls.client_ca = {}\naccess = [\"who\"]\n",
+        toml_path(&cert.cert),
+        toml_path(&cert.key),
+        toml_path(&pki.ca_file)
+    );
+    let weir = start_weir(&format!(
+        "[plugins.who]\nsource = {}\nconfig = {{ allow = [\"alice\"] }}\n\n\
+         [pools.web]\nbackends = [\"{}\"]\n\n[pools.echo]\nbackends = [\"{}\"]\n\n\
+         [listeners.https]\nbind = \"127.0.0.1:0\"\nprotocol = \"https\"\npool = \"web\"\n{tls}\n\
+         [listeners.tls]\nbind = \"127.0.0.1:0\"\nprotocol = \"tls\"\npool = \"echo\"\n{tls}",
+        toml_path(&component("weir-test-identity-access")),
+        web.addr,
+        echo.addr,
+    ))
+    .await?;
+    let (https, l4) = (weir.listener_addr("https").context("https")?, weir.listener_addr("tls").context("tls")?);
+    for (who, id, status) in [("alice", &alice, " 200"), ("bob", &bob, " 403")] {
+        let (cert, key) = (id.cert.display().to_string(), id.key.display().to_string());
+        let (code, summary, _) = curl(https, "site.test", "/", &pki.ca_file, &["--cert", &cert, "--key", &key]).await?;
+        assert!(code == 0 && summary.ends_with(status), "{who} over HTTPS: curl {code}, {summary}");
+    }
+    let mut admitted = pki::connect(l4, "site.test", pki.client_config(&[], Some(&alice))).await?;
+    let mut greeting = [0u8; 5];
+    tokio::time::timeout(STEP, admitted.read_exact(&mut greeting)).await??;
+    assert_eq!(&greeting, b"echo\n", "alice over TLS reaches the echo backend");
+    let mut refused = pki::connect(l4, "site.test", pki.client_config(&[], Some(&bob))).await?;
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(STEP, refused.read_to_end(&mut got)).await?;
+    assert!(got.is_empty(), "bob over TLS is closed before any backend: {got:?}");
+    let echo_total = weir.pool("echo").unwrap().members().backends[0].stats.total();
+    assert_eq!(echo_total, 1, "only alice's connection reached the echo backend");
+    assert_eq!(web.requests(), 1, "bob's request reached no backend");
+    drop((admitted, refused));
+    weir.shutdown().await;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replaced_certificate_is_served_without_restart_and_open_connections_stay() -> Result<()> {
     let pki = Pki::new("reload")?;
