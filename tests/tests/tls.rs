@@ -111,6 +111,12 @@ async fn tls_listener_picks_the_certificate_by_sni_and_proxies_bytes() -> Result
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("CN = b.test") || text.contains("CN=b.test"), "{text}");
     assert!(text.contains("Verify return code: 0 (ok)"), "{text}");
+    // The default minimum is TLS 1.2: both versions are spoken.
+    for (flag, version) in [("-tls1_2", "TLSv1.2"), ("-tls1_3", "TLSv1.3")] {
+        let out = run("openssl", &["s_client", "-connect", &connect, "-servername", "a.test", flag], b"Q\n").await?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains(&format!("Protocol: {version}")) || text.contains(&format!("New, {version}")), "{text}");
+    }
     weir.shutdown().await;
     Ok(())
 }
