@@ -415,8 +415,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Plugin { command: PluginCommand::Test { file, cases } } => {
             let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let text = std::fs::read_to_string(&cases).with_context(|| format!("reading {}", cases.display()))?;
-            let parsed: crate::plugin::testkit::Cases =
-                toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", cases.display()))?;
+            let parsed = crate::plugin::testkit::Cases::parse(&text, &cases.display().to_string())?;
             let runtime = Runtime::new(Runtime::default_cache_dir())?;
             let (world, outcomes) =
                 crate::plugin::testkit::run(&runtime, &bytes, &file.display().to_string(), &parsed)?;

@@ -382,6 +382,29 @@ expect = "no-match"
     .unwrap();
     let out = weir(&["plugin", "test", "host-path.wasm", "--cases", "routes.toml"], &dir);
     assert!(out.ok && out.stdout.contains("router: 2 cases, 2 passed"), "{}{}", out.stdout, out.stderr);
+
+    // Live numbers and cookies: latency, throughput and a sticky cookie.
+    for name in ["least-latency", "least-bandwidth", "sticky"] {
+        std::fs::write(dir.join(format!("{name}.wasm")), weir::plugin::bundled(name).unwrap()).unwrap();
+    }
+    let cases = [
+        ("least-latency", "latency_us = [900, 150, 400]\nexpect = [\"10.0.0.2:80\"]".to_string()),
+        ("least-latency", "latency_us = [900, 150, 400]\nactive = [0, 9, 0]\nexpect = [\"10.0.0.3:80\"]".into()),
+        ("least-bandwidth", "bytes_per_sec = [5000000, 80000, 20000]\nexpect = [\"10.0.0.3:80\"]".into()),
+        (
+            "sticky",
+            format!(
+                "cookies = {{ weir_sticky = \"{:016x}\" }}\nexpect = [\"10.0.0.3:80\", \"10.0.0.3:80\"]",
+                weir_sdk::hash64(b"10.0.0.3:80")
+            ),
+        ),
+        ("sticky", "cookies = { weir_sticky = \"forged\" }\nexpect = [\"10.0.0.1:80\", \"10.0.0.2:80\"]".into()),
+    ];
+    for (i, (plugin, case)) in cases.iter().enumerate() {
+        std::fs::write(dir.join("live.toml"), format!("{pool}\n[[case]]\nname = \"live {i}\"\n{case}\n")).unwrap();
+        let out = weir(&["plugin", "test", &format!("{plugin}.wasm"), "--cases", "live.toml"], &dir);
+        assert!(out.ok && out.stdout.contains("1 passed"), "{plugin}: {case}\n{}{}", out.stdout, out.stderr);
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -71,6 +71,13 @@ pub struct Cases {
     pub cases: Vec<Case>,
 }
 
+impl Cases {
+    /// A cases file's text; errors name `origin` and the line.
+    pub fn parse(text: &str, origin: &str) -> Result<Self> {
+        toml::from_str(text).map_err(|e| anyhow::anyhow!("{origin}: {e}"))
+    }
+}
+
 /// One case: inputs and the expected decision.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -83,9 +90,25 @@ pub struct Case {
     /// Balancers: in-flight requests per backend, in `backends` order.
     #[serde(default)]
     pub active: Vec<u32>,
+    /// Balancers: recent latency per backend in microseconds (what
+    /// `eligible-latency-us` reports), in `backends` order.
+    #[serde(default)]
+    pub latency_us: Vec<u32>,
+    /// Balancers: recent rx+tx bytes per second per backend (what
+    /// `eligible-bytes-per-sec` reports), in `backends` order.
+    #[serde(default)]
+    pub bytes_per_sec: Vec<u64>,
     /// Balancers: backends that are down.
     #[serde(default)]
     pub down: Vec<String>,
+    /// Balancers: the request's cookies (`pool-view.request-cookie`); with
+    /// any, the pick is an HTTP request's.
+    #[serde(default)]
+    pub cookies: BTreeMap<String, String>,
+    /// The connection's protocol: `tcp`, `tls`, `udp`, `http` or `https`.
+    /// Balancers default to `tcp` (`http` with `cookies`), routers and access
+    /// filters to `http`.
+    pub protocol: Option<String>,
     /// Balancers: the hash key handed to `pick`.
     pub hash_key: Option<String>,
     /// HTTP method.
@@ -141,8 +164,18 @@ fn client_addr(s: &str) -> Result<SocketAddr> {
         .with_context(|| format!("client `{s}` is not an ip or ip:port"))
 }
 
-fn connection(client: SocketAddr, protocol: types::Protocol) -> types::Connection {
-    crate::l4::connection_record(client, SocketAddr::from(([127, 0, 0, 1], 8080)), 0, protocol)
+fn connection(case: &Case, default: types::Protocol) -> Result<types::Connection> {
+    let protocol = match case.protocol.as_deref() {
+        None => default,
+        Some("tcp") => types::Protocol::Tcp,
+        Some("tls") => types::Protocol::Tls,
+        Some("udp") => types::Protocol::Udp,
+        Some("http") => types::Protocol::Http,
+        Some("https") => types::Protocol::Https,
+        Some(other) => bail!("case `{}`: protocol `{other}` is not tcp, tls, udp, http or https", case.name),
+    };
+    let client = client_addr(&case.client)?;
+    Ok(crate::l4::connection_record(client, SocketAddr::from(([127, 0, 0, 1], 8080)), 0, protocol))
 }
 
 fn request(case: &Case) -> Result<Arc<super::state::RequestHead>> {
@@ -162,10 +195,18 @@ fn run_balancer(instance: &Arc<super::PluginInstance>, cases: &Cases, case: &Cas
     let pool = Arc::new(Pool::new("test", specs, instance.clone(), settings, None));
     let members = pool.members();
     let mut guards = Vec::new();
+    let backend = |slot: usize, what: &str| {
+        members.backends.get(slot).with_context(|| format!("case `{}`: more `{what}` than backends", case.name))
+    };
     for (slot, n) in case.active.iter().enumerate() {
-        let b =
-            members.backends.get(slot).with_context(|| format!("case `{}`: more `active` than backends", case.name))?;
+        let b = backend(slot, "active")?;
         guards.extend((0..*n).map(|_| b.stats.open()));
+    }
+    for (slot, &us) in case.latency_us.iter().enumerate() {
+        backend(slot, "latency_us")?.stats.set_live_numbers(None, Some(us));
+    }
+    for (slot, &rate) in case.bytes_per_sec.iter().enumerate() {
+        backend(slot, "bytes_per_sec")?.stats.set_live_numbers(Some(rate), None);
     }
     for address in &case.down {
         let slot = members
@@ -180,18 +221,30 @@ fn run_balancer(instance: &Arc<super::PluginInstance>, cases: &Cases, case: &Cas
         toml::Value::String(s) => vec![s.clone()],
         other => bail!("case `{}`: a balancer case expects addresses, not {other}", case.name),
     };
-    let conn = connection(client_addr(&case.client)?, types::Protocol::Tcp);
-    let got: Vec<String> = expected.iter().map(|_| pick_once(&pool, &conn, case.hash_key.as_deref())).collect();
+    let http = !case.cookies.is_empty();
+    let conn = connection(case, if http { types::Protocol::Http } else { types::Protocol::Tcp })?;
+    let cookie = case.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; ");
+    let cookie = http::HeaderValue::from_str(&cookie).with_context(|| format!("case `{}`: cookies", case.name))?;
+    let mut got = Vec::new();
+    for _ in &expected {
+        let mut pick = http.then(|| super::HttpPick { cookies: vec![cookie.clone()], ..Default::default() });
+        got.push(pick_once(&pool, &conn, case.hash_key.as_deref(), pick.as_mut()));
+    }
     drop(guards);
     Ok((got != expected).then(|| format!("expected {expected:?}, got {got:?}")))
 }
 
 /// One pick from `pool`, as the backend's address (or the error).
-fn pick_once(pool: &Arc<Pool>, conn: &types::Connection, hash_key: Option<&str>) -> String {
+fn pick_once(
+    pool: &Arc<Pool>,
+    conn: &types::Connection,
+    hash_key: Option<&str>,
+    http: Option<&mut super::HttpPick>,
+) -> String {
     let members = pool.members();
     let eligible = pool.eligible(&members, &[]);
     let Some(plugin) = pool.balancer.plugin() else { return "error: not a balancer plugin".into() };
-    match plugin.pick(pool, &members, eligible, conn, hash_key, None) {
+    match plugin.pick(pool, &members, eligible, conn, hash_key, http) {
         Ok(slot) => members.backends[slot as usize].address.clone(),
         Err(e) => format!("error: {e}"),
     }
@@ -199,7 +252,7 @@ fn pick_once(pool: &Arc<Pool>, conn: &types::Connection, hash_key: Option<&str>)
 
 /// A router's decision on a request: a pool, `no-match`, `respond N` or the error.
 fn route_decision(instance: &super::PluginInstance, case: &Case) -> Result<String> {
-    let conn = connection(client_addr(&case.client)?, types::Protocol::Http);
+    let conn = connection(case, types::Protocol::Http)?;
     Ok(match instance.route_request(&conn, request(case)?) {
         Ok(RouteDecision::Forward { pool, .. }) => pool,
         Ok(RouteDecision::NoMatch) => "no-match".into(),
@@ -212,7 +265,7 @@ fn route_decision(instance: &super::PluginInstance, case: &Case) -> Result<Strin
 /// (`check-connection`, then `check-request` unless the connection's verdict
 /// settled it): `allow`, `deny` (with its status) or the error.
 fn access_decision(instance: &super::PluginInstance, case: &Case) -> Result<(String, Option<u16>)> {
-    let conn = connection(client_addr(&case.client)?, types::Protocol::Http);
+    let conn = connection(case, types::Protocol::Http)?;
     let verdict = match instance.check_connection(&conn) {
         Ok(Verdict::Allow) => instance.check_request(&conn, request(case)?),
         settled => settled,
@@ -485,7 +538,11 @@ pub fn replay(
             name: String::new(),
             client: e.client.clone(),
             active: Vec::new(),
+            latency_us: Vec::new(),
+            bytes_per_sec: Vec::new(),
             down: Vec::new(),
+            cookies: BTreeMap::new(),
+            protocol: None,
             hash_key: None,
             method: if e.method.is_empty() { "GET".into() } else { e.method.clone() },
             path: if e.path.is_empty() { "/".into() } else { e.path.clone() },
@@ -498,8 +555,8 @@ pub fn replay(
         };
         let (x, y) = match world {
             World::Balancer => {
-                let conn = connection(client_addr(&case.client)?, types::Protocol::Http);
-                (pick_once(&pool_a, &conn, None), pick_once(&pool_b, &conn, None))
+                let conn = connection(&case, types::Protocol::Http)?;
+                (pick_once(&pool_a, &conn, None, None), pick_once(&pool_b, &conn, None, None))
             }
             World::Router => (route_decision(&a, &case)?, route_decision(&b, &case)?),
             World::AccessFilter => {

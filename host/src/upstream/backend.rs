@@ -235,6 +235,16 @@ impl BackendStats {
         let old = cell.load(Ordering::Relaxed);
         cell.store(old / 2 + rate / 2, Ordering::Relaxed);
     }
+    /// Set the throughput and latency balancers read, as if measured (the
+    /// test kit's synthetic pools and benchmarks).
+    pub fn set_live_numbers(&self, bytes_per_sec: Option<u64>, latency_us: Option<u32>) {
+        if let Some(v) = bytes_per_sec {
+            self.live().bytes_per_sec_cell().store(v, Ordering::Relaxed);
+        }
+        if let Some(v) = latency_us {
+            self.live().latency_cell().store(v, Ordering::Relaxed);
+        }
+    }
     /// Record an HTTP response status.
     pub fn record_status(&self, status: u16) {
         if let Some(c) = self.responses.get((status / 100).wrapping_sub(1) as usize) {
