@@ -342,9 +342,39 @@ fn region_balancers_make_the_same_choices_as_the_rust_twin() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn python_path_router_routes_by_prefix_and_edits_headers() -> Result<()> {
-    let source = lang::python("path-router", "router")?;
+/// The router and access filter in Python and JavaScript, and their Rust
+/// twins, run one cases file each through the test kit: the same decision
+/// on every synthetic request.
+#[test]
+fn twins_decide_the_same_on_their_shared_cases() -> Result<()> {
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/plugins");
+    let runtime = runtime();
+    let twins = [
+        (
+            "python/path-router/cases.toml",
+            [lang::python("path-router", "router")?, component("weir-example-path-router")],
+        ),
+        ("js/key-access/cases.toml", [lang::js("key-access", "access-filter")?, component("weir-example-key-access")]),
+    ];
+    for (file, sources) in twins {
+        let cases = weir::plugin::testkit::Cases::parse(&std::fs::read_to_string(examples.join(file))?, file)?;
+        assert!(cases.cases.len() >= 6, "{file}");
+        for source in sources {
+            let bytes = std::fs::read(&source)?;
+            let (world, outcomes) =
+                weir::plugin::testkit::run(&runtime, &bytes, &source.display().to_string(), &cases)?;
+            let failed: Vec<_> = outcomes.iter().filter_map(|o| o.failure.as_ref().map(|f| (&o.name, f))).collect();
+            println!("{file} on {}: {world}, {} cases, {} failed", source.display(), outcomes.len(), failed.len());
+            assert!(failed.is_empty(), "{}: {failed:?}", source.display());
+            assert_eq!(outcomes.len(), cases.cases.len());
+        }
+    }
+    Ok(())
+}
+
+/// The path router's behavioural test, run on the Python example and on
+/// its Rust twin.
+async fn path_router_routes_by_prefix_and_edits_headers(source: PathBuf) -> Result<()> {
     let (default, v1, v2) =
         (HttpBackend::start("default").await?, HttpBackend::start("v1").await?, HttpBackend::start("v2").await?);
     let text = format!(
@@ -406,8 +436,18 @@ router = "paths"
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn js_access_filter_refuses_clients_and_unknown_keys() -> Result<()> {
-    let source = lang::js("key-access", "access-filter")?;
+async fn python_path_router_routes_by_prefix_and_edits_headers() -> Result<()> {
+    path_router_routes_by_prefix_and_edits_headers(lang::python("path-router", "router")?).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_path_router_routes_by_prefix_and_edits_headers() -> Result<()> {
+    path_router_routes_by_prefix_and_edits_headers(component("weir-example-path-router")).await
+}
+
+/// The key access filter's behavioural test, run on the JavaScript example
+/// and on its Rust twin.
+async fn access_filter_refuses_clients_and_unknown_keys(source: PathBuf) -> Result<()> {
     let backend = HttpBackend::start("b").await?;
     let text = format!(
         r#"[plugins.keys]
@@ -461,4 +501,14 @@ access = ["keys"]
     assert!(started.elapsed() < STEP);
     assert_eq!(backend.requests(), 60);
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn js_access_filter_refuses_clients_and_unknown_keys() -> Result<()> {
+    access_filter_refuses_clients_and_unknown_keys(lang::js("key-access", "access-filter")?).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_access_filter_refuses_clients_and_unknown_keys() -> Result<()> {
+    access_filter_refuses_clients_and_unknown_keys(component("weir-example-key-access")).await
 }
