@@ -197,6 +197,38 @@ pub fn kv_delete(key: &str) {
     host::kv_delete(key)
 }
 
+/// A map keyed by pool id ([`PickContext::pool`](crate::imports::weir::plugin::types)
+/// and `set-backends`' `pool`), hashed with one multiplication instead of
+/// SipHash: a balancer looks its pool up on every pick.
+///
+/// ```
+/// let mut rings: weir_sdk::PoolMap<Vec<u32>> = Default::default();
+/// rings.insert(7, vec![1, 2, 3]);
+/// assert_eq!(rings.get(&7).map(Vec::len), Some(3));
+/// ```
+pub type PoolMap<T> = HashMap<u32, T, std::hash::BuildHasherDefault<PoolIdHasher>>;
+
+/// The hasher of [`PoolMap`]: pool ids are small integers the host hands
+/// out, so a multiplication spreads them well enough (Fibonacci hashing).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PoolIdHasher(u64);
+
+impl std::hash::Hasher for PoolIdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ b as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.0 = (self.0 ^ n as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 /// One host-owned [`SharedCounter`] per pool, opened on first use.
 ///
 /// Counters are shared by every instance of the plugin instance (one per
@@ -204,13 +236,13 @@ pub fn kv_delete(key: &str) {
 /// whichever thread serves a connection.
 pub struct PerPoolCounter {
     prefix: &'static str,
-    counters: HashMap<u32, SharedCounter>,
+    counters: PoolMap<SharedCounter>,
 }
 
 impl PerPoolCounter {
     /// Counters named `<prefix>/<pool id>`.
     pub fn new(prefix: &'static str) -> Self {
-        Self { prefix, counters: HashMap::new() }
+        Self { prefix, counters: PoolMap::default() }
     }
 
     /// Add one to the pool's counter and return its previous value.

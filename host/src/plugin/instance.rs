@@ -181,7 +181,9 @@ struct Generation {
     pre: InstancePre<PluginState>,
     config_json: String,
     limits: Limits,
-    idle: Mutex<Vec<Slot>>,
+    /// Boxed: a call takes one out and puts it back, moving a pointer.
+    #[expect(clippy::vec_box, reason = "every call moves a slot out and back: a pointer, not the store and bindings")]
+    idle: Mutex<Vec<Box<Slot>>>,
     hash: String,
     grants: Arc<super::Grants>,
     /// 1 for the component loaded from the config, +1 per swap.
@@ -453,7 +455,7 @@ impl PluginInstance {
         CallError { plugin: self.name.clone(), kind, message }
     }
 
-    fn instantiate(&self, generation: &Generation) -> Result<Slot, CallError> {
+    fn instantiate(&self, generation: &Generation) -> Result<Box<Slot>, CallError> {
         self.stats.instances_created.fetch_add(1, Ordering::Relaxed);
         let mut store = Store::new(
             self.runtime.engine(),
@@ -517,7 +519,7 @@ impl PluginInstance {
                 Bound::Discovery(d)
             }
         };
-        Ok(Slot { store, bound, seen_pools: Default::default() })
+        Ok(Box::new(Slot { store, bound, seen_pools: Default::default() }))
     }
 
     /// Run `f` on an idle instance under the call limits. A trap, timeout or
@@ -538,18 +540,24 @@ impl PluginInstance {
     ) -> Result<R, CallError> {
         let n = self.stats.calls.fetch_add(1, Ordering::Relaxed);
         let started = (timeout.is_some() || n.is_multiple_of(8)).then(std::time::Instant::now);
-        let canary = self.canary.load_full().filter(|c| n % 100 < c.percent);
-        let generation = match &canary {
-            Some(c) => c.generation.clone(),
-            None => self.current.load_full(),
+        // Guards, not clones: no reference count is touched on the way.
+        let canary_guard = self.canary.load();
+        let canary = canary_guard.as_ref().filter(|c| n % 100 < c.percent);
+        let current_guard;
+        let generation: &Generation = match canary {
+            Some(c) => &c.generation,
+            None => {
+                current_guard = self.current.load();
+                &current_guard
+            }
         };
         let idle = generation.idle.lock().pop();
         let mut slot = match idle {
             Some(s) => s,
-            None => match self.instantiate(&generation) {
+            None => match self.instantiate(generation) {
                 Ok(s) => s,
                 Err(e) => {
-                    if let Some(c) = &canary {
+                    if let Some(c) = canary {
                         self.judge_canary(c, true);
                     }
                     return Err(e);
@@ -562,7 +570,7 @@ impl PluginInstance {
         if let Some(t) = started {
             self.stats.call_time.observe(t.elapsed());
         }
-        if let Some(c) = &canary {
+        if let Some(c) = canary {
             self.judge_canary(c, !matches!(result, Ok(Ok(_))));
         }
         match result {
@@ -632,10 +640,12 @@ impl PluginInstance {
                 }),
             });
             let result = b.call_pick(&mut slot.store, Resource::new_borrow(0), ctx, hash_key);
-            let call = slot.store.data_mut().pick.take();
-            if let (Some(out), Some(back)) = (http, call.and_then(|c| c.http)) {
+            // Dropped where it is: moving the call out would copy it.
+            let call = &mut slot.store.data_mut().pick;
+            if let (Some(out), Some(back)) = (http, call.as_mut().and_then(|c| c.http.take())) {
                 *out = back;
             }
+            *call = None;
             result
         })?;
         let slot = match choice {

@@ -12,7 +12,6 @@
 //! With `key = "hash-key"` and no key on a request, the client address is used.
 
 use serde::Deserialize;
-use std::collections::HashMap;
 use weir_sdk::balancer::*;
 
 #[derive(Deserialize)]
@@ -32,9 +31,20 @@ fn default_points() -> u32 {
     160
 }
 
-/// A ring of (point, slot), sorted by point.
+/// A ring of points, sorted, each with its backend's slot, and an index
+/// from the top bits of a point to where that stretch of the ring starts:
+/// a lookup reads one index entry and searches the few points after it
+/// instead of binary-searching the whole ring (160 points × weight per
+/// backend: over 300 000 points at 1 024 backends, mostly cache misses).
 #[derive(Debug, Default)]
-pub struct Ring(Vec<(u64, u32)>);
+pub struct Ring {
+    points: Vec<u64>,
+    slots: Vec<u32>,
+    /// `index[b]`: the first point whose top `bits` bits are `b` or more;
+    /// `2^bits + 1` entries, the last one the ring's length.
+    index: Vec<u32>,
+    bits: u32,
+}
 
 impl Ring {
     /// Place `points × weight` points per backend (address, weight).
@@ -46,7 +56,16 @@ impl Ring {
             }
         }
         ring.sort_unstable();
-        Ring(ring)
+        let (points, slots): (Vec<u64>, Vec<u32>) = ring.into_iter().unzip();
+        // About one index entry per point, at most 2^16 (256 KiB).
+        let bits = points.len().next_power_of_two().trailing_zeros().clamp(1, 16);
+        let index = (0..=1u64 << bits)
+            .map(|b| match b.checked_shl(64 - bits) {
+                Some(start) if b < 1 << bits => points.partition_point(|&p| p < start) as u32,
+                _ => points.len() as u32,
+            })
+            .collect();
+        Ring { points, slots, index, bits }
     }
 
     /// The first backend at or after `key`'s point that `eligible` accepts.
@@ -54,15 +73,22 @@ impl Ring {
         self.lookup_point(hash64(key), eligible)
     }
 
+    /// Where point `h` falls: the first ring position at or after it.
+    fn position(&self, h: u64) -> usize {
+        let b = (h >> (64 - self.bits)) as usize;
+        let (lo, hi) = (self.index[b] as usize, self.index[b + 1] as usize);
+        lo + self.points[lo..hi].partition_point(|&p| p < h)
+    }
+
     /// The first backend at or after point `h` that `eligible` accepts.
     pub fn lookup_point(&self, h: u64, mut eligible: impl FnMut(u32) -> bool) -> Option<u32> {
-        if self.0.is_empty() {
+        if self.points.is_empty() {
             return None;
         }
-        let start = self.0.partition_point(|(p, _)| *p < h);
+        let start = self.position(h);
         let mut tried = Vec::new();
-        for k in 0..self.0.len() {
-            let slot = self.0[(start + k) % self.0.len()].1;
+        for k in 0..self.slots.len() {
+            let slot = self.slots[(start + k) % self.slots.len()];
             if tried.contains(&slot) {
                 continue;
             }
@@ -83,7 +109,7 @@ enum Key {
 struct ConsistentHash {
     key: Key,
     points: u32,
-    rings: HashMap<u32, (Ring, u32)>,
+    rings: PoolMap<(Ring, u32)>,
 }
 
 impl Balancer for ConsistentHash {
@@ -94,7 +120,7 @@ impl Balancer for ConsistentHash {
             "client-ip" => Key::ClientIp,
             other => return Err(Error::InvalidConfig(format!("key: `{other}` is not hash-key or client-ip"))),
         };
-        Ok(Self { key, points: s.points.clamp(1, 1000), rings: HashMap::new() })
+        Ok(Self { key, points: s.points.clamp(1, 1000), rings: PoolMap::default() })
     }
 
     fn set_backends(&mut self, pool: u32, backends: Vec<Backend>) -> Result<(), Error> {
@@ -147,6 +173,19 @@ mod tests {
         for slot in 0..10 {
             let share = before.iter().filter(|&&s| s == slot).count();
             assert!((600..1_400).contains(&share), "slot {slot} got {share}");
+        }
+    }
+
+    #[test]
+    fn the_index_finds_what_a_search_of_the_whole_ring_finds() {
+        for n in [1, 3, 10, 1024] {
+            let ring = Ring::new(&backends(n), 160);
+            let mut rng = weir_sdk::FastRng::from_seed(n as u64);
+            let probes = (0..20_000).map(|_| rng.next_u64());
+            let edges = ring.points.iter().flat_map(|&p| [p, p.wrapping_add(1), p.wrapping_sub(1)]).take(30_000);
+            for h in probes.chain(edges).chain([0, u64::MAX]) {
+                assert_eq!(ring.position(h), ring.points.partition_point(|&p| p < h), "{n} backends, point {h:x}");
+            }
         }
     }
 

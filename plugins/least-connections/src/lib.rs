@@ -7,7 +7,6 @@
 //! counts themselves, otherwise over `active × L/weight` (`weight_scale`),
 //! which orders and ties exactly as `active / weight`.
 
-use std::collections::HashMap;
 use weir_sdk::balancer::*;
 
 /// Index (into `active`) of the least loaded entry; `turn` rotates among
@@ -83,12 +82,12 @@ impl Weights {
 }
 
 struct LeastConnections {
-    pools: HashMap<u32, Weights>,
+    pools: PoolMap<Weights>,
 }
 
 impl Balancer for LeastConnections {
     fn init(_config: Config) -> Result<Self, Error> {
-        Ok(Self { pools: HashMap::new() })
+        Ok(Self { pools: PoolMap::default() })
     }
 
     fn set_backends(&mut self, pool: u32, backends: Vec<Backend>) -> Result<(), Error> {

@@ -10,7 +10,6 @@
 //! ```
 
 use serde::Deserialize;
-use std::collections::HashMap;
 use weir_sdk::balancer::*;
 
 #[derive(Deserialize)]
@@ -39,7 +38,7 @@ pub fn best_group(priorities: &[u32]) -> Vec<usize> {
 
 struct Priority {
     inner: Inner,
-    priorities: HashMap<u32, Vec<u32>>,
+    priorities: PoolMap<Vec<u32>>,
 }
 
 impl Balancer for Priority {
@@ -55,7 +54,7 @@ impl Balancer for Priority {
                 )))
             }
         };
-        Ok(Self { inner, priorities: HashMap::new() })
+        Ok(Self { inner, priorities: PoolMap::default() })
     }
 
     fn set_backends(&mut self, pool: u32, backends: Vec<Backend>) -> Result<(), Error> {

@@ -68,7 +68,7 @@ fn set_cookie(s: &Settings, value: &str) -> String {
 struct Sticky {
     settings: Settings,
     /// Per pool: address hash -> slot, and each slot's `Set-Cookie` value.
-    pools: HashMap<u32, (HashMap<u64, u32>, Vec<String>)>,
+    pools: PoolMap<(HashMap<u64, u32>, Vec<String>)>,
 }
 
 impl Balancer for Sticky {
@@ -77,7 +77,7 @@ impl Balancer for Sticky {
         if settings.cookie.is_empty() || settings.cookie.contains([';', '=', ' ', ',']) {
             return Err(Error::InvalidConfig(format!("cookie: `{}` is not a cookie name", settings.cookie)));
         }
-        Ok(Self { settings, pools: HashMap::new() })
+        Ok(Self { settings, pools: PoolMap::default() })
     }
 
     fn set_backends(&mut self, pool: u32, backends: Vec<Backend>) -> Result<(), Error> {

@@ -6,7 +6,6 @@
 //! order is exact however many threads and Wasm instances serve the pool.
 //! Backends that are not eligible are skipped in schedule order.
 
-use std::collections::HashMap;
 use weir_sdk::balancer::*;
 
 /// Longest schedule kept; larger weight totals are scaled down to fit.
@@ -41,12 +40,12 @@ pub fn smooth_schedule(weights: &[u32]) -> Vec<u32> {
 }
 
 struct Wrr {
-    schedules: HashMap<u32, Vec<u32>>,
+    schedules: PoolMap<Vec<u32>>,
 }
 
 impl Balancer for Wrr {
     fn init(_config: Config) -> Result<Self, Error> {
-        Ok(Self { schedules: HashMap::new() })
+        Ok(Self { schedules: PoolMap::default() })
     }
 
     fn set_backends(&mut self, pool: u32, backends: Vec<Backend>) -> Result<(), Error> {
