@@ -435,8 +435,22 @@ async fn pools_speak_tls_to_backends_verified_against_their_ca() -> Result<()> {
     let cert = pki.server("backend", &["backend.test"])?;
     let backend = HttpBackend::start_tls("secure", pki::server_config(&cert)).await?;
     let ca = toml_path(&pki.ca_file);
+    let other = Pki::new("upstream-other")?;
+    let other_ca = toml_path(&other.ca_file);
+    // The "system" store is what OpenSSL would use: here the test CA, named
+    // by SSL_CERT_FILE (this test runs in a process of its own).
+    std::env::set_var("SSL_CERT_FILE", &pki.ca_file);
     let weir = start_weir(&format!(
         r#"
+[pools.system-roots]
+backends = ["{addr}"]
+tls = {{ roots = "system", sni = "backend.test" }}
+
+[pools.other-ca]
+backends = ["{addr}"]
+max_tries = 1
+tls = {{ ca = {other_ca}, sni = "backend.test" }}
+
 [pools.verified]
 backends = ["{addr}"]
 tls = {{ ca = {ca}, sni = "backend.test" }}
@@ -467,6 +481,8 @@ config.routes = [
   {{ host = "wrong", pool = "wrong-name" }},
   {{ host = "public", pool = "public-roots" }},
   {{ host = "unverified", pool = "unverified" }},
+  {{ host = "system", pool = "system-roots" }},
+  {{ host = "other-ca", pool = "other-ca" }},
 ]
 
 [listeners.web]
@@ -492,7 +508,9 @@ pool = "verified"
     assert_eq!((got.status.as_u16(), got.header("x-seen-version")), (200, "HTTP/2.0"), "h2 by ALPN");
     let got = send(&client, get(web, "unverified", "/")).await?;
     assert_eq!(got.status.as_u16(), 200, "verify = false");
-    for host in ["wrong", "public"] {
+    let got = send(&client, get(web, "system", "/")).await?;
+    assert_eq!((got.status.as_u16(), got.header("x-backend")), (200, "secure"), "roots = \"system\"");
+    for host in ["wrong", "public", "other-ca"] {
         let got = send(&client, get(web, host, "/")).await?;
         assert_eq!(got.status.as_u16(), 502, "{host}: the certificate must not verify");
     }

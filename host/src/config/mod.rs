@@ -541,8 +541,13 @@ pub struct PoolTls {
     /// Verify the backend's certificate (turn off only for testing).
     #[serde(default = "yes")]
     pub verify: bool,
-    /// PEM bundle of CAs to verify against (default: the Mozilla roots).
+    /// PEM bundle of CAs to verify against; when set, `roots` is not used.
     pub ca: Option<Spanned<String>>,
+    /// Without `ca`: the roots to verify against, `mozilla` (built in, the
+    /// default) or `system` (the operating system's store, as OpenSSL
+    /// finds it: `SSL_CERT_FILE`, `SSL_CERT_DIR`, else the distribution's bundle).
+    #[serde(default)]
+    pub roots: Roots,
     /// Server name to send as SNI and verify the certificate against
     /// (default: the host part of each backend's address).
     pub sni: Option<String>,
@@ -550,6 +555,17 @@ pub struct PoolTls {
     pub cert: Option<Spanned<String>>,
     /// Its private key, PEM.
     pub key: Option<Spanned<String>>,
+}
+
+/// Trust roots of a pool's backend TLS without a `ca`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Roots {
+    /// The Mozilla roots built into weir (webpki-roots).
+    #[default]
+    Mozilla,
+    /// The operating system's trust store (rustls-native-certs).
+    System,
 }
 
 /// A listener's access-log setting.

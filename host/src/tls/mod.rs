@@ -5,7 +5,7 @@
 
 pub use weir_wire::client_hello;
 
-use crate::config::{ListenerTls, PoolTls, TlsVersion};
+use crate::config::{ListenerTls, PoolTls, Roots, TlsVersion};
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use rustls::crypto::CryptoProvider;
@@ -398,6 +398,19 @@ impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
     }
 }
 
+/// The operating system's trust store; an error when it holds no usable
+/// certificate.
+fn system_roots() -> Result<rustls::RootCertStore, String> {
+    let found = rustls_native_certs::load_native_certs();
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, _ignored) = roots.add_parsable_certificates(found.certs);
+    if added == 0 {
+        let why = found.errors.first().map_or("none found".to_string(), |e| e.to_string());
+        return Err(format!("no usable certificate in the system trust store ({why})"));
+    }
+    Ok(roots)
+}
+
 /// Which key of `[pools.NAME.tls]` a [`BackendTls::load`] error is about.
 pub type KeyedError = (&'static str, String);
 
@@ -414,6 +427,7 @@ impl BackendTls {
         } else {
             let roots = match &spec.ca {
                 Some(ca) => roots_from(&base.join(ca.get_ref())).map_err(|e| ("ca", e))?,
+                None if spec.roots == Roots::System => system_roots().map_err(|e| ("roots", e))?,
                 None => rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() },
             };
             builder.with_root_certificates(roots)
