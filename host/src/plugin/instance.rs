@@ -629,7 +629,7 @@ impl PluginInstance {
                 }
             }
             slot.store.data_mut().pick = Some(PickCall {
-                pool: pool.clone(),
+                pool: pool.id,
                 members: members.clone(),
                 eligible,
                 conn: conn.clone(),

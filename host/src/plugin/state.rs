@@ -5,7 +5,7 @@
 use super::bindings::access::weir::plugin::http;
 use super::bindings::balancer::weir::plugin::{host, pool};
 use crate::l7::headers::cookie_value;
-use crate::upstream::{Members, Pool};
+use crate::upstream::Members;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -148,8 +148,8 @@ impl SharedStore {
 
 /// What a `pick` call's `pool-view` shows.
 pub struct PickCall {
-    /// The pool being balanced.
-    pub pool: Arc<Pool>,
+    /// The id of the pool being balanced.
+    pub pool: u32,
     /// The member list the pick is over.
     pub members: Arc<Members>,
     /// Slots eligible for this call, ascending.
@@ -372,7 +372,7 @@ fn slot_of(call: &PickCall, slot: u32) -> wasmtime::Result<&crate::upstream::Bac
 
 impl pool::HostPoolView for PluginState {
     fn id(&mut self, _: Resource<PoolViewRep>) -> wasmtime::Result<u32> {
-        Ok(self.pick()?.pool.id)
+        Ok(self.pick()?.pool)
     }
 
     fn eligible_count(&mut self, _: Resource<PoolViewRep>) -> wasmtime::Result<u32> {
