@@ -80,7 +80,7 @@ enum Command {
 #[derive(Subcommand)]
 enum PluginCommand {
     /// Create a plugin project: sources, a unit test, and the weir SDK and
-    /// WIT vendored in, so it builds offline.
+    /// WIT vendored in (its other crates come from crates.io or cargo's cache).
     New {
         /// The project (and component) name.
         name: String,

@@ -107,7 +107,7 @@ pub struct PluginInstance {
     #[serde(default)]
     pub config: Option<Spanned<toml::Table>>,
     /// Time one call may run before it is interrupted (wall-clock, counted in
-    /// 1 ms epochs, so time the thread is descheduled counts too).
+    /// 10 ms epochs, so time the thread is descheduled counts too).
     #[serde(default = "default_call_timeout")]
     pub timeout: Duration,
     /// Time making an instance (instantiation plus the plugin's `init`) may

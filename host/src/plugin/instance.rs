@@ -19,7 +19,7 @@ use wasmtime::{Store, Trap};
 /// Per-call limits of a plugin instance.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Time one call may run (wall-clock, in 1 ms epochs).
+    /// Time one call may run (wall-clock, in 10 ms epochs).
     pub timeout: Duration,
     /// Linear memory an instance may grow to, in bytes.
     pub memory: usize,

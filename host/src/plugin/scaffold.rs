@@ -213,7 +213,7 @@ fn readme(name: &str, world: World, lang: &str) -> String {
     let test = format!("weir plugin test {wasm} --cases cases.toml   # the component on synthetic cases\n");
     let (intro, unit, limits) = match lang {
         "rust" => (
-            "Rust, with weir-sdk (vendored in `weir/sdk` with the WIT package, so it builds offline).",
+            "Rust, with weir-sdk (vendored in `weir/sdk` with the WIT package; serde and wit-bindgen come from crates.io or cargo's cache).",
             "cargo test                       # the plugin's logic, natively\n",
             "",
         ),
