@@ -61,7 +61,8 @@ fn sources() -> Vec<(&'static str, PathBuf)> {
     ]
 }
 
-fn bench_languages(c: &mut Criterion) {
+/// A runtime on the bench's compile cache, and the connection every call is for.
+fn runtime_and_connection() -> (Arc<Runtime>, types::Connection) {
     let cache = std::env::temp_dir().join("weir-bench-plugin-cache");
     let runtime = Runtime::new(Some(cache)).expect("runtime");
     let conn = weir::l4::connection_record(
@@ -70,6 +71,11 @@ fn bench_languages(c: &mut Criterion) {
         0,
         types::Protocol::Http,
     );
+    (runtime, conn)
+}
+
+fn bench_languages(c: &mut Criterion) {
+    let (runtime, conn) = runtime_and_connection();
     for (lang, source) in sources() {
         let bytes = std::fs::read(&source).expect("component");
         describe(lang, &bytes);
@@ -98,14 +104,7 @@ fn describe(lang: &str, bytes: &[u8]) {
 /// The path router (Python and its Rust twin) and the key access filter
 /// (JavaScript and its Rust twin): one call each on a request that matches.
 fn bench_router_and_access(c: &mut Criterion) {
-    let cache = std::env::temp_dir().join("weir-bench-plugin-cache");
-    let runtime = Runtime::new(Some(cache)).expect("runtime");
-    let conn = weir::l4::connection_record(
-        "10.9.8.7:40000".parse().unwrap(),
-        "127.0.0.1:80".parse().unwrap(),
-        0,
-        types::Protocol::Http,
-    );
+    let (runtime, conn) = runtime_and_connection();
     let head = |path: &str| {
         let req = http::Request::builder().uri(path).header("x-api-key", "k2").header("x-secret", "s");
         Arc::new(req.body(()).expect("request").into_parts().0)
