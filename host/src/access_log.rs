@@ -9,9 +9,10 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// A field of an access-log line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
+/// A field of an access-log line: a name from the list below, or
+/// `header:NAME` for a request header's value (logged as `header.NAME=`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
 pub enum Field {
     /// Client `ip:port`.
     Client,
@@ -43,6 +44,41 @@ pub enum Field {
     RequestId,
     /// What went wrong, when something did.
     Error,
+    /// A request header's value (HTTP; empty when the request has none).
+    Header(http::HeaderName),
+}
+
+/// The names a field may have, for the error that lists them.
+const FIELD_NAMES: &str = "client, listener, method, host, path, route, pool, backend, status, bytes_out, \
+                           duration_ms, head_ms, request_id, error or header:NAME";
+
+impl TryFrom<String> for Field {
+    type Error = String;
+
+    fn try_from(name: String) -> Result<Self, String> {
+        Ok(match name.as_str() {
+            "client" => Field::Client,
+            "listener" => Field::Listener,
+            "method" => Field::Method,
+            "host" => Field::Host,
+            "path" => Field::Path,
+            "route" => Field::Route,
+            "pool" => Field::Pool,
+            "backend" => Field::Backend,
+            "status" => Field::Status,
+            "bytes_out" => Field::BytesOut,
+            "duration_ms" => Field::DurationMs,
+            "head_ms" => Field::HeadMs,
+            "request_id" => Field::RequestId,
+            "error" => Field::Error,
+            other => match other.strip_prefix("header:") {
+                Some(h) => Field::Header(
+                    http::HeaderName::from_bytes(h.as_bytes()).map_err(|_| format!("`{h}` is not a header name"))?,
+                ),
+                None => return Err(format!("unknown field `{other}`, expected {FIELD_NAMES}")),
+            },
+        })
+    }
 }
 
 /// The fields logged when a listener turns the log on without naming any.
@@ -93,6 +129,8 @@ pub struct Entry {
     pub request_id: String,
     /// What went wrong.
     pub error: String,
+    /// The values of the `header:NAME` fields, in their order.
+    pub headers: Vec<String>,
 }
 
 impl Entry {
@@ -114,6 +152,17 @@ impl Entry {
             head: None,
             request_id: String::new(),
             error: String::new(),
+            headers: Vec::new(),
+        }
+    }
+
+    /// Keep the values of the `header:NAME` fields from a request's headers.
+    pub fn capture_headers(&mut self, headers: &http::HeaderMap) {
+        for field in self.fields.iter() {
+            if let Field::Header(name) = field {
+                let value = headers.get(name).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+                self.headers.push(value.unwrap_or_default());
+            }
         }
     }
 
@@ -121,7 +170,9 @@ impl Entry {
     /// spaces or quotes are quoted.
     pub fn line(&self) -> String {
         let mut line = String::new();
+        let mut headers = self.headers.iter();
         for field in self.fields.iter() {
+            let header_key;
             let (key, value) = match field {
                 Field::Client => ("client", self.client.clone()),
                 Field::Listener => ("listener", self.listener.to_string()),
@@ -139,6 +190,10 @@ impl Entry {
                 }
                 Field::RequestId => ("request_id", self.request_id.clone()),
                 Field::Error => ("error", self.error.clone()),
+                Field::Header(name) => {
+                    header_key = format!("header.{name}");
+                    (header_key.as_str(), headers.next().cloned().unwrap_or_default())
+                }
             };
             if !line.is_empty() {
                 line.push(' ');
@@ -171,5 +226,24 @@ mod tests {
         e.path = "/a b".into();
         assert_eq!(e.line(), r#"status=502 path="/a b" error="""#);
         std::mem::forget(e);
+    }
+
+    #[test]
+    fn header_fields_log_the_request_headers_values() {
+        let fields: Vec<Field> = ["path", "header:X-Region", "header:x-missing"]
+            .into_iter()
+            .map(|f| Field::try_from(f.to_string()).unwrap())
+            .collect();
+        let mut e = Entry::new(Arc::from(fields), "web".into(), "127.0.0.1:9".into());
+        let mut headers = http::HeaderMap::new();
+        headers.insert("x-region", http::HeaderValue::from_static("eu west"));
+        e.path = "/".into();
+        e.capture_headers(&headers);
+        assert_eq!(e.line(), r#"path=/ header.x-region="eu west" header.x-missing="""#);
+        std::mem::forget(e);
+        let bad = Field::try_from("header:bad name".to_string()).unwrap_err();
+        assert!(bad.contains("not a header name"), "{bad}");
+        let unknown = Field::try_from("bytes".to_string()).unwrap_err();
+        assert!(unknown.contains("header:NAME"), "{unknown}");
     }
 }

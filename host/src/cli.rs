@@ -117,6 +117,10 @@ enum PluginCommand {
         /// The instance config both are `init`-ed with: JSON or an inline TOML table.
         #[arg(long, default_value = "{}")]
         config: String,
+        /// The config of the candidate, when it differs (to replay a config
+        /// change: the same component as OLD and NEW).
+        #[arg(long)]
+        new_config: Option<String>,
     },
     /// Build the plugin project in a directory into a component
     /// (`target/weir/<name>.wasm`), finding or installing a wasm32 toolchain.
@@ -431,15 +435,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
         }
-        Command::Plugin { command: PluginCommand::Replay { old, new, log, config } } => {
+        Command::Plugin { command: PluginCommand::Replay { old, new, log, config, new_config } } => {
             let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
             let (a, b) = (read(&old)?, read(&new)?);
             let text = std::fs::read_to_string(&log).with_context(|| format!("reading {}", log.display()))?;
-            let config: toml::Table = serde_json::from_str(&config_json(&config)?)?;
+            let table = |c: &str| -> Result<toml::Table> { Ok(serde_json::from_str(&config_json(c)?)?) };
+            let config = table(&config)?;
+            let new_config = new_config.as_deref().map(table).transpose()?.unwrap_or_else(|| config.clone());
             let runtime = Runtime::new(Runtime::default_cache_dir())?;
             let (old_name, new_name) = (old.display().to_string(), new.display().to_string());
-            let (world, total, diffs) =
-                crate::plugin::testkit::replay(&runtime, (&a, &old_name), (&b, &new_name), &config, &text)?;
+            let (world, total, diffs) = crate::plugin::testkit::replay(
+                &runtime,
+                (&a, &old_name, &config),
+                (&b, &new_name, &new_config),
+                &text,
+            )?;
             for d in diffs.iter().take(20) {
                 println!("{}: {} -> {}", d.request, d.old, d.new);
             }

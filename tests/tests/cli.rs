@@ -408,6 +408,53 @@ expect = "no-match"
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// An access log that keeps a request header (`header:x-api-key`) replays
+/// an access filter's config change: adding key k2 to the allowed keys
+/// changes exactly the requests that carried k2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_replay_sees_the_headers_the_access_log_kept() -> Result<()> {
+    use weir_tests::web::{client_h1, get, send, HttpBackend};
+    let backend = HttpBackend::start("a").await?;
+    let config = format!(
+        "[pools.p]\nbackends = [\"{}\"]\n\n[listeners.web]\nbind = \"127.0.0.1:0\"\nprotocol = \"http\"\npool = \"p\"\n\
+         access_log = [\"client\", \"method\", \"host\", \"path\", \"header:x-api-key\", \"status\"]\n",
+        backend.addr
+    );
+    let proc = WeirProcess::spawn_with(&weir_bin(), "replay-headers", &config, &[])?;
+    let client = client_h1();
+    let keys = [Some("k1"), Some("k2"), None, Some("k2"), Some("k3"), Some("k1")];
+    for key in keys {
+        let mut req = get(proc.addr, "shop.test", "/");
+        if let Some(k) = key {
+            req.headers_mut().insert("x-api-key", http::HeaderValue::from_static(k));
+        }
+        assert_eq!(send(&client, req).await?.status.as_u16(), 200);
+    }
+    drop(client);
+    let deadline = Instant::now() + STEP;
+    while proc.log.lock().unwrap().iter().filter(|l| l.contains("weir::access")).count() < keys.len() {
+        assert!(Instant::now() < deadline, "no access log lines");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let log: Vec<String> = proc.log.lock().unwrap().clone();
+    assert!(log.iter().any(|l| l.contains("header.x-api-key=k2")), "{log:?}");
+    let dir = scratch("replay-headers");
+    std::fs::write(dir.join("access.log"), log.join("\n"))?;
+    std::fs::copy(component("weir-example-key-access"), dir.join("keys.wasm"))?;
+    let out = weir(
+        &["plugin", "replay", "keys.wasm", "keys.wasm", "--log", "access.log"]
+            .into_iter()
+            .chain(["--config", r#"{"keys": ["k1"]}"#, "--new-config", r#"{"keys": ["k1", "k2"]}"#])
+            .collect::<Vec<_>>(),
+        &dir,
+    );
+    assert!(out.ok, "{}{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("access-filter: 6 logged requests replayed, 2 decided differently"), "{}", out.stdout);
+    assert_eq!(out.stdout.matches("deny 403 -> allow").count(), 2, "{}", out.stdout);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plugin_replay_runs_a_real_access_log_through_two_versions() -> Result<()> {
     use weir_tests::web::{client_h1, get, send, HttpBackend};

@@ -250,6 +250,7 @@ impl HttpService {
                 .to_string();
             e.path = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_string();
             e.request_id = id.to_str().unwrap_or("").to_string();
+            e.capture_headers(req.headers());
             e
         });
         let answered = self.forward(&routes, &conn, req, &id, &mut entry).await;

@@ -432,6 +432,8 @@ pub struct Logged {
     pub path: String,
     /// The backend that served it.
     pub backend: String,
+    /// Request headers the log kept (`header:NAME` fields).
+    pub headers: BTreeMap<String, String>,
 }
 
 /// The `key=value` pairs of one access-log line (plain or `--log-format
@@ -478,7 +480,11 @@ pub fn parse_log_line(line: &str) -> Option<Logged> {
             "host" => logged.host = value,
             "path" => logged.path = value,
             "backend" => logged.backend = value,
-            _ => {}
+            k => {
+                if let Some(name) = k.strip_prefix("header.").filter(|_| !value.is_empty()) {
+                    logged.headers.insert(name.to_string(), value);
+                }
+            }
         }
         rest = next;
     }
@@ -499,17 +505,18 @@ pub struct Difference {
 /// Run the requests of an access log through two versions of a plugin and
 /// list where their decisions differ. Balancers pick from a pool of the
 /// backends the log names, each version from its own pool, request after
-/// request; routers and access filters see each request head as logged.
+/// request; routers and access filters see each request head as logged
+/// (with the headers the log kept). Each version is `init`-ed with its own
+/// config (the same one, to compare components; two, to compare configs).
 pub fn replay(
     runtime: &Arc<Runtime>,
-    old: (&[u8], &str),
-    new: (&[u8], &str),
-    config: &toml::Table,
+    old: (&[u8], &str, &toml::Table),
+    new: (&[u8], &str, &toml::Table),
     log: &str,
 ) -> Result<(World, usize, Vec<Difference>)> {
-    let settings = Cases { config: config.clone(), ..Cases::default() };
-    let a = load(runtime, old.0, old.1, &settings)?;
-    let b = load(runtime, new.0, new.1, &settings)?;
+    let with = |config: &toml::Table| Cases { config: config.clone(), ..Cases::default() };
+    let a = load(runtime, old.0, old.1, &with(old.2))?;
+    let b = load(runtime, new.0, new.1, &with(new.2))?;
     let world = a.world();
     if b.world() != world {
         bail!("{} is a {world} but {} is a {}", old.1, new.1, b.world());
@@ -547,7 +554,7 @@ pub fn replay(
             method: if e.method.is_empty() { "GET".into() } else { e.method.clone() },
             path: if e.path.is_empty() { "/".into() } else { e.path.clone() },
             host: (!e.host.is_empty()).then(|| e.host.clone()),
-            headers: BTreeMap::new(),
+            headers: e.headers.clone(),
             expect: toml::Value::Boolean(true),
             expect_status: None,
             target: None,
@@ -590,5 +597,10 @@ mod tests {
         let flat = r#"{"level":"INFO","message":"client=10.0.0.8:2 backend=10.0.0.2:80","target":"weir::access"}"#;
         assert_eq!(parse_log_line(flat).unwrap().backend, "10.0.0.2:80");
         assert!(parse_log_line("2026 INFO weir::server: listening local=127.0.0.1:1").is_none());
+        let headed = r#"x INFO weir::access: client=10.0.0.7:3 path=/ header.x-api-key=k2 header.x-region="eu west" header.x-none="""#;
+        let e = parse_log_line(headed).unwrap();
+        let want: std::collections::BTreeMap<String, String> =
+            [("x-api-key", "k2"), ("x-region", "eu west")].into_iter().map(|(k, v)| (k.into(), v.into())).collect();
+        assert_eq!(e.headers, want, "an empty value is a header the request did not have");
     }
 }
