@@ -197,8 +197,8 @@ pub fn kv_delete(key: &str) {
     host::kv_delete(key)
 }
 
-/// A map keyed by pool id ([`PickContext::pool`](crate::imports::weir::plugin::types)
-/// and `set-backends`' `pool`), hashed with one multiplication instead of
+/// A map keyed by pool id (`PickContext::pool`, and the `pool` that
+/// `set-backends` names), hashed with one multiplication instead of
 /// SipHash: a balancer looks its pool up on every pick.
 ///
 /// ```

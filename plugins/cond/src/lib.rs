@@ -63,8 +63,6 @@ pub fn compile(rules: &[(String, String)]) -> Result<Vec<(Cond, String)>, String
 struct RequestFacts<'a> {
     req: Option<&'a Request>,
     conn: &'a Connection,
-    /// The protocols offered in a passed-through ClientHello.
-    offered_alpn: &'a [String],
 }
 
 impl Facts for RequestFacts<'_> {
@@ -96,11 +94,8 @@ impl Facts for RequestFacts<'_> {
         self.conn.client_identity.clone()
     }
     fn alpn(&self) -> Vec<String> {
-        match &self.conn.alpn {
-            _ if !self.offered_alpn.is_empty() => self.offered_alpn.to_vec(),
-            Some(settled) => vec![settled.clone()],
-            None => Vec::new(),
-        }
+        // One protocol when settled; on passthrough the offered ones, comma-separated.
+        self.conn.alpn.iter().flat_map(|a| a.split(',')).map(String::from).collect()
     }
 }
 
@@ -118,11 +113,11 @@ impl Router for CondRouter {
     }
 
     fn route_request(&mut self, conn: &Connection, req: &Request) -> Result<Decision, Error> {
-        Ok(self.decide(&RequestFacts { req: Some(req), conn, offered_alpn: &[] }))
+        Ok(self.decide(&RequestFacts { req: Some(req), conn }))
     }
 
-    fn route_connection(&mut self, conn: &Connection, alpn: &[String]) -> Result<Decision, Error> {
-        Ok(self.decide(&RequestFacts { req: None, conn, offered_alpn: alpn }))
+    fn route_connection(&mut self, conn: &Connection, _alpn: &[String]) -> Result<Decision, Error> {
+        Ok(self.decide(&RequestFacts { req: None, conn }))
     }
 }
 
