@@ -273,7 +273,7 @@ async fn plugin_new_makes_a_project_that_builds_loads_and_balances() -> Result<(
     let out = weir(&["plugin", "new", "--world", "balancer", "--dir", ".", "skip-one"], &dir);
     assert!(out.ok, "{}{}", out.stdout, out.stderr);
     let project = dir.join("skip-one");
-    assert!(project.join("weir/wit/phases.wit").exists() && project.join("weir/sdk/src/lib.rs").exists());
+    assert!(project.join("weir/wit/balancer.wit").exists() && project.join("weir/sdk/src/lib.rs").exists());
     let again = weir(&["plugin", "new", "--world", "balancer", "--dir", ".", "skip-one"], &dir);
     assert!(!again.ok && again.stderr.contains("exists already"), "{}", again.stderr);
     let bad = weir(&["plugin", "new", "--world", "balancr", "--dir", ".", "x"], &dir);
@@ -538,7 +538,7 @@ fn templates_build_and_pass_their_cases(lang: &str) -> Result<()> {
         let out = weir(&["plugin", "new", "--world", world, "--lang", lang, &name], &dir);
         assert!(out.ok && out.stdout.contains(&format!("a {world} plugin in {lang}")), "{}{}", out.stdout, out.stderr);
         let project = dir.join(&name);
-        assert!(project.join("weir/wit/phases.wit").exists() && project.join("cases.toml").exists());
+        assert!(project.join(format!("weir/wit/{world}.wit")).exists() && project.join("cases.toml").exists());
         let built = weir_building(&["plugin", "build"], &project)?;
         let wasm = project.join(format!("target/weir/{name}.wasm"));
         assert!(built.ok && wasm.exists(), "{world} in {lang}: {}{}", built.stdout, built.stderr);
