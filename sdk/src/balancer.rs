@@ -17,7 +17,7 @@ pub mod bindings {
     });
 }
 
-pub use crate::common::*;
+pub use crate::{config::*, host::*, net::*, pick::*, Backend, Connection, Error, IpAddress, Protocol, SocketAddress};
 pub use crate::{nth_min_product, nth_min_u32, nth_min_u64, weight_scale};
 pub use bindings::exports::weir::plugin::balance::{Choice, PickContext};
 pub use bindings::weir::plugin::pool::PoolView;

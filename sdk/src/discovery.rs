@@ -19,8 +19,8 @@ pub mod bindings {
     });
 }
 
-pub use crate::common::*;
 pub use crate::io;
+pub use crate::{config::*, host::*, net::*, pick::*, Backend, Connection, Error, IpAddress, Protocol, SocketAddress};
 pub use bindings::exports::weir::plugin::discovery::Discovered;
 
 /// A discovery adapter plugin. The host calls `discover` at the pool's

@@ -45,8 +45,8 @@ pub mod bindings {
     });
 }
 
-pub use crate::common::*;
 pub use crate::io;
+pub use crate::{config::*, host::*, net::*, pick::*, Backend, Connection, Error, IpAddress, Protocol, SocketAddress};
 pub use bindings::exports::weir::plugin::healthcheck::Health;
 
 /// A health checker plugin. The host calls `check` for each backend of the

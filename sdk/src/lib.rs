@@ -39,8 +39,19 @@ pub mod imports {
     });
 }
 
-mod common;
-pub use common::*;
+pub use imports::weir::plugin::types::{Backend, Connection, Error, IpAddress, Protocol, SocketAddress};
+
+mod config;
+pub use config::*;
+
+mod host;
+pub use host::*;
+
+mod net;
+pub use net::*;
+
+mod pick;
+pub use pick::*;
 
 mod scan;
 pub use scan::*;

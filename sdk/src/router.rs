@@ -45,7 +45,7 @@ pub mod bindings {
     });
 }
 
-pub use crate::common::*;
+pub use crate::{config::*, host::*, net::*, pick::*, Backend, Connection, Error, IpAddress, Protocol, SocketAddress};
 pub use bindings::exports::weir::plugin::route::{Decision, Forward, HeaderEdit, Respond};
 pub use bindings::weir::plugin::http::Request;
 
