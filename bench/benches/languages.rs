@@ -65,7 +65,7 @@ fn sources() -> Vec<(&'static str, PathBuf)> {
 fn runtime_and_connection() -> (Arc<Runtime>, types::Connection) {
     let cache = std::env::temp_dir().join("weir-bench-plugin-cache");
     let runtime = Runtime::new(Some(cache)).expect("runtime");
-    let conn = weir::l4::connection_record(
+    let conn = weir::plugin::bindings::connection_record(
         "10.9.8.7:40000".parse().unwrap(),
         "127.0.0.1:80".parse().unwrap(),
         0,
@@ -84,7 +84,7 @@ fn bench_languages(c: &mut Criterion) {
         group.bench_function("pick", |b| {
             b.iter(|| {
                 let m = p.members();
-                p.balancer.plugin().unwrap().pick(&p, &m, p.eligible(&m, &[]), &conn, Some("eu"), None).unwrap()
+                p.balancer.plugin().unwrap().pick(&m, p.eligible(&m, &[]), &conn, Some("eu"), None).unwrap()
             })
         });
         group.sample_size(10);

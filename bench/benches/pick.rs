@@ -42,7 +42,7 @@ fn pool(runtime: &Arc<Runtime>, plugin: &str, n: usize) -> Arc<Pool> {
 }
 
 fn connection() -> types::Connection {
-    weir::l4::connection_record(
+    weir::plugin::bindings::connection_record(
         "10.9.8.7:40000".parse().unwrap(),
         "127.0.0.1:80".parse().unwrap(),
         0,
@@ -158,7 +158,7 @@ fn bench_pick(c: &mut Criterion) {
             group.bench_with_input(BenchmarkId::new("wasm", n), &n, |b, _| {
                 b.iter(|| {
                     let m = p.members();
-                    p.balancer.plugin().unwrap().pick(&p, &m, p.eligible(&m, &[]), &conn, None, None).unwrap()
+                    p.balancer.plugin().unwrap().pick(&m, p.eligible(&m, &[]), &conn, None, None).unwrap()
                 })
             });
             let mut seq = 0u64;

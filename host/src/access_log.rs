@@ -208,6 +208,36 @@ impl Entry {
     }
 }
 
+/// The access-log entry of one connection, session or request, when its
+/// listener logs; every change is skipped (and costs nothing) when it does not.
+#[derive(Debug, Default)]
+pub struct Line(Option<Entry>);
+
+impl Line {
+    /// A line for work from `client` starting now, when `fields` are logged.
+    pub fn new(fields: Option<&Arc<[Field]>>, listener: &Arc<str>, client: std::net::SocketAddr) -> Self {
+        Self(fields.map(|f| Entry::new(f.clone(), listener.clone(), client.to_string())))
+    }
+
+    /// Change the entry, when there is one.
+    pub fn set(&mut self, change: impl FnOnce(&mut Entry)) {
+        if let Some(entry) = self.0.as_mut() {
+            change(entry);
+        }
+    }
+
+    /// Say what went wrong.
+    pub fn error(&mut self, why: impl std::fmt::Display) {
+        self.set(|e| e.error = why.to_string());
+    }
+
+    /// The entry, to be written when something else ends (an HTTP
+    /// response body); this line writes nothing after.
+    pub fn take(&mut self) -> Option<Entry> {
+        self.0.take()
+    }
+}
+
 impl Drop for Entry {
     fn drop(&mut self) {
         tracing::info!(target: "weir::access", "{}", self.line());

@@ -12,7 +12,6 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{json, Value};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio::net::TcpListener;
@@ -21,18 +20,7 @@ use tokio_util::sync::CancellationToken;
 /// Largest component accepted by `PUT /plugins/{name}`.
 const MAX_UPLOAD: usize = 64 << 20;
 
-/// A listener as the admin API shows it.
-#[derive(Debug, Clone)]
-pub struct ListenerInfo {
-    /// Bound address.
-    pub address: SocketAddr,
-    /// `tcp`, `http` or `udp`.
-    pub protocol: &'static str,
-    /// Its pool.
-    pub pool: String,
-    /// Its counters.
-    pub stats: Arc<crate::listener::ListenerStats>,
-}
+use crate::server::{ListenerInfo, Snapshot};
 
 /// What the admin API reads and acts on.
 pub struct Control {
@@ -209,80 +197,9 @@ impl Control {
                 Some(l) => reply(StatusCode::OK, listener_detail(name, l)),
                 None => error(StatusCode::NOT_FOUND, format!("no listener `{name}`")),
             },
-            (Method::POST, ["listeners"]) => {
-                let table = match read_json(req).await {
-                    Ok(Value::Object(t)) => t,
-                    Ok(_) => {
-                        return error(
-                            StatusCode::BAD_REQUEST,
-                            "expected a JSON object: {\"name\": ..., \"bind\": ..., \"pool\": ...}",
-                        )
-                    }
-                    Err(e) => return e,
-                };
-                let Some(name) = table.get("name").and_then(Value::as_str).map(str::to_string) else {
-                    return error(StatusCode::BAD_REQUEST, "`name` is required");
-                };
-                if now.listeners.contains_key(&name) {
-                    return error(StatusCode::CONFLICT, format!("listener `{name}` exists"));
-                }
-                let edit = self
-                    .core
-                    .edit(|doc| {
-                        let listeners = doc.entry("listeners").or_insert(toml_edit::table());
-                        let listeners = listeners.as_table_mut().ok_or("`listeners` is not a table")?;
-                        listeners.set_implicit(true);
-                        let mut t = toml_edit::Table::new();
-                        for (k, v) in table.iter().filter(|(k, _)| *k != "name") {
-                            t.insert(k, toml_edit::Item::Value(toml_value(v)?));
-                        }
-                        listeners.insert(&name, toml_edit::Item::Table(t));
-                        Ok(())
-                    })
-                    .await;
-                match edit {
-                    Ok(summary) => reply(StatusCode::CREATED, serde_json::to_value(summary).unwrap_or_default()),
-                    Err(e) => error(StatusCode::BAD_REQUEST, format!("not applied: {e}")),
-                }
-            }
-            (Method::DELETE, ["listeners", name]) => {
-                if !now.listeners.contains_key(*name) {
-                    return error(StatusCode::NOT_FOUND, format!("no listener `{name}`"));
-                }
-                let name = name.to_string();
-                let edit = self
-                    .core
-                    .edit(|doc| {
-                        let listeners =
-                            doc.get_mut("listeners").and_then(|l| l.as_table_mut()).ok_or("no listeners")?;
-                        listeners.remove(&name);
-                        Ok(())
-                    })
-                    .await;
-                match edit {
-                    Ok(summary) => reply(StatusCode::OK, serde_json::to_value(summary).unwrap_or_default()),
-                    Err(e) => error(StatusCode::BAD_REQUEST, format!("not applied: {e}")),
-                }
-            }
-            (Method::POST, ["pools", name, "backends", slot, "weight"]) => {
-                let Some(pool) = now.pools.get(*name).cloned() else {
-                    return error(StatusCode::NOT_FOUND, format!("no pool `{name}`"));
-                };
-                let Ok(slot) = slot.parse::<u32>() else {
-                    return error(StatusCode::BAD_REQUEST, format!("`{slot}` is not a slot number"));
-                };
-                let weight = match read_json(req).await {
-                    Ok(v) => v["weight"].as_u64(),
-                    Err(e) => return e,
-                };
-                let Some(weight) = weight.filter(|w| *w <= u32::MAX as u64) else {
-                    return error(StatusCode::BAD_REQUEST, "expected {\"weight\": N}");
-                };
-                match pool.set_weight(slot, weight as u32) {
-                    Some(address) => reply(StatusCode::OK, json!({"address": address, "weight": weight})),
-                    None => error(StatusCode::NOT_FOUND, format!("pool `{name}` has no slot {slot}")),
-                }
-            }
+            (Method::POST, ["listeners"]) => self.add_listener(req, &now).await,
+            (Method::DELETE, ["listeners", name]) => self.remove_listener(name, &now).await,
+            (Method::POST, ["pools", name, "backends", slot, "weight"]) => self.set_weight(req, &now, name, slot).await,
             (Method::GET, ["pools"]) => {
                 reply(StatusCode::OK, Value::Array(now.pools.iter().map(|(n, p)| pool_summary(n, p)).collect()))
             }
@@ -291,18 +208,7 @@ impl Control {
                 None => error(StatusCode::NOT_FOUND, format!("no pool `{name}`")),
             },
             (Method::POST, ["pools", name, "backends", slot, action @ ("disable" | "enable")]) => {
-                let Some(pool) = now.pools.get(*name) else {
-                    return error(StatusCode::NOT_FOUND, format!("no pool `{name}`"));
-                };
-                let Ok(slot) = slot.parse::<u32>() else {
-                    return error(StatusCode::BAD_REQUEST, format!("`{slot}` is not a slot number"));
-                };
-                match pool.set_disabled(slot, *action == "disable") {
-                    Some(address) => {
-                        reply(StatusCode::OK, json!({"address": address, "disabled": *action == "disable"}))
-                    }
-                    None => error(StatusCode::NOT_FOUND, format!("pool `{name}` has no slot {slot}")),
-                }
+                self.set_disabled(&now, name, slot, action)
             }
             (Method::GET, ["plugins"]) => {
                 reply(StatusCode::OK, Value::Array(now.plugins.iter().map(|(n, p)| plugin_detail(n, p)).collect()))
@@ -311,70 +217,163 @@ impl Control {
                 Some(p) => reply(StatusCode::OK, plugin_detail(name, p)),
                 None => error(StatusCode::NOT_FOUND, format!("no plugin instance `{name}`")),
             },
-            (Method::PUT, ["plugins", name]) => {
-                let Some(plugin) = now.plugins.get(*name).cloned() else {
-                    return error(StatusCode::NOT_FOUND, format!("no plugin instance `{name}`"));
-                };
-                let req_query = req.uri().query().map(str::to_string);
-                let body = match Limited::new(req.into_body(), MAX_UPLOAD).collect().await {
-                    Ok(b) => b.to_bytes(),
-                    Err(e) => return error(StatusCode::PAYLOAD_TOO_LARGE, format!("reading the component: {e}")),
-                };
-                let rollout = match rollout_of(req_query.as_deref()) {
-                    Ok(r) => r,
-                    Err(e) => return error(StatusCode::BAD_REQUEST, e),
-                };
-                let started = Instant::now();
-                let swapped = tokio::task::spawn_blocking(move || plugin.swap_with(&body, "upload", rollout)).await;
-                match swapped {
-                    Ok(Ok(g)) => reply(
-                        StatusCode::OK,
-                        json!({
-                            "name": name,
-                            "generation": g.number,
-                            "hash": g.hash,
-                            "swap_ms": started.elapsed().as_secs_f64() * 1e3,
-                            "rollout": rollout.map(|r| r.percent),
-                        }),
-                    ),
-                    Ok(Err(e)) => {
-                        let status = match e {
-                            LoadError::Compile(_) | LoadError::WrongWorld { .. } | LoadError::Link(_) => {
-                                StatusCode::UNPROCESSABLE_ENTITY
-                            }
-                            _ => StatusCode::BAD_REQUEST,
-                        };
-                        error(status, format!("refused, the old plugin keeps serving: {e}"))
-                    }
-                    Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("swap task failed: {e}")),
-                }
-            }
-            (Method::POST, ["reload"]) => {
-                let body = match Limited::new(req.into_body(), MAX_UPLOAD).collect().await {
-                    Ok(b) => b.to_bytes(),
-                    Err(e) => return error(StatusCode::PAYLOAD_TOO_LARGE, format!("reading the config: {e}")),
-                };
-                let result = if body.is_empty() {
-                    self.core.reload_file().await
-                } else {
-                    match String::from_utf8(body.to_vec()) {
-                        Ok(text) => {
-                            let origin = "POST /reload".to_string();
-                            self.core.reload(crate::config::Source { origin, text }).await
-                        }
-                        Err(_) => Err("the config is not UTF-8".to_string()),
-                    }
-                };
-                match result {
-                    Ok(summary) => reply(StatusCode::OK, serde_json::to_value(summary).unwrap_or_default()),
-                    Err(e) => error(StatusCode::BAD_REQUEST, format!("config not applied, the old one stays: {e}")),
-                }
-            }
+            (Method::PUT, ["plugins", name]) => self.push_plugin(req, &now, name).await,
+            (Method::POST, ["reload"]) => self.reload(req).await,
             (
                 _,
                 ["", ..] | ["config"] | ["metrics"] | ["reload"] | ["listeners", ..] | ["pools", ..] | ["plugins", ..],
             ) => error(StatusCode::METHOD_NOT_ALLOWED, format!("{} is not allowed on {path}", req.method())),
             _ => error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
+        }
+    }
+
+    async fn add_listener(&self, req: Request<Incoming>, now: &Snapshot) -> Answer {
+        let table = match read_json(req).await {
+            Ok(Value::Object(t)) => t,
+            Ok(_) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "expected a JSON object: {\"name\": ..., \"bind\": ..., \"pool\": ...}",
+                )
+            }
+            Err(e) => return e,
+        };
+        let Some(name) = table.get("name").and_then(Value::as_str).map(str::to_string) else {
+            return error(StatusCode::BAD_REQUEST, "`name` is required");
+        };
+        if now.listeners.contains_key(&name) {
+            return error(StatusCode::CONFLICT, format!("listener `{name}` exists"));
+        }
+        let edit = self
+            .core
+            .edit(|doc| {
+                let listeners = doc.entry("listeners").or_insert(toml_edit::table());
+                let listeners = listeners.as_table_mut().ok_or("`listeners` is not a table")?;
+                listeners.set_implicit(true);
+                let mut t = toml_edit::Table::new();
+                for (k, v) in table.iter().filter(|(k, _)| *k != "name") {
+                    t.insert(k, toml_edit::Item::Value(toml_value(v)?));
+                }
+                listeners.insert(&name, toml_edit::Item::Table(t));
+                Ok(())
+            })
+            .await;
+        match edit {
+            Ok(summary) => reply(StatusCode::CREATED, serde_json::to_value(summary).unwrap_or_default()),
+            Err(e) => error(StatusCode::BAD_REQUEST, format!("not applied: {e}")),
+        }
+    }
+
+    async fn remove_listener(&self, name: &str, now: &Snapshot) -> Answer {
+        if !now.listeners.contains_key(name) {
+            return error(StatusCode::NOT_FOUND, format!("no listener `{name}`"));
+        }
+        let name = name.to_string();
+        let edit = self
+            .core
+            .edit(|doc| {
+                let listeners = doc.get_mut("listeners").and_then(|l| l.as_table_mut()).ok_or("no listeners")?;
+                listeners.remove(&name);
+                Ok(())
+            })
+            .await;
+        match edit {
+            Ok(summary) => reply(StatusCode::OK, serde_json::to_value(summary).unwrap_or_default()),
+            Err(e) => error(StatusCode::BAD_REQUEST, format!("not applied: {e}")),
+        }
+    }
+
+    async fn set_weight(&self, req: Request<Incoming>, now: &Snapshot, name: &str, slot: &str) -> Answer {
+        let Some(pool) = now.pools.get(name).cloned() else {
+            return error(StatusCode::NOT_FOUND, format!("no pool `{name}`"));
+        };
+        let Ok(slot) = slot.parse::<u32>() else {
+            return error(StatusCode::BAD_REQUEST, format!("`{slot}` is not a slot number"));
+        };
+        let weight = match read_json(req).await {
+            Ok(v) => v["weight"].as_u64(),
+            Err(e) => return e,
+        };
+        let Some(weight) = weight.filter(|w| *w <= u32::MAX as u64) else {
+            return error(StatusCode::BAD_REQUEST, "expected {\"weight\": N}");
+        };
+        match pool.set_weight(slot, weight as u32) {
+            Some(address) => reply(StatusCode::OK, json!({"address": address, "weight": weight})),
+            None => error(StatusCode::NOT_FOUND, format!("pool `{name}` has no slot {slot}")),
+        }
+    }
+
+    fn set_disabled(&self, now: &Snapshot, name: &str, slot: &str, action: &str) -> Answer {
+        let Some(pool) = now.pools.get(name) else {
+            return error(StatusCode::NOT_FOUND, format!("no pool `{name}`"));
+        };
+        let Ok(slot) = slot.parse::<u32>() else {
+            return error(StatusCode::BAD_REQUEST, format!("`{slot}` is not a slot number"));
+        };
+        match pool.set_disabled(slot, action == "disable") {
+            Some(address) => reply(StatusCode::OK, json!({"address": address, "disabled": action == "disable"})),
+            None => error(StatusCode::NOT_FOUND, format!("pool `{name}` has no slot {slot}")),
+        }
+    }
+
+    async fn push_plugin(&self, req: Request<Incoming>, now: &Snapshot, name: &str) -> Answer {
+        let Some(plugin) = now.plugins.get(name).cloned() else {
+            return error(StatusCode::NOT_FOUND, format!("no plugin instance `{name}`"));
+        };
+        let req_query = req.uri().query().map(str::to_string);
+        let body = match Limited::new(req.into_body(), MAX_UPLOAD).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) => return error(StatusCode::PAYLOAD_TOO_LARGE, format!("reading the component: {e}")),
+        };
+        let rollout = match rollout_of(req_query.as_deref()) {
+            Ok(r) => r,
+            Err(e) => return error(StatusCode::BAD_REQUEST, e),
+        };
+        let started = Instant::now();
+        let swapped = tokio::task::spawn_blocking(move || plugin.swap_with(&body, "upload", rollout)).await;
+        match swapped {
+            Ok(Ok(g)) => reply(
+                StatusCode::OK,
+                json!({
+                    "name": name,
+                    "generation": g.number,
+                    "hash": g.hash,
+                    "swap_ms": started.elapsed().as_secs_f64() * 1e3,
+                    "rollout": rollout.map(|r| r.percent),
+                }),
+            ),
+            Ok(Err(e)) => {
+                let status = match e {
+                    LoadError::Compile(_) | LoadError::WrongWorld { .. } | LoadError::Link(_) => {
+                        StatusCode::UNPROCESSABLE_ENTITY
+                    }
+                    _ => StatusCode::BAD_REQUEST,
+                };
+                error(status, format!("refused, the old plugin keeps serving: {e}"))
+            }
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("swap task failed: {e}")),
+        }
+    }
+
+    async fn reload(&self, req: Request<Incoming>) -> Answer {
+        let body = match Limited::new(req.into_body(), MAX_UPLOAD).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) => return error(StatusCode::PAYLOAD_TOO_LARGE, format!("reading the config: {e}")),
+        };
+        let result = if body.is_empty() {
+            self.core.reload_file().await
+        } else {
+            match String::from_utf8(body.to_vec()) {
+                Ok(text) => {
+                    let origin = "POST /reload".to_string();
+                    self.core.reload(crate::config::Source { origin, text }).await
+                }
+                Err(_) => Err("the config is not UTF-8".to_string()),
+            }
+        };
+        match result {
+            Ok(summary) => reply(StatusCode::OK, serde_json::to_value(summary).unwrap_or_default()),
+            Err(e) => error(StatusCode::BAD_REQUEST, format!("config not applied, the old one stays: {e}")),
         }
     }
 }

@@ -5,7 +5,7 @@ use crate::plugin::{Runtime, BUNDLED};
 use crate::{Prepared, Server};
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -350,7 +350,7 @@ fn plugin_runtime(loaded: &Loaded) -> Result<std::sync::Arc<Runtime>> {
 
 async fn serve(loaded: Loaded) -> Result<()> {
     let runtime = plugin_runtime(&loaded)?;
-    let signal = crate::server::shutdown_signal()?;
+    let signal = crate::app::shutdown_signal()?;
     #[cfg(unix)]
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let server = Server::start(loaded, runtime).await?;
@@ -382,33 +382,50 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let loaded = Loaded::read(&config)?;
             tokio_runtime(loaded.config.runtime.workers)?.block_on(serve(loaded))?;
         }
-        Command::Check { config } => {
-            let loaded = Loaded::read(&config)?;
-            let runtime = plugin_runtime(&loaded)?;
-            let (listeners, pools) = (loaded.config.listeners.len(), loaded.config.pools.len());
-            let prepared = Prepared::load(loaded, &runtime)?;
-            println!(
-                "{}: ok ({listeners} listeners, {pools} pools, {} plugin instances)",
-                config.display(),
-                prepared.plugins.len()
-            );
-        }
-        Command::Plugins => {
-            let runtime = Runtime::new(Runtime::default_cache_dir())?;
-            for (name, bytes) in BUNDLED {
-                let component = runtime.compile(bytes).with_context(|| format!("bundled plugin {name}"))?;
-                let worlds: Vec<&str> = runtime.worlds(&component).iter().map(|w| w.name()).collect();
-                println!("builtin:{name:<24} {:<16} {:>7} bytes", worlds.join(","), bytes.len());
-            }
-        }
+        Command::Check { config } => check_config(&config)?,
+        Command::Plugins => list_bundled()?,
         Command::Status { target } => print_status(&target)?,
         Command::Reload { target } => {
             let summary = admin_call(&target, "POST", "/reload", Vec::new())?;
             println!("reloaded: {summary}");
         }
-        Command::Plugin { command: PluginCommand::New { name, world, lang, dir } } => {
+        Command::Plugin { command } => return plugin(command),
+        Command::Demo { port } => demo(port)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `weir check`: parse, validate and load every plugin of a config.
+fn check_config(config: &Path) -> Result<()> {
+    let loaded = Loaded::read(config)?;
+    let runtime = plugin_runtime(&loaded)?;
+    let (listeners, pools) = (loaded.config.listeners.len(), loaded.config.pools.len());
+    let prepared = Prepared::load(loaded, &runtime)?;
+    println!(
+        "{}: ok ({listeners} listeners, {pools} pools, {} plugin instances)",
+        config.display(),
+        prepared.plugins.len()
+    );
+    Ok(())
+}
+
+/// `weir plugins`: the bundled plugins and the world each implements.
+fn list_bundled() -> Result<()> {
+    let runtime = Runtime::new(Runtime::default_cache_dir())?;
+    for (name, bytes) in BUNDLED {
+        let component = runtime.compile(bytes).with_context(|| format!("bundled plugin {name}"))?;
+        let worlds: Vec<&str> = runtime.worlds(&component).iter().map(|w| w.name()).collect();
+        println!("builtin:{name:<24} {:<16} {:>7} bytes", worlds.join(","), bytes.len());
+    }
+    Ok(())
+}
+
+/// `weir plugin ...`: the plugin author's commands.
+fn plugin(command: PluginCommand) -> Result<ExitCode> {
+    match command {
+        PluginCommand::New { name, world, lang, dir } => {
             let world = parse_world(&world)?;
-            let files = crate::plugin::scaffold::new_project(&dir, &name, world, &lang)?;
+            let files = crate::devkit::scaffold::new_project(&dir, &name, world, &lang)?;
             println!("created {} ({} files): a {world} plugin in {lang}", dir.join(&name).display(), files.len());
             let test = match lang.as_str() {
                 "rust" => "cargo test && weir plugin build",
@@ -416,58 +433,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
             };
             println!("next: cd {} && {test} (see its README.md)", dir.join(&name).display());
         }
-        Command::Plugin { command: PluginCommand::Test { file, cases } } => {
-            let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
-            let text = std::fs::read_to_string(&cases).with_context(|| format!("reading {}", cases.display()))?;
-            let parsed = crate::plugin::testkit::Cases::parse(&text, &cases.display().to_string())?;
-            let runtime = Runtime::new(Runtime::default_cache_dir())?;
-            let (world, outcomes) =
-                crate::plugin::testkit::run(&runtime, &bytes, &file.display().to_string(), &parsed)?;
-            let failed = outcomes.iter().filter(|o| o.failure.is_some()).count();
-            for o in &outcomes {
-                match &o.failure {
-                    None => println!("ok    {}", o.name),
-                    Some(why) => println!("FAIL  {}: {why}", o.name),
-                }
-            }
-            println!("{world}: {} cases, {} passed, {failed} failed", outcomes.len(), outcomes.len() - failed);
-            if failed > 0 {
-                return Ok(ExitCode::FAILURE);
-            }
+        PluginCommand::Test { file, cases } => return plugin_test(&file, &cases),
+        PluginCommand::Replay { old, new, log, config, new_config } => {
+            plugin_replay(&old, &new, &log, &config, new_config.as_deref())?
         }
-        Command::Plugin { command: PluginCommand::Replay { old, new, log, config, new_config } } => {
-            let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
-            let (a, b) = (read(&old)?, read(&new)?);
-            let text = std::fs::read_to_string(&log).with_context(|| format!("reading {}", log.display()))?;
-            let table = |c: &str| -> Result<toml::Table> { Ok(serde_json::from_str(&config_json(c)?)?) };
-            let config = table(&config)?;
-            let new_config = new_config.as_deref().map(table).transpose()?.unwrap_or_else(|| config.clone());
-            let runtime = Runtime::new(Runtime::default_cache_dir())?;
-            let (old_name, new_name) = (old.display().to_string(), new.display().to_string());
-            let (world, total, diffs) = crate::plugin::testkit::replay(
-                &runtime,
-                (&a, &old_name, &config),
-                (&b, &new_name, &new_config),
-                &text,
-            )?;
-            for d in diffs.iter().take(20) {
-                println!("{}: {} -> {}", d.request, d.old, d.new);
-            }
-            if diffs.len() > 20 {
-                println!("... and {} more", diffs.len() - 20);
-            }
-            println!("{world}: {total} logged requests replayed, {} decided differently", diffs.len());
-        }
-        Command::Plugin { command: PluginCommand::Build { dir } } => {
-            let built = crate::plugin::scaffold::build_project(&dir)?;
+        PluginCommand::Build { dir } => {
+            let built = crate::devkit::scaffold::build_project(&dir)?;
             println!("built {}", built.display());
         }
-        Command::Plugin { command: PluginCommand::Check { file, world, config } } => {
+        PluginCommand::Check { file, world, config } => {
             if !check_plugin(&file, world.as_deref(), &config)? {
                 return Ok(ExitCode::FAILURE);
             }
         }
-        Command::Plugin { command: PluginCommand::Push { name, file, target } } => {
+        PluginCommand::Push { name, file, target } => {
             let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let answer = admin_call(&target, "PUT", &format!("/plugins/{name}"), bytes)?;
             println!(
@@ -477,30 +456,71 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 answer["swap_ms"].as_f64().unwrap_or(0.0)
             );
         }
-        Command::Demo { port } => {
-            let mut loaded = Loaded::parse(Source {
-                origin: "examples/quickstart.toml".into(),
-                text: crate::demo::QUICKSTART.into(),
-            })?;
-            let front = loaded.config.listeners.get_mut("front").expect("quick-start listener");
-            *front.bind.get_mut() = format!("127.0.0.1:{port}");
-            let backends: Vec<std::net::SocketAddr> = loaded.config.pools["demo"]
-                .backends
-                .get_ref()
-                .iter()
-                .map(|b| b.get_ref().table().address.parse())
-                .collect::<Result<_, _>>()?;
-            tokio_runtime(loaded.config.runtime.workers)?.block_on(async move {
-                crate::demo::start_backends(&backends).await.context("starting demo backends on 127.0.0.1:9101-9103")?;
-                println!("weir demo: 3 backends on 127.0.0.1:9101-9103, weir on 127.0.0.1:{port} (round-robin, loopback only)");
-                println!("try:   for i in 1 2 3 4; do curl -s http://127.0.0.1:{port}/; done");
-                println!("shows: hello from backend-1, backend-2, backend-3, backend-1 (one per line)");
-                println!("Ctrl-C stops.");
-                serve(loaded).await
-            })?;
-        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `weir plugin test`: run a component against a cases file.
+fn plugin_test(file: &Path, cases: &Path) -> Result<ExitCode> {
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let text = std::fs::read_to_string(cases).with_context(|| format!("reading {}", cases.display()))?;
+    let parsed = crate::devkit::testkit::Cases::parse(&text, &cases.display().to_string())?;
+    let runtime = Runtime::new(Runtime::default_cache_dir())?;
+    let (world, outcomes) = crate::devkit::testkit::run(&runtime, &bytes, &file.display().to_string(), &parsed)?;
+    let failed = outcomes.iter().filter(|o| o.failure.is_some()).count();
+    for o in &outcomes {
+        match &o.failure {
+            None => println!("ok    {}", o.name),
+            Some(why) => println!("FAIL  {}: {why}", o.name),
+        }
+    }
+    println!("{world}: {} cases, {} passed, {failed} failed", outcomes.len(), outcomes.len() - failed);
+    Ok(if failed > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+/// `weir plugin replay`: where two versions of a plugin decide a logged
+/// request differently.
+fn plugin_replay(old: &Path, new: &Path, log: &Path, config: &str, new_config: Option<&str>) -> Result<()> {
+    let read = |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+    let (a, b) = (read(old)?, read(new)?);
+    let text = std::fs::read_to_string(log).with_context(|| format!("reading {}", log.display()))?;
+    let table = |c: &str| -> Result<toml::Table> { Ok(serde_json::from_str(&config_json(c)?)?) };
+    let config = table(config)?;
+    let new_config = new_config.map(table).transpose()?.unwrap_or_else(|| config.clone());
+    let runtime = Runtime::new(Runtime::default_cache_dir())?;
+    let (old_name, new_name) = (old.display().to_string(), new.display().to_string());
+    let (world, total, diffs) =
+        crate::devkit::testkit::replay(&runtime, (&a, &old_name, &config), (&b, &new_name, &new_config), &text)?;
+    for d in diffs.iter().take(20) {
+        println!("{}: {} -> {}", d.request, d.old, d.new);
+    }
+    if diffs.len() > 20 {
+        println!("... and {} more", diffs.len() - 20);
+    }
+    println!("{world}: {total} logged requests replayed, {} decided differently", diffs.len());
+    Ok(())
+}
+
+/// `weir demo`: three local backends and weir in front of them.
+fn demo(port: u16) -> Result<()> {
+    let mut loaded =
+        Loaded::parse(Source { origin: "examples/quickstart.toml".into(), text: crate::demo::QUICKSTART.into() })?;
+    let front = loaded.config.listeners.get_mut("front").expect("quick-start listener");
+    *front.bind.get_mut() = format!("127.0.0.1:{port}");
+    let backends: Vec<std::net::SocketAddr> = loaded.config.pools["demo"]
+        .backends
+        .get_ref()
+        .iter()
+        .map(|b| b.get_ref().table().address.parse())
+        .collect::<Result<_, _>>()?;
+    tokio_runtime(loaded.config.runtime.workers)?.block_on(async move {
+        crate::demo::start_backends(&backends).await.context("starting demo backends on 127.0.0.1:9101-9103")?;
+        println!("weir demo: 3 backends on 127.0.0.1:9101-9103, weir on 127.0.0.1:{port} (round-robin, loopback only)");
+        println!("try:   for i in 1 2 3 4; do curl -s http://127.0.0.1:{port}/; done");
+        println!("shows: hello from backend-1, backend-2, backend-3, backend-1 (one per line)");
+        println!("Ctrl-C stops.");
+        serve(loaded).await
+    })
 }
 
 /// Run the command line with the process arguments.

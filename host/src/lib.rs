@@ -7,17 +7,22 @@
 pub mod access_log;
 pub mod acme;
 pub mod admin;
+pub mod app;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod demo;
+pub mod devkit;
 pub mod discovery;
 pub mod health;
 pub mod histogram;
 pub mod l4;
 pub mod l7;
+#[cfg(test)]
+mod layers;
 pub mod listener;
 pub mod metrics;
+pub mod pipeline;
 pub mod plugin;
 pub mod proxy_protocol;
 pub mod server;
@@ -25,4 +30,5 @@ pub mod tls;
 pub mod udp;
 pub mod upstream;
 
-pub use server::{Prepared, Server};
+pub use app::Server;
+pub use server::Prepared;

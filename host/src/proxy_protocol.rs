@@ -11,7 +11,6 @@
 //! header names: access, route and balance plugins (`connection.client`),
 //! `X-Forwarded-For` and `Forwarded`, the access log and client-ip hashing.
 
-use crate::config::Listener;
 use ipnet::IpNet;
 use serde::Deserialize;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -49,12 +48,10 @@ pub struct ProxyAccept {
 }
 
 impl ProxyAccept {
-    /// The policy of a listener that accepts PROXY headers (checked config).
-    pub fn for_listener(l: &Listener) -> Option<Arc<Self>> {
-        (*l.proxy_protocol.get_ref()).then(|| {
-            let trusted = l.proxy_protocol_from.iter().filter_map(|n| parse_network(n.get_ref())).collect();
-            Arc::new(Self { trusted, timeout: l.header_timeout.0 })
-        })
+    /// The policy of a listener that trusts the peers in `networks` (each
+    /// as [`parse_network`] reads it; checked config, so others are skipped).
+    pub fn new<'a>(networks: impl IntoIterator<Item = &'a str>, timeout: Duration) -> Arc<Self> {
+        Arc::new(Self { trusted: networks.into_iter().filter_map(parse_network).collect(), timeout })
     }
 
     /// Whether `ip` may send a header.

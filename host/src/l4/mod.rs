@@ -4,13 +4,14 @@
 
 mod copy;
 
-use crate::config::Fallback;
-use crate::plugin::bindings::types;
-use crate::plugin::{PluginInstance, RouteDecision, Verdict};
+use crate::access_log::Line;
+use crate::pipeline::{self, Admission};
+use crate::plugin::bindings::{self, types};
+use crate::plugin::{PluginInstance, RouteDecision};
 use crate::proxy_protocol::{self, ProxyAccept};
 use crate::upstream::{Backend, Pool};
 use arc_swap::ArcSwap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
@@ -63,40 +64,6 @@ pub struct TcpRoutes {
     pub access_log: Option<Arc<[crate::access_log::Field]>>,
     /// Who must send a PROXY header first, when the listener accepts them.
     pub proxy_accept: Option<Arc<ProxyAccept>>,
-}
-
-/// The `connection` record of a new connection or session, before TLS
-/// fills in its `sni`, `alpn` and `client-identity`.
-pub fn connection_record(
-    client: SocketAddr,
-    local: SocketAddr,
-    listener: u32,
-    protocol: types::Protocol,
-) -> types::Connection {
-    types::Connection {
-        client: wit_socket_address(client),
-        local: wit_socket_address(local),
-        listener,
-        protocol,
-        sni: None,
-        alpn: None,
-        client_identity: None,
-    }
-}
-
-/// The `socket-address` record of an address.
-pub fn wit_socket_address(addr: SocketAddr) -> types::SocketAddress {
-    let ip = match addr.ip() {
-        IpAddr::V4(v4) => {
-            let [a, b, c, d] = v4.octets();
-            types::IpAddress::Ipv4((a, b, c, d))
-        }
-        IpAddr::V6(v6) => {
-            let [a, b, c, d, e, f, g, h] = v6.segments();
-            types::IpAddress::Ipv6((a, b, c, d, e, f, g, h))
-        }
-    };
-    types::SocketAddress { ip, port: addr.port() }
 }
 
 /// The client side of a proxied connection once TLS is dealt with.
@@ -152,35 +119,26 @@ async fn read_client_hello(
 }
 
 impl TcpService {
-    fn connection(&self, peer: SocketAddr, tls: bool) -> types::Connection {
-        let protocol = if tls { types::Protocol::Tls } else { types::Protocol::Tcp };
-        connection_record(peer, self.local, self.listener_id, protocol)
-    }
-
-    /// Run the route phase: the pool the connection goes to, or why none.
+    /// The route phase: the pool the connection goes to, or why none.
     fn route<'r>(
         &self,
         routes: &'r TcpRoutes,
         conn: &types::Connection,
         alpn: &[String],
     ) -> Result<&'r Arc<Pool>, String> {
-        let Some(router) = &routes.router else { return Ok(&routes.pool) };
-        match router.route_connection(conn, alpn) {
-            Ok(RouteDecision::Forward { pool, .. }) => {
+        let routed = pipeline::route(routes.router.as_ref(), |r| r.route_connection(conn, alpn))
+            .map_err(|e| format!("router failed: {e}"))?;
+        match routed.decision {
+            RouteDecision::Forward { pool, .. } => {
                 routes.pools.get(&pool).ok_or_else(|| format!("route names an unknown pool `{pool}`"))
             }
-            Ok(RouteDecision::NoMatch) => Ok(&routes.pool),
-            Ok(RouteDecision::Respond { status, .. }) => Err(format!("router answered {status}: connection closed")),
-            Err(e) if router.fallback() == Fallback::FailOpen => {
-                tracing::debug!(listener = %self.name, "router failed open: {e}");
-                Ok(&routes.pool)
-            }
-            Err(e) => Err(format!("router failed: {e}")),
+            RouteDecision::NoMatch => Ok(&routes.pool),
+            RouteDecision::Respond { status, .. } => Err(format!("router answered {status}: connection closed")),
         }
     }
 
-    /// Balance and connect (and, for a TLS pool, handshake; for a pool
-    /// with `send_proxy`, write the PROXY header first).
+    /// The balance phase, with a connect (and, for a TLS pool, a handshake;
+    /// for a pool with `send_proxy`, the PROXY header first) as each attempt.
     async fn connect(
         &self,
         pool: &Arc<Pool>,
@@ -188,7 +146,7 @@ impl TcpService {
         peer: SocketAddr,
         local: SocketAddr,
     ) -> Option<(BackendSide, Arc<Backend>)> {
-        let hash_key = pool.settings.hash_key.as_ref().and_then(|k| k.of_connection(peer, conn.sni.as_deref()));
+        let hash_key = pipeline::connection_hash_key(pool, peer, conn.sni.as_deref());
         // Latency is the successful attempt's own: connect (and handshake).
         let attempt = |backend: Arc<Backend>| async move {
             let started = Instant::now();
@@ -205,50 +163,75 @@ impl TcpService {
             backend.stats.record_latency(started.elapsed());
             Ok::<_, std::io::Error>(side)
         };
-        let (stream, backend) = pool.try_backends(conn, hash_key.as_deref(), attempt).await?;
+        let (stream, backend) = pipeline::connect(pool, conn, hash_key.as_deref(), attempt).await?;
         pool.report_success(&backend);
         Some((stream, backend))
     }
 
-    async fn handle(self: Arc<Self>, mut client: TcpStream, peer: SocketAddr) {
+    async fn handle(self: Arc<Self>, client: TcpStream, peer: SocketAddr) {
         let _open = self.stats.accepted();
         let routes = self.routes.load_full();
-        let mut conn = self.connection(peer, !matches!(routes.tls, TlsMode::None));
-        let mut entry =
-            routes.access_log.clone().map(|f| crate::access_log::Entry::new(f, self.name.clone(), peer.to_string()));
+        let mut log = Line::new(routes.access_log.as_ref(), &self.name, peer);
+        if let Err(why) = self.serve(&routes, client, peer, &mut log).await {
+            log.error(why);
+        }
+    }
+
+    /// A connection's phases in order: the PROXY header, TLS, access,
+    /// route, balance and connect, then the byte copy both ways.
+    async fn serve(
+        &self,
+        routes: &TcpRoutes,
+        mut client: TcpStream,
+        peer: SocketAddr,
+        log: &mut Line,
+    ) -> Result<(), String> {
         // From here on, the client is the one a trusted proxy's header names.
         let policy = routes.proxy_accept.as_deref();
-        let peer = match proxy_protocol::client_address(&mut client, peer, policy, &self.name).await {
-            Ok(client) => client,
-            Err(err) => {
-                if let Some(e) = entry.as_mut() {
-                    e.error = err.to_string();
-                }
-                return;
-            }
-        };
-        if let Some(e) = entry.as_mut() {
-            e.client = peer.to_string();
-        }
-        conn.client = wit_socket_address(peer);
+        let peer =
+            proxy_protocol::client_address(&mut client, peer, policy, &self.name).await.map_err(|e| e.to_string())?;
+        log.set(|e| e.client = peer.to_string());
         let local = client.local_addr().unwrap_or(self.local);
         let _ = client.set_nodelay(true);
-        let mut offered_alpn = Vec::new();
-        let client = match &routes.tls {
-            TlsMode::None => ClientSide::Plain(client, Vec::new()),
+        let protocol = if matches!(routes.tls, TlsMode::None) { types::Protocol::Tcp } else { types::Protocol::Tls };
+        let mut conn = bindings::connection_record(peer, self.local, self.listener_id, protocol);
+        let (client, offered_alpn) = self.client_side(routes, client, &mut conn, peer).await?;
+        if !Admission::check(&self.name, &routes.access, &conn, peer).admitted() {
+            return Err("denied".into());
+        }
+        let pool = self.route(routes, &conn, &offered_alpn).inspect_err(|why| {
+            tracing::debug!(listener = %self.name, %peer, "{why}");
+        })?;
+        log.set(|e| e.pool = pool.name.clone());
+        let (upstream, backend) = self.connect(pool, &conn, peer, local).await.ok_or("no backend reachable")?;
+        log.set(|e| e.backend = backend.address.clone());
+        self.splice(client, upstream, &backend, routes.idle_timeout).await.map_err(|err| {
+            tracing::debug!(listener = %self.name, %peer, "connection ended: {err}");
+            err.to_string()
+        })
+    }
+
+    /// The TLS step: a terminated session, or a passthrough ClientHello read
+    /// ahead (with the ALPN list it offers), its names put in `conn`.
+    async fn client_side(
+        &self,
+        routes: &TcpRoutes,
+        mut client: TcpStream,
+        conn: &mut types::Connection,
+        peer: SocketAddr,
+    ) -> Result<(ClientSide, Vec<String>), String> {
+        match &routes.tls {
+            TlsMode::None => Ok((ClientSide::Plain(client, Vec::new()), Vec::new())),
             TlsMode::Terminate(tls) => match tls.accept(client).await {
                 Ok((stream, handshake)) => {
                     conn.sni = handshake.sni;
                     conn.alpn = handshake.alpn;
                     conn.client_identity = handshake.client_identity;
-                    ClientSide::Tls(Box::new(stream))
+                    Ok((ClientSide::Tls(Box::new(stream)), Vec::new()))
                 }
                 Err(e) => {
                     tracing::debug!(listener = %self.name, %peer, "TLS handshake failed: {e}");
-                    if let Some(en) = entry.as_mut() {
-                        en.error = format!("TLS handshake: {e}");
-                    }
-                    return;
+                    Err(format!("TLS handshake: {e}"))
                 }
             },
             TlsMode::Passthrough(timeout) => match read_client_hello(&mut client, *timeout).await {
@@ -257,70 +240,39 @@ impl TcpService {
                     // Nothing is settled on passthrough: the record carries
                     // what the client offered, in its order.
                     conn.alpn = (!hello.alpn.is_empty()).then(|| hello.alpn.join(","));
-                    offered_alpn = hello.alpn;
-                    ClientSide::Plain(client, bytes)
+                    Ok((ClientSide::Plain(client, bytes), hello.alpn))
                 }
                 Err(e) => {
                     tracing::debug!(listener = %self.name, %peer, "no ClientHello: {e}");
-                    if let Some(en) = entry.as_mut() {
-                        en.error = format!("no ClientHello: {e}");
-                    }
-                    return;
+                    Err(format!("no ClientHello: {e}"))
                 }
             },
-        };
-        if !admit(&self.name, &routes.access, &conn, peer) {
-            if let Some(e) = entry.as_mut() {
-                e.error = "denied".into();
-            }
-            return;
         }
-        let pool = match self.route(&routes, &conn, &offered_alpn) {
-            Ok(pool) => pool,
-            Err(why) => {
-                tracing::debug!(listener = %self.name, %peer, "{why}");
-                if let Some(e) = entry.as_mut() {
-                    e.error = why;
-                }
-                return;
-            }
-        };
-        if let Some(e) = entry.as_mut() {
-            e.pool = pool.name.clone();
-        }
-        let Some((upstream, backend)) = self.connect(pool, &conn, peer, local).await else {
-            if let Some(e) = entry.as_mut() {
-                e.error = "no backend reachable".into();
-            }
-            return;
-        };
-        if let Some(e) = entry.as_mut() {
-            e.backend = backend.address.clone();
-        }
+    }
+
+    /// Copy bytes both ways until both sides are done (or idle too long),
+    /// after sending the backend what was read ahead.
+    async fn splice(
+        &self,
+        client: ClientSide,
+        upstream: BackendSide,
+        backend: &Backend,
+        idle_timeout: Duration,
+    ) -> std::io::Result<()> {
         let _active = backend.stats.open();
-        let result = match (client, upstream) {
+        match (client, upstream) {
             (ClientSide::Plain(client, first), BackendSide::Plain(mut upstream)) => {
                 use tokio::io::AsyncWriteExt;
-                match upstream.write_all(&first).await {
-                    Ok(()) => {
-                        backend.stats.add_tx(first.len() as u64);
-                        proxy(client, upstream, &backend.stats, routes.idle_timeout).await
-                    }
-                    Err(e) => Err(e),
-                }
+                upstream.write_all(&first).await?;
+                backend.stats.add_tx(first.len() as u64);
+                proxy(client, upstream, &backend.stats, idle_timeout).await
             }
             (ClientSide::Plain(client, first), upstream) => {
                 let client: Box<dyn Io> = Box::new(Prefixed::new(first, client));
-                proxy_io(client, upstream.into_io(), &backend.stats, routes.idle_timeout).await
+                proxy_io(client, upstream.into_io(), &backend.stats, idle_timeout).await
             }
             (ClientSide::Tls(client), upstream) => {
-                proxy_io(client, upstream.into_io(), &backend.stats, routes.idle_timeout).await
-            }
-        };
-        if let Err(err) = result {
-            tracing::debug!(listener = %self.name, %peer, "connection ended: {err}");
-            if let Some(e) = entry.as_mut() {
-                e.error = err.to_string();
+                proxy_io(client, upstream.into_io(), &backend.stats, idle_timeout).await
             }
         }
     }
@@ -378,65 +330,6 @@ impl tokio::io::AsyncWrite for Prefixed {
     ) -> std::task::Poll<std::io::Result<()>> {
         std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
-}
-
-/// What the access filters' `check-connection` settled for a connection
-/// (TCP, TLS, HTTP) or UDP session, asked in order until one refuses.
-#[derive(Default)]
-pub struct Admission {
-    /// Filters that answered `allow-connection`: on HTTP, not asked about
-    /// the connection's requests.
-    pub cleared: Vec<Arc<PluginInstance>>,
-    /// Why the connection is refused, if it is.
-    pub refused: Option<Refusal>,
-}
-
-/// A refused connection.
-#[derive(Debug, Clone)]
-pub enum Refusal {
-    /// A filter denied it (status and headers are for HTTP).
-    Denied { reason: String, status: Option<u16>, headers: Vec<(String, String)> },
-    /// A filter's call failed and the filter fails closed.
-    Failed(String),
-}
-
-impl Admission {
-    /// Run the access phase of a connection. A failed call applies the
-    /// filter's fallback.
-    pub fn check(listener: &str, access: &[Arc<PluginInstance>], conn: &types::Connection, peer: SocketAddr) -> Self {
-        let mut settled = Self::default();
-        for filter in access {
-            match filter.check_connection(conn) {
-                Ok(Verdict::Allow) => {}
-                Ok(Verdict::AllowConnection) => settled.cleared.push(filter.clone()),
-                Ok(Verdict::Deny { reason, status, headers }) => {
-                    tracing::debug!(%listener, %peer, plugin = filter.name(), "denied: {reason}");
-                    settled.refused = Some(Refusal::Denied { reason, status, headers });
-                    break;
-                }
-                Err(e) => {
-                    let open = filter.fallback() == Fallback::FailOpen;
-                    tracing::debug!(%listener, %peer, fail_open = open, "access plugin failed: {e}");
-                    if !open {
-                        settled.refused = Some(Refusal::Failed(e.to_string()));
-                        break;
-                    }
-                }
-            }
-        }
-        settled
-    }
-
-    /// Whether `filter` cleared the connection for all its requests.
-    pub fn cleared(&self, filter: &Arc<PluginInstance>) -> bool {
-        self.cleared.iter().any(|c| Arc::ptr_eq(c, filter))
-    }
-}
-
-/// Run the access phase of a connection (TCP, TLS) or session (UDP):
-/// `true` lets it through.
-pub fn admit(listener: &str, access: &[Arc<PluginInstance>], conn: &types::Connection, peer: SocketAddr) -> bool {
-    Admission::check(listener, access, conn, peer).refused.is_none()
 }
 
 /// Accept connections until `stop` is cancelled; each runs on `tracker`.

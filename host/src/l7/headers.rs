@@ -176,16 +176,6 @@ pub fn direct_response(
     resp
 }
 
-/// The value of cookie `name` in `Cookie` header fields.
-pub fn cookie_value<'a>(fields: impl Iterator<Item = &'a HeaderValue>, name: &str) -> Option<String> {
-    fields
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.to_owned())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

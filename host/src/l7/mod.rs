@@ -5,10 +5,10 @@
 mod body;
 pub mod headers;
 
-use crate::config::Fallback;
-use crate::l4::{Admission, Refusal};
+use crate::access_log::Line;
+use crate::pipeline::{self, Admission, Attempts, Refusal};
 use crate::plugin::bindings::types;
-use crate::plugin::{HttpPick, PluginInstance, RouteDecision, Verdict};
+use crate::plugin::{HeaderEdit, HttpPick, PluginInstance, RouteDecision};
 use crate::upstream::{Backend, Pool};
 use arc_swap::ArcSwap;
 use body::{full, Counted, ProxyBody};
@@ -158,6 +158,15 @@ enum Failure {
     Timeout,
 }
 
+impl From<Refusal> for Failure {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::Denied { reason, status, headers } => Failure::Denied(status.unwrap_or(403), reason, headers),
+            Refusal::Failed(e) => Failure::PluginFailed(e),
+        }
+    }
+}
+
 impl Failure {
     fn status(&self) -> StatusCode {
         match self {
@@ -222,7 +231,7 @@ fn request_id() -> HeaderValue {
 
 impl HttpService {
     fn connection(&self, peer: SocketAddr) -> types::Connection {
-        crate::l4::connection_record(peer, self.local, self.listener_id, types::Protocol::Http)
+        crate::plugin::bindings::connection_record(peer, self.local, self.listener_id, types::Protocol::Http)
     }
 
     async fn handle(
@@ -239,8 +248,8 @@ impl HttpService {
         let id = req.headers().get(&headers::REQUEST_ID).cloned().unwrap_or_else(request_id);
         let started = Instant::now();
         let routes = self.routes.load_full();
-        let mut entry = routes.access_log.clone().map(|fields| {
-            let mut e = crate::access_log::Entry::new(fields, self.name.clone(), conn.peer.to_string());
+        let mut log = Line::new(routes.access_log.as_ref(), &self.name, conn.peer);
+        log.set(|e| {
             e.method = req.method().to_string();
             e.host = req
                 .uri()
@@ -251,9 +260,8 @@ impl HttpService {
             e.path = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_string();
             e.request_id = id.to_str().unwrap_or("").to_string();
             e.capture_headers(req.headers());
-            e
         });
-        let answered = self.forward(&routes, &conn, req, &id, &mut entry).await;
+        let answered = self.forward(&routes, &conn, req, &id, &mut log).await;
         self.stats.response_time.observe(started.elapsed());
         match answered {
             Ok(resp) => {
@@ -262,88 +270,76 @@ impl HttpService {
             }
             Err(failure) => {
                 self.stats.record_status(failure.status().as_u16());
-                if let Some(e) = entry.as_mut() {
+                log.set(|e| {
                     e.status = failure.status().as_u16();
                     e.error = failure.reason().to_string();
-                }
+                });
                 tracing::debug!(listener = %self.name, peer = %conn.peer, request_id = ?id, status = %failure.status(), "{}: {}", failure.reason(), failure.detail());
                 Ok(failure.response(&id))
             }
         }
     }
 
+    /// A request's phases in order: access, route, the request head made
+    /// ready for the backend, then balance and send.
     async fn forward(
         &self,
         routes: &HttpRoutes,
         conn: &ClientConn,
         req: Request<Incoming>,
         id: &HeaderValue,
-        entry: &mut Option<crate::access_log::Entry>,
+        log: &mut Line,
     ) -> Result<Response<ProxyBody>, Failure> {
         let (parts, body) = req.into_parts();
         let head = Arc::new(parts);
-
         if let Some(refused) = &conn.refused {
             return Err(refused.clone());
         }
-        for filter in routes.access.iter().filter(|f| !conn.access.cleared(f)) {
-            match filter.check_request(&conn.record, head.clone()) {
-                Ok(Verdict::Allow | Verdict::AllowConnection) => {}
-                Ok(Verdict::Deny { reason, status, headers }) => {
-                    return Err(Failure::Denied(status.unwrap_or(403), reason, headers));
-                }
-                Err(e) if filter.fallback() == Fallback::FailOpen => tracing::debug!("access plugin failed open: {e}"),
-                Err(e) => return Err(Failure::PluginFailed(e.to_string())),
-            }
-        }
+        pipeline::check_request(&routes.access, &conn.access, &conn.record, &head)?;
 
-        let mut target = &routes.default_pool;
-        let mut hash_key = None;
-        let (mut request_edits, mut response_edits) = (Vec::new(), Vec::new());
-        let mut route = "default";
-        if let Some(router) = &routes.router {
-            match router.route_request(&conn.record, head.clone()) {
-                Ok(RouteDecision::Forward { pool, hash_key: key, request_headers, response_headers }) => {
-                    target = routes.pools.get(&pool).ok_or(Failure::UnknownPool(pool))?;
-                    hash_key = key;
-                    request_edits = request_headers;
-                    response_edits = response_headers;
-                    route = "router";
-                }
-                Ok(RouteDecision::Respond { status, headers, body }) => {
-                    if let Some(e) = entry.as_mut() {
-                        e.status = status;
-                        e.route = "respond";
-                    }
-                    return Ok(headers::direct_response(status, headers, body, id));
-                }
-                Ok(RouteDecision::NoMatch) => route = "no-match",
-                Err(e) if router.fallback() == Fallback::FailOpen => {
-                    tracing::debug!("router failed open: {e}");
-                    route = "router-failed-open";
-                }
-                Err(e) => return Err(Failure::PluginFailed(e.to_string())),
+        let routed = pipeline::route(routes.router.as_ref(), |r| r.route_request(&conn.record, head.clone()))
+            .map_err(|e| Failure::PluginFailed(e.to_string()))?;
+        log.set(|e| e.route = routed.how);
+        let (target, hash_key, request_edits, response_edits) = match routed.decision {
+            RouteDecision::Forward { pool, hash_key, request_headers, response_headers } => (
+                routes.pools.get(&pool).ok_or(Failure::UnknownPool(pool))?,
+                hash_key,
+                request_headers,
+                response_headers,
+            ),
+            RouteDecision::NoMatch => (&routes.default_pool, None, Vec::new(), Vec::new()),
+            RouteDecision::Respond { status, headers, body } => {
+                log.set(|e| e.status = status);
+                return Ok(headers::direct_response(status, headers, body, id));
             }
-        }
-        if let Some(e) = entry.as_mut() {
-            e.route = route;
-        }
+        };
+        log.set(|e| e.pool = target.pool.name.clone());
 
         let mut parts = Arc::try_unwrap(head).unwrap_or_else(|shared| (*shared).clone_parts());
-        let pool = &target.pool;
-        if let Some(e) = entry.as_mut() {
-            e.pool = pool.name.clone();
-        }
-        if hash_key.is_none() {
-            hash_key =
-                pool.settings.hash_key.as_ref().and_then(|k| k.extract(&parts, conn.peer, conn.record.sni.as_deref()));
-        }
+        let hash_key = hash_key
+            .or_else(|| pipeline::request_hash_key(&target.pool, &parts, conn.peer, conn.record.sni.as_deref()));
         let upgrade = headers::prepare_request(&mut parts, conn.peer, &routes.settings, id, &request_edits);
         let on_client_upgrade = upgrade.then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>()).flatten();
         parts.version = if target.http2 { http::Version::HTTP_2 } else { http::Version::HTTP_11 };
+        let request = Outgoing { parts, body, hash_key, on_client_upgrade, response_edits };
+        self.send(target, conn, request, id, log).await
+    }
+
+    /// Balance and send, retrying on another backend after a failed connect
+    /// (a request without a body) or a status in `retry_on` (an idempotent
+    /// request without a body, within the pool's retry budget).
+    async fn send(
+        &self,
+        target: &HttpPool,
+        conn: &ClientConn,
+        request: Outgoing,
+        id: &HeaderValue,
+        log: &mut Line,
+    ) -> Result<Response<ProxyBody>, Failure> {
+        let Outgoing { parts, body, hash_key, on_client_upgrade, mut response_edits } = request;
+        let pool = &target.pool;
         let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
         let scheme = if target.scheme == "https" { Scheme::HTTPS } else { Scheme::HTTP };
-
         // A request without a body can be sent again to another backend.
         let idempotent = matches!(
             parts.method,
@@ -352,25 +348,14 @@ impl HttpService {
         pool.retries.request();
         let replayable = body.is_end_stream();
         let mut body = Some(body);
-        let mut tried = Vec::new();
-        let members = pool.members();
         let mut http_pick = HttpPick {
             cookies: parts.headers.get_all(http::header::COOKIE).iter().cloned().collect(),
             response_headers: Vec::new(),
         };
         let mut parts = Some(parts);
-        for _ in 0..pool.settings.max_tries {
-            let eligible = pool.eligible(&members, &tried);
-            if eligible.is_empty() {
-                break;
-            }
-            let slot = pool
-                .choose(&members, eligible, &conn.record, hash_key.as_deref(), Some(&mut http_pick))
-                .map_err(Failure::PluginFailed)?;
-            let backend = members.backends[slot as usize].clone();
-            if let Some(e) = entry.as_mut() {
-                e.backend = backend.address.clone();
-            }
+        let mut attempts = Attempts::new(pool, &conn.record, hash_key.as_deref());
+        while let Some(backend) = attempts.next(Some(&mut http_pick)).map_err(Failure::PluginFailed)? {
+            log.set(|e| e.backend = backend.address.clone());
             let outgoing: ProxyBody = match body.take() {
                 Some(b) if !b.is_end_stream() => {
                     Counted::new(b, backend.stats.clone(), Direction::ToBackend, None).boxed_unsync()
@@ -378,7 +363,7 @@ impl HttpService {
                 _ => body::empty(),
             };
             // The head is copied only while another attempt may need it.
-            let last = !replayable || tried.len() + 1 >= pool.settings.max_tries as usize;
+            let last = !replayable || !attempts.another_allowed();
             let head = if last { parts.take() } else { parts.as_ref().map(CloneParts::clone_parts) };
             let head = head.ok_or(Failure::Unreachable)?;
             let mut upstream = Request::from_parts(head, outgoing);
@@ -392,14 +377,14 @@ impl HttpService {
             match tokio::time::timeout(pool.settings.response_timeout, target.client.request(upstream)).await {
                 Ok(Ok(resp)) => {
                     backend.stats.record_latency(started.elapsed());
-                    if let Some(e) = entry.as_mut() {
+                    let status = resp.status().as_u16();
+                    log.set(|e| {
                         e.head = Some(started.elapsed());
-                        e.status = resp.status().as_u16();
-                    }
-                    backend.stats.record_status(resp.status().as_u16());
+                        e.status = status;
+                    });
+                    backend.stats.record_status(status);
                     // A status the pool retries on counts as a failed attempt
                     // for passive health, as in nginx's proxy_next_upstream.
-                    let status = resp.status().as_u16();
                     let failed = pool.settings.retry_on.contains(&status);
                     if failed || pool.settings.fail_on.contains(&status) {
                         pool.report_failure(&backend);
@@ -409,22 +394,21 @@ impl HttpService {
                     let retry = failed
                         && idempotent
                         && replayable
-                        && tried.len() + 1 < pool.settings.max_tries as usize
+                        && attempts.another_allowed()
                         && pool.retries.try_retry(pool.settings.retry_budget);
                     if retry {
                         tracing::debug!(pool = %pool.name, backend = %backend.address, status = %resp.status(), "retrying on another backend");
-                        tried.push(slot);
+                        attempts.exclude(&backend);
                         continue;
                     }
                     response_edits
                         .extend(http_pick.response_headers.drain(..).map(|(name, value)| (name, Some(value))));
-                    let served = Served { backend, active, log: entry.take() };
+                    let served = Served { backend, active, log: log.take() };
                     return Ok(self.respond(resp, served, on_client_upgrade, &response_edits, id));
                 }
                 Ok(Err(e)) if e.is_connect() => {
                     tracing::debug!(pool = %pool.name, backend = %backend.address, "connect failed: {e}");
-                    pool.report_failure(&backend);
-                    tried.push(slot);
+                    attempts.failed(&backend);
                     if !replayable {
                         return Err(Failure::Unreachable);
                     }
@@ -433,7 +417,7 @@ impl HttpService {
                 Err(_) => return Err(Failure::Timeout),
             }
         }
-        Err(if tried.is_empty() { Failure::NoBackend } else { Failure::Unreachable })
+        Err(if attempts.failures() == 0 { Failure::NoBackend } else { Failure::Unreachable })
     }
 
     fn respond(
@@ -441,7 +425,7 @@ impl HttpService {
         resp: Response<Incoming>,
         served: Served,
         on_client_upgrade: Option<hyper::upgrade::OnUpgrade>,
-        edits: &[crate::plugin::HeaderEdit],
+        edits: &[HeaderEdit],
         id: &HeaderValue,
     ) -> Response<ProxyBody> {
         let Served { backend, active, log } = served;
@@ -460,6 +444,18 @@ impl HttpService {
             .boxed_unsync();
         Response::from_parts(parts, body)
     }
+}
+
+/// A request made ready for its backend, waiting for the balance phase.
+struct Outgoing {
+    parts: http::request::Parts,
+    body: Incoming,
+    /// The balancer's hash key: the route's, else the pool's `hash_key`.
+    hash_key: Option<String>,
+    /// The client's side of an `Upgrade` request.
+    on_client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    /// Header edits of the route for the response.
+    response_edits: Vec<HeaderEdit>,
 }
 
 /// What a response holds on to while its body streams.
@@ -624,10 +620,7 @@ async fn serve_http<I>(
     // The access filters see the connection once (`check-connection`);
     // what they settle there spares or answers its requests.
     let access = Admission::check(&service.name, &service.routes.load().access, &record, peer);
-    let refused = access.refused.clone().map(|r| match r {
-        Refusal::Denied { reason, status, headers } => Failure::Denied(status.unwrap_or(403), reason, headers),
-        Refusal::Failed(e) => Failure::PluginFailed(e),
-    });
+    let refused = access.refused.clone().map(Failure::from);
     let conn = Arc::new(ClientConn { record, peer, requests: Default::default(), access, refused });
     let first_request_seen = {
         let conn = conn.clone();

@@ -72,3 +72,37 @@ pub mod discovery {
         },
     });
 }
+
+/// The `connection` record of a new connection or session, before TLS
+/// fills in its `sni`, `alpn` and `client-identity`.
+pub fn connection_record(
+    client: std::net::SocketAddr,
+    local: std::net::SocketAddr,
+    listener: u32,
+    protocol: types::Protocol,
+) -> types::Connection {
+    types::Connection {
+        client: socket_address(client),
+        local: socket_address(local),
+        listener,
+        protocol,
+        sni: None,
+        alpn: None,
+        client_identity: None,
+    }
+}
+
+/// The `socket-address` record of an address.
+pub fn socket_address(addr: std::net::SocketAddr) -> types::SocketAddress {
+    let ip = match addr.ip() {
+        std::net::IpAddr::V4(v4) => {
+            let [a, b, c, d] = v4.octets();
+            types::IpAddress::Ipv4((a, b, c, d))
+        }
+        std::net::IpAddr::V6(v6) => {
+            let [a, b, c, d, e, f, g, h] = v6.segments();
+            types::IpAddress::Ipv6((a, b, c, d, e, f, g, h))
+        }
+    };
+    types::SocketAddress { ip, port: addr.port() }
+}

@@ -37,7 +37,7 @@ pub struct Grants {
 impl Grants {
     /// The `grants` table of a plugin instance; relative file paths are
     /// taken from `base_dir` (the config file's directory).
-    pub fn from_config(g: &crate::config::Grants, base_dir: &std::path::Path) -> Self {
+    pub fn from_config(g: &crate::config::GrantsTable, base_dir: &std::path::Path) -> Self {
         Self {
             http: g.http.clone(),
             tcp: g.tcp.clone(),

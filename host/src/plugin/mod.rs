@@ -6,9 +6,7 @@ pub mod bindings;
 mod bundled;
 mod instance;
 pub mod io;
-pub mod scaffold;
 pub mod state;
-pub mod testkit;
 
 pub use bundled::{bundled, BUNDLED};
 pub use instance::{
@@ -16,7 +14,7 @@ pub use instance::{
     Rollout, RolloutInfo, RouteDecision, Verdict,
 };
 pub use io::Grants;
-pub use state::{HttpPick, MetricKind, SharedStore, MAX_PLUGIN_METRICS};
+pub use state::{HttpPick, MemberView, MetricKind, SharedStore, MAX_PLUGIN_METRICS};
 
 use sha2::{Digest, Sha256};
 use std::hash::{Hash, Hasher};

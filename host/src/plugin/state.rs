@@ -4,8 +4,6 @@
 
 use super::bindings::access::weir::plugin::http;
 use super::bindings::balancer::weir::plugin::{host, pool};
-use crate::l7::headers::cookie_value;
-use crate::upstream::Members;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -146,12 +144,33 @@ impl SharedStore {
     }
 }
 
+/// One version of a pool's member list as a balancer call reads it. The
+/// pools layer implements it, so the runtime needs no pool type of its own.
+pub trait MemberView: Send + Sync {
+    /// The id of the pool, handed to balancers.
+    fn pool_id(&self) -> u32;
+    /// The pool's next pick sequence: 0, 1, 2, ... across every thread.
+    fn next_sequence(&self) -> u64;
+    /// The version of this list; balancers get `set-backends` when it changes.
+    fn version(&self) -> u64;
+    /// The backends as balancers receive them, indexed by slot.
+    fn backends(&self) -> &[super::bindings::types::Backend];
+    /// Connections (or requests) open now on the backend in `slot`.
+    fn active(&self, slot: u32) -> Option<u32>;
+    /// Active counts of the backends in `eligible` (ascending slots), in that order.
+    fn gather_active(&self, eligible: &[u32]) -> Vec<u32>;
+    /// Latencies (µs) of the backends in `eligible`, in that order.
+    fn gather_latency_us(&self, eligible: &[u32]) -> Vec<u32>;
+    /// Bytes/s of the backends in `eligible`, in that order.
+    fn gather_bytes_per_sec(&self, eligible: &[u32]) -> Vec<u64>;
+}
+
 /// What a `pick` call's `pool-view` shows.
 pub struct PickCall {
     /// The id of the pool being balanced.
     pub pool: u32,
     /// The member list the pick is over.
-    pub members: Arc<Members>,
+    pub members: Arc<dyn MemberView>,
     /// Slots eligible for this call, ascending.
     pub eligible: Arc<Vec<u32>>,
     /// The connection being balanced.
@@ -362,14 +381,6 @@ impl host::HostMetric for PluginState {
 
 impl pool::Host for PluginState {}
 
-fn slot_of(call: &PickCall, slot: u32) -> wasmtime::Result<&crate::upstream::Backend> {
-    call.members
-        .backends
-        .get(slot as usize)
-        .map(|b| &**b)
-        .ok_or_else(|| wasmtime::format_err!("slot {slot} out of range"))
-}
-
 impl pool::HostPoolView for PluginState {
     fn id(&mut self, _: Resource<PoolViewRep>) -> wasmtime::Result<u32> {
         Ok(self.pick()?.pool)
@@ -396,13 +407,13 @@ impl pool::HostPoolView for PluginState {
     }
 
     fn active(&mut self, _: Resource<PoolViewRep>, slot: u32) -> wasmtime::Result<u32> {
-        Ok(slot_of(self.pick()?, slot)?.stats.active())
+        self.pick()?.members.active(slot).ok_or_else(|| wasmtime::format_err!("slot {slot} out of range"))
     }
 
     fn eligible_active_pair(&mut self, _: Resource<PoolViewRep>, a: u32, b: u32) -> wasmtime::Result<u64> {
         let call = self.pick()?;
         let active = |index: u32| match call.eligible.get(index as usize) {
-            Some(&slot) => Ok(call.members.live(slot).active() as u64),
+            Some(&slot) => Ok(call.members.active(slot).unwrap_or(0) as u64),
             None => Err(wasmtime::format_err!("eligible index {index} out of range ({})", call.eligible.len())),
         };
         Ok(active(a)? | active(b)? << 32)
@@ -448,6 +459,11 @@ impl pool::HostPoolView for PluginState {
 }
 
 impl http::Host for PluginState {}
+
+/// The value of cookie `name` in `Cookie` header fields.
+pub fn cookie_value<'a>(fields: impl Iterator<Item = &'a ::http::HeaderValue>, name: &str) -> Option<String> {
+    weir_wire::cookie::value(fields.map(::http::HeaderValue::as_bytes), name).map(str::to_owned)
+}
 
 fn header_str(v: &::http::HeaderValue) -> Option<String> {
     v.to_str().ok().map(str::to_owned)

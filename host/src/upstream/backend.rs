@@ -297,6 +297,16 @@ pub struct Backend {
 }
 
 impl Backend {
+    /// The static data it was built from.
+    pub fn spec(&self) -> super::BackendSpec {
+        super::BackendSpec {
+            address: self.address.clone(),
+            weight: self.weight,
+            priority: self.priority,
+            tags: self.tags.clone(),
+        }
+    }
+
     /// Whether the backend may receive new work.
     pub fn is_healthy(&self) -> bool {
         self.health.is_healthy()

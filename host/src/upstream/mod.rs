@@ -10,7 +10,7 @@ mod backend;
 pub use backend::{ActiveGuard, Backend, BackendStats, Chunk, Ejection, Health, Live, LiveTable};
 
 use crate::plugin::bindings::types;
-use crate::plugin::PluginInstance;
+use crate::plugin::{MemberView, PluginInstance};
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -45,7 +45,7 @@ pub struct PoolSettings {
     /// HTTP: time a backend has to send its response head.
     pub response_timeout: Duration,
     /// HTTP: the balancer's hash key when the route gives none.
-    pub hash_key: Option<HashKey>,
+    pub hash_key: Option<crate::config::HashKey>,
     /// HTTP: statuses after which an idempotent, bodiless request is retried.
     pub retry_on: Vec<u16>,
     /// HTTP: retries allowed as a share of requests.
@@ -174,64 +174,12 @@ impl RetryBudget {
     }
 }
 
-/// Where an HTTP request's hash key comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HashKey {
-    /// The client's IP address.
-    ClientIp,
-    /// The request path.
-    Path,
-    /// A header's value.
-    Header(http::HeaderName),
-    /// A cookie's value.
-    Cookie(String),
-    /// The SNI of the client's TLS ClientHello.
-    Sni,
-}
-
-impl HashKey {
-    /// Parse `client-ip`, `path`, `sni`, `header:NAME` or `cookie:NAME`.
-    pub fn parse(s: &str) -> Option<Self> {
-        match s.split_once(':') {
-            None if s == "client-ip" => Some(Self::ClientIp),
-            None if s == "path" => Some(Self::Path),
-            None if s == "sni" => Some(Self::Sni),
-            Some(("header", name)) => http::HeaderName::from_bytes(name.trim().as_bytes()).ok().map(Self::Header),
-            Some(("cookie", name)) if !name.trim().is_empty() => Some(Self::Cookie(name.trim().to_string())),
-            _ => None,
-        }
-    }
-
-    /// The key of a connection (L4): only `client-ip` and `sni` apply.
-    pub fn of_connection(&self, peer: std::net::SocketAddr, sni: Option<&str>) -> Option<String> {
-        match self {
-            Self::ClientIp => Some(peer.ip().to_string()),
-            Self::Sni => sni.map(str::to_owned),
-            _ => None,
-        }
-    }
-
-    /// The key of a request, if it has one.
-    pub fn extract(
-        &self,
-        head: &http::request::Parts,
-        peer: std::net::SocketAddr,
-        sni: Option<&str>,
-    ) -> Option<String> {
-        match self {
-            Self::ClientIp => Some(peer.ip().to_string()),
-            Self::Sni => sni.map(str::to_owned),
-            Self::Path => Some(head.uri.path().to_string()),
-            Self::Header(name) => head.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned),
-            Self::Cookie(name) => {
-                crate::l7::headers::cookie_value(head.headers.get_all(http::header::COOKIE).iter(), name)
-            }
-        }
-    }
-}
-
 /// One version of a pool's backend list.
 pub struct Members {
+    /// The pool's id.
+    pool: u32,
+    /// The pool's pick sequence, shared by all its versions.
+    picks: Arc<AtomicU64>,
     /// Version, unique within the pool; balancers get `set-backends` when it changes.
     pub version: u64,
     /// The backends, indexed by slot.
@@ -251,7 +199,8 @@ pub struct Members {
 }
 
 impl Members {
-    fn new(version: u64, backends: Vec<Arc<Backend>>, live: Arc<LiveTable>) -> Self {
+    fn new(pool: (u32, &Arc<AtomicU64>), live: &Arc<LiveTable>, version: u64, backends: Vec<Arc<Backend>>) -> Self {
+        let live = live.clone();
         let wit_backends = backends
             .iter()
             .map(|b| types::Backend {
@@ -266,8 +215,17 @@ impl Members {
         let first = cells.first().copied().unwrap_or(0);
         let consecutive = cells.iter().enumerate().all(|(i, &c)| c as usize == first as usize + i);
         let run = (consecutive && live.run(first, cells.len()).is_some()).then_some(first);
-        let members =
-            Self { version, backends, wit_backends, cells, run, live_table: live, healthy: ArcSwap::default() };
+        let members = Self {
+            pool: pool.0,
+            picks: pool.1.clone(),
+            version,
+            backends,
+            wit_backends,
+            cells,
+            run,
+            live_table: live,
+            healthy: ArcSwap::default(),
+        };
         members.refresh();
         members
     }
@@ -329,6 +287,40 @@ impl Members {
     }
 }
 
+impl MemberView for Members {
+    fn pool_id(&self) -> u32 {
+        self.pool
+    }
+
+    fn next_sequence(&self) -> u64 {
+        self.picks.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn version(&self) -> u64 {
+        self.version
+    }
+
+    fn backends(&self) -> &[types::Backend] {
+        &self.wit_backends
+    }
+
+    fn active(&self, slot: u32) -> Option<u32> {
+        ((slot as usize) < self.cells.len()).then(|| self.live(slot).active())
+    }
+
+    fn gather_active(&self, eligible: &[u32]) -> Vec<u32> {
+        Members::gather_active(self, eligible)
+    }
+
+    fn gather_latency_us(&self, eligible: &[u32]) -> Vec<u32> {
+        Members::gather_latency_us(self, eligible)
+    }
+
+    fn gather_bytes_per_sec(&self, eligible: &[u32]) -> Vec<u64> {
+        Members::gather_bytes_per_sec(self, eligible)
+    }
+}
+
 /// What a member-list change did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct MemberChange {
@@ -346,9 +338,6 @@ impl MemberChange {
         self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty()
     }
 }
-
-/// The name of the host's own round-robin balancer.
-pub const NATIVE_ROUND_ROBIN: &str = "native:round-robin";
 
 /// A pool's balancer: a plugin instance, or the host's own round-robin.
 #[derive(Clone)]
@@ -372,7 +361,7 @@ impl Balancer {
     pub fn name(&self) -> &str {
         match self {
             Self::Plugin(p) => p.name(),
-            Self::NativeRoundRobin => NATIVE_ROUND_ROBIN,
+            Self::NativeRoundRobin => crate::config::NATIVE_ROUND_ROBIN,
         }
     }
 
@@ -403,7 +392,8 @@ pub struct Pool {
     update: Mutex<()>,
     versions: AtomicU64,
     fallback_next: AtomicUsize,
-    picks: AtomicU64,
+    /// The pick sequence, shared with every member list.
+    picks: Arc<AtomicU64>,
 }
 
 static NEXT_POOL_ID: AtomicU32 = AtomicU32::new(1);
@@ -422,18 +412,20 @@ impl Pool {
         let live = Arc::new(LiveTable::default());
         let old = previous.map(|p| p.members());
         let (backends, _) = build_backends(specs, old.as_deref(), &live, settings.starts_up());
+        let (id, picks) = (NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed), Arc::default());
+        let members = Members::new((id, &picks), &live, 1, backends);
         Self {
-            id: NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed),
+            id,
             name: name.into(),
             balancer: balancer.into(),
             settings,
             retries: RetryBudget::default(),
-            members: ArcSwap::from_pointee(Members::new(1, backends, live.clone())),
+            members: ArcSwap::from_pointee(members),
             live,
             update: Mutex::new(()),
             versions: AtomicU64::new(1),
             fallback_next: AtomicUsize::new(0),
-            picks: AtomicU64::new(0),
+            picks,
         }
     }
 
@@ -451,7 +443,7 @@ impl Pool {
         let (backends, change) = build_backends(specs, Some(&old), &self.live, self.settings.starts_up());
         if !change.is_empty() {
             let version = self.versions.fetch_add(1, Ordering::Relaxed) + 1;
-            self.members.store(Arc::new(Members::new(version, backends, self.live.clone())));
+            self.members.store(Arc::new(Members::new((self.id, &self.picks), &self.live, version, backends)));
         }
         change
     }
@@ -493,12 +485,7 @@ impl Pool {
         let specs = members
             .backends
             .iter()
-            .map(|b| BackendSpec {
-                address: b.address.clone(),
-                weight: if b.slot == slot { weight } else { b.weight },
-                priority: b.priority,
-                tags: b.tags.clone(),
-            })
+            .map(|b| BackendSpec { weight: if b.slot == slot { weight } else { b.weight }, ..b.spec() })
             .collect();
         self.set_members(specs);
         tracing::info!(pool = %self.name, backend = %address, weight, "weight changed by hand");
@@ -567,11 +554,6 @@ impl Pool {
         });
     }
 
-    /// The pool's pick sequence: 0, 1, 2, ... across every thread.
-    pub fn next_pick(&self) -> u64 {
-        self.picks.fetch_add(1, Ordering::Relaxed)
-    }
-
     /// An attempt on `backend` succeeded.
     pub fn report_success(&self, backend: &Backend) {
         backend.health.consecutive_failures.store(0, Ordering::Relaxed);
@@ -613,33 +595,6 @@ impl Pool {
         });
     }
 
-    /// One of `eligible` (which must not be empty) from the balancer. A
-    /// plugin call that fails applies the instance's fallback: the native
-    /// round-robin when it fails open, the error when it fails closed.
-    pub fn choose(
-        self: &Arc<Self>,
-        members: &Arc<Members>,
-        eligible: Arc<Vec<u32>>,
-        conn: &types::Connection,
-        hash_key: Option<&str>,
-        http: Option<&mut crate::plugin::HttpPick>,
-    ) -> Result<u32, String> {
-        let plugin = match &self.balancer {
-            Balancer::Plugin(p) => p,
-            Balancer::NativeRoundRobin => return self.fallback_pick(&eligible).ok_or_else(|| "no backend".into()),
-        };
-        match plugin.pick(self, members, eligible.clone(), conn, hash_key, http) {
-            Ok(slot) => Ok(slot),
-            Err(e) => {
-                tracing::debug!(pool = %self.name, "balancer failed: {e}");
-                match plugin.fallback() {
-                    crate::config::Fallback::FailOpen => self.fallback_pick(&eligible).ok_or_else(|| e.to_string()),
-                    crate::config::Fallback::FailClosed => Err(e.to_string()),
-                }
-            }
-        }
-    }
-
     /// The native round-robin: `native:round-robin`, and the fallback of a
     /// balancer plugin that fails open.
     pub fn fallback_pick(&self, eligible: &[u32]) -> Option<u32> {
@@ -649,39 +604,126 @@ impl Pool {
         let n = self.fallback_next.fetch_add(1, Ordering::Relaxed);
         Some(eligible[n % eligible.len()])
     }
+}
 
-    /// The L4 balance loop: pick an eligible backend for `conn` and run
-    /// `attempt` on it within `connect_timeout`; after a failure, count it
-    /// for passive health and pick again among the backends not yet tried,
-    /// up to `max_tries`. A balancer that fails uses its fallback.
-    pub async fn try_backends<T, F, Fut>(
-        self: &Arc<Self>,
-        conn: &types::Connection,
-        hash_key: Option<&str>,
-        mut attempt: F,
-    ) -> Option<(T, Arc<Backend>)>
-    where
-        F: FnMut(Arc<Backend>) -> Fut,
-        Fut: std::future::Future<Output = std::io::Result<T>>,
-    {
-        let mut tried: Vec<u32> = Vec::new();
-        let members = self.members();
-        for _ in 0..self.settings.max_tries {
-            let eligible = self.eligible(&members, &tried);
-            if eligible.is_empty() {
-                break;
-            }
-            let Ok(slot) = self.choose(&members, eligible, conn, hash_key, None) else { return None };
-            let backend = &members.backends[slot as usize];
-            match tokio::time::timeout(self.settings.connect_timeout, attempt(backend.clone())).await {
-                Ok(Ok(done)) => return Some((done, backend.clone())),
-                Ok(Err(e)) => tracing::debug!(pool = %self.name, backend = %backend.address, "attempt failed: {e}"),
-                Err(_) => tracing::debug!(pool = %self.name, backend = %backend.address, "attempt timed out"),
-            }
-            self.report_failure(backend);
-            tried.push(slot);
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(port: u16, weight: u32) -> BackendSpec {
+        BackendSpec { address: format!("127.0.0.1:{port}"), weight, priority: 0, tags: vec![] }
+    }
+
+    fn pool(ports: &[u16], settings: PoolSettings) -> Arc<Pool> {
+        let specs = ports.iter().map(|&p| spec(p, 1)).collect();
+        Arc::new(Pool::new("p", specs, Balancer::NativeRoundRobin, settings, None))
+    }
+
+    #[test]
+    fn eligible_backends_are_the_healthy_ones_not_tried() {
+        let pool = pool(&[1, 2, 3, 4], PoolSettings::default());
+        let members = pool.members();
+        assert_eq!(*pool.eligible(&members, &[]), vec![0, 1, 2, 3]);
+        assert_eq!(*pool.eligible(&members, &[1, 3]), vec![0, 2]);
+        assert!(pool.set_up(2, false));
+        assert!(!pool.set_up(2, false), "no change the second time");
+        assert_eq!(*pool.eligible(&pool.members(), &[]), vec![0, 1, 3]);
+        assert_eq!(pool.set_disabled(0, true).as_deref(), Some("127.0.0.1:1"));
+        assert_eq!(*pool.eligible(&pool.members(), &[]), vec![1, 3]);
+        assert_eq!(pool.set_disabled(9, true), None);
+    }
+
+    #[test]
+    fn panic_mode_uses_every_backend_when_none_is_healthy() {
+        let calm = pool(&[1, 2], PoolSettings::default());
+        let panicky = pool(&[1, 2], PoolSettings { panic: true, ..PoolSettings::default() });
+        for p in [&calm, &panicky] {
+            p.set_up(0, false);
+            p.set_up(1, false);
         }
-        tracing::warn!(pool = %self.name, tried = tried.len(), "no backend reachable");
-        None
+        assert!(calm.eligible(&calm.members(), &[]).is_empty());
+        assert_eq!(*panicky.eligible(&panicky.members(), &[]), vec![0, 1]);
+        assert_eq!(*panicky.eligible(&panicky.members(), &[0]), vec![1], "tried ones stay excluded");
+    }
+
+    #[test]
+    fn a_member_swap_keeps_the_numbers_and_health_of_backends_that_stay() {
+        let pool = pool(&[1, 2, 3], PoolSettings::default());
+        let before = pool.members();
+        before.backends[1].stats.add_rx(500);
+        pool.set_up(1, false);
+        let change = pool.set_members(vec![spec(2, 1), spec(4, 1), spec(2, 5)]);
+        assert_eq!(change.added, vec!["127.0.0.1:4".to_string()]);
+        assert_eq!(change.removed, vec!["127.0.0.1:1".to_string(), "127.0.0.1:3".to_string()]);
+        assert_eq!(change.changed, vec!["127.0.0.1:2".to_string()], "its slot moved from 1 to 0");
+        let after = pool.members();
+        assert!(after.version > before.version);
+        assert_eq!(after.backends.len(), 2, "a duplicate address is dropped");
+        let kept = &after.backends[0];
+        assert!(Arc::ptr_eq(&kept.stats, &before.backends[1].stats));
+        assert_eq!(kept.stats.rx(), 500);
+        assert!(!kept.is_healthy(), "its health stays too");
+        assert!(after.backends[1].is_healthy(), "a new backend starts up");
+        assert_eq!(*pool.eligible(&after, &[]), vec![1]);
+        assert!(pool.set_members(vec![spec(2, 1), spec(4, 1)]).is_empty());
+        assert_eq!(pool.members().version, after.version, "nothing changed, nothing swapped");
+    }
+
+    #[test]
+    fn a_new_backend_waits_for_its_checks_when_initial_up_is_off() {
+        let settings = PoolSettings { active_checks: true, initial_up: false, ..PoolSettings::default() };
+        let pool = pool(&[1], settings);
+        assert!(pool.eligible(&pool.members(), &[]).is_empty());
+        let backend = pool.members().backends[0].clone();
+        assert_eq!(pool.record_check(&backend, Ok(()), 1, 1), Some(true));
+        assert_eq!(*pool.eligible(&pool.members(), &[]), vec![0]);
+    }
+
+    #[tokio::test]
+    async fn passive_ejection_lasts_fail_timeout_then_awaits_a_check_when_checks_run() {
+        let timeout = Duration::from_millis(50);
+        let plain = pool(&[1, 2], PoolSettings { max_fails: 1, fail_timeout: timeout, ..PoolSettings::default() });
+        let checked = pool(
+            &[1, 2],
+            PoolSettings { max_fails: 1, fail_timeout: timeout, active_checks: true, ..PoolSettings::default() },
+        );
+        let reported = std::time::Instant::now();
+        for p in [&plain, &checked] {
+            let b = p.members().backends[0].clone();
+            p.report_failure(&b);
+            assert_eq!(b.health.ejection(), Ejection::Backoff);
+            assert_eq!(*p.eligible(&p.members(), &[]), vec![1]);
+        }
+        let b = checked.members().backends[0].clone();
+        while b.health.ejection() != Ejection::AwaitingCheck || plain.eligible(&plain.members(), &[]).len() < 2 {
+            assert!(reported.elapsed() < Duration::from_secs(5), "backoff never ended");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(reported.elapsed() >= timeout - Duration::from_millis(1), "out for fail_timeout");
+        assert_eq!(*plain.eligible(&plain.members(), &[]), vec![0, 1], "back after fail_timeout");
+        assert_eq!(*checked.eligible(&checked.members(), &[]), vec![1], "still out until a check passes");
+        checked.record_check(&b, Ok(()), 2, 2);
+        assert_eq!(b.health.ejection(), Ejection::None);
+        assert_eq!(*checked.eligible(&checked.members(), &[]), vec![0, 1]);
+    }
+
+    #[test]
+    fn retries_are_bounded_by_the_budget() {
+        let budget = RetryBudget::default();
+        for _ in 0..100 {
+            budget.request();
+        }
+        // 0.1 × 100 requests + 10.
+        let allowed = (0..100).filter(|_| budget.try_retry(0.1)).count();
+        assert_eq!(allowed, 20);
+        assert_eq!(budget.retries(), 20);
+    }
+
+    #[test]
+    fn native_round_robin_cycles_through_the_eligible() {
+        let pool = pool(&[1, 2, 3], PoolSettings::default());
+        let picks: Vec<u32> = (0..6).map(|_| pool.fallback_pick(&[0, 2]).unwrap()).collect();
+        assert_eq!(picks, vec![0, 2, 0, 2, 0, 2]);
+        assert_eq!(pool.fallback_pick(&[]), None);
     }
 }

@@ -5,7 +5,7 @@
 //! bundled plugins use for Rust, componentize-py for Python and
 //! componentize-js for JavaScript, found or installed into the project.
 
-use super::World;
+use crate::plugin::World;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -40,8 +40,8 @@
 //! instance runs under weir's limits; `timeout`, `memory_limit` and `grants`
 //! at the top set them as `[plugins.NAME]` does.
 
-use super::{Grants, Limits, PluginSpec, RouteDecision, Runtime, Verdict, World};
 use crate::plugin::bindings::types;
+use crate::plugin::{Grants, Limits, PluginSpec, RouteDecision, Runtime, Verdict, World};
 use crate::upstream::{BackendSpec, Pool, PoolSettings};
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
@@ -65,7 +65,7 @@ pub struct Cases {
     pub memory_limit: Option<crate::config::ByteSize>,
     /// What the plugin's `io` imports may reach (health checks and discovery).
     #[serde(default)]
-    pub grants: crate::config::Grants,
+    pub grants: crate::config::GrantsTable,
     /// The cases.
     #[serde(rename = "case", default)]
     pub cases: Vec<Case>,
@@ -175,10 +175,10 @@ fn connection(case: &Case, default: types::Protocol) -> Result<types::Connection
         Some(other) => bail!("case `{}`: protocol `{other}` is not tcp, tls, udp, http or https", case.name),
     };
     let client = client_addr(&case.client)?;
-    Ok(crate::l4::connection_record(client, SocketAddr::from(([127, 0, 0, 1], 8080)), 0, protocol))
+    Ok(crate::plugin::bindings::connection_record(client, SocketAddr::from(([127, 0, 0, 1], 8080)), 0, protocol))
 }
 
-fn request(case: &Case) -> Result<Arc<super::state::RequestHead>> {
+fn request(case: &Case) -> Result<Arc<crate::plugin::state::RequestHead>> {
     let mut req = http::Request::builder().method(case.method.as_str()).uri(case.path.as_str());
     if let Some(host) = &case.host {
         req = req.header(http::header::HOST, host);
@@ -189,7 +189,7 @@ fn request(case: &Case) -> Result<Arc<super::state::RequestHead>> {
     Ok(Arc::new(req.body(()).with_context(|| format!("case `{}`: not a valid request", case.name))?.into_parts().0))
 }
 
-fn run_balancer(instance: &Arc<super::PluginInstance>, cases: &Cases, case: &Case) -> Result<Option<String>> {
+fn run_balancer(instance: &Arc<crate::plugin::PluginInstance>, cases: &Cases, case: &Case) -> Result<Option<String>> {
     let specs = cases.backends.iter().cloned().map(BackendSpec::from).collect();
     let settings = PoolSettings { max_tries: 1, ..PoolSettings::default() };
     let pool = Arc::new(Pool::new("test", specs, instance.clone(), settings, None));
@@ -227,7 +227,7 @@ fn run_balancer(instance: &Arc<super::PluginInstance>, cases: &Cases, case: &Cas
     let cookie = http::HeaderValue::from_str(&cookie).with_context(|| format!("case `{}`: cookies", case.name))?;
     let mut got = Vec::new();
     for _ in &expected {
-        let mut pick = http.then(|| super::HttpPick { cookies: vec![cookie.clone()], ..Default::default() });
+        let mut pick = http.then(|| crate::plugin::HttpPick { cookies: vec![cookie.clone()], ..Default::default() });
         got.push(pick_once(&pool, &conn, case.hash_key.as_deref(), pick.as_mut()));
     }
     drop(guards);
@@ -239,19 +239,19 @@ fn pick_once(
     pool: &Arc<Pool>,
     conn: &types::Connection,
     hash_key: Option<&str>,
-    http: Option<&mut super::HttpPick>,
+    http: Option<&mut crate::plugin::HttpPick>,
 ) -> String {
     let members = pool.members();
     let eligible = pool.eligible(&members, &[]);
     let Some(plugin) = pool.balancer.plugin() else { return "error: not a balancer plugin".into() };
-    match plugin.pick(pool, &members, eligible, conn, hash_key, http) {
+    match plugin.pick(&members, eligible, conn, hash_key, http) {
         Ok(slot) => members.backends[slot as usize].address.clone(),
         Err(e) => format!("error: {e}"),
     }
 }
 
 /// A router's decision on a request: a pool, `no-match`, `respond N` or the error.
-fn route_decision(instance: &super::PluginInstance, case: &Case) -> Result<String> {
+fn route_decision(instance: &crate::plugin::PluginInstance, case: &Case) -> Result<String> {
     let conn = connection(case, types::Protocol::Http)?;
     Ok(match instance.route_request(&conn, request(case)?) {
         Ok(RouteDecision::Forward { pool, .. }) => pool,
@@ -264,7 +264,7 @@ fn route_decision(instance: &super::PluginInstance, case: &Case) -> Result<Strin
 /// An access filter's verdict on a request as an HTTP listener reaches it
 /// (`check-connection`, then `check-request` unless the connection's verdict
 /// settled it): `allow`, `deny` (with its status) or the error.
-fn access_decision(instance: &super::PluginInstance, case: &Case) -> Result<(String, Option<u16>)> {
+fn access_decision(instance: &crate::plugin::PluginInstance, case: &Case) -> Result<(String, Option<u16>)> {
     let conn = connection(case, types::Protocol::Http)?;
     let verdict = match instance.check_connection(&conn) {
         Ok(Verdict::Allow) => instance.check_request(&conn, request(case)?),
@@ -277,13 +277,13 @@ fn access_decision(instance: &super::PluginInstance, case: &Case) -> Result<(Str
     })
 }
 
-fn run_router(instance: &super::PluginInstance, case: &Case) -> Result<Option<String>> {
+fn run_router(instance: &crate::plugin::PluginInstance, case: &Case) -> Result<Option<String>> {
     let got = route_decision(instance, case)?;
     let expected = case.expect.as_str().unwrap_or_default();
     Ok((got != expected).then(|| format!("expected {expected:?}, got {got:?}")))
 }
 
-fn run_access(instance: &super::PluginInstance, case: &Case) -> Result<Option<String>> {
+fn run_access(instance: &crate::plugin::PluginInstance, case: &Case) -> Result<Option<String>> {
     let got = access_decision(instance, case)?;
     let expected = case.expect.as_str().unwrap_or_default();
     if got.0 != expected {
@@ -343,7 +343,7 @@ impl Drop for Peer {
     }
 }
 
-fn run_health(instance: &super::PluginInstance, cases: &Cases, case: &Case) -> Result<Option<String>> {
+fn run_health(instance: &crate::plugin::PluginInstance, cases: &Cases, case: &Case) -> Result<Option<String>> {
     let peer = match &case.target {
         Some(_) => None,
         None => Some(Peer::start(case.respond.clone().unwrap_or_default().into_bytes())?),
@@ -363,7 +363,7 @@ fn run_health(instance: &super::PluginInstance, cases: &Cases, case: &Case) -> R
     Ok((got != expected).then(|| format!("expected {expected:?}, got {got:?}{why}")))
 }
 
-fn run_discovery(instance: &super::PluginInstance, cases: &Cases, case: &Case) -> Result<Option<String>> {
+fn run_discovery(instance: &crate::plugin::PluginInstance, cases: &Cases, case: &Case) -> Result<Option<String>> {
     let expected: Vec<String> = match &case.expect {
         toml::Value::Array(list) => list.iter().map(|v| v.as_str().unwrap_or_default().to_string()).collect(),
         other => bail!("case `{}`: a discovery case expects a list of addresses, not {other}", case.name),
@@ -377,7 +377,12 @@ fn run_discovery(instance: &super::PluginInstance, cases: &Cases, case: &Case) -
 
 /// Load a component as a plugin instance of the world it implements, under
 /// the limits and grants of `cases`.
-fn load(runtime: &Arc<Runtime>, bytes: &[u8], source: &str, cases: &Cases) -> Result<Arc<super::PluginInstance>> {
+fn load(
+    runtime: &Arc<Runtime>,
+    bytes: &[u8],
+    source: &str,
+    cases: &Cases,
+) -> Result<Arc<crate::plugin::PluginInstance>> {
     let config = &cases.config;
     let defaults = Limits::default();
     let limits = Limits {
@@ -528,7 +533,7 @@ pub fn replay(
             backends.push(e.backend.clone());
         }
     }
-    let pool_of = |instance: &Arc<super::PluginInstance>| {
+    let pool_of = |instance: &Arc<crate::plugin::PluginInstance>| {
         let specs = backends
             .iter()
             .map(|address| BackendSpec { address: address.clone(), weight: 1, priority: 0, tags: Vec::new() })
