@@ -2,7 +2,8 @@
 //! two real dnsmasq servers balanced round-robin with one request and one
 //! response per session; per-client sessions that stick to one backend and
 //! expire when idle; the session cap; access denial before any backend;
-//! datagrams up to the largest UDP payload; a reload keeping a UDP listener
+//! datagrams up to the largest UDP payload; sessions balanced by the pool's
+//! hash key as TCP connections are; a reload keeping a UDP listener
 //! and its sessions, and one closing it.
 
 use anyhow::{bail, ensure, Context, Result};
@@ -459,5 +460,79 @@ async fn a_backend_answering_port_unreachable_is_ejected() -> Result<()> {
     assert_eq!((name.as_str(), echoed.as_slice()), ("a", &b"again"[..]));
     assert_eq!(stats.total(), 2);
     weir.shutdown().await;
+    Ok(())
+}
+
+/// A TCP backend on `port` (the port of a UDP echo) that greets every
+/// connection with its name and a newline, so that one pool's addresses
+/// serve TCP and UDP alike.
+async fn tcp_greeter(name: &str, port: u16) -> Result<JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    let greeting = format!("{name}\n");
+    Ok(tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            use tokio::io::AsyncWriteExt;
+            let _ = stream.write_all(greeting.as_bytes()).await;
+        }
+    }))
+}
+
+/// UDP echo backends whose ports are free for TCP too (a few tries, as a
+/// port free for UDP may be taken for TCP), each with its TCP greeter.
+async fn dual_backends(names: &[&str]) -> Result<(Vec<UdpEcho>, Vec<JoinHandle<()>>)> {
+    let (mut echoes, mut greeters) = (Vec::new(), Vec::new());
+    for name in names {
+        for attempt in 0.. {
+            let echo = UdpEcho::start(name).await?;
+            match tcp_greeter(name, echo.addr.port()).await {
+                Ok(greeter) => {
+                    echoes.push(echo);
+                    greeters.push(greeter);
+                    break;
+                }
+                Err(e) if attempt < 20 => drop((e, echo)),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok((echoes, greeters))
+}
+
+/// A UDP session is balanced with the pool's hash key, as a TCP connection
+/// is: with `hash_key = "client-ip"` on a consistent-hash pool, every client
+/// address reaches the same backend over UDP as over TCP (the balancer
+/// hashes the key, which differs from the client hash it uses without one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_sessions_are_balanced_by_the_pools_hash_key_like_tcp() -> Result<()> {
+    let (echoes, greeters) = dual_backends(&["a", "b", "c"]).await?;
+    let list: Vec<String> = echoes.iter().map(|e| format!("\"{}\"", e.addr)).collect();
+    let weir = start_weir(&format!(
+        "[pools.p]\nbalancer = \"builtin:consistent-hash\"\nhash_key = \"client-ip\"\nbackends = [{}]\n\n\
+         [listeners.udp]\nbind = \"127.0.0.1:0\"\nprotocol = \"udp\"\npool = \"p\"\n\n\
+         [listeners.tcp]\nbind = \"127.0.0.1:0\"\nprotocol = \"tcp\"\npool = \"p\"\n",
+        list.join(", ")
+    ))
+    .await?;
+    let (udp, tcp) = (weir.listener_addr("udp").unwrap(), weir.listener_addr("tcp").unwrap());
+    let mut seen = HashMap::new();
+    for host in 2..=13u8 {
+        let ip = Ipv4Addr::new(127, 0, 0, host);
+        let socket = UdpSocket::bind((ip, 0)).await?;
+        let (over_udp, _) = ask(&socket, udp, b"which").await?;
+        let stream = tokio::net::TcpSocket::new_v4()?;
+        stream.bind((ip, 0).into())?;
+        let mut stream = tokio::time::timeout(STEP, stream.connect(tcp)).await??;
+        let mut greeting = Vec::new();
+        tokio::time::timeout(STEP, tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut greeting)).await??;
+        let over_tcp = String::from_utf8(greeting)?.trim_end().to_string();
+        assert_eq!(over_udp, over_tcp, "client {ip}: UDP went to {over_udp}, TCP to {over_tcp}");
+        *seen.entry(over_udp).or_insert(0) += 1;
+    }
+    println!("12 client addresses over UDP and TCP, same backend each: {seen:?}");
+    assert!(seen.len() >= 2, "the key spreads clients over the backends: {seen:?}");
+    weir.shutdown().await;
+    for g in greeters {
+        g.abort();
+    }
     Ok(())
 }

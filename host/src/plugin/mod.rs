@@ -4,16 +4,17 @@
 
 pub mod bindings;
 mod bundled;
+pub mod grants;
 mod instance;
 pub mod io;
 pub mod state;
 
 pub use bundled::{bundled, BUNDLED};
+pub use grants::Grants;
 pub use instance::{
     client_hash, CallError, CallErrorKind, Discovered, GenerationInfo, HeaderEdit, Limits, PluginInstance, PluginStats,
     Rollout, RolloutInfo, RouteDecision, Verdict,
 };
-pub use io::Grants;
 pub use state::{HttpPick, MemberView, MetricKind, SharedStore, MAX_PLUGIN_METRICS};
 
 use sha2::{Digest, Sha256};

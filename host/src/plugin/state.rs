@@ -231,9 +231,9 @@ pub struct PluginState {
     pub(crate) pick: Option<PickCall>,
     pub(crate) request: Option<Arc<RequestHead>>,
     /// What `io` may reach, from the instance's config.
-    pub(crate) grants: Arc<super::io::Grants>,
+    pub(crate) grants: Arc<super::grants::Grants>,
     /// Set during a background call: the call's I/O scope.
-    pub(crate) io: Option<super::io::CallScope>,
+    pub(crate) io: Option<super::grants::CallScope>,
 }
 
 impl PluginState {
@@ -241,7 +241,7 @@ impl PluginState {
         name: Arc<str>,
         shared: Arc<SharedStore>,
         max_memory: usize,
-        grants: Arc<super::io::Grants>,
+        grants: Arc<super::grants::Grants>,
     ) -> Self {
         Self {
             name,

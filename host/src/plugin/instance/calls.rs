@@ -168,7 +168,7 @@ impl PluginInstance {
     ) -> Result<R, CallError> {
         let deadline = std::time::Instant::now() + timeout;
         self.with_slot_for(Some(timeout + timeout / 4 + Duration::from_millis(20)), |slot| {
-            slot.store.data_mut().io = Some(crate::plugin::io::CallScope { target, proxy, deadline });
+            slot.store.data_mut().io = Some(crate::plugin::grants::CallScope { target, proxy, deadline });
             let r = f(slot);
             slot.store.data_mut().io = None;
             r

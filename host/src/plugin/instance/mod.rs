@@ -3,9 +3,10 @@
 //! epoch deadline and a memory cap; an instance that traps, times out or
 //! hits the cap is dropped and replaced on the next call.
 //!
-//! - `generation`: the component versions of an instance, swaps and canary
-//!   rollouts;
-//! - `slots`: the pool of live Wasm instances and the limits of one call;
+//! - `slots`: a generation (one component version) and its live Wasm
+//!   instances, reused across calls;
+//! - `generation`: which generation serves a call (the current one or a
+//!   canary), swaps and rollouts, and a call under its limits;
 //! - `calls`: one method per phase call, and the conversions between WIT
 //!   values and the host's.
 
@@ -20,8 +21,9 @@ use super::state::PluginState;
 use super::{LoadError, PluginSpec, Runtime, World};
 use crate::config::Fallback;
 use arc_swap::ArcSwap;
-use generation::{Canary, Generation};
+use generation::Canary;
 use parking_lot::Mutex;
+use slots::Generation;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,13 +1,16 @@
-//! The live Wasm instances of a generation, reused across calls, and the
-//! limits every call runs under.
+//! A generation (one loaded version of a plugin instance's component) and
+//! its slots: the live Wasm instances it reuses across calls, made with the
+//! instance's config and limits.
 
-use super::generation::Generation;
 use super::{CallError, CallErrorKind, Limits, PluginInstance};
 use crate::plugin::bindings::{access, balancer, discovery, health, router, types};
 use crate::plugin::state::PluginState;
 use crate::plugin::World;
+use parking_lot::Mutex;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
+use wasmtime::component::InstancePre;
 use wasmtime::{Store, Trap};
 
 pub(super) enum Bound {
@@ -26,8 +29,26 @@ pub(super) struct Slot {
     pub(super) seen_pools: rustc_hash::FxHashMap<u32, u64>,
 }
 
+/// One loaded version of a plugin instance.
+pub(super) struct Generation {
+    pub(super) pre: InstancePre<PluginState>,
+    pub(super) config_json: String,
+    pub(super) limits: Limits,
+    /// Boxed: a call takes one out and puts it back, moving a pointer.
+    #[expect(clippy::vec_box, reason = "every call moves a slot out and back: a pointer, not the store and bindings")]
+    pub(super) idle: Mutex<Vec<Box<Slot>>>,
+    pub(super) hash: String,
+    pub(super) grants: Arc<crate::plugin::Grants>,
+    /// 1 for the component loaded from the config, +1 per swap.
+    pub(super) number: u64,
+    /// Where the component came from.
+    pub(super) source: String,
+    /// When it went live.
+    pub(super) loaded_at: std::time::SystemTime,
+}
+
 impl PluginInstance {
-    fn deadline_ticks(timeout: Duration) -> u64 {
+    pub(super) fn deadline_ticks(timeout: Duration) -> u64 {
         // The current tick is partly over: one more than ceil(timeout /
         // tick) stops the call after at least `timeout`.
         timeout.as_micros().div_ceil(crate::plugin::EPOCH_TICK.as_micros()).max(1) as u64 + 1
@@ -99,86 +120,9 @@ impl PluginInstance {
         };
         Ok(Box::new(Slot { store, bound, seen_pools: Default::default() }))
     }
-
-    /// Run `f` on an idle instance under the call limits. A trap, timeout or
-    /// memory-limit hit drops the instance; anything else returns it.
-    pub(super) fn with_slot<R>(
-        &self,
-        f: impl FnOnce(&mut Slot) -> wasmtime::Result<Result<R, types::Error>>,
-    ) -> Result<R, CallError> {
-        self.with_slot_for(None, f)
-    }
-
-    /// [`Self::with_slot`] with a time limit of its own instead of the
-    /// instance's (background calls, whose limit is their phase's timeout).
-    pub(super) fn with_slot_for<R>(
-        &self,
-        timeout: Option<Duration>,
-        f: impl FnOnce(&mut Slot) -> wasmtime::Result<Result<R, types::Error>>,
-    ) -> Result<R, CallError> {
-        let n = self.stats.calls.fetch_add(1, Ordering::Relaxed);
-        let started = (timeout.is_some() || n.is_multiple_of(8)).then(std::time::Instant::now);
-        // Guards, not clones: no reference count is touched on the way.
-        let canary_guard = self.canary.load();
-        let canary = canary_guard.as_ref().filter(|c| n % 100 < c.percent);
-        let current_guard;
-        let generation: &Generation = match canary {
-            Some(c) => &c.generation,
-            None => {
-                current_guard = self.current.load();
-                &current_guard
-            }
-        };
-        let idle = generation.idle.lock().pop();
-        let mut slot = match idle {
-            Some(s) => s,
-            None => match self.instantiate(generation) {
-                Ok(s) => s,
-                Err(e) => {
-                    if let Some(c) = canary {
-                        self.judge_canary(c, true);
-                    }
-                    return Err(e);
-                }
-            },
-        };
-        let limits = Limits { timeout: timeout.unwrap_or(generation.limits.timeout), ..generation.limits };
-        slot.store.set_epoch_deadline(Self::deadline_ticks(limits.timeout));
-        let result = f(&mut slot);
-        if let Some(t) = started {
-            self.stats.call_time.observe(t.elapsed());
-        }
-        if let Some(c) = canary {
-            self.judge_canary(c, !matches!(result, Ok(Ok(_))));
-        }
-        match result {
-            Ok(Ok(r)) => {
-                generation.idle.lock().push(slot);
-                Ok(r)
-            }
-            Ok(Err(e)) => {
-                generation.idle.lock().push(slot);
-                self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                Err(self.fail(CallErrorKind::Error, describe(&e)))
-            }
-            Err(e) => {
-                // The instance may be in any state after a trap: drop it.
-                let kind = if slot.store.data().limits.hit { CallErrorKind::Memory } else { classify(&e) };
-                let counter = match kind {
-                    CallErrorKind::Timeout => &self.stats.timeouts,
-                    CallErrorKind::Memory => &self.stats.memory_exceeded,
-                    _ => &self.stats.traps,
-                };
-                counter.fetch_add(1, Ordering::Relaxed);
-                let err = self.fail(kind, format!("{e:#}").lines().next().unwrap_or_default().to_string());
-                tracing::warn!(plugin = %self.name, kind = ?kind, "plugin instance recycled: {}", err.message);
-                Err(err)
-            }
-        }
-    }
 }
 
-fn describe(e: &types::Error) -> String {
+pub(super) fn describe(e: &types::Error) -> String {
     match e {
         types::Error::InvalidConfig(m) => format!("invalid config: {m}"),
         types::Error::Unavailable(m) => format!("unavailable: {m}"),
@@ -186,7 +130,7 @@ fn describe(e: &types::Error) -> String {
     }
 }
 
-fn classify(e: &wasmtime::Error) -> CallErrorKind {
+pub(super) fn classify(e: &wasmtime::Error) -> CallErrorKind {
     match e.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => CallErrorKind::Timeout,
         _ => CallErrorKind::Trap,
