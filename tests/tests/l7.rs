@@ -5,6 +5,7 @@ use anyhow::Result;
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use std::collections::HashMap;
+use std::sync::Arc;
 use weir_tests::web::*;
 use weir_tests::*;
 
@@ -56,6 +57,76 @@ async fn get_is_balanced_with_proxy_headers_and_keepalive() -> Result<()> {
     // backend connections, not one per request.
     assert!(a.connections() <= 2 && b.connections() <= 2, "a {} b {}", a.connections(), b.connections());
     weir.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_connections_are_reused_after_bodyless_responses() -> Result<()> {
+    // HEAD answers and 204s have no body to read to its end: their
+    // connections go back to the idle list all the same.
+    let a = HttpBackend::start("a").await?;
+    let weir = start_weir(&http_config(&[("p", &[&a])], "", "")).await?;
+    let addr = weir.listener_addr("web").unwrap();
+    let client = client_h1();
+    for i in 0..50 {
+        let req = Request::head(format!("http://{addr}/h/{i}")).header("host", "x").body(body(Bytes::new()))?;
+        let got = send(&client, req).await?;
+        assert_eq!((got.status, got.header("x-seen-path")), (StatusCode::OK, format!("/h/{i}").as_str()));
+    }
+    a.set_status(204);
+    for i in 0..50 {
+        let got = send(&client, get(addr, "x", &format!("/n/{i}"))).await?;
+        assert_eq!((got.status, got.body.len()), (StatusCode::NO_CONTENT, 0));
+    }
+    assert_eq!(a.requests(), 100);
+    assert!(a.connections() <= 2, "100 bodyless answers took {} backend connections", a.connections());
+    weir.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_backend_connections_the_backend_closed_are_not_used() -> Result<()> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A backend that answers one request per connection and then closes it
+    // without saying so (no `Connection: close`), as a server whose
+    // keep-alive timeout is shorter than weir's does.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let backend_addr = listener.local_addr()?;
+    let closed = Arc::new(AtomicU64::new(0));
+    let server = tokio::spawn({
+        let closed = closed.clone();
+        async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+                drop(s);
+                closed.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    });
+    let config = format!(
+        "[pools.p]\nbackends = [\"{backend_addr}\"]\n\n[listeners.web]\nbind = \"127.0.0.1:0\"\nprotocol = \"http\"\npool = \"p\"\n"
+    );
+    let weir = start_weir(&config).await?;
+    let addr = weir.listener_addr("web").unwrap();
+    let client = client_h1();
+    for i in 0..20u64 {
+        let got = send(&client, get(addr, "x", &format!("/{i}"))).await?;
+        assert_eq!((got.status, &got.body[..]), (StatusCode::OK, &b"ok"[..]), "request {i}");
+        // The next request goes out only once the backend has closed the
+        // connection this one came back on.
+        eventually("the backend to close", || closed.load(Ordering::SeqCst) > i).await?;
+    }
+    weir.shutdown().await;
+    server.abort();
     Ok(())
 }
 

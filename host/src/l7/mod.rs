@@ -3,6 +3,7 @@
 //! bodies streamed both ways, WebSocket upgrades passed through.
 
 mod body;
+mod client;
 pub mod headers;
 
 use crate::access_log::Line;
@@ -12,12 +13,11 @@ use crate::plugin::{HeaderEdit, HttpPick, PluginInstance, RouteDecision};
 use crate::upstream::{Backend, Pool};
 use arc_swap::ArcSwap;
 use body::{full, Counted, ProxyBody};
-use http::uri::{PathAndQuery, Scheme};
-use http::{HeaderValue, Request, Response, StatusCode, Uri};
+pub use client::{SendError, Upstream, UpstreamBody, UpstreamSettings};
+use http::uri::PathAndQuery;
+use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Incoming};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -29,56 +29,15 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// Client to one pool's backends, with its own keep-alive pool.
-pub type UpstreamClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, ProxyBody>;
-
-/// Build the client for a pool; with `tls`, backends are reached over TLS
-/// (ALPN `h2` when the pool speaks HTTP/2, else `http/1.1`).
-pub fn upstream_client(
-    http2: bool,
-    keepalive: usize,
-    keepalive_timeout: Duration,
-    connect_timeout: Duration,
-    tls: Option<&crate::tls::BackendTls>,
-) -> UpstreamClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(connect_timeout));
-    connector.enforce_http(false);
-    let config = match tls {
-        Some(t) => (*t.config).clone(),
-        None => crate::tls::plain_pool_config(),
-    };
-    let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config).https_or_http();
-    let builder = match tls.and_then(|t| t.sni.clone()) {
-        Some(name) => builder.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name)),
-        None => builder,
-    };
-    let https = if http2 {
-        builder.enable_http2().wrap_connector(connector)
-    } else {
-        builder.enable_http1().wrap_connector(connector)
-    };
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(keepalive_timeout)
-        .pool_max_idle_per_host(keepalive)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .http2_only(http2)
-        .build(https)
-}
-
 /// A pool as an HTTP listener sees it: the pool and its client.
 #[derive(Clone)]
 pub struct HttpPool {
     /// The pool.
     pub pool: Arc<Pool>,
-    /// Its client.
-    pub client: UpstreamClient,
+    /// How its requests reach its backends.
+    pub upstream: Upstream,
     /// Whether backends speak HTTP/2 (h2c, or h2 over TLS).
     pub http2: bool,
-    /// `http` or `https`: how backends are reached.
-    pub scheme: &'static str,
 }
 
 /// Settings of an HTTP listener.
@@ -339,7 +298,6 @@ impl HttpService {
         let Outgoing { parts, body, hash_key, on_client_upgrade, mut response_edits } = request;
         let pool = &target.pool;
         let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let scheme = if target.scheme == "https" { Scheme::HTTPS } else { Scheme::HTTP };
         // A request without a body can be sent again to another backend.
         let idempotent = matches!(
             parts.method,
@@ -366,16 +324,11 @@ impl HttpService {
             let last = !replayable || !attempts.another_allowed();
             let head = if last { parts.take() } else { parts.as_ref().map(CloneParts::clone_parts) };
             let head = head.ok_or(Failure::Unreachable)?;
-            let mut upstream = Request::from_parts(head, outgoing);
-            let mut uri = http::uri::Parts::default();
-            uri.scheme = Some(scheme.clone());
-            uri.authority = Some(backend.authority.clone().ok_or(Failure::Unreachable)?);
-            uri.path_and_query = Some(path.clone());
-            *upstream.uri_mut() = Uri::from_parts(uri).map_err(|_| Failure::Unreachable)?;
+            let upstream = Request::from_parts(head, outgoing);
             let active = backend.stats.open();
             let started = Instant::now();
-            match tokio::time::timeout(pool.settings.response_timeout, target.client.request(upstream)).await {
-                Ok(Ok(resp)) => {
+            match target.upstream.send(&backend, upstream, path.clone(), pool.settings.response_timeout).await {
+                Ok(resp) => {
                     backend.stats.record_latency(started.elapsed());
                     let status = resp.status().as_u16();
                     log.set(|e| {
@@ -406,15 +359,15 @@ impl HttpService {
                     let served = Served { backend, active, log: log.take() };
                     return Ok(self.respond(resp, served, on_client_upgrade, &response_edits, id));
                 }
-                Ok(Err(e)) if e.is_connect() => {
+                Err(SendError::Connect(e)) => {
                     tracing::debug!(pool = %pool.name, backend = %backend.address, "connect failed: {e}");
                     attempts.failed(&backend);
                     if !replayable {
                         return Err(Failure::Unreachable);
                     }
                 }
-                Ok(Err(e)) => return Err(Failure::BackendError(format!("{e:#}"))),
-                Err(_) => return Err(Failure::Timeout),
+                Err(SendError::Failed(e)) => return Err(Failure::BackendError(e)),
+                Err(SendError::Timeout) => return Err(Failure::Timeout),
             }
         }
         Err(if attempts.failures() == 0 { Failure::NoBackend } else { Failure::Unreachable })
@@ -422,7 +375,7 @@ impl HttpService {
 
     fn respond(
         &self,
-        resp: Response<Incoming>,
+        resp: Response<UpstreamBody>,
         served: Served,
         on_client_upgrade: Option<hyper::upgrade::OnUpgrade>,
         edits: &[HeaderEdit],
@@ -434,6 +387,10 @@ impl HttpService {
             if let (Some(client), Some(server)) =
                 (on_client_upgrade, parts.extensions.remove::<hyper::upgrade::OnUpgrade>())
             {
+                // The backend's connection hands its socket over as it ends.
+                if let Some(handover) = body.into_upgrade() {
+                    tokio::spawn(handover);
+                }
                 tokio::spawn(tunnel(client, server, backend.stats.clone(), active));
                 return Response::from_parts(parts, body::empty());
             }

@@ -262,9 +262,14 @@ impl Prepared {
             .map(|(name, pool)| {
                 let p = &cfg.pools[name];
                 let tls = pool.settings.tls.as_deref();
-                let client = l7::upstream_client(p.http2, p.keepalive, p.keepalive_timeout.0, p.connect_timeout.0, tls);
-                let scheme = if tls.is_some() { "https" } else { "http" };
-                (name.clone(), HttpPool { pool: pool.clone(), client, http2: p.http2, scheme })
+                let upstream = l7::Upstream::new(l7::UpstreamSettings {
+                    http2: p.http2,
+                    keepalive: p.keepalive,
+                    keepalive_timeout: p.keepalive_timeout.0,
+                    connect_timeout: p.connect_timeout.0,
+                    tls,
+                });
+                (name.clone(), HttpPool { pool: pool.clone(), upstream, http2: p.http2 })
             })
             .collect()
     }

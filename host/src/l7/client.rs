@@ -1,0 +1,396 @@
+//! The proxy's side towards a pool's backends.
+//!
+//! HTTP/1.1 backends (the usual case) use weir's own keep-alive connections:
+//! an idle list per backend, and each connection driven by the task of the
+//! request that holds it, from the send to the last byte of the response
+//! body. Nothing is spawned per request or per connection, and a request
+//! wakes no other task: the client's connection, the backend's and the
+//! plugins' calls all run in one task, as one event loop would run them.
+//! HTTP/2 backends multiplex many requests on one connection, which needs a
+//! task of its own to drive it: hyper-util's pooled client does that.
+
+use super::body::ProxyBody;
+use crate::upstream::Backend;
+use bytes::Bytes;
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, Uri};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use parking_lot::Mutex;
+use rustc_hash::FxHashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tower_service::Service;
+
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+/// A backend connection's I/O, driven by its holder; it ends when the
+/// connection closes or is handed over to an upgrade.
+type Driver = Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>;
+
+/// How a pool's requests reach its backends.
+#[derive(Clone)]
+pub struct Upstream {
+    kind: Kind,
+    /// `http`, or `https` when backends are reached over TLS.
+    scheme: Scheme,
+}
+
+#[derive(Clone)]
+enum Kind {
+    Http1(Arc<Http1>),
+    Http2(hyper_util::client::legacy::Client<Connector, ProxyBody>),
+}
+
+/// Why a request got no response from a backend.
+#[derive(Debug)]
+pub enum SendError {
+    /// No connection could be made (nothing was sent): another backend may
+    /// take the request.
+    Connect(String),
+    /// No response head within the pool's `response_timeout`.
+    Timeout,
+    /// The backend failed the request after it was sent.
+    Failed(String),
+}
+
+/// Settings of a pool's upstream side.
+pub struct UpstreamSettings<'a> {
+    /// Backends speak HTTP/2 (h2c, or h2 over TLS).
+    pub http2: bool,
+    /// Idle connections kept per backend.
+    pub keepalive: usize,
+    /// How long an idle connection is kept.
+    pub keepalive_timeout: Duration,
+    /// Time to connect (and finish the TLS handshake).
+    pub connect_timeout: Duration,
+    /// Reach backends over TLS.
+    pub tls: Option<&'a crate::tls::BackendTls>,
+}
+
+impl Upstream {
+    /// The upstream side of a pool; with `tls`, backends are reached over
+    /// TLS (ALPN `h2` when the pool speaks HTTP/2, else `http/1.1`).
+    pub fn new(s: UpstreamSettings<'_>) -> Upstream {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(s.connect_timeout));
+        connector.enforce_http(false);
+        let config = match s.tls {
+            Some(t) => (*t.config).clone(),
+            None => crate::tls::plain_pool_config(),
+        };
+        let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config).https_or_http();
+        let builder = match s.tls.and_then(|t| t.sni.clone()) {
+            Some(name) => builder.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name)),
+            None => builder,
+        };
+        let scheme = if s.tls.is_some() { Scheme::HTTPS } else { Scheme::HTTP };
+        if s.http2 {
+            let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(s.keepalive_timeout)
+                .pool_max_idle_per_host(s.keepalive)
+                .pool_timer(TokioTimer::new())
+                .timer(TokioTimer::new())
+                .http2_only(true)
+                .build(builder.enable_http2().wrap_connector(connector));
+            return Upstream { kind: Kind::Http2(client), scheme };
+        }
+        let http1 = Arc::new(Http1 {
+            connector: builder.enable_http1().wrap_connector(connector),
+            scheme: scheme.clone(),
+            idle: Mutex::new(FxHashMap::default()),
+            keepalive: s.keepalive,
+            keepalive_timeout: s.keepalive_timeout,
+        });
+        http1.sweep_in_background();
+        Upstream { kind: Kind::Http1(http1), scheme }
+    }
+
+    /// Send `req` to `backend`, as `path`; the response head must come
+    /// within `timeout` (connecting included).
+    pub async fn send(
+        &self,
+        backend: &Backend,
+        mut req: Request<ProxyBody>,
+        path: PathAndQuery,
+        timeout: Duration,
+    ) -> Result<Response<UpstreamBody>, SendError> {
+        let authority = backend.authority.clone().ok_or_else(|| SendError::Connect("no address".into()))?;
+        match &self.kind {
+            Kind::Http1(http1) => {
+                // Origin form: the connection already names the backend.
+                *req.uri_mut() = Uri::from(path);
+                tokio::time::timeout(timeout, http1.send(authority, req)).await.unwrap_or(Err(SendError::Timeout))
+            }
+            Kind::Http2(client) => {
+                let mut uri = http::uri::Parts::default();
+                uri.scheme = Some(self.scheme.clone());
+                uri.authority = Some(authority);
+                uri.path_and_query = Some(path);
+                *req.uri_mut() = Uri::from_parts(uri).map_err(|e| SendError::Connect(e.to_string()))?;
+                match tokio::time::timeout(timeout, client.request(req)).await {
+                    Ok(Ok(resp)) => Ok(resp.map(|inner| UpstreamBody { inner, held: None })),
+                    Ok(Err(e)) if e.is_connect() => Err(SendError::Connect(format!("{e:#}"))),
+                    Ok(Err(e)) => Err(SendError::Failed(format!("{e:#}"))),
+                    Err(_) => Err(SendError::Timeout),
+                }
+            }
+        }
+    }
+
+    /// `https` when backends are reached over TLS, else `http`.
+    pub fn scheme(&self) -> &Scheme {
+        &self.scheme
+    }
+
+    /// Idle connections kept now, over all backends (HTTP/1.1 pools).
+    pub fn idle_connections(&self) -> usize {
+        match &self.kind {
+            Kind::Http1(h) => h.idle.lock().values().map(Vec::len).sum(),
+            Kind::Http2(_) => 0,
+        }
+    }
+}
+
+/// A pool's HTTP/1.1 connections.
+struct Http1 {
+    connector: Connector,
+    scheme: Scheme,
+    /// Idle connections per backend, the most recently used last.
+    idle: Mutex<FxHashMap<Authority, Vec<Idle>>>,
+    keepalive: usize,
+    keepalive_timeout: Duration,
+}
+
+struct Idle {
+    conn: Conn,
+    since: Instant,
+}
+
+/// One HTTP/1.1 connection to a backend.
+struct Conn {
+    sender: SendRequest<ProxyBody>,
+    /// `None` once the connection has ended.
+    driver: Option<Driver>,
+}
+
+impl Conn {
+    /// Drive the connection's I/O; false once it has ended.
+    fn drive(&mut self, cx: &mut Context<'_>) -> bool {
+        if let Some(driver) = self.driver.as_mut() {
+            if driver.as_mut().poll(cx).is_ready() {
+                self.driver = None;
+            }
+        }
+        self.driver.is_some()
+    }
+
+    /// Whether it can take a request now (an idle connection the backend
+    /// has not closed).
+    fn usable(&mut self, cx: &mut Context<'_>) -> bool {
+        self.drive(cx) && matches!(self.sender.poll_ready(cx), Poll::Ready(Ok(())))
+    }
+
+    /// Send a request and wait for the response head, driving the
+    /// connection meanwhile. A request that was never written comes back.
+    async fn request(
+        &mut self,
+        req: Request<ProxyBody>,
+    ) -> Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<ProxyBody>>> {
+        let Conn { sender, driver } = self;
+        let mut response = std::pin::pin!(sender.try_send_request(req));
+        std::future::poll_fn(|cx| {
+            if let Some(d) = driver.as_mut() {
+                if d.as_mut().poll(cx).is_ready() {
+                    *driver = None;
+                }
+            }
+            response.as_mut().poll(cx)
+        })
+        .await
+    }
+}
+
+impl Http1 {
+    async fn send(
+        self: &Arc<Self>,
+        authority: Authority,
+        mut req: Request<ProxyBody>,
+    ) -> Result<Response<UpstreamBody>, SendError> {
+        // Idle connections may turn out closed by the backend as the
+        // request goes out: a request never written is sent again, at most
+        // on a few idle connections and then on a new one.
+        for _ in 0..3 {
+            let Some(mut conn) = self.checkout(&authority).await else { break };
+            match conn.request(req).await {
+                Ok(resp) => return Ok(self.hold(resp, conn, authority)),
+                Err(mut e) => match e.take_message() {
+                    Some(again) => req = again,
+                    None => return Err(SendError::Failed(format!("{:#}", e.into_error()))),
+                },
+            }
+        }
+        let mut conn = self.connect(&authority).await?;
+        match conn.request(req).await {
+            Ok(resp) => Ok(self.hold(resp, conn, authority)),
+            Err(e) => Err(SendError::Failed(format!("{:#}", e.into_error()))),
+        }
+    }
+
+    fn hold(self: &Arc<Self>, resp: Response<Incoming>, conn: Conn, authority: Authority) -> Response<UpstreamBody> {
+        let held = Held { conn, home: self.clone(), authority };
+        resp.map(|inner| UpstreamBody { inner, held: Some(held) })
+    }
+
+    /// The most recently used idle connection to `authority` that is still
+    /// open; those expired or closed are dropped on the way.
+    async fn checkout(&self, authority: &Authority) -> Option<Conn> {
+        let now = Instant::now();
+        loop {
+            let Idle { mut conn, since } = self.idle.lock().get_mut(authority)?.pop()?;
+            if now.duration_since(since) >= self.keepalive_timeout {
+                continue;
+            }
+            if std::future::poll_fn(|cx| Poll::Ready(conn.usable(cx))).await {
+                return Some(conn);
+            }
+        }
+    }
+
+    async fn connect(&self, authority: &Authority) -> Result<Conn, SendError> {
+        let uri = Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(authority.clone())
+            .path_and_query("/")
+            .build()
+            .map_err(|e| SendError::Connect(e.to_string()))?;
+        let io = self.connector.clone().call(uri).await.map_err(|e| SendError::Connect(format!("{e:#}")))?;
+        let (sender, connection) = hyper::client::conn::http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(|e| SendError::Connect(format!("{e:#}")))?;
+        Ok(Conn { sender, driver: Some(Box::pin(connection.with_upgrades())) })
+    }
+
+    /// Keep a connection whose response has been read to its end, if it is
+    /// ready for the next request and the list has room.
+    fn give_back(&self, authority: Authority, mut conn: Conn, cx: &mut Context<'_>) {
+        if !conn.usable(cx) {
+            return;
+        }
+        let mut idle = self.idle.lock();
+        let list = idle.entry(authority).or_default();
+        if list.len() < self.keepalive {
+            list.push(Idle { conn, since: Instant::now() });
+        }
+    }
+
+    /// Drop idle connections that expired or that their backend closed.
+    fn sweep(&self) {
+        let now = Instant::now();
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut idle = self.idle.lock();
+        idle.retain(|_, list| {
+            list.retain_mut(|i| now.duration_since(i.since) < self.keepalive_timeout && i.conn.drive(&mut cx));
+            !list.is_empty()
+        });
+    }
+
+    /// Sweep now and then while the pool lives (a reload drops it, and its
+    /// idle connections with it).
+    fn sweep_in_background(self: &Arc<Self>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let every = (self.keepalive_timeout / 2).clamp(Duration::from_millis(500), Duration::from_secs(30));
+        let pool: Weak<Http1> = Arc::downgrade(self);
+        runtime.spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(pool) = pool.upgrade() else { break };
+                pool.sweep();
+            }
+        });
+    }
+}
+
+/// The connection a response body came on, held until the body ends.
+struct Held {
+    conn: Conn,
+    home: Arc<Http1>,
+    authority: Authority,
+}
+
+/// A backend's response body. On an HTTP/1.1 connection it drives the
+/// connection as it is read and, at its end, gives the connection back to
+/// the idle list; dropped before its end, it closes the connection.
+pub struct UpstreamBody {
+    inner: Incoming,
+    held: Option<Held>,
+}
+
+impl UpstreamBody {
+    /// For a `101 Switching Protocols`: what must keep running for the
+    /// upgrade to complete (the connection hands its socket over at its end).
+    pub fn into_upgrade(mut self) -> Option<impl Future<Output = ()> + Send> {
+        let driver = self.held.take()?.conn.driver?;
+        Some(async move {
+            let _ = driver.await;
+        })
+    }
+
+    fn release(&mut self, cx: &mut Context<'_>) {
+        if let Some(Held { conn, home, authority }) = self.held.take() {
+            home.give_back(authority, conn, cx);
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        if let Some(held) = this.held.as_mut() {
+            if !held.conn.drive(cx) {
+                // Closed after (or while) sending this body: what is left
+                // of it is in `inner`, and the connection is not kept.
+                this.held = None;
+            }
+        }
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => this.release(cx),
+            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.release(cx),
+            Poll::Ready(Some(Err(_))) => this.held = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        // A body with nothing to read (204, 304, HEAD, length 0) is never
+        // polled: its connection is as reusable as one read to its end.
+        if self.held.is_some() && self.inner.is_end_stream() {
+            self.release(&mut Context::from_waker(std::task::Waker::noop()));
+        }
+    }
+}
