@@ -336,9 +336,14 @@ fn init_logging(level: Option<&str>, format: LogFormat) {
 }
 
 fn tokio_runtime(workers: Option<usize>) -> Result<tokio::runtime::Runtime> {
-    let mut b = tokio::runtime::Builder::new_multi_thread();
-    if let Some(w) = workers {
-        b.worker_threads(w.max(1));
+    // One worker: a current-thread runtime, with no work-stealing machinery
+    // (an event loop, as nginx's and HAProxy's single worker).
+    let mut b = match workers {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    if let Some(w) = workers.filter(|&w| w > 1) {
+        b.worker_threads(w);
     }
     Ok(b.enable_all().thread_name("weir-worker").build()?)
 }

@@ -414,6 +414,73 @@ async fn http2_trailers_pass_through() -> Result<()> {
 }
 
 #[test]
+fn one_worker_proxies_concurrent_requests_in_exact_turns_and_reloads() -> Result<()> {
+    // `workers = 1` runs weir on a single-threaded event loop: concurrent
+    // clients, the backends' connections and the plugins all share it.
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let (a, b) = rt.block_on(async { anyhow::Ok((HttpBackend::start("a").await?, HttpBackend::start("b").await?)) })?;
+    let text = |bind: &str, backends: &[&HttpBackend]| {
+        let list: Vec<String> = backends.iter().map(|b| format!("\"{}\"", b.addr)).collect();
+        format!(
+            "[runtime]\nworkers = 1\n\n[pools.p]\nbalancer = \"builtin:round-robin\"\nbackends = [{}]\n\n\
+             [listeners.web]\nbind = \"{bind}\"\nprotocol = \"http\"\npool = \"p\"\n",
+            list.join(", ")
+        )
+    };
+    let weir = WeirProcess::spawn(
+        std::path::Path::new(env!("CARGO_BIN_EXE_weir-under-test")),
+        "one-worker",
+        &text("127.0.0.1:0", &[&a, &b]),
+    )?;
+    let addr = weir.addr;
+    rt.block_on(async {
+        // 20 clients at once, 15 requests each: 300 picks in turn.
+        let mut clients = Vec::new();
+        for c in 0..20 {
+            clients.push(tokio::spawn(async move {
+                let client = client_h1();
+                let mut seen = Vec::new();
+                for i in 0..15 {
+                    let got = send(&client, get(addr, "x", &format!("/c{c}/{i}"))).await?;
+                    anyhow::ensure!(got.status == StatusCode::OK && got.header("x-seen-path") == format!("/c{c}/{i}"));
+                    seen.push(got.header("x-backend").to_string());
+                }
+                anyhow::Ok(seen)
+            }));
+        }
+        let mut counts = HashMap::<String, usize>::new();
+        for c in clients {
+            for backend in c.await?? {
+                *counts.entry(backend).or_default() += 1;
+            }
+        }
+        assert_eq!(counts, HashMap::from([("a".into(), 150), ("b".into(), 150)]));
+        anyhow::Ok(())
+    })?;
+    // A reload on SIGHUP is taken by the same loop.
+    std::fs::write(weir.dir.join("weir.toml"), text(&addr.to_string(), &[&b]))?;
+    weir.signal("HUP")?;
+    rt.block_on(async {
+        let client = client_h1();
+        let deadline = tokio::time::Instant::now() + STEP;
+        loop {
+            let got = send(&client, get(addr, "x", "/after")).await?;
+            assert_eq!(got.status, StatusCode::OK);
+            if got.header("x-backend") == "b"
+                && send(&client, get(addr, "x", "/again")).await?.header("x-backend") == "b"
+            {
+                break;
+            }
+            anyhow::ensure!(tokio::time::Instant::now() < deadline, "reload not applied");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        anyhow::Ok(())
+    })?;
+    drop(weir);
+    Ok(())
+}
+
+#[test]
 fn one_gib_each_way_with_bounded_memory() -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let backend = rt.block_on(HttpBackend::start("big"))?;

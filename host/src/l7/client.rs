@@ -51,8 +51,8 @@ enum Kind {
 #[derive(Debug)]
 pub enum SendError {
     /// No connection could be made (nothing was sent): another backend may
-    /// take the request.
-    Connect(String),
+    /// take the request, which comes back when the upstream still has it.
+    Connect(String, Option<Box<Request<ProxyBody>>>),
     /// No response head within the pool's `response_timeout`.
     Timeout,
     /// The backend failed the request after it was sent.
@@ -121,7 +121,9 @@ impl Upstream {
         path: PathAndQuery,
         timeout: Duration,
     ) -> Result<Response<UpstreamBody>, SendError> {
-        let authority = backend.authority.clone().ok_or_else(|| SendError::Connect("no address".into()))?;
+        let Some(authority) = backend.authority.clone() else {
+            return Err(SendError::Connect("no address".into(), Some(Box::new(req))));
+        };
         match &self.kind {
             Kind::Http1(http1) => {
                 // Origin form: the connection already names the backend.
@@ -133,10 +135,10 @@ impl Upstream {
                 uri.scheme = Some(self.scheme.clone());
                 uri.authority = Some(authority);
                 uri.path_and_query = Some(path);
-                *req.uri_mut() = Uri::from_parts(uri).map_err(|e| SendError::Connect(e.to_string()))?;
+                *req.uri_mut() = Uri::from_parts(uri).map_err(|e| SendError::Connect(e.to_string(), None))?;
                 match tokio::time::timeout(timeout, client.request(req)).await {
                     Ok(Ok(resp)) => Ok(resp.map(|inner| UpstreamBody { inner, held: None })),
-                    Ok(Err(e)) if e.is_connect() => Err(SendError::Connect(format!("{e:#}"))),
+                    Ok(Err(e)) if e.is_connect() => Err(SendError::Connect(format!("{e:#}"), None)),
                     Ok(Err(e)) => Err(SendError::Failed(format!("{e:#}"))),
                     Err(_) => Err(SendError::Timeout),
                 }
@@ -236,7 +238,10 @@ impl Http1 {
                 },
             }
         }
-        let mut conn = self.connect(&authority).await?;
+        let mut conn = match self.connect(&authority).await {
+            Ok(conn) => conn,
+            Err(e) => return Err(SendError::Connect(e, Some(Box::new(req)))),
+        };
         match conn.request(req).await {
             Ok(resp) => Ok(self.hold(resp, conn, authority)),
             Err(e) => Err(SendError::Failed(format!("{:#}", e.into_error()))),
@@ -263,18 +268,16 @@ impl Http1 {
         }
     }
 
-    async fn connect(&self, authority: &Authority) -> Result<Conn, SendError> {
+    async fn connect(&self, authority: &Authority) -> Result<Conn, String> {
         let uri = Uri::builder()
             .scheme(self.scheme.clone())
             .authority(authority.clone())
             .path_and_query("/")
             .build()
-            .map_err(|e| SendError::Connect(e.to_string()))?;
-        let io = self.connector.clone().call(uri).await.map_err(|e| SendError::Connect(format!("{e:#}")))?;
-        let (sender, connection) = hyper::client::conn::http1::Builder::new()
-            .handshake(io)
-            .await
-            .map_err(|e| SendError::Connect(format!("{e:#}")))?;
+            .map_err(|e| e.to_string())?;
+        let io = self.connector.clone().call(uri).await.map_err(|e| format!("{e:#}"))?;
+        let (sender, connection) =
+            hyper::client::conn::http1::Builder::new().handshake(io).await.map_err(|e| format!("{e:#}"))?;
         Ok(Conn { sender, driver: Some(Box::pin(connection.with_upgrades())) })
     }
 

@@ -320,9 +320,11 @@ impl HttpService {
                 }
                 _ => body::empty(),
             };
-            // The head is copied only while another attempt may need it.
-            let last = !replayable || !attempts.another_allowed();
-            let head = if last { parts.take() } else { parts.as_ref().map(CloneParts::clone_parts) };
+            // The head is copied only where another attempt may need it and
+            // the upstream would not give it back: a retry on a status, or
+            // HTTP/2 backends (whose failed connects keep the request).
+            let keep = replayable && attempts.another_allowed() && (target.http2 || !pool.settings.retry_on.is_empty());
+            let head = if keep { parts.as_ref().map(CloneParts::clone_parts) } else { parts.take() };
             let head = head.ok_or(Failure::Unreachable)?;
             let upstream = Request::from_parts(head, outgoing);
             let active = backend.stats.open();
@@ -359,8 +361,11 @@ impl HttpService {
                     let served = Served { backend, active, log: log.take() };
                     return Ok(self.respond(resp, served, on_client_upgrade, &response_edits, id));
                 }
-                Err(SendError::Connect(e)) => {
+                Err(SendError::Connect(e, unsent)) => {
                     tracing::debug!(pool = %pool.name, backend = %backend.address, "connect failed: {e}");
+                    if let Some(request) = unsent {
+                        parts = Some(request.into_parts().0);
+                    }
                     attempts.failed(&backend);
                     if !replayable {
                         return Err(Failure::Unreachable);
