@@ -1,5 +1,6 @@
-//! Bidirectional copy between client and backend: `splice(2)` through a pipe
-//! on Linux (the bytes never enter user space), a buffered copy elsewhere.
+//! Bidirectional copy between client and backend: small messages through a
+//! buffer, bulk streams by `splice(2)` through a pipe on Linux (the bytes
+//! never enter user space), a buffered copy elsewhere.
 //! Each direction ends on EOF by shutting down the other side's write half,
 //! so half-closed connections keep flowing the other way.
 
@@ -41,8 +42,54 @@ fn shutdown_write(s: &TcpStream) {
     let _ = socket2::SockRef::from(s).shutdown(Shutdown::Write);
 }
 
+/// One direction: small messages through a user-space buffer (a read and a
+/// write, as nginx stream and HAProxy do them); once a read fills the buffer
+/// the stream is bulk, and it moves by `splice(2)` from then on (HAProxy's
+/// `splice-auto`): splicing a few bytes costs more than copying them. The
+/// buffer is taken at the first byte, so a silent connection holds none.
 #[cfg(target_os = "linux")]
 async fn one_way(src: &TcpStream, dst: &TcpStream, last: &AtomicU64, count: impl Fn(u64)) -> io::Result<()> {
+    const BUF: usize = 16 << 10;
+    let mut buf = Vec::new();
+    loop {
+        src.readable().await?;
+        if buf.is_empty() {
+            buf = vec![0u8; BUF];
+        }
+        let n = match src.try_read(&mut buf) {
+            Ok(0) => {
+                shutdown_write(dst);
+                return Ok(());
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        };
+        touch(last);
+        count(n as u64);
+        let mut off = 0;
+        while off < n {
+            dst.writable().await?;
+            match dst.try_write(&buf[off..n]) {
+                Ok(w) => {
+                    off += w;
+                    touch(last);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        if n == BUF {
+            drop(buf);
+            return splice_rest(src, dst, last, count).await;
+        }
+    }
+}
+
+/// The rest of a bulk direction, through a pipe: the bytes never enter user
+/// space.
+#[cfg(target_os = "linux")]
+async fn splice_rest(src: &TcpStream, dst: &TcpStream, last: &AtomicU64, count: impl Fn(u64)) -> io::Result<()> {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
     use tokio::io::Interest;
 
