@@ -44,7 +44,7 @@ pub struct Upstream {
 #[derive(Clone)]
 enum Kind {
     Http1(Arc<Http1>),
-    Http2(hyper_util::client::legacy::Client<Connector, ProxyBody>),
+    Http2(Arc<hyper_util::client::legacy::Client<Connector, ProxyBody>>),
 }
 
 /// Why a request got no response from a backend.
@@ -99,7 +99,7 @@ impl Upstream {
                 .timer(TokioTimer::new())
                 .http2_only(true)
                 .build(builder.enable_http2().wrap_connector(connector));
-            return Upstream { kind: Kind::Http2(client), scheme };
+            return Upstream { kind: Kind::Http2(Arc::new(client)), scheme };
         }
         let http1 = Arc::new(Http1 {
             connector: builder.enable_http1().wrap_connector(connector),
