@@ -131,6 +131,57 @@ async fn idle_backend_connections_the_backend_closed_are_not_used() -> Result<()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_backend_connections_are_closed_after_keepalive_timeout() -> Result<()> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A keep-alive backend that counts the connections weir closes.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let backend_addr = listener.local_addr()?;
+    let closed = Arc::new(AtomicU64::new(0));
+    let server = tokio::spawn({
+        let closed = closed.clone();
+        async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let closed = closed.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let mut head = Vec::new();
+                    loop {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                        while let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                            head.drain(..end + 4);
+                            let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+                        }
+                    }
+                    closed.fetch_add(1, Ordering::SeqCst);
+                });
+            }
+        }
+    });
+    let config = format!(
+        "[pools.p]\nbackends = [\"{backend_addr}\"]\nkeepalive_timeout = \"2s\"\n\n\
+         [listeners.web]\nbind = \"127.0.0.1:0\"\nprotocol = \"http\"\npool = \"p\"\n"
+    );
+    let weir = start_weir(&config).await?;
+    let addr = weir.listener_addr("web").unwrap();
+    let client = client_h1();
+    for i in 0..3 {
+        let got = send(&client, get(addr, "x", &format!("/{i}"))).await?;
+        assert_eq!((got.status, &got.body[..]), (StatusCode::OK, &b"ok"[..]));
+    }
+    // Kept between requests (one connection, none closed yet), closed once
+    // idle for longer than keepalive_timeout.
+    assert_eq!(closed.load(Ordering::SeqCst), 0);
+    eventually("weir to close its idle backend connection", || closed.load(Ordering::SeqCst) == 1).await?;
+    weir.shutdown().await;
+    server.abort();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_half_closes_after_its_request_is_answered() -> Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     // `nc -N`, `curl --data @- < file | ...`-style clients: the request, then

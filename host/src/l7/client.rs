@@ -145,19 +145,6 @@ impl Upstream {
             }
         }
     }
-
-    /// `https` when backends are reached over TLS, else `http`.
-    pub fn scheme(&self) -> &Scheme {
-        &self.scheme
-    }
-
-    /// Idle connections kept now, over all backends (HTTP/1.1 pools).
-    pub fn idle_connections(&self) -> usize {
-        match &self.kind {
-            Kind::Http1(h) => h.idle.lock().values().map(Vec::len).sum(),
-            Kind::Http2(_) => 0,
-        }
-    }
 }
 
 /// A pool's HTTP/1.1 connections.
