@@ -60,6 +60,48 @@ async fn get_is_balanced_with_proxy_headers_and_keepalive() -> Result<()> {
     Ok(())
 }
 
+/// A raw HTTP/1.1 backend on 127.0.0.1 that answers every request head with
+/// `200 ok`, closing the connection silently (no `Connection: close`) after
+/// `per_connection` answers, or keeping it open. Counts the connections that
+/// ended, whichever side ended them.
+async fn raw_backend(
+    per_connection: Option<usize>,
+) -> Result<(std::net::SocketAddr, Arc<std::sync::atomic::AtomicU64>, tokio::task::JoinHandle<()>)> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let closed = Arc::new(AtomicU64::new(0));
+    let server = tokio::spawn({
+        let closed = closed.clone();
+        async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let closed = closed.clone();
+                tokio::spawn(async move {
+                    let (mut buf, mut head, mut answered) = ([0u8; 4096], Vec::new(), 0);
+                    'conn: while per_connection.is_none_or(|n| answered < n) {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                        while let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                            head.drain(..end + 4);
+                            let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+                            answered += 1;
+                            if per_connection.is_some_and(|n| answered >= n) {
+                                break 'conn;
+                            }
+                        }
+                    }
+                    drop(s);
+                    closed.fetch_add(1, Ordering::SeqCst);
+                });
+            }
+        }
+    });
+    Ok((addr, closed, server))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_connections_are_reused_after_bodyless_responses() -> Result<()> {
     // HEAD answers and 204s have no body to read to its end: their
@@ -86,32 +128,11 @@ async fn backend_connections_are_reused_after_bodyless_responses() -> Result<()>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_backend_connections_the_backend_closed_are_not_used() -> Result<()> {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use std::sync::atomic::Ordering;
     // A backend that answers one request per connection and then closes it
     // without saying so (no `Connection: close`), as a server whose
     // keep-alive timeout is shorter than weir's does.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let backend_addr = listener.local_addr()?;
-    let closed = Arc::new(AtomicU64::new(0));
-    let server = tokio::spawn({
-        let closed = closed.clone();
-        async move {
-            while let Ok((mut s, _)) = listener.accept().await {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
-                drop(s);
-                closed.fetch_add(1, Ordering::SeqCst);
-            }
-        }
-    });
+    let (backend_addr, closed, server) = raw_backend(Some(1)).await?;
     let config = format!(
         "[pools.p]\nbackends = [\"{backend_addr}\"]\n\n[listeners.web]\nbind = \"127.0.0.1:0\"\nprotocol = \"http\"\npool = \"p\"\n"
     );
@@ -132,35 +153,9 @@ async fn idle_backend_connections_the_backend_closed_are_not_used() -> Result<()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_backend_connections_are_closed_after_keepalive_timeout() -> Result<()> {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use std::sync::atomic::Ordering;
     // A keep-alive backend that counts the connections weir closes.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let backend_addr = listener.local_addr()?;
-    let closed = Arc::new(AtomicU64::new(0));
-    let server = tokio::spawn({
-        let closed = closed.clone();
-        async move {
-            while let Ok((mut s, _)) = listener.accept().await {
-                let closed = closed.clone();
-                tokio::spawn(async move {
-                    let mut buf = [0u8; 4096];
-                    let mut head = Vec::new();
-                    loop {
-                        match s.read(&mut buf).await {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => head.extend_from_slice(&buf[..n]),
-                        }
-                        while let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
-                            head.drain(..end + 4);
-                            let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
-                        }
-                    }
-                    closed.fetch_add(1, Ordering::SeqCst);
-                });
-            }
-        }
-    });
+    let (backend_addr, closed, server) = raw_backend(None).await?;
     let config = format!(
         "[pools.p]\nbackends = [\"{backend_addr}\"]\nkeepalive_timeout = \"2s\"\n\n\
          [listeners.web]\nbind = \"127.0.0.1:0\"\nprotocol = \"http\"\npool = \"p\"\n"

@@ -47,7 +47,7 @@ fn shutdown_write(s: &TcpStream) {
 /// the stream is bulk, and it moves by `splice(2)` from then on (HAProxy's
 /// `splice-auto`): splicing a few bytes costs more than copying them. The
 /// buffer is taken at the first byte, so a silent connection holds none.
-#[cfg(target_os = "linux")]
+/// Elsewhere the buffered copy carries everything.
 async fn one_way(src: &TcpStream, dst: &TcpStream, last: &AtomicU64, count: impl Fn(u64)) -> io::Result<()> {
     const BUF: usize = 16 << 10;
     let mut buf = Vec::new();
@@ -79,6 +79,7 @@ async fn one_way(src: &TcpStream, dst: &TcpStream, last: &AtomicU64, count: impl
                 Err(e) => return Err(e),
             }
         }
+        #[cfg(target_os = "linux")]
         if n == BUF {
             drop(buf);
             return splice_rest(src, dst, last, count).await;
@@ -143,37 +144,6 @@ async fn splice_rest(src: &TcpStream, dst: &TcpStream, last: &AtomicU64, count: 
             match dst.try_io(Interest::WRITABLE, || splice(pipe_r.as_raw_fd(), dst_fd, in_pipe)) {
                 Ok(n) => {
                     in_pipe -= n;
-                    touch(last);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
-            }
-        }
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-async fn one_way(src: &TcpStream, dst: &TcpStream, last: &AtomicU64, count: impl Fn(u64)) -> io::Result<()> {
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        src.readable().await?;
-        let n = match src.try_read(&mut buf) {
-            Ok(0) => {
-                shutdown_write(dst);
-                return Ok(());
-            }
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
-        };
-        touch(last);
-        count(n as u64);
-        let mut off = 0;
-        while off < n {
-            dst.writable().await?;
-            match dst.try_write(&buf[off..n]) {
-                Ok(w) => {
-                    off += w;
                     touch(last);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
