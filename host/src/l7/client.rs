@@ -112,6 +112,11 @@ impl Upstream {
         Upstream { kind: Kind::Http1(http1), scheme }
     }
 
+    /// Whether backends speak HTTP/2 (h2c, or h2 over TLS).
+    pub fn http2(&self) -> bool {
+        matches!(self.kind, Kind::Http2(_))
+    }
+
     /// Send `req` to `backend`, as `path`; the response head must come
     /// within `timeout` (connecting included).
     pub async fn send(
@@ -172,12 +177,7 @@ struct Conn {
 impl Conn {
     /// Drive the connection's I/O; false once it has ended.
     fn drive(&mut self, cx: &mut Context<'_>) -> bool {
-        if let Some(driver) = self.driver.as_mut() {
-            if driver.as_mut().poll(cx).is_ready() {
-                self.driver = None;
-            }
-        }
-        self.driver.is_some()
+        drive(&mut self.driver, cx)
     }
 
     /// Whether it can take a request now (an idle connection the backend
@@ -195,15 +195,19 @@ impl Conn {
         let Conn { sender, driver } = self;
         let mut response = std::pin::pin!(sender.try_send_request(req));
         std::future::poll_fn(|cx| {
-            if let Some(d) = driver.as_mut() {
-                if d.as_mut().poll(cx).is_ready() {
-                    *driver = None;
-                }
-            }
+            drive(driver, cx);
             response.as_mut().poll(cx)
         })
         .await
     }
+}
+
+/// Poll a connection's driver, dropping it once it has ended; false then.
+fn drive(driver: &mut Option<Driver>, cx: &mut Context<'_>) -> bool {
+    if driver.as_mut().is_some_and(|d| d.as_mut().poll(cx).is_ready()) {
+        *driver = None;
+    }
+    driver.is_some()
 }
 
 impl Http1 {

@@ -36,8 +36,6 @@ pub struct HttpPool {
     pub pool: Arc<Pool>,
     /// How its requests reach its backends.
     pub upstream: Upstream,
-    /// Whether backends speak HTTP/2 (h2c, or h2 over TLS).
-    pub http2: bool,
 }
 
 /// Settings of an HTTP listener.
@@ -279,7 +277,7 @@ impl HttpService {
             .or_else(|| pipeline::request_hash_key(&target.pool, &parts, conn.peer, conn.record.sni.as_deref()));
         let upgrade = headers::prepare_request(&mut parts, conn.peer, &routes.settings, id, &request_edits);
         let on_client_upgrade = upgrade.then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>()).flatten();
-        parts.version = if target.http2 { http::Version::HTTP_2 } else { http::Version::HTTP_11 };
+        parts.version = if target.upstream.http2() { http::Version::HTTP_2 } else { http::Version::HTTP_11 };
         let request = Outgoing { parts, body, hash_key, on_client_upgrade, response_edits };
         self.send(target, conn, request, id, log).await
     }
@@ -323,7 +321,9 @@ impl HttpService {
             // The head is copied only where another attempt may need it and
             // the upstream would not give it back: a retry on a status, or
             // HTTP/2 backends (whose failed connects keep the request).
-            let keep = replayable && attempts.another_allowed() && (target.http2 || !pool.settings.retry_on.is_empty());
+            let keep = replayable
+                && attempts.another_allowed()
+                && (target.upstream.http2() || !pool.settings.retry_on.is_empty());
             let head = if keep { parts.as_ref().map(CloneParts::clone_parts) } else { parts.take() };
             let head = head.ok_or(Failure::Unreachable)?;
             let upstream = Request::from_parts(head, outgoing);

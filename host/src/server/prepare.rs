@@ -269,7 +269,7 @@ impl Prepared {
                     connect_timeout: p.connect_timeout.0,
                     tls,
                 });
-                (name.clone(), HttpPool { pool: pool.clone(), upstream, http2: p.http2 })
+                (name.clone(), HttpPool { pool: pool.clone(), upstream })
             })
             .collect()
     }
