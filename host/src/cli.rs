@@ -335,17 +335,15 @@ fn init_logging(level: Option<&str>, format: LogFormat) {
     }
 }
 
+/// The process's runtime: with one worker, the only event loop; with more,
+/// the control plane's, beside one worker loop per worker thread (see
+/// `workers`).
 fn tokio_runtime(workers: Option<usize>) -> Result<tokio::runtime::Runtime> {
-    // One worker: a current-thread runtime, with no work-stealing machinery
-    // (an event loop, as nginx's and HAProxy's single worker).
-    let mut b = match workers {
-        Some(1) => tokio::runtime::Builder::new_current_thread(),
-        _ => tokio::runtime::Builder::new_multi_thread(),
-    };
-    if let Some(w) = workers.filter(|&w| w > 1) {
-        b.worker_threads(w);
+    let n = crate::workers::wanted(workers);
+    if n > 1 {
+        crate::workers::start(n)?;
     }
-    Ok(b.enable_all().thread_name("weir-worker").build()?)
+    Ok(tokio::runtime::Builder::new_current_thread().enable_all().thread_name("weir-main").build()?)
 }
 
 fn plugin_runtime(loaded: &Loaded) -> Result<std::sync::Arc<Runtime>> {

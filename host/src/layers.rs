@@ -6,7 +6,19 @@
 const LAYERS: &[(&str, &[&str])] = &[
     (
         "base",
-        &["clock", "histogram", "access_log", "proxy_protocol", "listener", "config", "tls", "acme", "demo", "layers"],
+        &[
+            "clock",
+            "histogram",
+            "access_log",
+            "proxy_protocol",
+            "listener",
+            "config",
+            "tls",
+            "acme",
+            "demo",
+            "layers",
+            "workers",
+        ],
     ),
     ("runtime", &["plugin"]),
     ("pools", &["upstream", "health", "discovery"]),

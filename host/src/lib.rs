@@ -29,6 +29,7 @@ pub mod server;
 pub mod tls;
 pub mod udp;
 pub mod upstream;
+pub mod workers;
 
 pub use app::Server;
 pub use server::Prepared;

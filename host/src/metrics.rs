@@ -88,6 +88,15 @@ impl Collector for Live {
         type Row<'a> = (Vec<(&'static str, &'a str)>, f64);
         let per_backend = |f: fn(&crate::upstream::Backend) -> f64| backends().map(move |(l, b)| -> Row { (l, f(b)) });
         use MetricType::{Counter, Gauge};
+        let workers: Vec<(String, usize)> =
+            crate::workers::connections().into_iter().enumerate().map(|(i, n)| (i.to_string(), n)).collect();
+        family(
+            &mut e,
+            "worker_active_connections",
+            "TCP and HTTP client connections running on the worker loop (with more than one worker)",
+            Gauge,
+            workers.iter().map(|(w, n)| -> Row { (vec![("worker", w.as_str())], *n as f64) }),
+        )?;
         family(
             &mut e,
             "backend_active_connections",

@@ -527,6 +527,98 @@ fn one_worker_proxies_concurrent_requests_in_exact_turns_and_reloads() -> Result
 }
 
 #[test]
+fn worker_loops_take_connections_evenly_and_keep_exact_turns() -> Result<()> {
+    // Three worker loops: each new connection goes to the loop with the
+    // fewest, and the pool's turns stay exact across the three threads.
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let (a, b) = rt.block_on(async { anyhow::Ok((HttpBackend::start("a").await?, HttpBackend::start("b").await?)) })?;
+    let text = format!(
+        "[runtime]\nworkers = 3\n\n[pools.p]\nbalancer = \"builtin:round-robin\"\nbackends = [\"{}\", \"{}\"]\n\n\
+         [listeners.web]\nbind = \"127.0.0.1:0\"\nprotocol = \"http\"\npool = \"p\"\n\n\
+         [admin]\nbind = \"127.0.0.1:0\"\n",
+        a.addr, b.addr
+    );
+    let weir = WeirProcess::spawn(std::path::Path::new(env!("CARGO_BIN_EXE_weir-under-test")), "worker-loops", &text)?;
+    let mut threads: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", weir.child.id()))?
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+        .map(|name| name.trim().to_string())
+        .filter(|name| name.starts_with("weir-worker"))
+        .collect();
+    threads.sort();
+    assert_eq!(threads, ["weir-worker-0", "weir-worker-1", "weir-worker-2"]);
+    let admin = {
+        let deadline = std::time::Instant::now() + STEP;
+        loop {
+            let line = weir.log.lock().unwrap().iter().find(|l| l.contains("admin API listening")).cloned();
+            if let Some(line) = line {
+                break line.split("local=").nth(1).and_then(|r| r.split_whitespace().next()).unwrap_or("").to_string();
+            }
+            anyhow::ensure!(std::time::Instant::now() < deadline, "no admin address logged");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    };
+    let addr = weir.addr;
+    let per_worker = |metrics: &str| -> Vec<String> {
+        metrics.lines().filter(|l| l.starts_with("weir_worker_active_connections{")).map(str::to_string).collect()
+    };
+    rt.block_on(async {
+        let metrics = || async {
+            let got =
+                send(&client_h1(), Request::get(format!("http://{admin}/metrics")).body(body(Bytes::new()))?).await?;
+            anyhow::Ok(String::from_utf8(got.body.to_vec())?)
+        };
+        // Nine clients connect one after another and keep their connection.
+        let clients: Vec<_> = (0..9).map(|_| client_h1()).collect();
+        let mut counts = HashMap::<String, usize>::new();
+        for (c, client) in clients.iter().enumerate() {
+            let got = send(client, get(addr, "x", &format!("/first/{c}"))).await?;
+            assert_eq!(got.status, StatusCode::OK);
+            *counts.entry(got.header("x-backend").to_string()).or_default() += 1;
+        }
+        assert_eq!(
+            per_worker(&metrics().await?),
+            [0, 1, 2].map(|w| format!("weir_worker_active_connections{{worker=\"{w}\"}} 3.0")),
+            "three connections on each loop"
+        );
+        // Then all nine at once, 21 requests each: 198 picks in turn.
+        let mut tasks = Vec::new();
+        for (c, client) in clients.iter().enumerate() {
+            let client = client.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut seen = Vec::new();
+                for i in 0..21 {
+                    let got = send(&client, get(addr, "x", &format!("/c{c}/{i}"))).await?;
+                    anyhow::ensure!(got.status == StatusCode::OK && got.header("x-seen-path") == format!("/c{c}/{i}"));
+                    seen.push(got.header("x-backend").to_string());
+                }
+                anyhow::Ok(seen)
+            }));
+        }
+        for t in tasks {
+            for backend in t.await?? {
+                *counts.entry(backend).or_default() += 1;
+            }
+        }
+        assert_eq!(counts, HashMap::from([("a".into(), 99), ("b".into(), 99)]));
+        // Closed connections leave their loops.
+        drop(clients);
+        let deadline = tokio::time::Instant::now() + STEP;
+        loop {
+            let now = per_worker(&metrics().await?);
+            if now.iter().all(|l| l.ends_with(" 0.0")) && now.len() == 3 {
+                break;
+            }
+            anyhow::ensure!(tokio::time::Instant::now() < deadline, "connections still counted: {now:?}");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        anyhow::Ok(())
+    })?;
+    drop(weir);
+    Ok(())
+}
+
+#[test]
 fn one_gib_each_way_with_bounded_memory() -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let backend = rt.block_on(HttpBackend::start("big"))?;

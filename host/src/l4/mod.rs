@@ -334,20 +334,7 @@ impl tokio::io::AsyncWrite for Prefixed {
 
 /// Accept connections until `stop` is cancelled; each runs on `tracker`.
 pub async fn serve(listener: TcpListener, service: Arc<TcpService>, stop: CancellationToken, tracker: TaskTracker) {
-    loop {
-        let accepted = tokio::select! {
-            _ = stop.cancelled() => break,
-            a = listener.accept() => a,
-        };
-        match accepted {
-            Ok((client, peer)) => {
-                tracker.spawn(service.clone().handle(client, peer));
-            }
-            Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(listener = %service.name, "accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-    }
+    let name = service.name.clone();
+    crate::workers::accept(listener, &name, stop, tracker, move |client, peer| service.clone().handle(client, peer))
+        .await
 }

@@ -44,7 +44,9 @@ pub struct Upstream {
 #[derive(Clone)]
 enum Kind {
     Http1(Arc<Http1>),
-    Http2(Arc<hyper_util::client::legacy::Client<Connector, ProxyBody>>),
+    /// One client per worker loop: a connection's driver task runs on the
+    /// loop of the request that opened it.
+    Http2(Arc<[hyper_util::client::legacy::Client<Connector, ProxyBody>]>),
 }
 
 /// Why a request got no response from a backend.
@@ -92,19 +94,22 @@ impl Upstream {
         };
         let scheme = if s.tls.is_some() { Scheme::HTTPS } else { Scheme::HTTP };
         if s.http2 {
-            let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(s.keepalive_timeout)
-                .pool_max_idle_per_host(s.keepalive)
-                .pool_timer(TokioTimer::new())
-                .timer(TokioTimer::new())
-                .http2_only(true)
-                .build(builder.enable_http2().wrap_connector(connector));
-            return Upstream { kind: Kind::Http2(Arc::new(client)), scheme };
+            let connector = builder.enable_http2().wrap_connector(connector);
+            let clients = (0..crate::workers::count()).map(|_| {
+                hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+                    .pool_idle_timeout(s.keepalive_timeout)
+                    .pool_max_idle_per_host(s.keepalive)
+                    .pool_timer(TokioTimer::new())
+                    .timer(TokioTimer::new())
+                    .http2_only(true)
+                    .build(connector.clone())
+            });
+            return Upstream { kind: Kind::Http2(clients.collect()), scheme };
         }
         let http1 = Arc::new(Http1 {
             connector: builder.enable_http1().wrap_connector(connector),
             scheme: scheme.clone(),
-            idle: Mutex::new(FxHashMap::default()),
+            idle: (0..crate::workers::count()).map(|_| Mutex::default()).collect(),
             keepalive: s.keepalive,
             keepalive_timeout: s.keepalive_timeout,
         });
@@ -135,7 +140,8 @@ impl Upstream {
                 *req.uri_mut() = Uri::from(path);
                 tokio::time::timeout(timeout, http1.send(authority, req)).await.unwrap_or(Err(SendError::Timeout))
             }
-            Kind::Http2(client) => {
+            Kind::Http2(clients) => {
+                let client = &clients[crate::workers::index() % clients.len()];
                 let mut uri = http::uri::Parts::default();
                 uri.scheme = Some(self.scheme.clone());
                 uri.authority = Some(authority);
@@ -156,11 +162,15 @@ impl Upstream {
 struct Http1 {
     connector: Connector,
     scheme: Scheme,
-    /// Idle connections per backend, the most recently used last.
-    idle: Mutex<FxHashMap<Authority, Vec<Idle>>>,
+    /// Idle connections per worker loop (each registered with its loop's
+    /// reactor) and backend, the most recently used last.
+    idle: Box<[Mutex<IdleLists>]>,
     keepalive: usize,
     keepalive_timeout: Duration,
 }
+
+/// One worker's idle connections per backend.
+type IdleLists = FxHashMap<Authority, Vec<Idle>>;
 
 struct Idle {
     conn: Conn,
@@ -249,7 +259,7 @@ impl Http1 {
     async fn checkout(&self, authority: &Authority) -> Option<Conn> {
         let now = Instant::now();
         loop {
-            let Idle { mut conn, since } = self.idle.lock().get_mut(authority)?.pop()?;
+            let Idle { mut conn, since } = self.idle().lock().get_mut(authority)?.pop()?;
             if now.duration_since(since) >= self.keepalive_timeout {
                 continue;
             }
@@ -278,7 +288,7 @@ impl Http1 {
         if !conn.usable(cx) {
             return;
         }
-        let mut idle = self.idle.lock();
+        let mut idle = self.idle().lock();
         let list = idle.entry(authority).or_default();
         if list.len() < self.keepalive {
             list.push(Idle { conn, since: Instant::now() });
@@ -289,11 +299,17 @@ impl Http1 {
     fn sweep(&self) {
         let now = Instant::now();
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        let mut idle = self.idle.lock();
-        idle.retain(|_, list| {
-            list.retain_mut(|i| now.duration_since(i.since) < self.keepalive_timeout && i.conn.drive(&mut cx));
-            !list.is_empty()
-        });
+        for idle in &self.idle {
+            idle.lock().retain(|_, list| {
+                list.retain_mut(|i| now.duration_since(i.since) < self.keepalive_timeout && i.conn.drive(&mut cx));
+                !list.is_empty()
+            });
+        }
+    }
+
+    /// The idle lists of the calling thread's worker loop.
+    fn idle(&self) -> &Mutex<IdleLists> {
+        &self.idle[crate::workers::index() % self.idle.len()]
     }
 
     /// Sweep now and then while the pool lives (a reload drops it, and its

@@ -467,21 +467,12 @@ impl CloneParts for http::request::Parts {
 
 /// Serve HTTP on `listener` until `stop` is cancelled.
 pub async fn serve(listener: TcpListener, service: Arc<HttpService>, stop: CancellationToken, tracker: TaskTracker) {
-    loop {
-        let accepted = tokio::select! {
-            _ = stop.cancelled() => break,
-            a = listener.accept() => a,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                tracker.spawn(serve_connection(service.clone(), stream, peer, stop.clone()));
-            }
-            Err(e) => {
-                tracing::warn!(listener = %service.name, "accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-    }
+    let name = service.name.clone();
+    let connection_stop = stop.clone();
+    crate::workers::accept(listener, &name, stop, tracker, move |stream, peer| {
+        serve_connection(service.clone(), stream, peer, connection_stop.clone())
+    })
+    .await
 }
 
 /// Tell a client that never finished its first request head why it is cut off.

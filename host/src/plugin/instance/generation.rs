@@ -2,11 +2,10 @@
 //! beside it; swaps between them while calls go on; and the call itself
 //! (`with_slot`: a slot of that generation under the call's limits).
 
-use super::slots::{classify, describe, Generation, Slot};
+use super::slots::{classify, describe, Generation, IdleSlots, Slot};
 use super::{CallError, CallErrorKind, Limits, PluginInstance};
 use crate::plugin::bindings::types;
 use crate::plugin::LoadError;
-use parking_lot::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -93,7 +92,7 @@ impl PluginInstance {
             pre,
             config_json: old.config_json.clone(),
             limits: old.limits,
-            idle: Mutex::new(Vec::new()),
+            idle: IdleSlots::new(),
             hash,
             grants: old.grants.clone(),
             number: self.numbers.fetch_add(1, Ordering::Relaxed) + 1,
@@ -101,7 +100,7 @@ impl PluginInstance {
             loaded_at: std::time::SystemTime::now(),
         };
         let slot = self.instantiate(&generation).map_err(|e| LoadError::Init(e.message))?;
-        generation.idle.lock().push(slot);
+        generation.idle.put(slot);
         let info = GenerationInfo {
             number: generation.number,
             source: generation.source.clone(),
@@ -204,7 +203,7 @@ impl PluginInstance {
                 &current_guard
             }
         };
-        let idle = generation.idle.lock().pop();
+        let idle = generation.idle.take();
         let mut slot = match idle {
             Some(s) => s,
             None => match self.instantiate(generation) {
@@ -228,11 +227,11 @@ impl PluginInstance {
         }
         match result {
             Ok(Ok(r)) => {
-                generation.idle.lock().push(slot);
+                generation.idle.put(slot);
                 Ok(r)
             }
             Ok(Err(e)) => {
-                generation.idle.lock().push(slot);
+                generation.idle.put(slot);
                 self.stats.errors.fetch_add(1, Ordering::Relaxed);
                 Err(self.fail(CallErrorKind::Error, describe(&e)))
             }

@@ -23,7 +23,7 @@ use crate::config::Fallback;
 use arc_swap::ArcSwap;
 use generation::Canary;
 use parking_lot::Mutex;
-use slots::Generation;
+use slots::{Generation, IdleSlots};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -142,7 +142,7 @@ impl PluginInstance {
             pre,
             config_json: spec.config_json,
             limits: spec.limits,
-            idle: Mutex::new(Vec::new()),
+            idle: IdleSlots::new(),
             hash,
             grants: Arc::new(spec.grants),
             number: 1,
@@ -165,7 +165,7 @@ impl PluginInstance {
         // init is reported at load time; keep it for the first call.
         let generation = this.current.load_full();
         let slot = this.instantiate(&generation).map_err(|e| LoadError::Init(e.message))?;
-        generation.idle.lock().push(slot);
+        generation.idle.put(slot);
         Ok(Arc::new(this))
     }
 

@@ -34,9 +34,7 @@ pub(super) struct Generation {
     pub(super) pre: InstancePre<PluginState>,
     pub(super) config_json: String,
     pub(super) limits: Limits,
-    /// Boxed: a call takes one out and puts it back, moving a pointer.
-    #[expect(clippy::vec_box, reason = "every call moves a slot out and back: a pointer, not the store and bindings")]
-    pub(super) idle: Mutex<Vec<Box<Slot>>>,
+    pub(super) idle: IdleSlots,
     pub(super) hash: String,
     pub(super) grants: Arc<crate::plugin::Grants>,
     /// 1 for the component loaded from the config, +1 per swap.
@@ -45,6 +43,33 @@ pub(super) struct Generation {
     pub(super) source: String,
     /// When it went live.
     pub(super) loaded_at: std::time::SystemTime,
+}
+
+/// A generation's instances not in a call, kept per worker loop so that a
+/// worker keeps reusing the instances (and their memory) it warmed.
+pub(super) struct IdleSlots(
+    /// Boxed: a call takes one out and puts it back, moving a pointer.
+    #[expect(clippy::vec_box, reason = "every call moves a slot out and back: a pointer, not the store and bindings")]
+    Box<[Mutex<Vec<Box<Slot>>>]>,
+);
+
+impl IdleSlots {
+    pub(super) fn new() -> Self {
+        Self((0..crate::workers::count()).map(|_| Mutex::default()).collect())
+    }
+
+    /// An idle instance of the calling worker's, else one of another's.
+    pub(super) fn take(&self) -> Option<Box<Slot>> {
+        let own = crate::workers::index() % self.0.len();
+        // Two statements: the own list's guard must be gone before the
+        // others (itself included) are locked.
+        let slot = self.0[own].lock().pop();
+        slot.or_else(|| self.0.iter().find_map(|list| list.lock().pop()))
+    }
+
+    pub(super) fn put(&self, slot: Box<Slot>) {
+        self.0[crate::workers::index() % self.0.len()].lock().push(slot);
+    }
 }
 
 impl PluginInstance {
