@@ -74,6 +74,12 @@ fn listener_detail(name: &str, l: &ListenerInfo) -> Value {
         // Connections are sessions here.
         detail["dropped_datagrams"] = json!(s.dropped());
     }
+    if let Some(caps) = &l.caps {
+        detail["max_connections"] = json!(caps.max());
+        detail["max_connections_per_client"] = json!(caps.max_per_client());
+        detail["refused_connections"] = json!(caps.refused());
+        detail["accept_paused"] = json!(caps.paused());
+    }
     detail
 }
 

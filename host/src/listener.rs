@@ -1,11 +1,18 @@
 //! Per-listener counters: connections (UDP: sessions) open and accepted,
 //! on HTTP listeners the responses sent by status class and the time to
-//! each response head, on UDP listeners the datagrams dropped. They
-//! belong to the listener, so they survive reloads that keep it.
+//! each response head, on UDP listeners the datagrams dropped; and the
+//! admission of TCP connections under the listener's, the process's and
+//! the per-client caps. Both belong to the listener, so they survive
+//! reloads that keep it.
 
 use crate::histogram::Histogram;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 /// A listener's counters.
 #[derive(Debug, Default)]
@@ -66,5 +73,232 @@ pub struct ConnectionGuard(Arc<ListenerStats>);
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
         self.0.active.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Who may open a connection now: the listener's cap on open connections,
+/// the process-wide one, and the cap per client address. The accept loop
+/// waits for room before it accepts, so connections beyond a cap wait in
+/// the listen backlog until one closes (HAProxy's `maxconn`); a client at
+/// its own cap is refused right after the accept.
+pub struct ConnectionCaps {
+    /// Open connections allowed (0: no cap).
+    max: AtomicUsize,
+    /// Open connections allowed per client address (0: no cap).
+    per_client: AtomicUsize,
+    open: AtomicUsize,
+    clients: Mutex<HashMap<IpAddr, usize>>,
+    /// Notified when a connection closes at the cap, or the cap changes.
+    freed: Notify,
+    process: Arc<ProcessCap>,
+    /// Written to a refused client before the close (a plain HTTP listener's 429).
+    refusal: &'static [u8],
+    refused: AtomicU64,
+    paused: AtomicU64,
+}
+
+/// The process-wide cap on open TCP, TLS and HTTP connections.
+#[derive(Default)]
+pub struct ProcessCap {
+    /// 0: no cap.
+    max: AtomicUsize,
+    open: AtomicUsize,
+    freed: Notify,
+}
+
+impl ProcessCap {
+    /// Set the cap (`None` or 0: none).
+    pub fn set(&self, max: Option<u64>) {
+        self.max.store(max.unwrap_or(0) as usize, Relaxed);
+        self.freed.notify_waiters();
+    }
+
+    /// Connections open now, across listeners.
+    pub fn open(&self) -> usize {
+        self.open.load(Relaxed)
+    }
+
+    fn has_room(&self) -> bool {
+        let max = self.max.load(Relaxed);
+        max == 0 || self.open.load(Relaxed) < max
+    }
+
+    fn try_reserve(&self) -> bool {
+        let max = self.max.load(Relaxed);
+        self.open.fetch_update(Relaxed, Relaxed, |n| (max == 0 || n < max).then_some(n + 1)).is_ok()
+    }
+
+    fn release(&self) {
+        let max = self.max.load(Relaxed);
+        if self.open.fetch_sub(1, Relaxed) >= max && max != 0 {
+            self.freed.notify_waiters();
+        }
+    }
+}
+
+/// Room for one connection, held until it closes.
+pub struct Ticket {
+    admission: Arc<ConnectionCaps>,
+    client: Option<IpAddr>,
+}
+
+impl std::fmt::Debug for ConnectionCaps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let open = self.open.load(Relaxed);
+        f.debug_struct("ConnectionCaps").field("max", &self.max()).field("open", &open).finish_non_exhaustive()
+    }
+}
+
+impl ConnectionCaps {
+    /// A listener's caps under the process-wide `process` cap;
+    /// `refusal` is written to a client refused at its own cap.
+    pub fn new(process: Arc<ProcessCap>, refusal: &'static [u8]) -> Arc<Self> {
+        Arc::new(Self {
+            max: AtomicUsize::new(0),
+            per_client: AtomicUsize::new(0),
+            open: AtomicUsize::new(0),
+            clients: Mutex::default(),
+            freed: Notify::new(),
+            process,
+            refusal,
+            refused: AtomicU64::new(0),
+            paused: AtomicU64::new(0),
+        })
+    }
+
+    /// Set the caps (`None` or 0: none); a raised cap lets waiting
+    /// connections in at once.
+    pub fn set(&self, max: Option<u64>, per_client: Option<u64>) {
+        self.max.store(max.unwrap_or(0) as usize, Relaxed);
+        self.per_client.store(per_client.unwrap_or(0) as usize, Relaxed);
+        self.freed.notify_waiters();
+    }
+
+    /// The listener's cap (`None`: none).
+    pub fn max(&self) -> Option<u64> {
+        Some(self.max.load(Relaxed) as u64).filter(|&m| m != 0)
+    }
+
+    /// The cap per client address (`None`: none).
+    pub fn max_per_client(&self) -> Option<u64> {
+        Some(self.per_client.load(Relaxed) as u64).filter(|&m| m != 0)
+    }
+
+    /// Connections refused because their client was at its cap.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Relaxed)
+    }
+
+    /// Times the accept loop paused at the listener's or the process's cap.
+    pub fn paused(&self) -> u64 {
+        self.paused.load(Relaxed)
+    }
+
+    /// What a refused client is told before the close.
+    pub fn refusal(&self) -> &'static [u8] {
+        self.refusal
+    }
+
+    /// Wait until the listener and the process have room for one more
+    /// connection (counted as a pause when it has to wait); false once
+    /// `stop` is cancelled. Nothing is reserved: a listener waiting in
+    /// `accept` must not hold room the others could use.
+    pub async fn room(&self, stop: &CancellationToken) -> bool {
+        let mut counted = false;
+        self.wait_for(stop, || {
+            let room = self.has_room() && self.process.has_room();
+            if !room && !counted {
+                counted = true;
+                self.paused.fetch_add(1, Relaxed);
+            }
+            room.then_some(())
+        })
+        .await
+        .is_some()
+    }
+
+    /// Take room for a connection just accepted. The listener's own room
+    /// is this accept loop's alone; the process's may have been taken by
+    /// another listener since [`Self::room`], and is waited for then.
+    pub async fn admit(self: &Arc<Self>, stop: &CancellationToken) -> Option<Ticket> {
+        self.wait_for(stop, || self.try_reserve()).await
+    }
+
+    /// `f()` as soon as it gives something, re-tried whenever a connection
+    /// closes at a cap or a cap changes.
+    async fn wait_for<T>(&self, stop: &CancellationToken, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+        loop {
+            let (mut own, mut process) =
+                (std::pin::pin!(self.freed.notified()), std::pin::pin!(self.process.freed.notified()));
+            own.as_mut().enable();
+            process.as_mut().enable();
+            if let Some(got) = f() {
+                return Some(got);
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return None,
+                _ = own => {}
+                _ = process => {}
+            }
+        }
+    }
+
+    fn has_room(&self) -> bool {
+        let max = self.max.load(Relaxed);
+        max == 0 || self.open.load(Relaxed) < max
+    }
+
+    fn try_reserve(self: &Arc<Self>) -> Option<Ticket> {
+        // Only the listener's accept loop takes room on it: load, then add.
+        if !self.has_room() {
+            return None;
+        }
+        if !self.process.try_reserve() {
+            return None;
+        }
+        self.open.fetch_add(1, Relaxed);
+        Some(Ticket { admission: self.clone(), client: None })
+    }
+}
+
+impl Ticket {
+    /// The connection is `client`'s: refused (the room given back) when
+    /// that client is at its cap.
+    pub fn for_client(mut self, client: IpAddr) -> Option<Ticket> {
+        let cap = self.admission.per_client.load(Relaxed);
+        if cap == 0 {
+            return Some(self);
+        }
+        let mut clients = self.admission.clients.lock();
+        let n = clients.entry(client).or_default();
+        if *n >= cap {
+            drop(clients);
+            self.admission.refused.fetch_add(1, Relaxed);
+            return None;
+        }
+        *n += 1;
+        drop(clients);
+        self.client = Some(client);
+        Some(self)
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let a = &self.admission;
+        if let Some(client) = self.client {
+            let mut clients = a.clients.lock();
+            if let Some(n) = clients.get_mut(&client) {
+                *n -= 1;
+                if *n == 0 {
+                    clients.remove(&client);
+                }
+            }
+        }
+        let max = a.max.load(Relaxed);
+        if a.open.fetch_sub(1, Relaxed) >= max && max != 0 {
+            a.freed.notify_waiters();
+        }
+        a.process.release();
     }
 }

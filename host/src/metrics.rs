@@ -188,6 +188,29 @@ impl Collector for Live {
             Counter,
             per_listener(|s| s.total() as f64),
         )?;
+        let caps =
+            || now.listeners.iter().filter_map(|(n, l)| Some((vec![("listener", n.as_str())], l.caps.as_ref()?)));
+        family(
+            &mut e,
+            "server_refused_connections",
+            "Connections closed at accept: their client was at max_connections_per_client",
+            Counter,
+            caps().map(|(l, c)| -> LRow { (l, c.refused() as f64) }),
+        )?;
+        family(
+            &mut e,
+            "server_accept_paused",
+            "Times the listener stopped accepting at max_connections (its own or runtime.max_connections)",
+            Counter,
+            caps().map(|(l, c)| -> LRow { (l, c.paused() as f64) }),
+        )?;
+        family(
+            &mut e,
+            "open_connections",
+            "TCP, TLS and HTTP client connections open across listeners (runtime.max_connections caps them)",
+            Gauge,
+            std::iter::once((vec![], self.core.open_connections() as f64)),
+        )?;
         family(
             &mut e,
             "server_dropped_datagrams",

@@ -13,6 +13,7 @@
 //! worker, indexed by [`index`]; what must be exact across workers (a
 //! pool's pick sequence, active counts) stays in shared atomics.
 
+use crate::listener::ConnectionCaps;
 use std::cell::Cell;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -71,86 +72,140 @@ pub fn index() -> usize {
     INDEX.get()
 }
 
-/// Accept connections on `listener` until `stop` is cancelled; each runs
-/// `serve` on a worker loop (on this runtime when there are none), tracked
-/// by `tracker`. `name` is the listener's, for the log.
-pub async fn accept<F, Fut>(listener: TcpListener, name: &str, stop: CancellationToken, tracker: TaskTracker, serve: F)
-where
+/// Accept connections on `listener` until `stop` is cancelled, as far as
+/// `admission` lets them in; each runs `serve` on a worker loop (on this
+/// runtime when there are none), tracked by `tracker`. `name` is the
+/// listener's, for the log.
+pub async fn accept<F, Fut>(
+    listener: TcpListener,
+    name: &str,
+    admission: Arc<ConnectionCaps>,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+    serve: F,
+) where
     F: Fn(TcpStream, SocketAddr) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let Some(loops) = LOOPS.get() else {
-        loop {
-            let accepted = tokio::select! {
-                _ = stop.cancelled() => break,
-                a = listener.accept() => a,
-            };
-            match accepted {
-                Ok((stream, peer)) => drop(tracker.spawn(serve(stream, peer))),
-                Err(e) => backoff(name, e).await,
-            }
-        }
-        return;
-    };
-    // The socket is registered with the reactor of the loop that serves it,
-    // so accept without registering it here.
-    let registered = listener.into_std().and_then(|l| {
-        // SAFETY: the `AsyncFd` owns the listener, whose descriptor stays
-        // open and the same for as long as the `AsyncFd` lives.
-        unsafe { tokio::io::unix::AsyncFd::register(l) }.map_err(std::io::Error::from)
-    });
-    let listener = match registered {
-        Ok(l) => l,
+    let acceptor = match Acceptor::new(listener) {
+        Ok(a) => a,
         Err(e) => return tracing::error!(listener = %name, "cannot hand connections to workers: {e}"),
     };
     let serve = Arc::new(serve);
     loop {
-        let mut ready = tokio::select! {
-            _ = stop.cancelled() => break,
-            r = listener.readable() => match r {
-                Ok(r) => r,
-                Err(e) => { backoff(name, e).await; continue; }
-            },
-        };
-        let (socket, peer) = match listener.get_ref().accept() {
-            Ok(a) => a,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                ready.clear_ready();
-                continue;
-            }
-            Err(e) => {
-                backoff(name, e).await;
-                continue;
-            }
-        };
-        if let Err(e) = socket.set_nonblocking(true) {
-            tracing::warn!(listener = %name, "accepted connection dropped: {e}");
-            continue;
+        if !admission.room(&stop).await {
+            break;
         }
-        let i = loops.least_busy();
-        loops.connections[i].fetch_add(1, Relaxed);
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => break,
+            a = acceptor.accept() => a,
+        };
+        let (socket, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(listener = %name, "accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let Some(ticket) = admission.admit(&stop).await else { break };
+        let Some(ticket) = ticket.for_client(peer.ip()) else {
+            socket.refuse(admission.refusal());
+            tracing::debug!(listener = %name, %peer, "refused: the client is at max_connections_per_client");
+            continue;
+        };
         let serve = serve.clone();
         let name = name.to_owned();
-        loops.handles[i].spawn(tracker.track_future(async move {
-            let _running = Running(i);
-            match TcpStream::from_std(socket) {
+        let run = async move {
+            let _ticket = ticket;
+            match socket.register() {
                 Ok(stream) => serve(stream, peer).await,
                 Err(e) => tracing::warn!(listener = %name, "accepted connection dropped: {e}"),
             }
-        }));
+        };
+        match LOOPS.get() {
+            Some(loops) => loops.spawn(tracker.track_future(run)),
+            None => drop(tracker.spawn(run)),
+        }
     }
 }
 
-/// EMFILE and friends: back off instead of spinning.
-async fn backoff(name: &str, e: std::io::Error) {
-    tracing::warn!(listener = %name, "accept failed: {e}");
-    tokio::time::sleep(Duration::from_millis(10)).await;
+/// A listening socket: registered with this runtime when it serves its own
+/// connections; with worker loops, only the listener is, and each accepted
+/// socket is registered by the loop that serves it.
+enum Acceptor {
+    Here(TcpListener),
+    Handoff(tokio::io::unix::AsyncFd<std::net::TcpListener>),
+}
+
+/// An accepted connection, before it is registered with a reactor.
+enum Accepted {
+    Registered(TcpStream),
+    Detached(std::net::TcpStream),
+}
+
+impl Acceptor {
+    fn new(listener: TcpListener) -> std::io::Result<Self> {
+        if LOOPS.get().is_none() {
+            return Ok(Acceptor::Here(listener));
+        }
+        let listener = listener.into_std()?;
+        // SAFETY: the `AsyncFd` owns the listener, whose descriptor stays
+        // open and the same for as long as the `AsyncFd` lives.
+        let registered = unsafe { tokio::io::unix::AsyncFd::register(listener) };
+        Ok(Acceptor::Handoff(registered.map_err(std::io::Error::from)?))
+    }
+
+    async fn accept(&self) -> std::io::Result<(Accepted, SocketAddr)> {
+        match self {
+            Acceptor::Here(l) => l.accept().await.map(|(s, peer)| (Accepted::Registered(s), peer)),
+            Acceptor::Handoff(l) => loop {
+                let mut ready = l.readable().await?;
+                match l.get_ref().accept() {
+                    Ok((s, peer)) => {
+                        s.set_nonblocking(true)?;
+                        return Ok((Accepted::Detached(s), peer));
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => ready.clear_ready(),
+                    Err(e) => return Err(e),
+                }
+            },
+        }
+    }
+}
+
+impl Accepted {
+    /// The socket, registered with the calling loop's reactor.
+    fn register(self) -> std::io::Result<TcpStream> {
+        match self {
+            Accepted::Registered(s) => Ok(s),
+            Accepted::Detached(s) => TcpStream::from_std(s),
+        }
+    }
+
+    /// Tell a refused client why (best effort: never waits), then close.
+    fn refuse(self, why: &[u8]) {
+        if why.is_empty() {
+            return;
+        }
+        match self {
+            Accepted::Registered(s) => drop(s.try_write(why)),
+            Accepted::Detached(mut s) => drop(std::io::Write::write(&mut s, why)),
+        }
+    }
 }
 
 impl Loops {
-    fn least_busy(&self) -> usize {
+    /// Run a connection's task on the loop with the fewest connections.
+    fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
         let counts = self.connections.iter().map(|c| c.load(Relaxed));
-        counts.enumerate().min_by_key(|&(_, c)| c).map_or(0, |(i, _)| i)
+        let i = counts.enumerate().min_by_key(|&(_, c)| c).map_or(0, |(i, _)| i);
+        self.connections[i].fetch_add(1, Relaxed);
+        self.handles[i].spawn(async move {
+            let _running = Running(i);
+            task.await
+        });
     }
 }
 

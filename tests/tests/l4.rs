@@ -185,3 +185,73 @@ async fn shutdown_stops_accepting_and_drains_in_flight() -> Result<()> {
     assert_eq!(cut, 0, "no connection was cut off");
     Ok(())
 }
+
+/// Connect and wait for the backend's name line: the connection is served.
+async fn served(addr: std::net::SocketAddr) -> Result<TcpStream> {
+    let mut s = TcpStream::connect(addr).await?;
+    let mut name = [0u8; 2];
+    tokio::time::timeout(STEP, s.read_exact(&mut name)).await??;
+    assert_eq!(&name, b"a\n");
+    Ok(s)
+}
+
+/// Connect; the connection is accepted by the kernel but not served: no
+/// byte comes back while it waits in the backlog.
+async fn held(addr: std::net::SocketAddr) -> Result<TcpStream> {
+    let mut s = TcpStream::connect(addr).await?;
+    let mut byte = [0u8; 1];
+    let got = tokio::time::timeout(Duration::from_millis(300), s.read(&mut byte)).await;
+    anyhow::ensure!(got.is_err(), "served at once: {got:?}");
+    Ok(s)
+}
+
+/// Read the backend's name line of a connection that was held.
+async fn now_served(s: &mut TcpStream) -> Result<()> {
+    let mut name = [0u8; 2];
+    tokio::time::timeout(STEP, s.read_exact(&mut name)).await??;
+    assert_eq!(&name, b"a\n");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_max_connections_wait_in_the_backlog_until_one_closes() -> Result<()> {
+    let a = EchoBackend::start("a").await?;
+    let config = |own: u64, process: u64| {
+        format!(
+            "[runtime]\nmax_connections = {process}\n\n[pools.p]\nbackends = {}\n\n\
+             [listeners.l]\nbind = \"127.0.0.1:0\"\npool = \"p\"\nmax_connections = {own}\n\n\
+             [listeners.m]\nbind = \"127.0.0.1:0\"\npool = \"p\"\n",
+            addresses(&[&a])
+        )
+    };
+    let weir = start_weir(&config(2, 3)).await?;
+    let (l, m) = (weir.listener_addr("l").unwrap(), weir.listener_addr("m").unwrap());
+    let caps = |name: &str| weir.core().snapshot().listeners[name].caps.clone().unwrap();
+    // The listener's own cap: two served, the third waits.
+    let c1 = served(l).await?;
+    let _c2 = served(l).await?;
+    let mut c3 = held(l).await?;
+    assert_eq!(caps("l").paused(), 1);
+    // The process-wide cap (3) holds a listener with no cap of its own.
+    let m1 = served(m).await?;
+    let mut m2 = held(m).await?;
+    assert_eq!(weir.core().open_connections(), 3);
+    assert_eq!(caps("m").paused(), 1);
+    // A close on `m` lets `m2` in; `l` stays at its own cap.
+    drop(m1);
+    now_served(&mut m2).await?;
+    let mut byte = [0u8; 1];
+    assert!(tokio::time::timeout(Duration::from_millis(200), c3.read(&mut byte)).await.is_err());
+    // A close on `l` lets `c3` in.
+    drop(c1);
+    now_served(&mut c3).await?;
+    // A reload raising the caps lets a waiting connection in at once.
+    let mut c4 = held(l).await?;
+    let text = config(3, 10);
+    weir.reload(weir::config::Source { origin: "raised.toml".into(), text }).await.map_err(anyhow::Error::msg)?;
+    now_served(&mut c4).await?;
+    assert_eq!(caps("l").max(), Some(3));
+    drop((_c2, c3, c4, m2));
+    weir.shutdown().await;
+    Ok(())
+}

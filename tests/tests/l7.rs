@@ -686,3 +686,76 @@ async fn real_nginx_backends() -> Result<()> {
     weir.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_over_max_connections_per_client_gets_429_and_others_go_on() -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = HttpBackend::start("a").await?;
+    let weir = start_weir(&http_config(&[("p", &[&a])], "max_connections_per_client = 2", "")).await?;
+    let addr = weir.listener_addr("web").unwrap();
+    // One request on a raw connection kept open: its status line, the
+    // whole response read.
+    async fn ask(s: &mut tokio::net::TcpStream) -> Result<String> {
+        s.write_all(b"GET /x HTTP/1.1\r\nhost: x\r\n\r\n").await?;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        loop {
+            if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&got[..end]).to_lowercase();
+                let length = head.split("content-length:").nth(1).and_then(|v| v.lines().next());
+                let length: usize = length.map_or(Ok(0), |v| v.trim().parse())?;
+                if got.len() >= end + 4 + length {
+                    return Ok(head.lines().next().unwrap_or_default().to_uppercase());
+                }
+            }
+            let n = tokio::time::timeout(STEP, s.read(&mut buf)).await??;
+            anyhow::ensure!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+    }
+    let mut c1 = tokio::net::TcpStream::connect(addr).await?;
+    let mut c2 = tokio::net::TcpStream::connect(addr).await?;
+    assert_eq!(ask(&mut c1).await?, "HTTP/1.1 200 OK");
+    assert_eq!(ask(&mut c2).await?, "HTTP/1.1 200 OK");
+    // The third connection from 127.0.0.1 is answered 429 and closed.
+    let mut c3 = tokio::net::TcpStream::connect(addr).await?;
+    let mut refused = Vec::new();
+    tokio::time::timeout(STEP, c3.read_to_end(&mut refused)).await??;
+    assert!(refused.starts_with(b"HTTP/1.1 429 Too Many Requests\r\n"), "{}", String::from_utf8_lossy(&refused));
+    let caps = weir.core().snapshot().listeners["web"].caps.clone().unwrap();
+    assert_eq!(caps.refused(), 1);
+    // The two open connections go on, and once one closes a new one is served.
+    assert_eq!(ask(&mut c1).await?, "HTTP/1.1 200 OK");
+    drop(c2);
+    let deadline = tokio::time::Instant::now() + STEP;
+    loop {
+        let mut c4 = tokio::net::TcpStream::connect(addr).await?;
+        if ask(&mut c4).await.unwrap_or_default() == "HTTP/1.1 200 OK" {
+            break;
+        }
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "the closed connection's room never came back");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    weir.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_streams_beyond_max_concurrent_streams_wait_their_turn() -> Result<()> {
+    // One stream at a time on the connection: four requests of 300 ms each,
+    // sent at once on one HTTP/2 connection, take four turns.
+    let a = HttpBackend::start("a").await?;
+    let weir = start_weir(&http_config(&[("p", &[&a])], "max_concurrent_streams = 1", "")).await?;
+    let addr = weir.listener_addr("web").unwrap();
+    let client = client_h2();
+    assert_eq!(send(&client, get(addr, "x", "/warm")).await?.status, StatusCode::OK);
+    let started = std::time::Instant::now();
+    let asks = (0..4).map(|i| send(&client, get(addr, "x", &format!("/sleep/300?{i}"))));
+    for got in futures::future::join_all(asks).await {
+        assert_eq!(got?.status, StatusCode::OK);
+    }
+    let took = started.elapsed();
+    assert!(took >= std::time::Duration::from_millis(1200), "four 300 ms streams overlapped: {took:?}");
+    weir.shutdown().await;
+    Ok(())
+}

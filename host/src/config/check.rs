@@ -56,6 +56,9 @@ impl Loaded {
             self.check_pool(name, p)?;
         }
         self.check_admin()?;
+        if let Some(cap) = self.config.runtime.max_connections.as_ref().filter(|c| *c.get_ref() == 0) {
+            return Err(self.source.error(cap, "runtime.max_connections: must be at least 1"));
+        }
         for (name, p) in &self.config.plugins {
             self.check_plugin(name, p)?;
         }
@@ -78,7 +81,8 @@ impl Loaded {
         }
         self.check_listener_tls(name, l)?;
         self.check_proxy_protocol(name, l)?;
-        self.check_udp_keys(name, l)
+        self.check_udp_keys(name, l)?;
+        self.check_connection_caps(name, l)
     }
 
     fn check_pool(&self, name: &str, p: &PoolTable) -> Result<(), ConfigError> {
@@ -251,6 +255,35 @@ impl Loaded {
         }
         if let Some(m) = l.udp_max_sessions.as_ref().filter(|m| *m.get_ref() == 0) {
             return Err(src.error(m, format!("listeners.{name}.udp_max_sessions: must be at least 1")));
+        }
+        Ok(())
+    }
+
+    /// Connection caps are at least 1, on the protocols they apply to
+    /// (UDP has `udp_max_sessions`; streams are HTTP/2's).
+    fn check_connection_caps(&self, name: &str, l: &Listener) -> Result<(), ConfigError> {
+        let src = &self.source;
+        let caps =
+            [("max_connections", &l.max_connections), ("max_connections_per_client", &l.max_connections_per_client)];
+        for (key, cap) in caps {
+            let Some(cap) = cap else { continue };
+            if l.protocol == Protocol::Udp {
+                return Err(src.error(
+                    cap,
+                    format!("listeners.{name}.{key}: not on protocol = \"udp\" (udp_max_sessions caps sessions)"),
+                ));
+            }
+            if *cap.get_ref() == 0 {
+                return Err(src.error(cap, format!("listeners.{name}.{key}: must be at least 1")));
+            }
+        }
+        let streams = &l.max_concurrent_streams;
+        if streams.span() != (0..0) && !l.protocol.is_http() {
+            let why = "needs protocol = \"http\" or \"https\"";
+            return Err(src.error(streams, format!("listeners.{name}.max_concurrent_streams: {why}")));
+        }
+        if *streams.get_ref() == 0 {
+            return Err(src.error(streams, format!("listeners.{name}.max_concurrent_streams: must be at least 1")));
         }
         Ok(())
     }

@@ -217,6 +217,16 @@ pub struct Listener {
     /// HTTP: add `Via: 1.1 weir`.
     #[serde(default)]
     pub via: bool,
+    /// TCP, TLS and HTTP: connections open at once; more wait in the
+    /// listen backlog until one closes (none: no cap).
+    pub max_connections: Option<Spanned<u64>>,
+    /// TCP, TLS and HTTP: connections open at once from one client
+    /// address (the socket's peer); more are closed at once, after a 429
+    /// on plain HTTP (none: no cap).
+    pub max_connections_per_client: Option<Spanned<u64>>,
+    /// HTTP/2: streams a client may have open at once on one connection.
+    #[serde(default = "default_max_concurrent_streams")]
+    pub max_concurrent_streams: Spanned<u32>,
     /// Close a connection with no traffic either way for this long.
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout: Duration,
@@ -243,6 +253,10 @@ pub struct Listener {
 pub const DEFAULT_UDP_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// Sessions per UDP listener when `udp_max_sessions` is not set.
 pub const DEFAULT_UDP_MAX_SESSIONS: u64 = 65_536;
+
+fn default_max_concurrent_streams() -> Spanned<u32> {
+    Spanned::new(0..0, 200)
+}
 
 fn default_header_timeout() -> Duration {
     Duration::from_secs(10)

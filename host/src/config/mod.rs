@@ -173,6 +173,26 @@ pool = "web"
     }
 
     #[test]
+    fn connection_caps_are_checked_where_they_apply() {
+        let caps = "max_connections = 100\nmax_connections_per_client = 10";
+        let l = parse(&GOOD.replace("pool = \"web\"", &format!("pool = \"web\"\n{caps}"))).unwrap();
+        let front = &l.config.listeners["front"];
+        assert_eq!(front.max_connections.as_ref().map(|v| *v.get_ref()), Some(100));
+        assert_eq!(*front.max_concurrent_streams.get_ref(), 200);
+        let e = parse(&format!("{GOOD}max_connections = 0\n")).unwrap_err().to_string();
+        assert!(e.contains("listeners.front.max_connections: must be at least 1"), "{e}");
+        let udp = GOOD.replace("pool = \"web\"", "pool = \"web\"\nprotocol = \"udp\"");
+        let e = parse(&format!("{udp}max_connections_per_client = 2\n")).unwrap_err().to_string();
+        assert!(e.contains("listeners.front.max_connections_per_client: not on protocol = \"udp\""), "{e}");
+        let e = parse(&format!("{GOOD}max_concurrent_streams = 10\n")).unwrap_err().to_string();
+        assert!(e.contains("listeners.front.max_concurrent_streams: needs protocol = \"http\""), "{e}");
+        let runtime = GOOD.replace("[listeners.front]", "[runtime]\nmax_connections = 0\n\n[listeners.front]");
+        let e = parse(&runtime).unwrap_err().to_string();
+        assert!(e.contains("runtime.max_connections: must be at least 1"), "{e}");
+        assert!(e.starts_with("t.toml:"), "names the file and line: {e}");
+    }
+
+    #[test]
     fn bad_durations_and_addresses() {
         let e = parse(&GOOD.replace("bind = \"127.0.0.1:0\"", "bind = \"localhost\"")).unwrap_err().to_string();
         assert!(e.contains("listeners.front.bind"), "{e}");

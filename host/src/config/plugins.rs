@@ -29,6 +29,9 @@ pub struct RuntimeTable {
     /// Reload when the config file changes (checked every second).
     #[serde(default)]
     pub watch_config: bool,
+    /// TCP, TLS and HTTP connections open at once across listeners; more
+    /// wait in their listeners' backlogs (none: no cap).
+    pub max_connections: Option<Spanned<u64>>,
 }
 
 fn default_shutdown_grace() -> Duration {
@@ -37,7 +40,13 @@ fn default_shutdown_grace() -> Duration {
 
 impl Default for RuntimeTable {
     fn default() -> Self {
-        Self { workers: None, shutdown_grace: default_shutdown_grace(), plugin_cache: None, watch_config: false }
+        Self {
+            workers: None,
+            shutdown_grace: default_shutdown_grace(),
+            plugin_cache: None,
+            watch_config: false,
+            max_connections: None,
+        }
     }
 }
 

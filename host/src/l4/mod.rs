@@ -33,6 +33,8 @@ pub struct TcpService {
     pub routes: ArcSwap<TcpRoutes>,
     /// Connection counters.
     pub stats: Arc<crate::listener::ListenerStats>,
+    /// Caps on open connections.
+    pub caps: Arc<crate::listener::ConnectionCaps>,
 }
 
 /// What a TCP-family listener does about TLS.
@@ -335,6 +337,7 @@ impl tokio::io::AsyncWrite for Prefixed {
 /// Accept connections until `stop` is cancelled; each runs on `tracker`.
 pub async fn serve(listener: TcpListener, service: Arc<TcpService>, stop: CancellationToken, tracker: TaskTracker) {
     let name = service.name.clone();
-    crate::workers::accept(listener, &name, stop, tracker, move |client, peer| service.clone().handle(client, peer))
-        .await
+    let caps = service.caps.clone();
+    let serve = move |client, peer| service.clone().handle(client, peer);
+    crate::workers::accept(listener, &name, caps, stop, tracker, serve).await
 }

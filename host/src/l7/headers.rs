@@ -212,6 +212,7 @@ mod tests {
             forwarded: true,
             via: true,
             https: false,
+            max_concurrent_streams: 200,
         };
         let id = HeaderValue::from_static("abc");
         assert!(prepare_request(&mut parts, "127.0.0.1:5".parse().unwrap(), &settings, &id, &[]));

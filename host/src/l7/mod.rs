@@ -53,6 +53,8 @@ pub struct HttpSettings {
     pub via: bool,
     /// The listener terminates TLS (`X-Forwarded-Proto: https`).
     pub https: bool,
+    /// HTTP/2 streams open at once per connection.
+    pub max_concurrent_streams: u32,
 }
 
 /// What an HTTP listener does with its requests.
@@ -68,6 +70,8 @@ pub struct HttpService {
     pub routes: ArcSwap<HttpRoutes>,
     /// Connection and response counters.
     pub stats: Arc<crate::listener::ListenerStats>,
+    /// Caps on open connections.
+    pub caps: Arc<crate::listener::ConnectionCaps>,
     /// ACME HTTP-01 answers, served before any phase runs.
     pub challenges: Arc<crate::acme::Challenges>,
 }
@@ -469,7 +473,8 @@ impl CloneParts for http::request::Parts {
 pub async fn serve(listener: TcpListener, service: Arc<HttpService>, stop: CancellationToken, tracker: TaskTracker) {
     let name = service.name.clone();
     let connection_stop = stop.clone();
-    crate::workers::accept(listener, &name, stop, tracker, move |stream, peer| {
+    let caps = service.caps.clone();
+    crate::workers::accept(listener, &name, caps, stop, tracker, move |stream, peer| {
         serve_connection(service.clone(), stream, peer, connection_stop.clone())
     })
     .await
@@ -481,6 +486,11 @@ fn request_timeout(socket: &std::net::TcpStream) {
     let mut s = socket;
     let _ = s.write_all(REQUEST_TIMEOUT);
 }
+
+/// Answer of a plain HTTP listener to a client refused at its
+/// `max_connections_per_client`.
+pub const TOO_MANY_CONNECTIONS: &[u8] =
+    b"HTTP/1.1 429 Too Many Requests\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
 
 /// Answer of a plain HTTP listener to a client that sent nothing in time.
 const REQUEST_TIMEOUT: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
@@ -591,7 +601,11 @@ async fn serve_http<I>(
         // A client may shut its write side once the request is sent (`nc -N`):
         // answer it, as nginx does, instead of dropping the request.
         .half_close(true);
-    builder.http2().timer(TokioTimer::new()).max_header_list_size(settings.max_header_size as u32);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(settings.max_header_size as u32)
+        .max_concurrent_streams(settings.max_concurrent_streams);
     let svc = service.clone();
     let handler = hyper::service::service_fn(move |req| svc.clone().handle(conn.clone(), req));
     let connection = builder.serve_connection_with_upgrades(io, handler);

@@ -8,6 +8,7 @@ use crate::discovery::{self, DiscoverySettings};
 use crate::health::{self, CheckSettings};
 use crate::l4::{self, TcpService};
 use crate::l7::{self, HttpPool, HttpService, HttpSettings};
+use crate::listener::{ConnectionCaps, ProcessCap};
 use crate::plugin::Runtime;
 use crate::tls::ServerTls;
 use crate::udp::{self, UdpService};
@@ -75,6 +76,8 @@ pub struct ServerCore {
     running: tokio::sync::Mutex<Running>,
     stop: CancellationToken,
     tracker: TaskTracker,
+    /// `runtime.max_connections`, shared by every TCP-family listener.
+    process_cap: Arc<ProcessCap>,
 }
 
 pub fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<tokio::net::TcpListener> {
@@ -118,7 +121,9 @@ impl ServerCore {
             running: tokio::sync::Mutex::new(Running { listeners: BTreeMap::new(), background: stop.child_token() }),
             stop,
             tracker: TaskTracker::new(),
+            process_cap: Arc::default(),
         };
+        core.process_cap.set(Self::process_max(prepared));
         {
             let mut running = core.running.lock().await;
             let background = running.background.clone();
@@ -268,9 +273,31 @@ impl ServerCore {
                 forwarded: l.forwarded,
                 via: l.via,
                 https: l.protocol == Protocol::Https,
+                max_concurrent_streams: *l.max_concurrent_streams.get_ref(),
             },
             tls: Self::listener_tls(prepared, name, l),
         }
+    }
+
+    /// A new listener's connection caps.
+    fn caps(&self, l: &crate::config::Listener, refusal: &'static [u8]) -> Arc<ConnectionCaps> {
+        let caps = ConnectionCaps::new(self.process_cap.clone(), refusal);
+        Self::set_caps(&caps, l);
+        caps
+    }
+
+    fn set_caps(caps: &ConnectionCaps, l: &crate::config::Listener) {
+        let cap = |v: &Option<Spanned<u64>>| v.as_ref().map(|v| *v.get_ref());
+        caps.set(cap(&l.max_connections), cap(&l.max_connections_per_client));
+    }
+
+    fn process_max(prepared: &Prepared) -> Option<u64> {
+        prepared.loaded.config.runtime.max_connections.as_ref().map(|m| *m.get_ref())
+    }
+
+    /// Connections open now on TCP, TLS and HTTP listeners.
+    pub fn open_connections(&self) -> usize {
+        self.process_cap.open()
     }
 
     /// Open a listener on an already bound socket.
@@ -307,6 +334,7 @@ impl ServerCore {
                     local,
                     routes: ArcSwap::from_pointee(Self::tcp_routes(prepared, name, l)),
                     stats: Arc::default(),
+                    caps: self.caps(l, b""),
                 });
                 tokio::spawn(l4::serve(socket, service.clone(), stop.clone(), self.tracker.clone()));
                 Service::Tcp(service)
@@ -319,6 +347,7 @@ impl ServerCore {
                     local,
                     routes: ArcSwap::from_pointee(Self::http_routes(prepared, http_pools, name, l)),
                     stats: Arc::default(),
+                    caps: self.caps(l, if l.protocol == Protocol::Http { l7::TOO_MANY_CONNECTIONS } else { b"" }),
                 });
                 tokio::spawn(l7::serve(socket, service.clone(), stop.clone(), self.tracker.clone()));
                 Service::Http(service)
@@ -348,6 +377,11 @@ impl ServerCore {
                             Service::Tcp(s) => s.stats.clone(),
                             Service::Http(s) => s.stats.clone(),
                             Service::Udp(s) => s.stats.clone(),
+                        },
+                        caps: match &l.service {
+                            Service::Tcp(s) => Some(s.caps.clone()),
+                            Service::Http(s) => Some(s.caps.clone()),
+                            Service::Udp(_) => None,
                         },
                     };
                     (name.clone(), info)
@@ -435,6 +469,7 @@ impl ServerCore {
                 summary.listeners_removed.push(name.clone());
             }
         }
+        self.process_cap.set(Self::process_max(&prepared));
         let background = self.stop.child_token();
         self.start_background(&prepared, &background).await;
         running.background.cancel();
@@ -443,8 +478,14 @@ impl ServerCore {
         for (name, l) in &cfg.listeners {
             if let Some(r) = running.listeners.get(name) {
                 match &r.service {
-                    Service::Tcp(s) => s.routes.store(Arc::new(Self::tcp_routes(&prepared, name, l))),
-                    Service::Http(s) => s.routes.store(Arc::new(Self::http_routes(&prepared, &http_pools, name, l))),
+                    Service::Tcp(s) => {
+                        s.routes.store(Arc::new(Self::tcp_routes(&prepared, name, l)));
+                        Self::set_caps(&s.caps, l);
+                    }
+                    Service::Http(s) => {
+                        s.routes.store(Arc::new(Self::http_routes(&prepared, &http_pools, name, l)));
+                        Self::set_caps(&s.caps, l);
+                    }
                     Service::Udp(s) => s.routes.store(Arc::new(Self::udp_routes(&prepared, l))),
                 }
                 continue;

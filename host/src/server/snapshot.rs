@@ -33,6 +33,8 @@ pub struct ListenerInfo {
     pub pool: String,
     /// Its counters.
     pub stats: Arc<crate::listener::ListenerStats>,
+    /// Its connection caps (TCP, TLS and HTTP).
+    pub caps: Option<Arc<crate::listener::ConnectionCaps>>,
 }
 
 /// What a reload changed.
