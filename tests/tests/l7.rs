@@ -759,3 +759,47 @@ async fn http2_streams_beyond_max_concurrent_streams_wait_their_turn() -> Result
     weir.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_1_0_backend_answers_the_client_in_http_1_1_on_a_kept_connection() -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A backend that answers in HTTP/1.0 and closes after each response.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let backend = listener.local_addr()?;
+    let server = tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let mut head = Vec::new();
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s.write_all(b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+            });
+        }
+    });
+    let text = format!(
+        "[pools.p]\nbackends = [\"{backend}\"]\n\n[listeners.web]\nbind = \"127.0.0.1:0\"\nprotocol = \"http\"\npool = \"p\"\n"
+    );
+    let weir = start_weir(&text).await?;
+    let addr = weir.listener_addr("web").unwrap();
+    let mut client = tokio::net::TcpStream::connect(addr).await?;
+    for i in 0..2 {
+        client.write_all(format!("GET /{i} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes()).await?;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !got.ends_with(b"ok") {
+            let n = tokio::time::timeout(STEP, client.read(&mut buf)).await??;
+            anyhow::ensure!(n > 0, "closed after request {i}: {:?}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "request {i}: {text}");
+    }
+    weir.shutdown().await;
+    server.abort();
+    Ok(())
+}

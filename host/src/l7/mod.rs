@@ -404,6 +404,12 @@ impl HttpService {
                 return Response::from_parts(parts, body::empty());
             }
         }
+        // A proxy answers in its own HTTP version (RFC 9110, 6.2): an
+        // HTTP/1.0 backend must not turn the client's connection into
+        // HTTP/1.0, which would close it after this response.
+        if parts.version == http::Version::HTTP_10 {
+            parts.version = http::Version::HTTP_11;
+        }
         headers::prepare_response(&mut parts, edits, id);
         let body = Counted::new(body, backend.stats.clone(), Direction::FromBackend, Some(active))
             .with_log(log)
