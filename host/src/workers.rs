@@ -13,7 +13,7 @@
 //! worker, indexed by [`index`]; what must be exact across workers (a
 //! pool's pick sequence, active counts) stays in shared atomics.
 
-use crate::listener::ConnectionCaps;
+use crate::listener::{ConnectionCaps, Ticket};
 use std::cell::Cell;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -74,8 +74,9 @@ pub fn index() -> usize {
 
 /// Accept connections on `listener` until `stop` is cancelled, as far as
 /// `admission` lets them in; each runs `serve` on a worker loop (on this
-/// runtime when there are none), tracked by `tracker`. `name` is the
-/// listener's, for the log.
+/// runtime when there are none), tracked by `tracker`, and holds its
+/// [`Ticket`] for as long as it stays open. `name` is the listener's, for
+/// the log.
 pub async fn accept<F, Fut>(
     listener: TcpListener,
     name: &str,
@@ -84,7 +85,7 @@ pub async fn accept<F, Fut>(
     tracker: TaskTracker,
     serve: F,
 ) where
-    F: Fn(TcpStream, SocketAddr) -> Fut + Send + Sync + 'static,
+    F: Fn(TcpStream, SocketAddr, Ticket) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let acceptor = match Acceptor::new(listener) {
@@ -118,9 +119,8 @@ pub async fn accept<F, Fut>(
         let serve = serve.clone();
         let name = name.to_owned();
         let run = async move {
-            let _ticket = ticket;
             match socket.register() {
-                Ok(stream) => serve(stream, peer).await,
+                Ok(stream) => serve(stream, peer, ticket).await,
                 Err(e) => tracing::warn!(listener = %name, "accepted connection dropped: {e}"),
             }
         };

@@ -803,3 +803,33 @@ async fn an_http_1_0_backend_answers_the_client_in_http_1_1_on_a_kept_connection
     server.abort();
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keep_alive_connection_idle_for_header_timeout_is_closed() -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = HttpBackend::start("a").await?;
+    let weir = start_weir(&http_config(&[("p", &[&a])], "header_timeout = \"700ms\"", "")).await?;
+    let addr = weir.listener_addr("web").unwrap();
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(b"GET /x HTTP/1.1\r\nhost: x\r\n\r\n").await?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    // Read the response, then wait: weir closes the idle connection.
+    let started = loop {
+        let n = tokio::time::timeout(STEP, s.read(&mut buf)).await??;
+        anyhow::ensure!(n > 0, "closed before the response ended: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got).to_lowercase();
+        let ended =
+            text.ends_with("\r\n0\r\n\r\n") || (text.contains("content-length: 0") && text.ends_with("\r\n\r\n"));
+        if text.contains("x-seen-path: /x") && ended {
+            break std::time::Instant::now();
+        }
+    };
+    let n = tokio::time::timeout(STEP, s.read(&mut buf)).await??;
+    assert_eq!(n, 0, "nothing more, then the close");
+    let idle = started.elapsed();
+    assert!(idle >= std::time::Duration::from_millis(500), "closed after {idle:?}");
+    weir.shutdown().await;
+    Ok(())
+}

@@ -268,9 +268,8 @@ async fn access_settled_per_connection_spares_or_answers_its_requests() -> Resul
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn websocket_echo_through_weir() -> Result<()> {
-    // A real WebSocket echo server.
+/// A real WebSocket echo server on a free loopback port.
+async fn ws_echo_server() -> Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let ws_addr = listener.local_addr()?;
     let server = tokio::spawn(async move {
@@ -285,6 +284,12 @@ async fn websocket_echo_through_weir() -> Result<()> {
             });
         }
     });
+    Ok((ws_addr, server))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_echo_through_weir() -> Result<()> {
+    let (ws_addr, server) = ws_echo_server().await?;
     let text = format!("[pools.ws]\nbackends = [\"{ws_addr}\"]\n\n[listeners.web]\nbind = \"127.0.0.1:0\"\nprotocol = \"http\"\npool = \"ws\"\n");
     let weir = start_weir(&text).await?;
     let addr = weir.listener_addr("web").unwrap();
@@ -302,7 +307,68 @@ async fn websocket_echo_through_weir() -> Result<()> {
     let back = tokio::time::timeout(STEP, ws.next()).await?.unwrap()?;
     assert!(back.into_data() == big);
     ws.close(None).await?;
+    drop(ws);
     weir.shutdown().await;
+    server.abort();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_tunnels_count_live_hold_their_connection_and_close_when_idle() -> Result<()> {
+    let (ws_addr, server) = ws_echo_server().await?;
+    // One connection at a time; a tunnel idle for 1 s is closed.
+    let text = format!(
+        "[runtime]\nshutdown_grace = \"300ms\"\n\n[pools.ws]\nbackends = [\"{ws_addr}\"]\n\n\
+         [listeners.web]\nbind = \"127.0.0.1:0\"\nprotocol = \"http\"\npool = \"ws\"\n\
+         max_connections = 1\nidle_timeout = \"1s\"\n"
+    );
+    let weir = start_weir(&text).await?;
+    let addr = weir.listener_addr("web").unwrap();
+    let listener_stats = weir.core().snapshot().listeners["web"].stats.clone();
+    let backend = weir.pool("ws").unwrap().members().backends[0].clone();
+    let (mut ws, resp) =
+        tokio_tungstenite::client_async(format!("ws://{addr}/chat"), TcpStream::connect(addr).await?).await?;
+    assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+    let msg = "x".repeat(10_000);
+    ws.send(tokio_tungstenite::tungstenite::Message::text(msg.clone())).await?;
+    let back = tokio::time::timeout(STEP, ws.next()).await?.unwrap()?;
+    assert_eq!(back.into_text()?.as_str(), msg);
+    // Counted while the tunnel is open: its bytes, and the connection itself.
+    assert!(
+        backend.stats.tx() >= 10_000 && backend.stats.rx() >= 10_000,
+        "{} {}",
+        backend.stats.tx(),
+        backend.stats.rx()
+    );
+    assert_eq!(listener_stats.active(), 1);
+    // The tunnel holds the listener's one place: a second client waits.
+    let mut second = TcpStream::connect(addr).await?;
+    second.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await?;
+    let mut byte = [0u8; 1];
+    assert!(tokio::time::timeout(Duration::from_millis(300), second.read(&mut byte)).await.is_err());
+    // Idle for `idle_timeout`: closed, and the waiting client gets in.
+    let started = std::time::Instant::now();
+    let end = tokio::time::timeout(STEP, ws.next()).await?;
+    assert!(!matches!(end, Some(Ok(tokio_tungstenite::tungstenite::Message::Text(_)))), "{end:?}");
+    assert!(started.elapsed() >= Duration::from_millis(600), "closed after {:?}", started.elapsed());
+    let mut got = Vec::new();
+    tokio::time::timeout(STEP, async {
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = second.read(&mut byte).await?;
+            anyhow::ensure!(n > 0, "closed");
+            got.push(byte[0]);
+        }
+        anyhow::Ok(())
+    })
+    .await??;
+    assert!(got.starts_with(b"HTTP/1.1 "), "{}", String::from_utf8_lossy(&got));
+    drop(second);
+    // A tunnel is a task shutdown waits for (and cuts after the grace).
+    let (mut ws, _) =
+        tokio_tungstenite::client_async(format!("ws://{addr}/again"), TcpStream::connect(addr).await?).await?;
+    ws.send(tokio_tungstenite::tungstenite::Message::text("hi")).await?;
+    tokio::time::timeout(STEP, ws.next()).await?.unwrap()?;
+    assert_eq!(weir.shutdown().await, 1, "the open tunnel was drained, then cut");
     server.abort();
     Ok(())
 }

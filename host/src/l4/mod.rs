@@ -170,7 +170,9 @@ impl TcpService {
         Some((stream, backend))
     }
 
-    async fn handle(self: Arc<Self>, client: TcpStream, peer: SocketAddr) {
+    /// A connection, counted open (listener counters, connection caps)
+    /// until it ends.
+    async fn handle(self: Arc<Self>, client: TcpStream, peer: SocketAddr, _ticket: crate::listener::Ticket) {
         let _open = self.stats.accepted();
         let routes = self.routes.load_full();
         let mut log = Line::new(routes.access_log.as_ref(), &self.name, peer);
@@ -338,6 +340,6 @@ impl tokio::io::AsyncWrite for Prefixed {
 pub async fn serve(listener: TcpListener, service: Arc<TcpService>, stop: CancellationToken, tracker: TaskTracker) {
     let name = service.name.clone();
     let caps = service.caps.clone();
-    let serve = move |client, peer| service.clone().handle(client, peer);
+    let serve = move |client, peer, ticket| service.clone().handle(client, peer, ticket);
     crate::workers::accept(listener, &name, caps, stop, tracker, serve).await
 }

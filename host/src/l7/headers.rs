@@ -213,6 +213,7 @@ mod tests {
             via: true,
             https: false,
             max_concurrent_streams: 200,
+            idle_timeout: std::time::Duration::from_secs(300),
         };
         let id = HeaderValue::from_static("abc");
         assert!(prepare_request(&mut parts, "127.0.0.1:5".parse().unwrap(), &settings, &id, &[]));

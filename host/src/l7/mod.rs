@@ -55,6 +55,8 @@ pub struct HttpSettings {
     pub https: bool,
     /// HTTP/2 streams open at once per connection.
     pub max_concurrent_streams: u32,
+    /// Close an upgraded connection (WebSocket) idle this long.
+    pub idle_timeout: Duration,
 }
 
 /// What an HTTP listener does with its requests.
@@ -72,6 +74,9 @@ pub struct HttpService {
     pub stats: Arc<crate::listener::ListenerStats>,
     /// Caps on open connections.
     pub caps: Arc<crate::listener::ConnectionCaps>,
+    /// The server's tasks: upgraded connections run on it, so shutdown
+    /// drains them with the rest.
+    pub tracker: TaskTracker,
     /// ACME HTTP-01 answers, served before any phase runs.
     pub challenges: Arc<crate::acme::Challenges>,
 }
@@ -98,6 +103,10 @@ pub struct HttpRoutes {
 
 /// Per client connection.
 struct ClientConn {
+    /// Counted open (listener counters, connection caps) for as long as
+    /// anything holds it: the connection's task, then its tunnel if it
+    /// upgrades.
+    _open: OpenConnection,
     record: types::Connection,
     peer: SocketAddr,
     requests: std::sync::atomic::AtomicU64,
@@ -105,6 +114,12 @@ struct ClientConn {
     access: Admission,
     /// The answer to every request when it refused the connection.
     refused: Option<Failure>,
+}
+
+/// A client connection's place in its listener's counters and caps.
+struct OpenConnection {
+    _counted: crate::listener::ConnectionGuard,
+    _ticket: crate::listener::Ticket,
 }
 
 /// Why a request got an error response; the one place statuses are chosen.
@@ -246,7 +261,7 @@ impl HttpService {
     async fn forward(
         &self,
         routes: &HttpRoutes,
-        conn: &ClientConn,
+        conn: &Arc<ClientConn>,
         req: Request<Incoming>,
         id: &HeaderValue,
         log: &mut Line,
@@ -292,7 +307,7 @@ impl HttpService {
     async fn send(
         &self,
         target: &HttpPool,
-        conn: &ClientConn,
+        conn: &Arc<ClientConn>,
         request: Outgoing,
         id: &HeaderValue,
         log: &mut Line,
@@ -363,7 +378,7 @@ impl HttpService {
                     response_edits
                         .extend(http_pick.response_headers.drain(..).map(|(name, value)| (name, Some(value))));
                     let served = Served { backend, active, log: log.take() };
-                    return Ok(self.respond(resp, served, on_client_upgrade, &response_edits, id));
+                    return Ok(self.respond(resp, served, on_client_upgrade, conn, &response_edits, id));
                 }
                 Err(SendError::Connect(e, unsent)) => {
                     tracing::debug!(pool = %pool.name, backend = %backend.address, "connect failed: {e}");
@@ -387,6 +402,7 @@ impl HttpService {
         resp: Response<UpstreamBody>,
         served: Served,
         on_client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+        conn: &Arc<ClientConn>,
         edits: &[HeaderEdit],
         id: &HeaderValue,
     ) -> Response<ProxyBody> {
@@ -400,7 +416,10 @@ impl HttpService {
                 if let Some(handover) = body.into_upgrade() {
                     tokio::spawn(handover);
                 }
-                tokio::spawn(tunnel(client, server, backend.stats.clone(), active));
+                // Tracked, so shutdown waits for it; it holds the client's
+                // connection open in the listener's counters and caps.
+                let idle = self.routes.load().settings.idle_timeout;
+                self.tracker.spawn(tunnel(client, server, backend.stats.clone(), active, conn.clone(), idle));
                 return Response::from_parts(parts, body::empty());
             }
         }
@@ -446,17 +465,21 @@ pub enum Direction {
     FromBackend,
 }
 
+/// An upgraded connection (WebSocket and the like): bytes both ways as on
+/// a TCP listener, counted as they move, closed after the listener's
+/// `idle_timeout` without a byte either way.
 async fn tunnel(
     client: hyper::upgrade::OnUpgrade,
     server: hyper::upgrade::OnUpgrade,
     stats: Arc<crate::upstream::BackendStats>,
     _active: crate::upstream::ActiveGuard,
+    _conn: Arc<ClientConn>,
+    idle: Duration,
 ) {
     let (Ok(client), Ok(server)) = (client.await, server.await) else { return };
-    let (mut client, mut server) = (TokioIo::new(client), TokioIo::new(server));
-    if let Ok((tx, rx)) = tokio::io::copy_bidirectional(&mut client, &mut server).await {
-        stats.add_tx(tx);
-        stats.add_rx(rx);
+    let (client, server) = (Box::new(TokioIo::new(client)), Box::new(TokioIo::new(server)));
+    if let Err(e) = crate::l4::proxy_io(client, server, &stats, idle).await {
+        tracing::debug!("upgraded connection ended: {e}");
     }
 }
 
@@ -480,8 +503,8 @@ pub async fn serve(listener: TcpListener, service: Arc<HttpService>, stop: Cance
     let name = service.name.clone();
     let connection_stop = stop.clone();
     let caps = service.caps.clone();
-    crate::workers::accept(listener, &name, caps, stop, tracker, move |stream, peer| {
-        serve_connection(service.clone(), stream, peer, connection_stop.clone())
+    crate::workers::accept(listener, &name, caps, stop, tracker, move |stream, peer, ticket| {
+        serve_connection(service.clone(), stream, peer, ticket, connection_stop.clone())
     })
     .await
 }
@@ -506,8 +529,14 @@ const REQUEST_TIMEOUT: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nconnection: clo
 /// hyper's buffers and the connection's state are built (and boxed) only
 /// then, so idle connections stay cheap. A client silent for the listener's
 /// `header_timeout` is closed (with a 408 on plain HTTP).
-async fn serve_connection(service: Arc<HttpService>, stream: TcpStream, peer: SocketAddr, stop: CancellationToken) {
-    let _open = service.stats.accepted();
+async fn serve_connection(
+    service: Arc<HttpService>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    ticket: crate::listener::Ticket,
+    stop: CancellationToken,
+) {
+    let open = OpenConnection { _counted: service.stats.accepted(), _ticket: ticket };
     let (header_timeout, plain) = {
         let routes = service.routes.load();
         (routes.settings.header_timeout, routes.tls.is_none() && routes.proxy_accept.is_none())
@@ -542,11 +571,17 @@ async fn serve_connection(service: Arc<HttpService>, stream: TcpStream, peer: So
         }
         Some(Err(e)) => return tracing::debug!(listener = %service.name, %peer, "connection: {e}"),
     }
-    Box::pin(serve_active(service, stream, peer, stop)).await
+    Box::pin(serve_active(service, stream, peer, open, stop)).await
 }
 
 /// A connection whose client has started talking.
-async fn serve_active(service: Arc<HttpService>, mut stream: TcpStream, peer: SocketAddr, stop: CancellationToken) {
+async fn serve_active(
+    service: Arc<HttpService>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    open: OpenConnection,
+    stop: CancellationToken,
+) {
     // From here on, the client is the one a trusted proxy's header names.
     let policy = service.routes.load().proxy_accept.clone();
     let Ok(peer) = crate::proxy_protocol::client_address(&mut stream, peer, policy.as_deref(), &service.name).await
@@ -561,7 +596,7 @@ async fn serve_active(service: Arc<HttpService>, mut stream: TcpStream, peer: So
             // A second handle on the socket, to answer 408 after hyper gives
             // up on a request head (hyper itself just closes).
             let spare = stream.as_fd().try_clone_to_owned().ok().map(std::net::TcpStream::from);
-            serve_http(service, TokioIo::new(stream), record, peer, spare, stop).await
+            serve_http(service, TokioIo::new(stream), record, peer, open, spare, stop).await
         }
         Some(tls) => match tls.accept(stream).await {
             Ok((stream, handshake)) => {
@@ -569,7 +604,7 @@ async fn serve_active(service: Arc<HttpService>, mut stream: TcpStream, peer: So
                 record.sni = handshake.sni;
                 record.alpn = handshake.alpn;
                 record.client_identity = handshake.client_identity;
-                serve_http(service, TokioIo::new(stream), record, peer, None, stop).await
+                serve_http(service, TokioIo::new(stream), record, peer, open, None, stop).await
             }
             Err(e) => tracing::debug!(listener = %service.name, %peer, "TLS handshake failed: {e}"),
         },
@@ -581,6 +616,7 @@ async fn serve_http<I>(
     io: I,
     record: types::Connection,
     peer: SocketAddr,
+    open: OpenConnection,
     spare: Option<std::net::TcpStream>,
     stop: CancellationToken,
 ) where
@@ -590,7 +626,7 @@ async fn serve_http<I>(
     // what they settle there spares or answers its requests.
     let access = Admission::check(&service.name, &service.routes.load().access, &record, peer);
     let refused = access.refused.clone().map(Failure::from);
-    let conn = Arc::new(ClientConn { record, peer, requests: Default::default(), access, refused });
+    let conn = Arc::new(ClientConn { _open: open, record, peer, requests: Default::default(), access, refused });
     let first_request_seen = {
         let conn = conn.clone();
         move || conn.requests.load(std::sync::atomic::Ordering::Relaxed) > 0

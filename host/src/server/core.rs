@@ -274,6 +274,7 @@ impl ServerCore {
                 via: l.via,
                 https: l.protocol == Protocol::Https,
                 max_concurrent_streams: *l.max_concurrent_streams.get_ref(),
+                idle_timeout: l.idle_timeout.0,
             },
             tls: Self::listener_tls(prepared, name, l),
         }
@@ -348,6 +349,7 @@ impl ServerCore {
                     routes: ArcSwap::from_pointee(Self::http_routes(prepared, http_pools, name, l)),
                     stats: Arc::default(),
                     caps: self.caps(l, if l.protocol == Protocol::Http { l7::TOO_MANY_CONNECTIONS } else { b"" }),
+                    tracker: self.tracker.clone(),
                 });
                 tokio::spawn(l7::serve(socket, service.clone(), stop.clone(), self.tracker.clone()));
                 Service::Http(service)
