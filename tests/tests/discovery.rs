@@ -733,7 +733,10 @@ async fn io_outside_the_grants_is_denied_and_never_reaches_the_pool() -> Result<
          [plugins.http-denied]\nsource = \"builtin:discover-http-json\"\n\
          config = {{ url = \"http://{addr}/private/instances\", address = \"address\", weight = \"weight\" }}\n\
          grants = {{ http = [\"http://{addr}/public/\"] }}\n\n\
-         {}{}{}{}{}{}",
+         [plugins.http-dotdot]\nsource = \"builtin:discover-http-json\"\n\
+         config = {{ url = \"http://{addr}/public/%2e%2e/private/instances\", address = \"address\", weight = \"weight\" }}\n\
+         grants = {{ http = [\"http://{addr}/public/\"] }}\n\n\
+         {}{}{}{}{}{}{}",
         // Outside the granted directory.
         file_plugin("file-denied", &secret.display().to_string()),
         // Escaping the granted directory with `..`.
@@ -746,20 +749,28 @@ async fn io_outside_the_grants_is_denied_and_never_reaches_the_pool() -> Result<
         pool_section("pdot", r#"["127.0.0.1:2"]"#, "file-dotdot", "keeplast"),
         pool_section("plink", r#"["127.0.0.1:3"]"#, "file-link", "keeplast"),
         pool_section("ph", r#"["127.0.0.1:4"]"#, "http-denied", "keeplast"),
+        // Escaping the granted URL prefix with a (percent-encoded) `..`.
+        pool_section("phdot", r#"["127.0.0.1:5"]"#, "http-dotdot", "keeplast"),
         pool_section("control", "[]", "file-ok", "keeplast"),
         listener_section("pf"),
         addr = server.addr,
     );
     let weir = start_weir(&text).await?;
 
-    for plugin in ["file-denied", "file-dotdot", "file-link", "http-denied"] {
+    for plugin in ["file-denied", "file-dotdot", "file-link", "http-denied", "http-dotdot"] {
         let got = discover_now(&weir, plugin).await?;
         match got {
             Ok(list) => panic!("{plugin}: discovery outside the grants answered {list:?}"),
             Err(message) => assert!(message.contains("denied"), "{plugin}: {message}"),
         }
     }
-    let statics = [("pf", "127.0.0.1:1"), ("pdot", "127.0.0.1:2"), ("plink", "127.0.0.1:3"), ("ph", "127.0.0.1:4")];
+    let statics = [
+        ("pf", "127.0.0.1:1"),
+        ("pdot", "127.0.0.1:2"),
+        ("plink", "127.0.0.1:3"),
+        ("ph", "127.0.0.1:4"),
+        ("phdot", "127.0.0.1:5"),
+    ];
     let all_static = || statics.iter().all(|(p, a)| backends(&weir.pool(p).unwrap()) == [entry(a, 1, 0)]);
     assert!(all_static(), "a denied discovery changed a pool");
 

@@ -172,6 +172,13 @@ impl Loaded {
         if p.timeout.0.is_zero() {
             return Err(src.error(&p.source, format!("plugins.{name}.timeout: must be above zero")));
         }
+        for url in &p.grants.http {
+            let scheme = url::Url::parse(url.get_ref()).map(|u| u.scheme().to_string());
+            if !matches!(scheme.as_deref(), Ok("http" | "https")) {
+                let why = format!("`{}` is not an http:// or https:// URL", url.get_ref());
+                return Err(src.error(url, format!("plugins.{name}.grants.http: {why}")));
+            }
+        }
         if let Some(dns) = &p.grants.dns {
             if dns.get_ref().parse::<SocketAddr>().is_err() {
                 return Err(

@@ -193,6 +193,24 @@ pool = "web"
     }
 
     #[test]
+    fn http_grants_must_be_http_urls() {
+        let plugin = |url: &str| {
+            GOOD.replace(
+                "[listeners.front]",
+                &format!("[plugins.d]\nsource = \"d.wasm\"\ngrants.http = [\"{url}\"]\n\n[listeners.front]"),
+            )
+        };
+        assert!(parse(&plugin("http://127.0.0.1:2379/v3/")).is_ok());
+        let e = parse(&plugin("127.0.0.1:2379")).unwrap_err().to_string();
+        assert!(
+            e.starts_with("t.toml:") && e.contains("plugins.d.grants.http: `127.0.0.1:2379` is not an http"),
+            "{e}"
+        );
+        let e = parse(&plugin("file:///etc")).unwrap_err().to_string();
+        assert!(e.contains("plugins.d.grants.http"), "{e}");
+    }
+
+    #[test]
     fn bad_durations_and_addresses() {
         let e = parse(&GOOD.replace("bind = \"127.0.0.1:0\"", "bind = \"localhost\"")).unwrap_err().to_string();
         assert!(e.contains("listeners.front.bind"), "{e}");

@@ -84,7 +84,7 @@ pub struct PluginTable {
 pub struct GrantsTable {
     /// URL prefixes `http-request` may fetch (`http://host:port/path/`).
     #[serde(default)]
-    pub http: Vec<String>,
+    pub http: Vec<Spanned<String>>,
     /// `host:port` addresses `tcp-probe` may connect to.
     #[serde(default)]
     pub tcp: Vec<String>,

@@ -28,7 +28,7 @@ impl Grants {
     /// taken from `base_dir` (the config file's directory).
     pub fn from_config(g: &crate::config::GrantsTable, base_dir: &std::path::Path) -> Self {
         Self {
-            http: g.http.clone(),
+            http: g.http.iter().map(|u| u.get_ref().clone()).collect(),
             tcp: g.tcp.clone(),
             udp: g.udp.clone(),
             dns: g.dns.as_ref().and_then(|d| d.get_ref().parse().ok()),

@@ -26,25 +26,35 @@ fn failed(what: impl std::fmt::Display) -> Error {
     Error::Other(what.to_string())
 }
 
-/// Whether `url` lies under the granted `prefix`: same scheme and
-/// authority, and a path under the prefix's path.
-pub fn url_under(url: &str, prefix: &str) -> bool {
-    if !url.starts_with(prefix) {
-        return false;
-    }
-    // `http://a:1` must not grant `http://a:12/`: a prefix without a path
-    // ends at the authority.
-    let after_scheme = prefix.split_once("://").map_or(prefix, |(_, rest)| rest);
-    if after_scheme.contains('/') || prefix.ends_with('/') {
-        return true;
-    }
-    matches!(url.as_bytes().get(prefix.len()), None | Some(b'/') | Some(b'?'))
+/// A URL a plugin asks for, parsed and normalized (`.` and `..` segments,
+/// their percent-encoded forms, host case, default ports) as it will be
+/// sent: grants are checked against what goes on the wire.
+pub fn parse_http_url(url: &str) -> Option<url::Url> {
+    let parsed = url::Url::parse(url).ok()?;
+    matches!(parsed.scheme(), "http" | "https").then_some(parsed)
 }
 
-/// `host:port` of an `http://` URL.
-fn url_authority(url: &str) -> Option<&str> {
-    let rest = url.strip_prefix("http://")?;
-    Some(rest.split(['/', '?', '#']).next().unwrap_or(rest))
+/// Whether `url` lies under the granted `prefix`: same scheme, host and
+/// port, and a path under the prefix's path, whole segments only (`/api`
+/// grants `/api` and `/api/x`, not `/apix`; a prefix with no path grants
+/// the whole authority).
+pub fn url_under(url: &url::Url, prefix: &str) -> bool {
+    let Some(granted) = parse_http_url(prefix) else { return false };
+    if url.scheme() != granted.scheme()
+        || url.host_str() != granted.host_str()
+        || url.port_or_known_default() != granted.port_or_known_default()
+    {
+        return false;
+    }
+    let (path, root) = (url.path(), granted.path());
+    (root.ends_with('/') && path.starts_with(root))
+        || path == root
+        || path.strip_prefix(root).is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// `host:port` of a URL, as pool addresses are written.
+fn url_authority(url: &url::Url) -> Option<String> {
+    Some(format!("{}:{}", url.host_str()?, url.port_or_known_default()?))
 }
 
 impl PluginState {
@@ -118,12 +128,15 @@ impl io::Host for PluginState {
         body: Vec<u8>,
         timeout_ms: u32,
     ) -> wasmtime::Result<Result<io::HttpResponse, Error>> {
-        let authority = url_authority(&url);
-        let allowed =
-            self.grants.http.iter().any(|p| url_under(&url, p)) || authority.is_some_and(|a| self.is_target(a));
-        let denial = (!allowed).then(|| format!("URL {url}"));
-        let prefix = authority.map(|a| self.prefix(a)).unwrap_or_default();
-        self.guarded(denial, timeout_ms, |t| http_request(&method, &url, headers, body, &prefix, t))
+        let Some(parsed) = parse_http_url(&url) else {
+            return Ok(Err(failed(format!("bad URL {url}: an absolute http:// or https:// URL is needed"))));
+        };
+        let authority = url_authority(&parsed);
+        let allowed = self.grants.http.iter().any(|p| url_under(&parsed, p))
+            || authority.as_deref().is_some_and(|a| self.is_target(a));
+        let denial = (!allowed).then(|| format!("URL {parsed}"));
+        let prefix = authority.map(|a| self.prefix(&a)).unwrap_or_default();
+        self.guarded(denial, timeout_ms, |t| http_request(&method, parsed.as_str(), headers, body, &prefix, t))
     }
 
     fn tcp_probe(
@@ -558,14 +571,36 @@ mod dns {
 mod tests {
     use super::*;
 
+    fn under(url: &str, prefix: &str) -> bool {
+        url_under(&parse_http_url(url).unwrap(), prefix)
+    }
+
     #[test]
     fn url_prefixes_stop_at_the_authority() {
-        assert!(url_under("http://127.0.0.1:2379/v3/kv/range", "http://127.0.0.1:2379"));
-        assert!(url_under("http://127.0.0.1:2379", "http://127.0.0.1:2379"));
-        assert!(!url_under("http://127.0.0.1:23790/", "http://127.0.0.1:2379"));
-        assert!(url_under("http://h:1/api/v1/x", "http://h:1/api/"));
-        assert!(!url_under("http://h:1/admin", "http://h:1/api/"));
-        assert!(!url_under("https://h:1/api/", "http://h:1/api/"));
+        assert!(under("http://127.0.0.1:2379/v3/kv/range", "http://127.0.0.1:2379"));
+        assert!(under("http://127.0.0.1:2379", "http://127.0.0.1:2379"));
+        assert!(!under("http://127.0.0.1:23790/", "http://127.0.0.1:2379"));
+        assert!(under("http://h:1/api/v1/x", "http://h:1/api/"));
+        assert!(!under("http://h:1/admin", "http://h:1/api/"));
+        assert!(!under("https://h:1/api/", "http://h:1/api/"));
+    }
+
+    #[test]
+    fn url_grants_are_matched_on_the_normalized_url() {
+        // Dot segments, plain or percent-encoded, are resolved first.
+        assert!(!under("http://h:2379/v3/../anything", "http://h:2379/v3/"));
+        assert!(!under("http://h:2379/v3/%2e%2e/anything", "http://h:2379/v3/"));
+        assert!(!under("http://h:2379/v3/./../admin", "http://h:2379/v3/"));
+        assert!(under("http://h:2379/v3/x/../kv", "http://h:2379/v3/"));
+        // Whole segments: `/api` is not a prefix of `/apix`.
+        assert!(under("http://h:1/api", "http://h:1/api"));
+        assert!(under("http://h:1/api/x", "http://h:1/api"));
+        assert!(!under("http://h:1/apix", "http://h:1/api"));
+        // Host case and default ports; user info does not change the host.
+        assert!(under("http://H:80/x", "http://h/"));
+        assert!(!under("http://h:1@evil:2/", "http://h:1"));
+        assert!(parse_http_url("file:///etc/passwd").is_none());
+        assert_eq!(parse_http_url("http://h:1/v3/../x").unwrap().as_str(), "http://h:1/x", "what is sent");
     }
 
     #[test]
