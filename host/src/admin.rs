@@ -193,7 +193,7 @@ impl Control {
                 .expect("static response parts"),
             (Method::GET, ["config"]) => Response::builder()
                 .header("content-type", "application/toml")
-                .body(Full::new(Bytes::from(now.source.text.clone())))
+                .body(Full::new(Bytes::from(crate::config::redacted(&now.source.text))))
                 .expect("static response parts"),
             (Method::GET, ["listeners"]) => {
                 let list: Vec<Value> = now.listeners.iter().map(|(n, l)| listener_detail(n, l)).collect();

@@ -23,6 +23,7 @@ impl Server {
         let grace = loaded.config.runtime.shutdown_grace.0;
         let watch = loaded.config.runtime.watch_config;
         let admin_config = loaded.config.admin.clone();
+        let admin_token = loaded.admin_token.clone();
         let prepared = Prepared::load(loaded, &runtime)?;
         let core = ServerCore::start(&prepared, runtime).await?;
         let stop = core.stopped();
@@ -35,7 +36,7 @@ impl Server {
                 let control = Arc::new(crate::admin::Control {
                     core: core.clone(),
                     started: std::time::Instant::now(),
-                    token: a.token.clone(),
+                    token: admin_token,
                     metrics: crate::metrics::registry(core.clone()),
                 });
                 tokio::spawn(crate::admin::serve(listener, control, stop.clone()));

@@ -548,3 +548,44 @@ async fn a_rollout_is_promoted_when_healthy_and_rolled_back_when_it_fails() -> R
     weir.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_token_can_come_from_a_file_and_get_config_never_shows_a_secret() -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("weir-admin-secret-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join("admin-token");
+    std::fs::write(&file, "token-from-file\n")?;
+    let a = EchoBackend::start("a").await?;
+    let listeners =
+        format!("[pools.p]\nbackends = [\"{}\"]\n\n[listeners.l]\nbind = \"127.0.0.1:0\"\npool = \"p\"\n", a.addr);
+    // From a file: the token works, and `GET /config` shows only where it is.
+    let text =
+        format!("[admin]\nbind = \"127.0.0.1:0\"\ntoken = {{ secret_file = \"{}\" }}\n\n{listeners}", file.display());
+    let weir = start_weir(&text).await?;
+    let admin = weir.admin_addr().unwrap();
+    let denied = send(&client_h1(), admin_request("GET", admin, "/config", None, Bytes::new())).await?;
+    assert_eq!(denied.status, StatusCode::UNAUTHORIZED);
+    let got = send(&client_h1(), admin_request("GET", admin, "/config", Some("token-from-file"), Bytes::new())).await?;
+    assert_eq!(got.status, StatusCode::OK);
+    let shown = String::from_utf8(got.body.to_vec())?;
+    assert!(shown.contains("secret_file") && !shown.contains("token-from-file"), "{shown}");
+    weir.shutdown().await;
+    // Inline: it works, and `GET /config` redacts it.
+    let weir = start_weir(&format!("[admin]\nbind = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n\n{listeners}")).await?;
+    let admin = weir.admin_addr().unwrap();
+    let got = send(&client_h1(), admin_request("GET", admin, "/config", Some(TOKEN), Bytes::new())).await?;
+    let shown = String::from_utf8(got.body.to_vec())?;
+    assert!(shown.contains("token = \"<redacted>\"") && !shown.contains(TOKEN), "{shown}");
+    weir.shutdown().await;
+    // A reference to nothing is a located error.
+    let missing =
+        format!("[admin]\nbind = \"127.0.0.1:0\"\ntoken = {{ secret_env = \"WEIR_TEST_UNSET_TOKEN\" }}\n\n{listeners}");
+    let e = weir::config::Loaded::parse(weir::config::Source { origin: "t.toml".into(), text: missing }).unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("t.toml:3:9: admin.token: the environment variable `WEIR_TEST_UNSET_TOKEN` is not set"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}

@@ -158,6 +158,8 @@ struct ContentServer {
     addr: SocketAddr,
     content: Arc<Mutex<String>>,
     requests: Arc<Mutex<Vec<String>>>,
+    /// `x-consul-token` headers received.
+    tokens: Arc<Mutex<Vec<String>>>,
     task: JoinHandle<()>,
 }
 
@@ -167,15 +169,19 @@ impl ContentServer {
         let addr = listener.local_addr()?;
         let content = Arc::new(Mutex::new(content.to_string()));
         let requests = Arc::new(Mutex::new(Vec::new()));
-        let (c, r) = (content.clone(), requests.clone());
+        let tokens = Arc::new(Mutex::new(Vec::new()));
+        let (c, r, t) = (content.clone(), requests.clone(), tokens.clone());
         let task = tokio::spawn(async move {
             let mut conns = tokio::task::JoinSet::new();
             loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
-                let (c, r) = (c.clone(), r.clone());
+                let (c, r, t) = (c.clone(), r.clone(), t.clone());
                 conns.spawn(async move {
                     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                         r.lock().unwrap().push(req.uri().to_string());
+                        if let Some(token) = req.headers().get("x-consul-token").and_then(|v| v.to_str().ok()) {
+                            t.lock().unwrap().push(token.to_string());
+                        }
                         let text = c.lock().unwrap().clone();
                         async move {
                             Ok::<_, Infallible>(
@@ -192,7 +198,7 @@ impl ContentServer {
                 while conns.try_join_next().is_some() {}
             }
         });
-        Ok(Self { addr, content, requests, task })
+        Ok(Self { addr, content, requests, tokens, task })
     }
 
     fn set(&self, content: &str) {
@@ -563,9 +569,11 @@ async fn consul_discovery_reads_the_health_api() -> Result<()> {
         consul_entry("node-2", "127.0.0.52", "web-2", "", 8002, "", 0),
     );
     let server = ContentServer::start(&v1).await?;
+    // The ACL token comes from the environment: the config holds only its name.
+    std::env::set_var("WEIR_TEST_CONSUL_TOKEN", "acl-from-env");
     let text = format!(
         "[plugins.disc]\nsource = \"builtin:discover-consul\"\n\
-         config = {{ endpoint = \"http://{0}\", service = \"web\" }}\n\
+         config = {{ endpoint = \"http://{0}\", service = \"web\", token = {{ secret_env = \"WEIR_TEST_CONSUL_TOKEN\" }} }}\n\
          grants = {{ http = [\"http://{0}/v1/health/service/web\"] }}\n\n{1}{2}",
         server.addr,
         pool_section("p", "[]", "disc", "keeplast"),
@@ -576,6 +584,7 @@ async fn consul_discovery_reads_the_health_api() -> Result<()> {
     assert_eq!(backends(&pool), [entry("127.0.0.61:8001", 10, 0), entry("127.0.0.52:8002", 1, 0)]);
     assert_eq!(pool.members().find("127.0.0.61:8001").unwrap().tags, ["primary", "v2"]);
     assert_eq!(server.requests().first().map(String::as_str), Some("/v1/health/service/web?passing=true"));
+    assert_eq!(server.tokens.lock().unwrap().first().map(String::as_str), Some("acl-from-env"));
 
     server.set(&format!(
         "[{},\n{}]",

@@ -148,15 +148,25 @@ impl Loaded {
         Ok(())
     }
 
+    /// `admin.token`, read from its reference when it is one; never empty.
+    pub(super) fn resolve_admin_token(&self) -> Result<Option<String>, ConfigError> {
+        let Some(token) = self.config.admin.as_ref().and_then(|a| a.token.as_ref()) else { return Ok(None) };
+        let value = token
+            .get_ref()
+            .resolve(self.base_dir())
+            .map_err(|e| self.source.error(token, format!("admin.token: {e}")))?;
+        if value.is_empty() {
+            return Err(self.source.error(token, "admin.token: empty"));
+        }
+        Ok(Some(value))
+    }
+
     fn check_admin(&self) -> Result<(), ConfigError> {
         let (src, Some(a)) = (&self.source, &self.config.admin) else { return Ok(()) };
         let addr: SocketAddr =
             a.bind.get_ref().parse().map_err(|_| {
                 src.error(&a.bind, format!("admin.bind: `{}` is not an ip:port address", a.bind.get_ref()))
             })?;
-        if a.token.as_deref().is_some_and(str::is_empty) {
-            return Err(src.error(&a.bind, "admin.token: empty"));
-        }
         if !addr.ip().is_loopback() && a.token.is_none() {
             return Err(src
                 .error(&a.bind, format!("admin.token: required when the admin API listens beyond loopback ({addr})")));
@@ -174,8 +184,8 @@ impl Loaded {
         }
         for url in &p.grants.http {
             let scheme = url::Url::parse(url.get_ref()).map(|u| u.scheme().to_string());
-            if !matches!(scheme.as_deref(), Ok("http" | "https")) {
-                let why = format!("`{}` is not an http:// or https:// URL", url.get_ref());
+            if scheme.as_deref() != Ok("http") {
+                let why = format!("`{}` is not an http:// URL (http-request speaks plain HTTP)", url.get_ref());
                 return Err(src.error(url, format!("plugins.{name}.grants.http: {why}")));
             }
         }

@@ -289,9 +289,9 @@ pub struct Admin {
     /// Address of the admin listener (`ip:port`), loopback by default.
     #[serde(default = "default_admin_bind")]
     pub bind: Spanned<String>,
-    /// Bearer token every request must carry. Required when `bind` is not
-    /// a loopback address.
-    pub token: Option<String>,
+    /// Bearer token every request must carry, inline or as a secret
+    /// reference. Required when `bind` is not a loopback address.
+    pub token: Option<Spanned<super::Secret>>,
 }
 
 fn default_admin_bind() -> Spanned<String> {

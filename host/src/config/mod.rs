@@ -12,6 +12,7 @@ mod keys;
 mod listeners;
 mod plugins;
 mod pools;
+mod secrets;
 mod source;
 mod units;
 
@@ -24,6 +25,7 @@ pub use plugins::{Fallback, GrantsTable, PluginTable, RuntimeTable};
 pub use pools::{
     BackendEntry, BackendTable, Discovery, FailPolicy, HealthCheck, InitialHealth, PoolTable, PoolTls, Roots,
 };
+pub use secrets::{redacted, resolve_table, Secret};
 pub use source::{ConfigError, Source};
 pub use units::{ByteSize, Duration};
 
@@ -65,6 +67,8 @@ pub struct Loaded {
     pub config: Config,
     /// Where it came from.
     pub source: Source,
+    /// `admin.token`, its reference resolved.
+    pub admin_token: Option<String>,
 }
 
 impl Loaded {
@@ -74,8 +78,9 @@ impl Loaded {
             let offset = e.span().map_or(0, |s| s.start);
             source.error_at(offset, e.message().trim().replace('\n', " "))
         })?;
-        let loaded = Self { config, source };
+        let mut loaded = Self { config, source, admin_token: None };
         loaded.check()?;
+        loaded.admin_token = loaded.resolve_admin_token()?;
         Ok(loaded)
     }
 

@@ -138,7 +138,11 @@ fn load_plugins(
                 })?
             }
         };
-        let config = p.config.as_ref().map(|c| c.get_ref().clone()).unwrap_or_default();
+        let mut config = p.config.as_ref().map(|c| c.get_ref().clone()).unwrap_or_default();
+        if let Some(c) = &p.config {
+            crate::config::resolve_table(&mut config, loaded.base_dir())
+                .map_err(|e| src.error(c, format!("{key}.config.{e}")))?;
+        }
         let spec = PluginSpec {
             name: name.clone(),
             source: p.source.get_ref().clone(),
