@@ -64,14 +64,18 @@ fn parse_v1(buf: &[u8]) -> Parsed {
     }
     let window = &buf[..buf.len().min(V1_MAX)];
     // Only what a v1 line can hold, so garbage is refused at once rather
-    // than after the timeout.
-    let Some(end) = window.iter().position(|&b| b == b'\n') else {
-        if window.iter().any(|&b| !(b.is_ascii_alphanumeric() || b" .:\r".contains(&b))) {
-            return Parsed::Invalid("v1: unexpected character");
-        }
-        if window.iter().position(|&b| b == b'\r').is_some_and(|cr| cr + 1 < window.len()) {
-            return Parsed::Invalid("v1: CR not followed by LF");
-        }
+    // than after the timeout. The same rule holds for a whole line (an
+    // UNKNOWN line's ignored rest included), so a header is accepted or
+    // refused alike however its bytes are split across reads.
+    let line_end = window.iter().position(|&b| b == b'\n');
+    let line = &window[..line_end.unwrap_or(window.len())];
+    if line.iter().any(|&b| !(b.is_ascii_alphanumeric() || b" .:\r".contains(&b))) {
+        return Parsed::Invalid("v1: unexpected character");
+    }
+    if line.iter().position(|&b| b == b'\r').is_some_and(|cr| cr + 1 < line.len()) {
+        return Parsed::Invalid("v1: CR not followed by LF");
+    }
+    let Some(end) = line_end else {
         return if buf.len() >= V1_MAX { Parsed::Invalid("v1: no CRLF within 107 bytes") } else { Parsed::Incomplete };
     };
     if end < V1_PREFIX.len() + 1 || window[end - 1] != b'\r' {
@@ -320,6 +324,8 @@ mod tests {
             b"PROXY TCP4 1.2.3.4 1.2.3.5 +1 2\r\n".to_vec(),
             b"PROXY TCP4 1.2.3.4 \xff".to_vec(),
             b"PROXY\r\n".to_vec(),
+            // Found by fuzzing: refused whole, as its first 19 bytes are.
+            b"PROXY UNKNOWN \r\r\x08\x0e\r\n\n\0\r\n".to_vec(),
             b"PROXYTCP4".to_vec(),
             too_long.into_bytes(),
             b"\r\n\r\n\0\r\nQUIX\n\x21\x11\0\x0c".to_vec(),

@@ -383,9 +383,25 @@ impl Parser {
     }
 }
 
+/// Operators (`&&`, `||`, `!`) and parentheses one condition may hold.
+/// The parser, evaluation and drop all recurse along the expression's
+/// tree, which is at most this deep, so a hostile or runaway config cannot
+/// exhaust the (Wasm) stack; real rules hold a handful.
+pub const MAX_OPERATORS: usize = 512;
+
 /// Parse a condition expression.
 pub fn parse(src: &str) -> Result<Cond, ParseError> {
     let toks = lex(src)?;
+    // A `(` right after a name opens its arguments, not a group.
+    let mut grouping = toks.iter().enumerate().filter(|(i, (_, t))| match t {
+        Tok::And | Tok::Or | Tok::Not => true,
+        Tok::LParen => !matches!(i.checked_sub(1).map(|p| &toks[p].1), Some(Tok::Ident(_))),
+        _ => false,
+    });
+    if let Some((_, (column, _))) = grouping.nth(MAX_OPERATORS) {
+        let message = format!("more than {MAX_OPERATORS} operators and parentheses");
+        return Err(ParseError { column: *column, message });
+    }
     let mut p = Parser { toks, pos: 0, end: src.chars().count() + 1 };
     let cond = p.or()?;
     if p.pos < p.toks.len() {

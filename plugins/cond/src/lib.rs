@@ -253,4 +253,22 @@ mod tests {
         let err = super::compile(&[("true".into(), "a".into()), ("req_host_in(a)".into(), "b".into())]).unwrap_err();
         assert!(err.starts_with("rules[1]: column 13:"), "{err}");
     }
+
+    #[test]
+    fn runaway_nesting_is_refused_not_a_stack_overflow() {
+        let r = req("a.com", "GET", "/x");
+        // Within the limit: parsed and evaluated as written.
+        let deep = format!("{}true{}", "(".repeat(200), ")".repeat(200));
+        assert!(holds(&deep, &r));
+        let chain = vec![r#"req_method_in("GET")"#; 300].join(" && ");
+        assert!(holds(&chain, &r));
+        // Far beyond it: an error naming the column of the first operator
+        // over the limit, before any recursion.
+        let e = parse(&format!("{}true{}", "(".repeat(100_000), ")".repeat(100_000))).unwrap_err();
+        assert_eq!((e.column, e.message.as_str()), (MAX_OPERATORS + 1, "more than 512 operators and parentheses"));
+        let e = parse(&"!".repeat(100_000)).unwrap_err();
+        assert!(e.message.starts_with("more than"), "{e:?}");
+        let chain = vec!["true"; 100_000].join(" || ");
+        assert!(parse(&chain).unwrap_err().message.starts_with("more than"));
+    }
 }
