@@ -154,11 +154,22 @@ enum PluginCommand {
 }
 
 /// The config of `plugin check --config` as JSON: JSON as given, or an
-/// inline TOML table (`{ weights = [1, 2] }` or `weights = [1, 2]`).
+/// inline TOML table (`{ weights = [1, 2] }` or `weights = [1, 2]`); secret
+/// references (`{ secret_env = "NAME" }`) resolved as `weir run` does,
+/// files relative to the working directory.
 fn config_json(text: &str) -> Result<String> {
+    let resolved = |mut table: toml::Table| -> Result<String> {
+        let here = std::env::current_dir().unwrap_or_default();
+        crate::config::resolve_table(&mut table, &here).map_err(|e| anyhow::anyhow!("--config: {e}"))?;
+        Ok(serde_json::to_string(&table)?)
+    };
     if let Ok(v) = serde_json::from_str::<serde_json::Value>(text) {
         anyhow::ensure!(v.is_object(), "--config: JSON must be an object");
-        return Ok(v.to_string());
+        // JSON without nulls is a TOML table too; one with them is passed as is.
+        return match serde_json::from_value::<toml::Table>(v.clone()) {
+            Ok(table) => resolved(table),
+            Err(_) => Ok(v.to_string()),
+        };
     }
     let table: toml::Table = toml::from_str(text)
         .or_else(|_| {
@@ -168,7 +179,7 @@ fn config_json(text: &str) -> Result<String> {
             })
         })
         .map_err(|e| anyhow::anyhow!("--config: neither JSON nor a TOML table: {e}"))?;
-    Ok(serde_json::to_string(&table)?)
+    resolved(table)
 }
 
 /// A world by its name, or an error listing the names.

@@ -240,6 +240,18 @@ fn plugin_check_says_what_a_component_is_and_whether_weir_loads_it() {
         &dir,
     );
     assert!(ok.stdout.contains("loads: yes, world access-filter"), "{}", ok.stdout);
+    // Secret references resolve as under `weir run`: the plugin gets the value.
+    let by_file = ["plugin", "check", "ip-access.wasm", "--config", r#"{ default = { secret_file = "default.txt" } }"#];
+    std::fs::write(dir.join("default.txt"), "maybe\n").unwrap();
+    let out = weir(&by_file, &dir);
+    assert!(!out.ok && out.stdout.contains("refused:") && out.stdout.contains("maybe"), "{}", out.stdout);
+    std::fs::write(dir.join("default.txt"), "deny\n").unwrap();
+    let out = weir(&by_file, &dir);
+    assert!(out.stdout.contains("loads: yes, world access-filter"), "{}{}", out.stdout, out.stderr);
+    let unset =
+        ["plugin", "check", "ip-access.wasm", "--config", r#"{ default = { secret_env = "WEIR_TEST_UNSET" } }"#];
+    let out = weir(&unset, &dir);
+    assert!(!out.ok && out.stderr.contains("`WEIR_TEST_UNSET` is not set"), "{}{}", out.stdout, out.stderr);
 
     // A component importing an interface weir does not provide.
     let foreign = wat::parse_str(

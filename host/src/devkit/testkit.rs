@@ -383,14 +383,15 @@ fn load(
     source: &str,
     cases: &Cases,
 ) -> Result<Arc<crate::plugin::PluginInstance>> {
-    let config = &cases.config;
+    let mut config = cases.config.clone();
+    let base = std::env::current_dir().unwrap_or_default();
+    crate::config::resolve_table(&mut config, &base).map_err(|e| anyhow::anyhow!("config.{e}"))?;
     let defaults = Limits::default();
     let limits = Limits {
         timeout: cases.timeout.map_or(defaults.timeout, |t| t.0),
         memory: cases.memory_limit.map_or(defaults.memory, |m| m.0 as usize),
         ..defaults
     };
-    let base = std::env::current_dir().unwrap_or_default();
     let grants = Grants::from_config(&cases.grants, &base);
     let component = runtime.compile(bytes).with_context(|| source.to_string())?;
     let world = *runtime.worlds(&component).first().with_context(|| format!("{source} implements no weir world"))?;
@@ -398,7 +399,7 @@ fn load(
         name: source.into(),
         source: source.into(),
         world,
-        config_json: serde_json::to_string(config)?,
+        config_json: serde_json::to_string(&config)?,
         limits,
         fallback: crate::config::Fallback::FailClosed,
         grants,
