@@ -50,6 +50,13 @@ fn error(status: StatusCode, message: impl Into<String>) -> Answer {
     reply(status, json!({ "error": message.into() }))
 }
 
+fn plain(status: StatusCode, text: impl Into<Bytes>) -> Answer {
+    let mut r = Response::new(Full::new(text.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain"));
+    r
+}
+
 fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
@@ -169,6 +176,18 @@ impl Control {
     }
 
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Answer {
+        // Probes for supervisors and orchestrators, without the token (they
+        // say nothing a client could not learn from a connection attempt).
+        if req.method() == Method::GET {
+            match req.uri().path() {
+                "/livez" => return plain(StatusCode::OK, "ok\n"),
+                "/readyz" => {
+                    let listeners = self.core.snapshot().listeners.len();
+                    return plain(StatusCode::OK, format!("ready: {listeners} listeners\n"));
+                }
+                _ => {}
+            }
+        }
         if !self.authorised(&req) {
             let mut r = error(StatusCode::UNAUTHORIZED, "a bearer token is required");
             r.headers_mut().insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));

@@ -5,6 +5,7 @@ use crate::plugin::{Runtime, BUNDLED};
 use crate::{Prepared, Server};
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use sd_notify::NotifyState;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -357,6 +358,16 @@ fn tokio_runtime(workers: Option<usize>) -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread().enable_all().thread_name("weir-main").build()?)
 }
 
+/// Tell a supervisor that speaks the systemd notify protocol (a
+/// `Type=notify` unit, or anything that sets `NOTIFY_SOCKET`) where weir
+/// is: ready once every listener is bound, reloading around a SIGHUP,
+/// stopping at shutdown. Nothing happens without `NOTIFY_SOCKET`.
+fn notify_supervisor(states: &[NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(false, states) {
+        tracing::warn!("NOTIFY_SOCKET: {e}");
+    }
+}
+
 fn plugin_runtime(loaded: &Loaded) -> Result<std::sync::Arc<Runtime>> {
     let cache = loaded.config.runtime.plugin_cache.as_ref().map(PathBuf::from).or_else(Runtime::default_cache_dir);
     Runtime::new(cache)
@@ -368,15 +379,21 @@ async fn serve(loaded: Loaded) -> Result<()> {
     #[cfg(unix)]
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let server = Server::start(loaded, runtime).await?;
+    let listeners = server.core().snapshot().listeners.len();
+    notify_supervisor(&[NotifyState::Ready, NotifyState::Status(&format!("serving {listeners} listeners"))]);
     tokio::pin!(signal);
     loop {
         #[cfg(unix)]
         tokio::select! {
             _ = &mut signal => break,
-            _ = hangup.recv() => match server.core().reload_file().await {
-                Ok(summary) => tracing::info!(?summary, "SIGHUP: config reloaded"),
-                Err(e) => tracing::error!("SIGHUP: config not applied, the old one stays: {e}"),
-            },
+            _ = hangup.recv() => {
+                notify_supervisor(&[NotifyState::Reloading, NotifyState::monotonic_usec_now().unwrap_or(NotifyState::Reloading)]);
+                match server.core().reload_file().await {
+                    Ok(summary) => tracing::info!(?summary, "SIGHUP: config reloaded"),
+                    Err(e) => tracing::error!("SIGHUP: config not applied, the old one stays: {e}"),
+                }
+                notify_supervisor(&[NotifyState::Ready]);
+            }
         }
         #[cfg(not(unix))]
         {
@@ -384,6 +401,7 @@ async fn serve(loaded: Loaded) -> Result<()> {
             break;
         }
     }
+    notify_supervisor(&[NotifyState::Stopping]);
     tracing::info!("shutting down: no new connections");
     let cut = server.shutdown().await;
     tracing::info!(cut, "stopped");

@@ -192,6 +192,17 @@ impl WeirProcess {
 
     /// [`WeirProcess::spawn`] with extra global options (e.g. `--log-format json`).
     pub fn spawn_with(bin: &std::path::Path, name: &str, config: &str, options: &[&str]) -> Result<Self> {
+        Self::spawn_in_env(bin, name, config, options, &[])
+    }
+
+    /// [`Self::spawn_with`], with these environment variables set for weir.
+    pub fn spawn_in_env(
+        bin: &std::path::Path,
+        name: &str,
+        config: &str,
+        options: &[&str],
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Result<Self> {
         use std::io::{BufRead, BufReader};
         let dir = std::env::temp_dir().join(format!("weir-proc-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
@@ -202,6 +213,7 @@ impl WeirProcess {
             .args(["run", "-c", "weir.toml"])
             .current_dir(&dir)
             .env("WEIR_CACHE_DIR", std::env::temp_dir().join("weir-test-plugin-cache"))
+            .envs(env.iter().copied())
             .stdin(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()?;

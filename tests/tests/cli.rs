@@ -763,3 +763,61 @@ pool = "web"
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+#[test]
+fn a_supervisor_hears_ready_reloading_and_stopping_and_probes_need_no_token() -> Result<()> {
+    use std::os::unix::net::UnixDatagram;
+    let dir = std::env::temp_dir().join(format!("weir-notify-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let socket_path = dir.join("notify.sock");
+    let _ = std::fs::remove_file(&socket_path);
+    let supervisor = UnixDatagram::bind(&socket_path)?;
+    supervisor.set_read_timeout(Some(STEP))?;
+    let heard = || -> Result<String> {
+        let mut buf = [0u8; 512];
+        let n = supervisor.recv(&mut buf)?;
+        Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+    };
+    let config = "[admin]\nbind = \"127.0.0.1:0\"\ntoken = \"sekrit\"\n\n[pools.p]\nbackends = [\"127.0.0.1:1\"]\n\n\
+                  [listeners.l]\nbind = \"127.0.0.1:0\"\npool = \"p\"\n";
+    let proc =
+        WeirProcess::spawn_in_env(&weir_bin(), "notify", config, &[], &[("NOTIFY_SOCKET", socket_path.as_os_str())])?;
+    // Ready once every listener is bound.
+    let ready = heard()?;
+    assert!(ready.lines().any(|l| l == "READY=1"), "{ready:?}");
+    assert!(ready.contains("STATUS=serving 1 listeners"), "{ready:?}");
+    // The probes answer without the token; everything else still needs it.
+    let admin = {
+        let deadline = Instant::now() + STEP;
+        loop {
+            let line = proc.log.lock().unwrap().iter().find(|l| l.contains("admin API listening")).cloned();
+            if let Some(line) = line {
+                break line.split("local=").nth(1).and_then(|r| r.split_whitespace().next()).unwrap_or("").to_string();
+            }
+            anyhow::ensure!(Instant::now() < deadline, "no admin address logged");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    let get = |path: &str| -> Result<String> {
+        let out =
+            Command::new("curl").args(["-s", "-i", "--max-time", "5", &format!("http://{admin}{path}")]).output()?;
+        Ok(String::from_utf8_lossy(&out.stdout).replace("\r\n", "\n"))
+    };
+    let live = get("/livez")?;
+    assert!(live.starts_with("HTTP/1.1 200") && live.ends_with("\n\nok\n"), "{live:?}");
+    let ready = get("/readyz")?;
+    assert!(ready.starts_with("HTTP/1.1 200") && ready.ends_with("ready: 1 listeners\n"), "{ready:?}");
+    assert!(get("/config")?.starts_with("HTTP/1.1 401"));
+    // A SIGHUP reload is announced, then ready again.
+    proc.signal("HUP")?;
+    let reloading = heard()?;
+    assert!(reloading.lines().any(|l| l == "RELOADING=1"), "{reloading:?}");
+    assert!(reloading.contains("MONOTONIC_USEC="), "{reloading:?}");
+    assert!(heard()?.lines().any(|l| l == "READY=1"));
+    // And the shutdown.
+    proc.signal("TERM")?;
+    assert!(heard()?.lines().any(|l| l == "STOPPING=1"));
+    drop(proc);
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
