@@ -59,6 +59,10 @@ enum Command {
     Status {
         #[command(flatten)]
         target: AdminTarget,
+        /// Print one JSON object (`about`, `listeners`, `pools` with their
+        /// backends, `plugins`, as the admin API answers) for scripts.
+        #[arg(long)]
+        json: bool,
     },
     /// Make a running weir re-read its config file (admin API; same as SIGHUP).
     Reload {
@@ -284,6 +288,22 @@ fn admin_call(target: &AdminTarget, method: &str, path: &str, body: Vec<u8>) -> 
     Ok(value)
 }
 
+/// What `weir status` shows, as the admin API's JSON.
+fn status_json(target: &AdminTarget) -> Result<serde_json::Value> {
+    let pools = admin_call(target, "GET", "/pools", Vec::new())?;
+    let mut detailed = Vec::new();
+    for p in pools.as_array().into_iter().flatten() {
+        let name = p["name"].as_str().unwrap_or("");
+        detailed.push(admin_call(target, "GET", &format!("/pools/{name}"), Vec::new())?);
+    }
+    Ok(serde_json::json!({
+        "about": admin_call(target, "GET", "/", Vec::new())?,
+        "listeners": admin_call(target, "GET", "/listeners", Vec::new())?,
+        "pools": detailed,
+        "plugins": admin_call(target, "GET", "/plugins", Vec::new())?,
+    }))
+}
+
 fn print_status(target: &AdminTarget) -> Result<()> {
     let about = admin_call(target, "GET", "/", Vec::new())?;
     println!("weir {} up {}s", about["version"].as_str().unwrap_or("?"), about["uptime_secs"]);
@@ -416,7 +436,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Check { config } => check_config(&config)?,
         Command::Plugins => list_bundled()?,
-        Command::Status { target } => print_status(&target)?,
+        Command::Status { target, json: false } => print_status(&target)?,
+        Command::Status { target, json: true } => println!("{:#}", status_json(&target)?),
         Command::Reload { target } => {
             let summary = admin_call(&target, "POST", "/reload", Vec::new())?;
             println!("reloaded: {summary}");

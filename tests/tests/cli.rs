@@ -183,6 +183,17 @@ fn status_plugin_push_and_reload_talk_to_a_running_weir() -> Result<()> {
         "{}",
         out.stdout
     );
+    // The same as one JSON object, for scripts.
+    let out = weir(&with(&["status", "--json"], &target), &dir);
+    assert!(out.ok, "{}", out.stderr);
+    let status: serde_json::Value = serde_json::from_str(&out.stdout)?;
+    assert_eq!(status["about"]["name"], "weir");
+    assert_eq!(status["pools"][0]["backends"][0]["address"], a.addr.to_string(), "{status:#}");
+    assert!(
+        status["plugins"].as_array().unwrap().iter().any(|p| p["name"] == "lb" && p["generation"] == 1),
+        "{status:#}"
+    );
+    assert!(status["listeners"].as_array().is_some_and(|l| !l.is_empty()), "{status:#}");
 
     // Push a component file: the instance moves to generation 2.
     let file = dir.join("random.wasm");
