@@ -93,7 +93,7 @@ enum PluginCommand {
         /// health-checker or discovery-adapter.
         #[arg(long)]
         world: String,
-        /// The language of the template.
+        /// The language of the template: rust, python or js.
         #[arg(long, default_value = "rust")]
         lang: String,
         /// Where to create it.
@@ -139,7 +139,8 @@ enum PluginCommand {
     Check {
         /// The component file.
         file: PathBuf,
-        /// The world it must implement (default: the one it exports).
+        /// The world it must implement: balancer, router, access-filter,
+        /// health-checker or discovery-adapter (default: the one it exports).
         #[arg(long)]
         world: Option<String>,
         /// The instance config to `init` it with: JSON or an inline TOML table.
