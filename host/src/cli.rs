@@ -306,11 +306,12 @@ fn status_json(target: &AdminTarget) -> Result<serde_json::Value> {
 }
 
 fn print_status(target: &AdminTarget) -> Result<()> {
-    let about = admin_call(target, "GET", "/", Vec::new())?;
+    let status = status_json(target)?;
+    let list = |key: &str| status[key].as_array().cloned().unwrap_or_default();
+    let about = &status["about"];
     println!("weir {} up {}s", about["version"].as_str().unwrap_or("?"), about["uptime_secs"]);
-    let listeners = admin_call(target, "GET", "/listeners", Vec::new())?;
     println!("\nlisteners:");
-    for l in listeners.as_array().into_iter().flatten() {
+    for l in list("listeners") {
         println!(
             "  {:<16} {:<5} {:<22} -> {}",
             l["name"].as_str().unwrap_or(""),
@@ -319,13 +320,13 @@ fn print_status(target: &AdminTarget) -> Result<()> {
             l["pool"].as_str().unwrap_or("")
         );
     }
-    let pools = admin_call(target, "GET", "/pools", Vec::new())?;
     println!("\npools:");
-    for p in pools.as_array().into_iter().flatten() {
+    for p in list("pools") {
+        let backends = p["backends"].as_array().cloned().unwrap_or_default();
+        let healthy = backends.iter().filter(|b| b["healthy"] == true).count();
         let name = p["name"].as_str().unwrap_or("");
-        println!("  {name:<16} {}  {}/{} healthy", p["balancer"].as_str().unwrap_or(""), p["healthy"], p["backends"]);
-        let detail = admin_call(target, "GET", &format!("/pools/{name}"), Vec::new())?;
-        for b in detail["backends"].as_array().into_iter().flatten() {
+        println!("  {name:<16} {}  {healthy}/{} healthy", p["balancer"].as_str().unwrap_or(""), backends.len());
+        for b in &backends {
             println!(
                 "    {:<24} {:<9} active {:<5} total {:<8} rx {:<10} tx {:<10}",
                 b["address"].as_str().unwrap_or(""),
@@ -337,9 +338,8 @@ fn print_status(target: &AdminTarget) -> Result<()> {
             );
         }
     }
-    let plugins = admin_call(target, "GET", "/plugins", Vec::new())?;
     println!("\nplugins:");
-    for p in plugins.as_array().into_iter().flatten() {
+    for p in list("plugins") {
         println!(
             "  {:<28} {:<16} gen {:<3} calls {:<10} errors {} traps {} timeouts {}",
             p["name"].as_str().unwrap_or(""),
@@ -408,7 +408,9 @@ async fn serve(loaded: Loaded) -> Result<()> {
         tokio::select! {
             _ = &mut signal => break,
             _ = hangup.recv() => {
-                notify_supervisor(&[NotifyState::Reloading, NotifyState::monotonic_usec_now().unwrap_or(NotifyState::Reloading)]);
+                let mut reloading = vec![NotifyState::Reloading];
+                reloading.extend(NotifyState::monotonic_usec_now().ok());
+                notify_supervisor(&reloading);
                 match server.core().reload_file().await {
                     Ok(summary) => tracing::info!(?summary, "SIGHUP: config reloaded"),
                     Err(e) => tracing::error!("SIGHUP: config not applied, the old one stays: {e}"),

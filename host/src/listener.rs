@@ -82,38 +82,43 @@ impl Drop for ConnectionGuard {
 /// the listen backlog until one closes (HAProxy's `maxconn`); a client at
 /// its own cap is refused right after the accept.
 pub struct ConnectionCaps {
-    /// Open connections allowed (0: no cap).
-    max: AtomicUsize,
+    /// The listener's own cap.
+    own: Cap,
+    /// `runtime.max_connections`, shared by every TCP-family listener.
+    process: Arc<Cap>,
     /// Open connections allowed per client address (0: no cap).
     per_client: AtomicUsize,
-    open: AtomicUsize,
     clients: Mutex<HashMap<IpAddr, usize>>,
-    /// Notified when a connection closes at the cap, or the cap changes.
-    freed: Notify,
-    process: Arc<ProcessCap>,
     /// Written to a refused client before the close (a plain HTTP listener's 429).
     refusal: &'static [u8],
     refused: AtomicU64,
     paused: AtomicU64,
 }
 
-/// The process-wide cap on open TCP, TLS and HTTP connections.
+/// A cap on open connections: a listener's own, or the process-wide one.
 #[derive(Default)]
-pub struct ProcessCap {
+pub struct Cap {
     /// 0: no cap.
     max: AtomicUsize,
     open: AtomicUsize,
+    /// Notified when a connection closes at the cap, or the cap changes.
     freed: Notify,
 }
 
-impl ProcessCap {
-    /// Set the cap (`None` or 0: none).
+impl Cap {
+    /// Set the cap (`None` or 0: none); a raised cap lets waiting
+    /// connections in at once.
     pub fn set(&self, max: Option<u64>) {
         self.max.store(max.unwrap_or(0) as usize, Relaxed);
         self.freed.notify_waiters();
     }
 
-    /// Connections open now, across listeners.
+    /// The cap (`None`: none).
+    pub fn max(&self) -> Option<u64> {
+        Some(self.max.load(Relaxed) as u64).filter(|&m| m != 0)
+    }
+
+    /// Connections open now under this cap.
     pub fn open(&self) -> usize {
         self.open.load(Relaxed)
     }
@@ -138,28 +143,26 @@ impl ProcessCap {
 
 /// Room for one connection, held until it closes.
 pub struct Ticket {
-    admission: Arc<ConnectionCaps>,
+    caps: Arc<ConnectionCaps>,
     client: Option<IpAddr>,
 }
 
 impl std::fmt::Debug for ConnectionCaps {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let open = self.open.load(Relaxed);
-        f.debug_struct("ConnectionCaps").field("max", &self.max()).field("open", &open).finish_non_exhaustive()
+        let (max, open) = (self.own.max(), self.own.open());
+        f.debug_struct("ConnectionCaps").field("max", &max).field("open", &open).finish_non_exhaustive()
     }
 }
 
 impl ConnectionCaps {
-    /// A listener's caps under the process-wide `process` cap;
-    /// `refusal` is written to a client refused at its own cap.
-    pub fn new(process: Arc<ProcessCap>, refusal: &'static [u8]) -> Arc<Self> {
+    /// A listener's caps under the process-wide cap `process`; `refusal`
+    /// is written to a client refused at its own cap.
+    pub fn new(process: Arc<Cap>, refusal: &'static [u8]) -> Arc<Self> {
         Arc::new(Self {
-            max: AtomicUsize::new(0),
-            per_client: AtomicUsize::new(0),
-            open: AtomicUsize::new(0),
-            clients: Mutex::default(),
-            freed: Notify::new(),
+            own: Cap::default(),
             process,
+            per_client: AtomicUsize::new(0),
+            clients: Mutex::default(),
             refusal,
             refused: AtomicU64::new(0),
             paused: AtomicU64::new(0),
@@ -169,14 +172,13 @@ impl ConnectionCaps {
     /// Set the caps (`None` or 0: none); a raised cap lets waiting
     /// connections in at once.
     pub fn set(&self, max: Option<u64>, per_client: Option<u64>) {
-        self.max.store(max.unwrap_or(0) as usize, Relaxed);
         self.per_client.store(per_client.unwrap_or(0) as usize, Relaxed);
-        self.freed.notify_waiters();
+        self.own.set(max);
     }
 
     /// The listener's cap (`None`: none).
     pub fn max(&self) -> Option<u64> {
-        Some(self.max.load(Relaxed) as u64).filter(|&m| m != 0)
+        self.own.max()
     }
 
     /// The cap per client address (`None`: none).
@@ -206,7 +208,7 @@ impl ConnectionCaps {
     pub async fn room(&self, stop: &CancellationToken) -> bool {
         let mut counted = false;
         self.wait_for(stop, || {
-            let room = self.has_room() && self.process.has_room();
+            let room = self.own.has_room() && self.process.has_room();
             if !room && !counted {
                 counted = true;
                 self.paused.fetch_add(1, Relaxed);
@@ -221,7 +223,14 @@ impl ConnectionCaps {
     /// is this accept loop's alone; the process's may have been taken by
     /// another listener since [`Self::room`], and is waited for then.
     pub async fn admit(self: &Arc<Self>, stop: &CancellationToken) -> Option<Ticket> {
-        self.wait_for(stop, || self.try_reserve()).await
+        self.wait_for(stop, || {
+            // Only this listener's accept loop takes room on it: check, then add.
+            (self.own.has_room() && self.process.try_reserve()).then(|| {
+                self.own.open.fetch_add(1, Relaxed);
+                Ticket { caps: self.clone(), client: None }
+            })
+        })
+        .await
     }
 
     /// `f()` as soon as it gives something, re-tried whenever a connection
@@ -229,7 +238,7 @@ impl ConnectionCaps {
     async fn wait_for<T>(&self, stop: &CancellationToken, mut f: impl FnMut() -> Option<T>) -> Option<T> {
         loop {
             let (mut own, mut process) =
-                (std::pin::pin!(self.freed.notified()), std::pin::pin!(self.process.freed.notified()));
+                (std::pin::pin!(self.own.freed.notified()), std::pin::pin!(self.process.freed.notified()));
             own.as_mut().enable();
             process.as_mut().enable();
             if let Some(got) = f() {
@@ -242,38 +251,21 @@ impl ConnectionCaps {
             }
         }
     }
-
-    fn has_room(&self) -> bool {
-        let max = self.max.load(Relaxed);
-        max == 0 || self.open.load(Relaxed) < max
-    }
-
-    fn try_reserve(self: &Arc<Self>) -> Option<Ticket> {
-        // Only the listener's accept loop takes room on it: load, then add.
-        if !self.has_room() {
-            return None;
-        }
-        if !self.process.try_reserve() {
-            return None;
-        }
-        self.open.fetch_add(1, Relaxed);
-        Some(Ticket { admission: self.clone(), client: None })
-    }
 }
 
 impl Ticket {
     /// The connection is `client`'s: refused (the room given back) when
     /// that client is at its cap.
     pub fn for_client(mut self, client: IpAddr) -> Option<Ticket> {
-        let cap = self.admission.per_client.load(Relaxed);
+        let cap = self.caps.per_client.load(Relaxed);
         if cap == 0 {
             return Some(self);
         }
-        let mut clients = self.admission.clients.lock();
+        let mut clients = self.caps.clients.lock();
         let n = clients.entry(client).or_default();
         if *n >= cap {
             drop(clients);
-            self.admission.refused.fetch_add(1, Relaxed);
+            self.caps.refused.fetch_add(1, Relaxed);
             return None;
         }
         *n += 1;
@@ -285,9 +277,8 @@ impl Ticket {
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        let a = &self.admission;
         if let Some(client) = self.client {
-            let mut clients = a.clients.lock();
+            let mut clients = self.caps.clients.lock();
             if let Some(n) = clients.get_mut(&client) {
                 *n -= 1;
                 if *n == 0 {
@@ -295,10 +286,7 @@ impl Drop for Ticket {
                 }
             }
         }
-        let max = a.max.load(Relaxed);
-        if a.open.fetch_sub(1, Relaxed) >= max && max != 0 {
-            a.freed.notify_waiters();
-        }
-        a.process.release();
+        self.caps.own.release();
+        self.caps.process.release();
     }
 }

@@ -73,14 +73,14 @@ pub fn index() -> usize {
 }
 
 /// Accept connections on `listener` until `stop` is cancelled, as far as
-/// `admission` lets them in; each runs `serve` on a worker loop (on this
+/// `caps` let them in; each runs `serve` on a worker loop (on this
 /// runtime when there are none), tracked by `tracker`, and holds its
 /// [`Ticket`] for as long as it stays open. `name` is the listener's, for
 /// the log.
 pub async fn accept<F, Fut>(
     listener: TcpListener,
     name: &str,
-    admission: Arc<ConnectionCaps>,
+    caps: Arc<ConnectionCaps>,
     stop: CancellationToken,
     tracker: TaskTracker,
     serve: F,
@@ -94,7 +94,7 @@ pub async fn accept<F, Fut>(
     };
     let serve = Arc::new(serve);
     loop {
-        if !admission.room(&stop).await {
+        if !caps.room(&stop).await {
             break;
         }
         let accepted = tokio::select! {
@@ -110,9 +110,9 @@ pub async fn accept<F, Fut>(
                 continue;
             }
         };
-        let Some(ticket) = admission.admit(&stop).await else { break };
+        let Some(ticket) = caps.admit(&stop).await else { break };
         let Some(ticket) = ticket.for_client(peer.ip()) else {
-            socket.refuse(admission.refusal());
+            socket.refuse(caps.refusal());
             tracing::debug!(listener = %name, %peer, "refused: the client is at max_connections_per_client");
             continue;
         };

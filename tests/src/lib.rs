@@ -249,6 +249,26 @@ impl WeirProcess {
         Ok(Self { child, addr, dir, log })
     }
 
+    /// The `local=` address of the first log line containing `what`
+    /// (`"admin API listening"`, `"listener=web"`), waiting for it.
+    pub fn logged_address(&self, what: &str) -> Result<String> {
+        let deadline = std::time::Instant::now() + STEP;
+        loop {
+            let line = self
+                .log
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .find(|l| l.contains(what) && l.contains("local="))
+                .cloned();
+            if let Some(addr) = line.as_deref().and_then(|l| l.split("local=").nth(1)?.split_whitespace().next()) {
+                return Ok(addr.to_string());
+            }
+            anyhow::ensure!(std::time::Instant::now() < deadline, "no `{what}` address logged");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
     /// Whether a log line so far contains every one of `parts`.
     pub fn logged(&self, parts: &[&str]) -> bool {
         self.log.lock().unwrap_or_else(|e| e.into_inner()).iter().any(|l| parts.iter().all(|p| l.contains(p)))

@@ -161,15 +161,7 @@ fn status_plugin_push_and_reload_talk_to_a_running_weir() -> Result<()> {
         )
     };
     let proc = WeirProcess::spawn(&weir_bin(), "cli-admin", &text(&a))?;
-    let deadline = Instant::now() + STEP;
-    let admin = loop {
-        let found = proc.log.lock().unwrap().iter().find(|l| l.contains("admin API listening")).cloned();
-        if let Some(line) = found {
-            break line.split("local=").nth(1).unwrap().split_whitespace().next().unwrap().to_string();
-        }
-        anyhow::ensure!(Instant::now() < deadline, "no admin address logged");
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let admin = proc.logged_address("admin API listening")?;
     let dir = scratch("admin");
     let target = ["--admin", admin.as_str(), "--token", "cli-token"];
     fn with<'a>(args: &[&'a str], target: &[&'a str]) -> Vec<&'a str> {
@@ -679,18 +671,7 @@ pool = "web"
         wasm = rust.join("target/weir/my-balancer.wasm").display()
     );
     let proc = WeirProcess::spawn(&weir_bin(), "walkthrough", &config)?;
-    let logged_addr = |what: &str| -> Result<String> {
-        let deadline = Instant::now() + STEP;
-        loop {
-            let line = proc.log.lock().unwrap().iter().find(|l| l.contains(what) && l.contains("local=")).cloned();
-            if let Some(line) = line {
-                return Ok(line.split("local=").nth(1).unwrap().split_whitespace().next().unwrap().to_string());
-            }
-            anyhow::ensure!(Instant::now() < deadline, "no `{what}` address logged");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    };
-    let (web, admin) = (logged_addr("listener=web")?, logged_addr("admin API listening")?);
+    let (web, admin) = (proc.logged_address("listener=web")?, proc.logged_address("admin API listening")?);
     let mut seen = std::collections::BTreeSet::new();
     for _ in 0..3 {
         let curl = Command::new("curl")
@@ -798,17 +779,7 @@ fn a_supervisor_hears_ready_reloading_and_stopping_and_probes_need_no_token() ->
     assert!(ready.lines().any(|l| l == "READY=1"), "{ready:?}");
     assert!(ready.contains("STATUS=serving 1 listeners"), "{ready:?}");
     // The probes answer without the token; everything else still needs it.
-    let admin = {
-        let deadline = Instant::now() + STEP;
-        loop {
-            let line = proc.log.lock().unwrap().iter().find(|l| l.contains("admin API listening")).cloned();
-            if let Some(line) = line {
-                break line.split("local=").nth(1).and_then(|r| r.split_whitespace().next()).unwrap_or("").to_string();
-            }
-            anyhow::ensure!(Instant::now() < deadline, "no admin address logged");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    };
+    let admin = proc.logged_address("admin API listening")?;
     let get = |path: &str| -> Result<String> {
         let out =
             Command::new("curl").args(["-s", "-i", "--max-time", "5", &format!("http://{admin}{path}")]).output()?;

@@ -547,17 +547,7 @@ fn worker_loops_take_connections_evenly_and_keep_exact_turns() -> Result<()> {
         .collect();
     threads.sort();
     assert_eq!(threads, ["weir-worker-0", "weir-worker-1", "weir-worker-2"]);
-    let admin = {
-        let deadline = std::time::Instant::now() + STEP;
-        loop {
-            let line = weir.log.lock().unwrap().iter().find(|l| l.contains("admin API listening")).cloned();
-            if let Some(line) = line {
-                break line.split("local=").nth(1).and_then(|r| r.split_whitespace().next()).unwrap_or("").to_string();
-            }
-            anyhow::ensure!(std::time::Instant::now() < deadline, "no admin address logged");
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-    };
+    let admin = weir.logged_address("admin API listening")?;
     let addr = weir.addr;
     let per_worker = |metrics: &str| -> Vec<String> {
         metrics.lines().filter(|l| l.starts_with("weir_worker_active_connections{")).map(str::to_string).collect()

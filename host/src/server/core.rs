@@ -8,7 +8,7 @@ use crate::discovery::{self, DiscoverySettings};
 use crate::health::{self, CheckSettings};
 use crate::l4::{self, TcpService};
 use crate::l7::{self, HttpPool, HttpService, HttpSettings};
-use crate::listener::{ConnectionCaps, ProcessCap};
+use crate::listener::{Cap, ConnectionCaps};
 use crate::plugin::Runtime;
 use crate::tls::ServerTls;
 use crate::udp::{self, UdpService};
@@ -77,7 +77,7 @@ pub struct ServerCore {
     stop: CancellationToken,
     tracker: TaskTracker,
     /// `runtime.max_connections`, shared by every TCP-family listener.
-    process_cap: Arc<ProcessCap>,
+    process_cap: Arc<Cap>,
 }
 
 pub fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<tokio::net::TcpListener> {
