@@ -204,13 +204,9 @@ impl Collector for Live {
             Counter,
             caps().map(|(l, c)| -> LRow { (l, c.paused() as f64) }),
         )?;
-        family(
-            &mut e,
-            "open_connections",
-            "TCP, TLS and HTTP client connections open across listeners (runtime.max_connections caps them)",
-            Gauge,
-            std::iter::once((vec![], self.core.open_connections() as f64)),
-        )?;
+        let help = "TCP, TLS and HTTP client connections open across listeners (runtime.max_connections caps them)";
+        let open = e.encode_descriptor("open_connections", help, None, Gauge)?;
+        ConstGauge::new(self.core.open_connections() as f64).encode(open)?;
         family(
             &mut e,
             "server_dropped_datagrams",

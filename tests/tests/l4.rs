@@ -218,7 +218,7 @@ async fn connections_over_max_connections_wait_in_the_backlog_until_one_closes()
     let a = EchoBackend::start("a").await?;
     let config = |own: u64, process: u64| {
         format!(
-            "[runtime]\nmax_connections = {process}\n\n[pools.p]\nbackends = {}\n\n\
+            "[runtime]\nmax_connections = {process}\n\n[admin]\nbind = \"127.0.0.1:0\"\n\n[pools.p]\nbackends = {}\n\n\
              [listeners.l]\nbind = \"127.0.0.1:0\"\npool = \"p\"\nmax_connections = {own}\n\n\
              [listeners.m]\nbind = \"127.0.0.1:0\"\npool = \"p\"\n",
             addresses(&[&a])
@@ -237,6 +237,18 @@ async fn connections_over_max_connections_wait_in_the_backlog_until_one_closes()
     let mut m2 = held(m).await?;
     assert_eq!(weir.core().open_connections(), 3);
     assert_eq!(caps("m").paused(), 1);
+    // The same numbers in the admin API and on /metrics.
+    let admin = weir.admin_addr().unwrap();
+    let get = |path: &str| {
+        let req = http::Request::get(format!("http://{admin}{path}")).body(weir_tests::web::body(bytes::Bytes::new()));
+        async move { weir_tests::web::send(&weir_tests::web::client_h1(), req?).await }
+    };
+    let shown: serde_json::Value = serde_json::from_slice(&get("/listeners/l").await?.body)?;
+    assert_eq!((shown["max_connections"].as_u64(), shown["accept_paused"].as_u64()), (Some(2), Some(1)), "{shown}");
+    let metrics = String::from_utf8(get("/metrics").await?.body.to_vec())?;
+    for line in ["weir_server_accept_paused_total{listener=\"m\"} 1", "weir_open_connections 3"] {
+        assert!(metrics.lines().any(|l| l.starts_with(line)), "{line} not in:\n{metrics}");
+    }
     // A close on `m` lets `m2` in; `l` stays at its own cap.
     drop(m1);
     now_served(&mut m2).await?;
