@@ -203,6 +203,8 @@ impl Control {
                     "name": "weir",
                     "version": env!("CARGO_PKG_VERSION"),
                     "uptime_secs": self.started.elapsed().as_secs(),
+                    "pid": std::process::id(),
+                    "overload": overload_detail(self.core.overload()),
                     "wasmtime": "48",
                 }),
             ),
@@ -244,9 +246,23 @@ impl Control {
             },
             (Method::PUT, ["plugins", name]) => self.push_plugin(req, &now, name).await,
             (Method::POST, ["reload"]) => self.reload(req).await,
+            (Method::POST, ["upgrade"]) => match crate::upgrade::hand_over(&self.core).await {
+                Ok(pid) => reply(StatusCode::OK, json!({ "pid": pid, "previous": std::process::id() })),
+                Err(e) => error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("upgrade failed, this process goes on serving: {e:#}"),
+                ),
+            },
             (
                 _,
-                ["", ..] | ["config"] | ["metrics"] | ["reload"] | ["listeners", ..] | ["pools", ..] | ["plugins", ..],
+                ["", ..]
+                | ["config"]
+                | ["metrics"]
+                | ["reload"]
+                | ["upgrade"]
+                | ["listeners", ..]
+                | ["pools", ..]
+                | ["plugins", ..],
             ) => error(StatusCode::METHOD_NOT_ALLOWED, format!("{} is not allowed on {path}", req.method())),
             _ => error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
         }
@@ -459,15 +475,37 @@ fn toml_value(v: &Value) -> Result<toml_edit::Value, String> {
     })
 }
 
+/// What load shedding sees now and has refused so far.
+fn overload_detail(o: &crate::overload::Overload) -> Value {
+    let (resident, plugin_mean) = o.last_sample();
+    let limits = o.limits();
+    json!({
+        "refusing": o.reasons().iter().map(|r| r.name()).collect::<Vec<_>>(),
+        "shed": o.shed_counts().iter().map(|(r, n)| (r.name().to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
+        "loop_lag_ms": o.loop_lag().map(|d| d.as_secs_f64() * 1e3),
+        "plugin_call_mean_us": plugin_mean.as_secs_f64() * 1e6,
+        "resident_bytes": resident,
+        "limits": {
+            "loop_lag_ms": limits.loop_lag.map(|d| d.as_secs_f64() * 1e3),
+            "plugin_time_us": limits.plugin_time.map(|d| d.as_secs_f64() * 1e6),
+            "memory_bytes": limits.memory,
+        },
+    })
+}
+
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Serve the admin API on `listener` until `stop`.
+///
+/// At the stop, requests in progress get up to a second to be answered (the
+/// answer to `POST /upgrade` among them) and idle connections close.
 pub async fn serve(listener: TcpListener, control: Arc<Control>, stop: CancellationToken) {
+    let connections = tokio_util::task::TaskTracker::new();
     loop {
         let accepted = tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = stop.cancelled() => break,
             a = listener.accept() => a,
         };
         let Ok((stream, _)) = accepted else {
@@ -475,15 +513,25 @@ pub async fn serve(listener: TcpListener, control: Arc<Control>, stop: Cancellat
             continue;
         };
         let control = control.clone();
-        tokio::spawn(async move {
+        let stop = stop.clone();
+        connections.spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let control = control.clone();
                 async move { Ok::<_, std::convert::Infallible>(control.handle(req).await) }
             });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .http1_only()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).http1_only();
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                _ = stop.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
         });
     }
+    drop(listener);
+    connections.close();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), connections.wait()).await;
 }

@@ -2,6 +2,7 @@
 //! the watch on its config file.
 
 use crate::config::Loaded;
+use crate::handover::Inherited;
 use crate::plugin::{PluginInstance, Runtime};
 use crate::server::{Prepared, ReloadSummary, ServerCore};
 use crate::upstream::Pool;
@@ -14,24 +15,41 @@ use tokio_util::sync::CancellationToken;
 pub struct Server {
     core: Arc<ServerCore>,
     admin: Option<SocketAddr>,
+    /// The admin API's accept loop, awaited at shutdown so its answers in
+    /// progress are sent.
+    admin_task: Option<tokio::task::JoinHandle<()>>,
     grace: Duration,
 }
 
 impl Server {
     /// Load plugins, build pools, bind every listener and start serving.
     pub async fn start(loaded: Loaded, runtime: Arc<Runtime>) -> anyhow::Result<Self> {
+        Self::start_inheriting(loaded, runtime, &mut Inherited::default()).await
+    }
+
+    /// [`Self::start`], opening listeners (and the admin API) whose socket a
+    /// previous weir process passed on those sockets instead of binding.
+    pub async fn start_inheriting(
+        loaded: Loaded,
+        runtime: Arc<Runtime>,
+        inherited: &mut Inherited,
+    ) -> anyhow::Result<Self> {
         let grace = loaded.config.runtime.shutdown_grace.0;
         let watch = loaded.config.runtime.watch_config;
         let admin_config = loaded.config.admin.clone();
         let admin_token = loaded.admin_token.clone();
         let prepared = Prepared::load(loaded, &runtime)?;
-        let core = ServerCore::start(&prepared, runtime).await?;
+        let core = ServerCore::start(&prepared, runtime, inherited).await?;
         let stop = core.stopped();
         let admin = match &admin_config {
             Some(a) => {
                 let addr: SocketAddr = a.bind.get_ref().parse()?;
-                let listener = crate::server::bind(addr, 128)
-                    .map_err(|e| prepared.source().error(&a.bind, format!("admin.bind: cannot bind {addr}: {e}")))?;
+                let listener = match inherited.admin(a.bind.get_ref()) {
+                    Some(fd) => adopt(fd),
+                    None => crate::server::bind(addr, 128),
+                }
+                .map_err(|e| prepared.source().error(&a.bind, format!("admin.bind: cannot bind {addr}: {e}")))?;
+                core.keep_admin_socket(a.bind.get_ref(), &listener)?;
                 let local = listener.local_addr()?;
                 let control = Arc::new(crate::admin::Control {
                     core: core.clone(),
@@ -39,19 +57,20 @@ impl Server {
                     token: admin_token,
                     metrics: crate::metrics::registry(core.clone()),
                 });
-                tokio::spawn(crate::admin::serve(listener, control, stop.clone()));
+                let task = tokio::spawn(crate::admin::serve(listener, control, stop.clone()));
                 tracing::info!(%local, "admin API listening");
-                Some(local)
+                Some((local, task))
             }
             None => None,
         };
+        let (admin, admin_task) = admin.unzip();
         if watch {
             // Compare with the text loaded, not with the file's state now,
             // which may already have changed.
             let loaded_text = core.snapshot().source.text.clone();
             tokio::spawn(watch_config(Arc::downgrade(&core), loaded_text, stop.clone()));
         }
-        Ok(Self { core, admin, grace })
+        Ok(Self { core, admin, admin_task, grace })
     }
 
     /// The shared core (reload, snapshot).
@@ -92,8 +111,19 @@ impl Server {
     /// Stop accepting, then let in-flight connections finish for up to the
     /// configured grace period. Returns how many were cut off.
     pub async fn shutdown(self) -> usize {
-        self.core.shutdown(self.grace).await
+        let cut = self.core.shutdown(self.grace).await;
+        if let Some(task) = self.admin_task {
+            let _ = task.await;
+        }
+        cut
     }
+}
+
+/// The admin API's listening socket as a previous process passed it.
+fn adopt(fd: std::os::fd::OwnedFd) -> std::io::Result<tokio::net::TcpListener> {
+    let listener = std::net::TcpListener::from(fd);
+    listener.set_nonblocking(true)?;
+    tokio::net::TcpListener::from_std(listener)
 }
 
 /// Reload whenever the config file's text differs from the text last

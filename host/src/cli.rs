@@ -69,6 +69,14 @@ enum Command {
         #[command(flatten)]
         target: AdminTarget,
     },
+    /// Replace a running weir by the binary now installed where it was
+    /// started from, without refusing or dropping a connection: the new
+    /// process takes over the listening sockets, the old one drains
+    /// (admin API; same as SIGUSR2).
+    Upgrade {
+        #[command(flatten)]
+        target: AdminTarget,
+    },
     /// Work with plugins of a running weir.
     Plugin {
         #[command(subcommand)]
@@ -399,7 +407,34 @@ async fn serve(loaded: Loaded) -> Result<()> {
     let signal = crate::app::shutdown_signal()?;
     #[cfg(unix)]
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
-    let server = Server::start(loaded, runtime).await?;
+    #[cfg(unix)]
+    let mut upgrade = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2())?;
+    // Started by `weir upgrade`: take over the previous process's sockets.
+    let mut successor = match std::env::var_os(crate::handover::SOCKET_ENV) {
+        Some(path) => Some(
+            crate::handover::Successor::connect(Path::new(&path)).context("upgrade: reaching the previous process")?,
+        ),
+        None => None,
+    };
+    let mut inherited = match &mut successor {
+        Some(s) => s.receive().context("upgrade: receiving the listening sockets")?,
+        None => Default::default(),
+    };
+    let passed = inherited.len();
+    let server = match Server::start_inheriting(loaded, runtime, &mut inherited).await {
+        Ok(server) => server,
+        Err(e) => {
+            if let Some(s) = successor {
+                s.failed(&format!("{e:#}"));
+            }
+            return Err(e);
+        }
+    };
+    if let Some(s) = successor {
+        s.ready().context("upgrade: telling the previous process")?;
+        tracing::info!(passed, unused = inherited.len(), "upgrade: serving on the previous process's sockets");
+    }
+    drop(inherited);
     let listeners = server.core().snapshot().listeners.len();
     notify_supervisor(&[NotifyState::Ready, NotifyState::Status(&format!("serving {listeners} listeners"))]);
     tokio::pin!(signal);
@@ -407,6 +442,10 @@ async fn serve(loaded: Loaded) -> Result<()> {
         #[cfg(unix)]
         tokio::select! {
             _ = &mut signal => break,
+            _ = server.core().retired() => break,
+            _ = upgrade.recv() => {
+                let _ = crate::upgrade::hand_over(server.core()).await;
+            }
             _ = hangup.recv() => {
                 let mut reloading = vec![NotifyState::Reloading];
                 reloading.extend(NotifyState::monotonic_usec_now().ok());
@@ -424,8 +463,12 @@ async fn serve(loaded: Loaded) -> Result<()> {
             break;
         }
     }
-    notify_supervisor(&[NotifyState::Stopping]);
-    tracing::info!("shutting down: no new connections");
+    if server.core().is_retiring() {
+        tracing::info!("handed over: no new connections here");
+    } else {
+        notify_supervisor(&[NotifyState::Stopping]);
+        tracing::info!("shutting down: no new connections");
+    }
     let cut = server.shutdown().await;
     tracing::info!(cut, "stopped");
     Ok(())
@@ -434,6 +477,7 @@ async fn serve(loaded: Loaded) -> Result<()> {
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Run { config } => {
+            crate::upgrade::remember_how_started();
             let loaded = Loaded::read(&config)?;
             tokio_runtime(loaded.config.runtime.workers)?.block_on(serve(loaded))?;
         }
@@ -444,6 +488,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Reload { target } => {
             let summary = admin_call(&target, "POST", "/reload", Vec::new())?;
             println!("reloaded: {summary}");
+        }
+        Command::Upgrade { target } => {
+            let done = admin_call(&target, "POST", "/upgrade", Vec::new())?;
+            println!("upgraded: process {} serves; process {} drains and stops", done["pid"], done["previous"]);
         }
         Command::Plugin { command } => return plugin(command),
         Command::Demo { port } => demo(port)?,

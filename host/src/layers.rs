@@ -18,13 +18,15 @@ const LAYERS: &[(&str, &[&str])] = &[
             "demo",
             "layers",
             "workers",
+            "handover",
+            "overload",
         ],
     ),
     ("runtime", &["plugin"]),
     ("pools", &["upstream", "health", "discovery"]),
     ("pipeline", &["pipeline"]),
     ("services", &["l4", "l7", "udp"]),
-    ("control", &["server", "admin", "metrics", "devkit", "app", "cli"]),
+    ("control", &["server", "upgrade", "admin", "metrics", "devkit", "app", "cli"]),
 ];
 
 /// The layer of a top-level module.

@@ -93,6 +93,11 @@ pub struct ConnectionCaps {
     refusal: &'static [u8],
     refused: AtomicU64,
     paused: AtomicU64,
+    /// The server's load shedding, asked at each accept.
+    pub overload: Arc<crate::overload::Overload>,
+    /// Written to a client shed at accept before the close (a plain HTTP
+    /// listener's 503).
+    shed_refusal: &'static [u8],
 }
 
 /// A cap on open connections: a listener's own, or the process-wide one.
@@ -155,10 +160,18 @@ impl std::fmt::Debug for ConnectionCaps {
 }
 
 impl ConnectionCaps {
-    /// A listener's caps under the process-wide cap `process`; `refusal`
-    /// is written to a client refused at its own cap.
-    pub fn new(process: Arc<Cap>, refusal: &'static [u8]) -> Arc<Self> {
+    /// A listener's caps under the process-wide cap `process` and the
+    /// server's `overload`; `refusal` is written to a client refused at its
+    /// own cap, `shed_refusal` to one shed when overloaded.
+    pub fn new(
+        process: Arc<Cap>,
+        overload: Arc<crate::overload::Overload>,
+        refusal: &'static [u8],
+        shed_refusal: &'static [u8],
+    ) -> Arc<Self> {
         Arc::new(Self {
+            overload,
+            shed_refusal,
             own: Cap::default(),
             process,
             per_client: AtomicUsize::new(0),
@@ -199,6 +212,11 @@ impl ConnectionCaps {
     /// What a refused client is told before the close.
     pub fn refusal(&self) -> &'static [u8] {
         self.refusal
+    }
+
+    /// What a client shed at accept is told before the close.
+    pub fn shed_refusal(&self) -> &'static [u8] {
+        self.shed_refusal
     }
 
     /// Wait until the listener and the process have room for one more

@@ -207,6 +207,33 @@ impl Collector for Live {
         let help = "TCP, TLS and HTTP client connections open across listeners (runtime.max_connections caps them)";
         let open = e.encode_descriptor("open_connections", help, None, Gauge)?;
         ConstGauge::new(self.core.open_connections() as f64).encode(open)?;
+        let overload = self.core.overload();
+        let refusing = overload.reasons();
+        family(
+            &mut e,
+            "overloaded",
+            "1 while new work is refused for this reason (runtime.shed_loop_lag, shed_plugin_time, shed_memory)",
+            Gauge,
+            crate::overload::Reason::ALL
+                .into_iter()
+                .map(|r| (vec![("reason", r.name())], refusing.contains(&r) as u8 as f64)),
+        )?;
+        family(
+            &mut e,
+            "shed",
+            "Connections and HTTP requests refused because the process was overloaded, by reason",
+            Counter,
+            overload.shed_counts().into_iter().map(|(r, n)| (vec![("reason", r.name())], n as f64)),
+        )?;
+        let (resident, _) = overload.last_sample();
+        let help = "Resident memory of the process, sampled every 100 ms (runtime.shed_memory caps it)";
+        let memory = e.encode_descriptor("resident_memory_bytes", help, None, Gauge)?;
+        ConstGauge::new(resident as f64).encode(memory)?;
+        if let Some(lag) = overload.loop_lag() {
+            let help = "The longest an event loop has gone without running its 5 ms ticker, now";
+            let lag_metric = e.encode_descriptor("event_loop_lag_seconds", help, None, Gauge)?;
+            ConstGauge::new(lag.as_secs_f64()).encode(lag_metric)?;
+        }
         family(
             &mut e,
             "server_dropped_datagrams",

@@ -57,6 +57,19 @@ pub fn start(n: usize) -> std::io::Result<()> {
     LOOPS.set(loops).map_err(|_| std::io::Error::other("worker loops started twice"))
 }
 
+/// Run `task(i)` on every loop that serves connections (this runtime's,
+/// as loop 0, when there are no worker loops).
+pub fn spawn_on_each<F, Fut>(task: F)
+where
+    F: Fn(usize) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    match LOOPS.get() {
+        Some(loops) => loops.handles.iter().enumerate().for_each(|(i, h)| drop(h.spawn(task(i)))),
+        None => drop(tokio::spawn(task(0))),
+    }
+}
+
 /// How many loops serve connections: the number of shards of per-worker state.
 pub fn count() -> usize {
     LOOPS.get().map_or(1, |l| l.handles.len())
@@ -110,6 +123,12 @@ pub async fn accept<F, Fut>(
                 continue;
             }
         };
+        if let Some(reason) = caps.overload.refusing_connection() {
+            caps.overload.shed(reason);
+            socket.refuse(caps.shed_refusal());
+            tracing::debug!(listener = %name, %peer, reason = reason.name(), "shed: overloaded");
+            continue;
+        }
         let Some(ticket) = caps.admit(&stop).await else { break };
         let Some(ticket) = ticket.for_client(peer.ip()) else {
             socket.refuse(caps.refusal());

@@ -803,3 +803,290 @@ fn a_supervisor_hears_ready_reloading_and_stopping_and_probes_need_no_token() ->
     std::fs::remove_dir_all(&dir)?;
     Ok(())
 }
+
+/// What the load of the upgrade test saw.
+#[derive(Default)]
+struct Tally {
+    ok: std::sync::atomic::AtomicU64,
+    refused: std::sync::atomic::AtomicU64,
+    failed: std::sync::atomic::AtomicU64,
+    /// Responses that told a kept-alive client to close.
+    told_to_close: std::sync::atomic::AtomicU64,
+    first_failure: std::sync::Mutex<Option<String>>,
+}
+
+impl Tally {
+    fn count(&self, outcome: Result<bool>, refused: bool) {
+        use std::sync::atomic::Ordering::Relaxed;
+        match outcome {
+            Ok(close) => {
+                self.ok.fetch_add(1, Relaxed);
+                self.told_to_close.fetch_add(close as u64, Relaxed);
+            }
+            Err(e) => {
+                let counter = if refused { &self.refused } else { &self.failed };
+                counter.fetch_add(1, Relaxed);
+                self.first_failure.lock().unwrap().get_or_insert_with(|| format!("{e:#}"));
+            }
+        }
+    }
+
+    fn get(&self) -> (u64, u64, u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.ok.load(Relaxed), self.refused.load(Relaxed), self.failed.load(Relaxed), self.told_to_close.load(Relaxed))
+    }
+}
+
+/// One HTTP/1.1 GET on `stream`: whether the answer (a 200 from the `web`
+/// backend, read whole by its content-length) said `connection: close`.
+async fn get_on(stream: &mut tokio::net::TcpStream, path: &str, close: bool) -> Result<bool> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let connection = if close { "connection: close\r\n" } else { "" };
+    stream.write_all(format!("GET {path} HTTP/1.1\r\nhost: t\r\n{connection}\r\n").as_bytes()).await?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Duration::from_secs(10);
+    let (head, body_at) = loop {
+        let n = tokio::time::timeout(deadline, stream.read(&mut buf)).await??;
+        anyhow::ensure!(n > 0, "closed after {} bytes of the answer", got.len());
+        got.extend_from_slice(&buf[..n]);
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            break (String::from_utf8_lossy(&got[..end]).to_lowercase(), end + 4);
+        }
+    };
+    anyhow::ensure!(head.starts_with("http/1.1 200"), "answer: {head}");
+    anyhow::ensure!(head.contains("x-backend: web"), "answer: {head}");
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map(|v| v.trim().parse())
+        .transpose()?
+        .unwrap_or(0);
+    while got.len() < body_at + length {
+        let n = tokio::time::timeout(deadline, stream.read(&mut buf)).await??;
+        anyhow::ensure!(n > 0, "closed in the body");
+        got.extend_from_slice(&buf[..n]);
+    }
+    Ok(head.contains("connection: close"))
+}
+
+/// A pid this test started indirectly (a process a weir upgrade started),
+/// killed when dropped.
+struct Pid(u32);
+
+impl Pid {
+    /// Whether it still runs (an exited process left unreaped counts as gone).
+    fn alive(&self) -> bool {
+        std::fs::read_to_string(format!("/proc/{}/stat", self.0))
+            .is_ok_and(|s| s.rsplit(')').next().is_some_and(|rest| !rest.trim_start().starts_with('Z')))
+    }
+}
+
+impl Drop for Pid {
+    fn drop(&mut self) {
+        if self.alive() {
+            let _ = Command::new("kill").arg("-KILL").arg(self.0.to_string()).status();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_upgrade_hands_the_sockets_to_a_new_process_and_no_request_is_refused_or_fails() -> Result<()> {
+    use anyhow::Context;
+    use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+    use std::sync::Arc;
+    use tokio::io::AsyncReadExt;
+    let web = weir_tests::web::HttpBackend::start("web").await?;
+    let echo = EchoBackend::start("echo").await?;
+    let config = format!(
+        "[admin]\nbind = \"127.0.0.1:0\"\ntoken = \"t\"\n\n\
+         [pools.web]\nbackends = [\"{}\"]\n\n[pools.echo]\nbackends = [\"{}\"]\n\n\
+         [listeners.web]\nbind = \"127.0.0.1:0\"\nprotocol = \"http\"\npool = \"web\"\n\n\
+         [listeners.tcp]\nbind = \"127.0.0.1:0\"\npool = \"echo\"\n",
+        web.addr, echo.addr
+    );
+    let mut first = WeirProcess::spawn(&weir_bin(), "upgrade", &config)?;
+    let admin = first.logged_address("admin API listening")?;
+    let http: std::net::SocketAddr = first.logged_address("listener=web")?.parse()?;
+    let tcp: std::net::SocketAddr = first.logged_address("listener=tcp")?.parse()?;
+    let about = |admin: String| async move {
+        let out = tokio::task::spawn_blocking(move || {
+            Command::new("curl")
+                .args(["-s", "--max-time", "5", "-H", "authorization: Bearer t", &format!("http://{admin}/")])
+                .output()
+        })
+        .await??;
+        let about: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        about["pid"].as_u64().map(|p| p as u32).context("no pid in GET /")
+    };
+    let upgrade = |admin: String| async move {
+        let dir = std::env::temp_dir();
+        tokio::task::spawn_blocking(move || weir(&["upgrade", "--admin", &admin, "--token", "t"], &dir)).await
+    };
+    assert_eq!(about(admin.clone()).await?, first.child.id());
+
+    // A new process that cannot start (its config is broken) is stopped,
+    // and this one goes on serving.
+    std::fs::write(first.dir.join("weir.toml"), "[listeners.web\n")?;
+    let failed = upgrade(admin.clone()).await?;
+    assert!(!failed.ok, "{}", failed.stdout);
+    assert!(failed.stderr.contains("upgrade failed, this process goes on serving"), "{}", failed.stderr);
+    assert!(failed.stderr.contains("before taking over"), "{}", failed.stderr);
+    std::fs::write(first.dir.join("weir.toml"), &config)?;
+    let mut stream = tokio::net::TcpStream::connect(http).await?;
+    assert!(!get_on(&mut stream, "/", false).await?);
+    assert_eq!(about(admin.clone()).await?, first.child.id());
+    // (An idle kept-alive connection would hold a retiring process until
+    // its header_timeout.)
+    drop(stream);
+
+    // Load: kept-alive and one-shot HTTP clients, and TCP exchanges, all
+    // the time, counted; a slow request and a long TCP connection open
+    // across the upgrades.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (http_tally, tcp_tally) = (Arc::new(Tally::default()), Arc::new(Tally::default()));
+    let mut load = tokio::task::JoinSet::new();
+    for keep_alive in [true, true, true, false, false] {
+        let (stop, tally) = (stop.clone(), http_tally.clone());
+        load.spawn(async move {
+            let mut conn: Option<tokio::net::TcpStream> = None;
+            for _ in 0..1_000_000 {
+                if stop.load(Relaxed) {
+                    break;
+                }
+                let mut stream = match conn.take() {
+                    Some(s) => s,
+                    None => match tokio::net::TcpStream::connect(http).await {
+                        Ok(s) => s,
+                        Err(e) => {
+                            tally.count(Err(e.into()), true);
+                            continue;
+                        }
+                    },
+                };
+                let outcome = get_on(&mut stream, "/", !keep_alive).await;
+                if matches!(outcome, Ok(false)) && keep_alive {
+                    conn = Some(stream);
+                }
+                tally.count(outcome.map(|close| close && keep_alive), false);
+            }
+        });
+    }
+    for _ in 0..2 {
+        let (stop, tally) = (stop.clone(), tcp_tally.clone());
+        load.spawn(async move {
+            for i in 0..1_000_000u32 {
+                if stop.load(Relaxed) {
+                    break;
+                }
+                let payload = format!("message {i}");
+                let outcome = exchange(tcp, payload.as_bytes()).await.and_then(|(name, echoed)| {
+                    anyhow::ensure!(name == "echo" && echoed == payload.as_bytes(), "{name}: {echoed:?}");
+                    Ok(false)
+                });
+                let refused = outcome.as_ref().err().and_then(|e| e.downcast_ref::<std::io::Error>());
+                let refused = refused.is_some_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused);
+                tally.count(outcome, refused);
+            }
+        });
+    }
+    let slow = tokio::spawn(async move {
+        let mut stream = tokio::net::TcpStream::connect(http).await?;
+        get_on(&mut stream, "/sleep/1500", false).await
+    });
+    let mut long = tokio::net::TcpStream::connect(tcp).await?;
+    let mut greeting = [0u8; 5];
+    long.read_exact(&mut greeting).await?;
+    assert_eq!(&greeting, b"echo\n");
+    echo_on(&mut long, b"before").await?;
+    let served = |tally: &Tally| tally.get().0;
+    let before = (served(&http_tally), served(&tcp_tally));
+    eventually_blocking("load before the upgrade", || {
+        served(&http_tally) > before.0 + 100 && served(&tcp_tally) > before.1 + 20
+    })
+    .await?;
+
+    // `weir upgrade`: a second process takes over and serves; the first
+    // drains what it has and stops.
+    let done = upgrade(admin.clone()).await?;
+    assert!(done.ok, "{}{}", done.stdout, done.stderr);
+    let second: u32 = done.stdout.split("process ").nth(1).and_then(|s| s.split(' ').next()).context("pid")?.parse()?;
+    let second = Pid(second);
+    assert_ne!(second.0, first.child.id());
+    echo_on(&mut long, b"during").await?;
+    let mark = (served(&http_tally), served(&tcp_tally));
+    eventually_blocking("load after the first upgrade", || {
+        served(&http_tally) > mark.0 + 100 && served(&tcp_tally) > mark.1 + 20
+    })
+    .await?;
+    // The slow request came back whole (with `connection: close` when the
+    // first process was retiring by then).
+    slow.await??;
+    drop(long);
+    // The first process exits once its last connection is done.
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let status = loop {
+        if let Some(status) = first.child.try_wait()? {
+            break status;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the first process did not stop");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status}");
+    assert_eq!(about(admin.clone()).await?, second.0);
+    assert!(first.logged(&["serving on the previous process's sockets", "passed=3", "unused=0"]));
+
+    // SIGUSR2 to the second: a third takes over the same way.
+    let status = Command::new("kill").arg("-USR2").arg(second.0.to_string()).status()?;
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let third = loop {
+        let pid = about(admin.clone()).await?;
+        if pid != second.0 && !second.alive() {
+            break Pid(pid);
+        }
+        anyhow::ensure!(Instant::now() < deadline, "no third process took over");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mark = (served(&http_tally), served(&tcp_tally));
+    eventually_blocking("load after the second upgrade", || {
+        served(&http_tally) > mark.0 + 100 && served(&tcp_tally) > mark.1 + 20
+    })
+    .await?;
+    stop.store(true, Relaxed);
+    while load.join_next().await.transpose()?.is_some() {}
+
+    let (http_ok, http_refused, http_failed, closes) = http_tally.get();
+    let (tcp_ok, tcp_refused, tcp_failed, _) = tcp_tally.get();
+    let first_failure = |t: &Tally| t.first_failure.lock().unwrap().clone();
+    println!(
+        "HTTP: {http_ok} ok, {http_refused} refused, {http_failed} failed, {closes} told to close; \
+         TCP: {tcp_ok} ok, {tcp_refused} refused, {tcp_failed} failed"
+    );
+    assert_eq!((http_refused, http_failed), (0, 0), "{:?}", first_failure(&http_tally));
+    assert_eq!((tcp_refused, tcp_failed), (0, 0), "{:?}", first_failure(&tcp_tally));
+    // Each kept-alive client was told to close by each retiring process.
+    assert!(closes >= 6, "{closes}");
+    drop(third);
+    Ok(())
+}
+
+/// Send `text` on an echo connection and read it back.
+async fn echo_on(long: &mut tokio::net::TcpStream, text: &[u8]) -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    long.write_all(text).await?;
+    let mut back = vec![0u8; text.len()];
+    tokio::time::timeout(Duration::from_secs(5), long.read_exact(&mut back)).await??;
+    anyhow::ensure!(back == text, "{back:?}");
+    Ok(())
+}
+
+/// Poll `cond` every 10 ms (off the async threads' way) for up to 20 s.
+async fn eventually_blocking(what: &str, mut cond: impl FnMut() -> bool) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        anyhow::ensure!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}

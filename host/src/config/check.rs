@@ -59,6 +59,17 @@ impl Loaded {
         if let Some(cap) = self.config.runtime.max_connections.as_ref().filter(|c| *c.get_ref() == 0) {
             return Err(self.source.error(cap, "runtime.max_connections: must be at least 1"));
         }
+        let r = &self.config.runtime;
+        for (key, zero) in [
+            ("shed_loop_lag", r.shed_loop_lag.as_ref().map(|d| (d.span().start, d.get_ref().0.is_zero()))),
+            ("shed_plugin_time", r.shed_plugin_time.as_ref().map(|d| (d.span().start, d.get_ref().0.is_zero()))),
+            ("shed_memory", r.shed_memory.as_ref().map(|m| (m.span().start, m.get_ref().0 == 0))),
+        ] {
+            if let Some((at, true)) = zero {
+                let message = format!("runtime.{key}: must be more than 0 (leave it out to not shed)");
+                return Err(self.source.error_at(at, message));
+            }
+        }
         for (name, p) in &self.config.plugins {
             self.check_plugin(name, p)?;
         }

@@ -198,6 +198,24 @@ pool = "web"
     }
 
     #[test]
+    fn shedding_limits_are_read_and_zero_is_refused_where_written() {
+        let runtime =
+            |keys: &str| GOOD.replace("[listeners.front]", &format!("[runtime]\n{keys}\n\n[listeners.front]"));
+        let l =
+            parse(&runtime("shed_loop_lag = \"50ms\"\nshed_plugin_time = \"2ms\"\nshed_memory = \"512MiB\"")).unwrap();
+        let r = &l.config.runtime;
+        assert_eq!(r.shed_loop_lag.as_ref().map(|d| d.get_ref().0), Some(std::time::Duration::from_millis(50)));
+        assert_eq!(r.shed_plugin_time.as_ref().map(|d| d.get_ref().0), Some(std::time::Duration::from_millis(2)));
+        assert_eq!(r.shed_memory.as_ref().map(|m| m.get_ref().0), Some(512 << 20));
+        for key in ["shed_loop_lag = \"0s\"", "shed_plugin_time = \"0ms\"", "shed_memory = \"0B\""] {
+            let e = parse(&runtime(key)).unwrap_err().to_string();
+            let name = key.split(' ').next().unwrap();
+            assert!(e.contains(&format!("runtime.{name}: must be more than 0")), "{e}");
+            assert!(e.starts_with("t.toml:"), "names the file and line: {e}");
+        }
+    }
+
+    #[test]
     fn http_grants_must_be_http_urls() {
         let plugin = |url: &str| {
             GOOD.replace(

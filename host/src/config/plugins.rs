@@ -32,6 +32,13 @@ pub struct RuntimeTable {
     /// TCP, TLS and HTTP connections open at once across listeners; more
     /// wait in their listeners' backlogs (none: no cap).
     pub max_connections: Option<Spanned<u64>>,
+    /// Refuse new work while an event loop is behind by more than this.
+    pub shed_loop_lag: Option<Spanned<Duration>>,
+    /// Refuse new work while plugin calls average more than this (over
+    /// each 100 ms).
+    pub shed_plugin_time: Option<Spanned<Duration>>,
+    /// Refuse new work while the resident memory is over this.
+    pub shed_memory: Option<Spanned<ByteSize>>,
 }
 
 fn default_shutdown_grace() -> Duration {
@@ -46,6 +53,9 @@ impl Default for RuntimeTable {
             plugin_cache: None,
             watch_config: false,
             max_connections: None,
+            shed_loop_lag: None,
+            shed_plugin_time: None,
+            shed_memory: None,
         }
     }
 }

@@ -79,6 +79,10 @@ pub struct HttpService {
     pub tracker: TaskTracker,
     /// ACME HTTP-01 answers, served before any phase runs.
     pub challenges: Arc<crate::acme::Challenges>,
+    /// Set when a successor process took over the listening sockets: a stop
+    /// then lets each HTTP/1 connection carry one more request, answered
+    /// with `connection: close` (see [`serve_http`]).
+    pub retiring: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The part of an HTTP listener a reload may change.
@@ -110,6 +114,8 @@ struct ClientConn {
     record: types::Connection,
     peer: SocketAddr,
     requests: std::sync::atomic::AtomicU64,
+    /// Its requests came over HTTP/2.
+    http2: std::sync::atomic::AtomicBool,
     /// What `check-connection` settled when the connection opened.
     access: Admission,
     /// The answer to every request when it refused the connection.
@@ -132,6 +138,8 @@ enum Failure {
     Unreachable,
     BackendError(String),
     Timeout,
+    /// Shed before any phase ran (load shedding).
+    Overloaded(crate::overload::Reason),
 }
 
 impl From<Refusal> for Failure {
@@ -147,7 +155,7 @@ impl Failure {
     fn status(&self) -> StatusCode {
         match self {
             Failure::Denied(s, _, _) => StatusCode::from_u16(*s).unwrap_or(StatusCode::FORBIDDEN),
-            Failure::PluginFailed(_) | Failure::NoBackend => StatusCode::SERVICE_UNAVAILABLE,
+            Failure::PluginFailed(_) | Failure::NoBackend | Failure::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             Failure::UnknownPool(_) | Failure::Unreachable | Failure::BackendError(_) => StatusCode::BAD_GATEWAY,
             Failure::Timeout => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -173,6 +181,11 @@ impl Failure {
             Failure::Unreachable => "no backend reachable",
             Failure::BackendError(_) => "backend error",
             Failure::Timeout => "backend response timed out",
+            Failure::Overloaded(why) => match why {
+                crate::overload::Reason::LoopLag => "overloaded (loop lag)",
+                crate::overload::Reason::PluginTime => "overloaded (plugin time)",
+                crate::overload::Reason::Memory => "overloaded (memory)",
+            },
         }
     }
 
@@ -192,6 +205,9 @@ impl Failure {
         h.insert(headers::REQUEST_ID, request_id.clone());
         if let Failure::Denied(_, _, extra) = self {
             headers::add_all(h, extra);
+        }
+        if let Failure::Overloaded(_) = self {
+            h.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         resp
     }
@@ -216,10 +232,27 @@ impl HttpService {
         req: Request<Incoming>,
     ) -> Result<Response<ProxyBody>, Infallible> {
         conn.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let http2 = req.version() == http::Version::HTTP_2;
+        if http2 {
+            conn.http2.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        let mut answer = self.answer(&conn, req).await;
+        let upgraded = answer.status() == StatusCode::SWITCHING_PROTOCOLS;
+        if !http2 && !upgraded && self.retiring.load(std::sync::atomic::Ordering::Relaxed) {
+            // Draining for a successor: this connection ends after this
+            // response, and the client knows it before it sends another.
+            answer.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        Ok(answer)
+    }
+
+    /// A request's answer: an ACME challenge's, the backend's, or the
+    /// failure's status.
+    async fn answer(&self, conn: &Arc<ClientConn>, req: Request<Incoming>) -> Response<ProxyBody> {
         if let Some(answer) = self.challenges.answer(req.uri().path()) {
             let mut resp = Response::new(full(answer));
             resp.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-            return Ok(resp);
+            return resp;
         }
         let id = req.headers().get(&headers::REQUEST_ID).cloned().unwrap_or_else(request_id);
         let started = Instant::now();
@@ -237,12 +270,12 @@ impl HttpService {
             e.request_id = id.to_str().unwrap_or("").to_string();
             e.capture_headers(req.headers());
         });
-        let answered = self.forward(&routes, &conn, req, &id, &mut log).await;
+        let answered = self.forward(&routes, conn, req, &id, &mut log).await;
         self.stats.response_time.observe(started.elapsed());
         match answered {
             Ok(resp) => {
                 self.stats.record_status(resp.status().as_u16());
-                Ok(resp)
+                resp
             }
             Err(failure) => {
                 self.stats.record_status(failure.status().as_u16());
@@ -251,7 +284,7 @@ impl HttpService {
                     e.error = failure.reason().to_string();
                 });
                 tracing::debug!(listener = %self.name, peer = %conn.peer, request_id = ?id, status = %failure.status(), "{}: {}", failure.reason(), failure.detail());
-                Ok(failure.response(&id))
+                failure.response(&id)
             }
         }
     }
@@ -266,6 +299,10 @@ impl HttpService {
         id: &HeaderValue,
         log: &mut Line,
     ) -> Result<Response<ProxyBody>, Failure> {
+        if let Some(reason) = self.caps.overload.refusing(crate::workers::index()) {
+            self.caps.overload.shed(reason);
+            return Err(Failure::Overloaded(reason));
+        }
         let (parts, body) = req.into_parts();
         let head = Arc::new(parts);
         if let Some(refused) = &conn.refused {
@@ -521,6 +558,10 @@ fn request_timeout(socket: &std::net::TcpStream) {
 pub const TOO_MANY_CONNECTIONS: &[u8] =
     b"HTTP/1.1 429 Too Many Requests\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
 
+/// Answer of a plain HTTP listener to a client shed at accept (overloaded).
+pub const OVERLOADED: &[u8] =
+    b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
+
 /// Answer of a plain HTTP listener to a client that sent nothing in time.
 const REQUEST_TIMEOUT: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
 
@@ -544,12 +585,15 @@ async fn serve_connection(
     // The first byte, the timeout and a stop polled by hand: a `select!` of
     // `timeout(peek)` and `cancelled()` makes this waiting future twice as big.
     // A peek, not `readable()`: readiness may be reported with no byte there.
+    // A connection accepted just before a successor took over is still
+    // this process's to answer: only a plain stop closes it here.
     let first = {
         let mut expired = std::pin::pin!(tokio::time::sleep(header_timeout));
         let mut stopped = std::pin::pin!(stop.cancelled());
+        let retiring = &service.retiring;
         std::future::poll_fn(|cx| {
             use std::{future::Future, task::Poll};
-            if stopped.as_mut().poll(cx).is_ready() {
+            if stopped.as_mut().poll(cx).is_ready() && !retiring.load(std::sync::atomic::Ordering::Relaxed) {
                 return Poll::Ready(None);
             }
             let mut byte = [0u8; 1];
@@ -626,7 +670,15 @@ async fn serve_http<I>(
     // what they settle there spares or answers its requests.
     let access = Admission::check(&service.name, &service.routes.load().access, &record, peer);
     let refused = access.refused.clone().map(Failure::from);
-    let conn = Arc::new(ClientConn { _open: open, record, peer, requests: Default::default(), access, refused });
+    let conn = Arc::new(ClientConn {
+        _open: open,
+        record,
+        peer,
+        requests: Default::default(),
+        http2: Default::default(),
+        access,
+        refused,
+    });
     let first_request_seen = {
         let conn = conn.clone();
         move || conn.requests.load(std::sync::atomic::Ordering::Relaxed) > 0
@@ -649,6 +701,7 @@ async fn serve_http<I>(
         .max_header_list_size(settings.max_header_size as u32)
         .max_concurrent_streams(settings.max_concurrent_streams);
     let svc = service.clone();
+    let this = conn.clone();
     let handler = hyper::service::service_fn(move |req| svc.clone().handle(conn.clone(), req));
     let connection = builder.serve_connection_with_upgrades(io, handler);
     tokio::pin!(connection);
@@ -663,7 +716,17 @@ async fn serve_http<I>(
             }
         }
         _ = stop.cancelled() => {
-            connection.as_mut().graceful_shutdown();
+            // A plain stop closes an idle HTTP/1 connection at once. Draining
+            // for a successor, it waits for the next request instead and
+            // answers it with `connection: close` (see `handle`), or closes
+            // at `header_timeout` when none comes: a client must never see its
+            // kept-alive connection close under a request it just sent.
+            // HTTP/2 says GOAWAY either way, which tells its clients which
+            // streams to send again.
+            let retiring = service.retiring.load(std::sync::atomic::Ordering::Relaxed);
+            if !retiring || this.http2.load(std::sync::atomic::Ordering::Relaxed) {
+                connection.as_mut().graceful_shutdown();
+            }
             let _ = connection.await;
         }
     }

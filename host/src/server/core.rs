@@ -5,16 +5,20 @@
 use super::{Prepared, ReloadSummary, Snapshot};
 use crate::config::{Loaded, Protocol};
 use crate::discovery::{self, DiscoverySettings};
+use crate::handover::{Inherited, Passed, Role};
 use crate::health::{self, CheckSettings};
 use crate::l4::{self, TcpService};
 use crate::l7::{self, HttpPool, HttpService, HttpSettings};
 use crate::listener::{Cap, ConnectionCaps};
+use crate::overload::{Limits, Overload};
 use crate::plugin::Runtime;
 use crate::tls::ServerTls;
 use crate::udp::{self, UdpService};
 use arc_swap::ArcSwap;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -42,6 +46,33 @@ impl Bound {
             Bound::Udp(s) => s.local_addr(),
         }
     }
+
+    /// A second descriptor of the same socket, for a successor process.
+    fn dup(&self) -> std::io::Result<OwnedFd> {
+        let socket = match self {
+            Bound::Tcp(s) => socket2::SockRef::from(s).try_clone()?,
+            Bound::Udp(s) => socket2::SockRef::from(s).try_clone()?,
+        };
+        Ok(socket.into())
+    }
+
+    /// A socket a previous weir process passed (see `handover`), for a
+    /// listener of this protocol; a TCP socket takes this listener's
+    /// backlog.
+    fn adopt(fd: OwnedFd, l: &crate::config::Listener) -> std::io::Result<Bound> {
+        let socket = socket2::Socket::from(fd);
+        socket.set_nonblocking(true)?;
+        let udp = l.protocol == Protocol::Udp;
+        let kind = socket.r#type()?;
+        if kind != if udp { socket2::Type::DGRAM } else { socket2::Type::STREAM } {
+            return Err(std::io::Error::other("the passed socket is not of this listener's kind"));
+        }
+        if udp {
+            return Ok(Bound::Udp(tokio::net::UdpSocket::from_std(socket.into())?));
+        }
+        socket.listen(l.backlog.min(i32::MAX as u32) as i32)?;
+        Ok(Bound::Tcp(tokio::net::TcpListener::from_std(socket.into())?))
+    }
 }
 
 /// Bind the socket a listener's protocol needs.
@@ -58,6 +89,9 @@ struct RunningListener {
     addr: SocketAddr,
     service: Service,
     stop: CancellationToken,
+    /// A second descriptor of the listening socket, to pass to a successor
+    /// process; closed when the listener closes or the server stops.
+    socket: Option<OwnedFd>,
 }
 
 /// The mutable part of a running server, changed only by a reload.
@@ -78,6 +112,18 @@ pub struct ServerCore {
     tracker: TaskTracker,
     /// `runtime.max_connections`, shared by every TCP-family listener.
     process_cap: Arc<Cap>,
+    /// The admin API's socket (its `bind` and a second descriptor), passed
+    /// to a successor with the listeners'.
+    admin_socket: parking_lot::Mutex<Option<(String, OwnedFd)>>,
+    /// Set once a successor process took over: this one drains. HTTP/1
+    /// connections then close after their next response (`connection:
+    /// close`) instead of at once, so a client never sees a kept-alive
+    /// connection close under a request it just sent.
+    retiring: Arc<AtomicBool>,
+    /// Cancelled when a successor asks this process to stop.
+    retire: CancellationToken,
+    /// Load shedding (`runtime.shed_*`), shared by every listener.
+    overload: Arc<Overload>,
 }
 
 pub fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<tokio::net::TcpListener> {
@@ -87,6 +133,38 @@ pub fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<tokio::net::TcpLi
     socket.bind(&addr.into())?;
     socket.listen(backlog.min(i32::MAX as u32) as i32)?;
     tokio::net::TcpListener::from_std(socket.into())
+}
+
+/// Stamp loop `i`'s tick every `overload::TICK` while loop lag is watched.
+async fn tick(overload: Arc<Overload>, i: usize, stop: CancellationToken) {
+    let mut every = tokio::time::interval(crate::overload::TICK);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while overload.limits().loop_lag.is_some() {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = every.tick() => overload.tick(i),
+        }
+    }
+}
+
+/// Sample the resident memory and the plugins' call time for load shedding
+/// every `overload::SAMPLE`, for as long as the server runs.
+async fn monitor(core: std::sync::Weak<ServerCore>, stop: CancellationToken) {
+    let mut every = tokio::time::interval(crate::overload::SAMPLE);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        let Some(core) = core.upgrade() else { return };
+        let snapshot = core.snapshot();
+        let (calls, secs) = snapshot.plugins.values().fold((0, 0.0), |(n, s), p| {
+            let time = &p.stats().call_time;
+            (n + time.count(), s + time.sum_secs())
+        });
+        core.overload.sample(crate::overload::resident_bytes(), calls, secs);
+    }
 }
 
 /// Bind, retrying for a moment: a listener closed by the same reload may
@@ -106,7 +184,13 @@ async fn bind_soon(addr: SocketAddr, l: &crate::config::Listener) -> std::io::Re
 impl ServerCore {
     /// Bind every listener of `prepared`, start serving them and the pools'
     /// background loops (health checks, discovery, ACME).
-    pub async fn start(prepared: &Prepared, runtime: Arc<Runtime>) -> anyhow::Result<Arc<Self>> {
+    /// Listeners whose socket is in `inherited` (passed by a previous
+    /// process) open on it instead of binding.
+    pub async fn start(
+        prepared: &Prepared,
+        runtime: Arc<Runtime>,
+        inherited: &mut Inherited,
+    ) -> anyhow::Result<Arc<Self>> {
         let stop = CancellationToken::new();
         let core = ServerCore {
             runtime,
@@ -122,8 +206,13 @@ impl ServerCore {
             stop,
             tracker: TaskTracker::new(),
             process_cap: Arc::default(),
+            admin_socket: Default::default(),
+            retiring: Arc::default(),
+            retire: CancellationToken::new(),
+            overload: Arc::new(Overload::new(crate::workers::count())),
         };
         core.process_cap.set(Self::process_max(prepared));
+        core.set_overload(prepared);
         {
             let mut running = core.running.lock().await;
             let background = running.background.clone();
@@ -131,7 +220,11 @@ impl ServerCore {
             let http_pools = Arc::new(prepared.http_pools());
             for (name, l) in &prepared.loaded.config.listeners {
                 let addr: SocketAddr = l.bind.get_ref().parse()?;
-                let socket = bind_listener(addr, l).map_err(|e| {
+                let socket = match inherited.listener(name, l.bind.get_ref(), l.protocol == Protocol::Udp) {
+                    Some(fd) => Bound::adopt(fd, l),
+                    None => bind_listener(addr, l),
+                }
+                .map_err(|e| {
                     prepared.loaded.source.error(&l.bind, format!("listeners.{name}.bind: cannot bind {addr}: {e}"))
                 })?;
                 let opened = core.open(prepared, &http_pools, name, l, socket)?;
@@ -140,12 +233,83 @@ impl ServerCore {
             let file = std::fs::canonicalize(&prepared.loaded.source.origin).ok().filter(|f| f.is_file());
             core.snapshot.store(Arc::new(ServerCore::snapshot_of(prepared, &running.listeners, file)));
         }
-        Ok(Arc::new(core))
+        let core = Arc::new(core);
+        tokio::spawn(monitor(Arc::downgrade(&core), core.stop.child_token()));
+        Ok(core)
     }
 
     /// Cancelled when the server stops.
     pub fn stopped(&self) -> CancellationToken {
         self.stop.child_token()
+    }
+
+    /// Keep a second descriptor of the admin API's socket (bound on `bind`
+    /// as the config wrote it), to pass to a successor.
+    pub fn keep_admin_socket(&self, bind: &str, socket: &tokio::net::TcpListener) -> std::io::Result<()> {
+        let dup = socket2::SockRef::from(socket).try_clone()?;
+        *self.admin_socket.lock() = Some((bind.to_string(), dup.into()));
+        Ok(())
+    }
+
+    /// A descriptor of every listening socket (listeners and admin API), for
+    /// a successor process (see `handover`).
+    pub async fn handover_sockets(&self) -> std::io::Result<Vec<(Passed, OwnedFd)>> {
+        let running = self.running.lock().await;
+        let mut sockets = Vec::new();
+        for (name, l) in &running.listeners {
+            let Some(socket) = &l.socket else { continue };
+            let passed = Passed {
+                role: Role::Listener,
+                name: name.clone(),
+                bind: l.bind.clone(),
+                udp: l.protocol == Protocol::Udp,
+            };
+            sockets.push((passed, socket.try_clone()?));
+        }
+        if let Some((bind, socket)) = &*self.admin_socket.lock() {
+            let passed = Passed { role: Role::Admin, name: String::new(), bind: bind.clone(), udp: false };
+            sockets.push((passed, socket.try_clone()?));
+        }
+        Ok(sockets)
+    }
+
+    /// A successor serves the listening sockets now: drain, letting HTTP/1
+    /// clients finish their next request, and stop (whoever waits on
+    /// [`Self::retired`] runs the shutdown).
+    pub fn retire(&self) {
+        self.retiring.store(true, Ordering::Relaxed);
+        self.retire.cancel();
+    }
+
+    /// The server's load shedding.
+    pub fn overload(&self) -> &Arc<Overload> {
+        &self.overload
+    }
+
+    /// Apply `runtime.shed_*`, starting the loops' tickers when loop lag is
+    /// watched from now on.
+    fn set_overload(&self, prepared: &Prepared) {
+        let r = &prepared.loaded.config.runtime;
+        let limits = Limits {
+            loop_lag: r.shed_loop_lag.as_ref().map(|d| d.get_ref().0),
+            plugin_time: r.shed_plugin_time.as_ref().map(|d| d.get_ref().0),
+            memory: r.shed_memory.as_ref().map(|m| m.get_ref().0),
+        };
+        if self.overload.set(limits) {
+            let stop = self.stop.child_token();
+            let overload = self.overload.clone();
+            crate::workers::spawn_on_each(move |i| tick(overload.clone(), i, stop.clone()));
+        }
+    }
+
+    /// Whether [`Self::retire`] was called.
+    pub fn is_retiring(&self) -> bool {
+        self.retiring.load(Ordering::Relaxed)
+    }
+
+    /// Resolves once [`Self::retire`] was called.
+    pub fn retired(&self) -> tokio_util::sync::WaitForCancellationFutureOwned {
+        self.retire.clone().cancelled_owned()
     }
 
     /// Connections (and UDP sessions) being proxied now.
@@ -157,6 +321,12 @@ impl ServerCore {
     /// `grace`. Returns how many were cut off.
     pub async fn shutdown(&self, grace: Duration) -> usize {
         self.stop.cancel();
+        // The listening sockets close now (a successor keeps its own
+        // descriptors of them).
+        for l in self.running.lock().await.listeners.values_mut() {
+            l.socket = None;
+        }
+        self.admin_socket.lock().take();
         self.tracker.close();
         let open = self.tracker.len();
         if open > 0 {
@@ -282,7 +452,8 @@ impl ServerCore {
 
     /// A new listener's connection caps.
     fn caps(&self, l: &crate::config::Listener, refusal: &'static [u8]) -> Arc<ConnectionCaps> {
-        let caps = ConnectionCaps::new(self.process_cap.clone(), refusal);
+        let shed = if refusal.is_empty() { b"" as &[u8] } else { l7::OVERLOADED };
+        let caps = ConnectionCaps::new(self.process_cap.clone(), self.overload.clone(), refusal, shed);
         Self::set_caps(&caps, l);
         caps
     }
@@ -311,6 +482,7 @@ impl ServerCore {
         socket: Bound,
     ) -> std::io::Result<RunningListener> {
         let local = socket.local_addr()?;
+        let dup = socket.dup()?;
         let stop = self.stop.child_token();
         let listener_id = self.runtime.shared().listener_id(name);
         let service = match (l.protocol, socket) {
@@ -350,13 +522,21 @@ impl ServerCore {
                     stats: Arc::default(),
                     caps: self.caps(l, if l.protocol == Protocol::Http { l7::TOO_MANY_CONNECTIONS } else { b"" }),
                     tracker: self.tracker.clone(),
+                    retiring: self.retiring.clone(),
                 });
                 tokio::spawn(l7::serve(socket, service.clone(), stop.clone(), self.tracker.clone()));
                 Service::Http(service)
             }
         };
         tracing::info!(listener = %name, %local, protocol = ?l.protocol, pool = %l.pool.get_ref(), "listening");
-        Ok(RunningListener { bind: l.bind.get_ref().clone(), protocol: l.protocol, addr: local, service, stop })
+        Ok(RunningListener {
+            bind: l.bind.get_ref().clone(),
+            protocol: l.protocol,
+            addr: local,
+            service,
+            stop,
+            socket: Some(dup),
+        })
     }
 
     fn snapshot_of(
@@ -472,6 +652,7 @@ impl ServerCore {
             }
         }
         self.process_cap.set(Self::process_max(&prepared));
+        self.set_overload(&prepared);
         let background = self.stop.child_token();
         self.start_background(&prepared, &background).await;
         running.background.cancel();
