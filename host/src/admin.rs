@@ -13,7 +13,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{json, Value};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -247,7 +247,10 @@ impl Control {
             (Method::PUT, ["plugins", name]) => self.push_plugin(req, &now, name).await,
             (Method::POST, ["reload"]) => self.reload(req).await,
             (Method::POST, ["upgrade"]) => match crate::upgrade::hand_over(&self.core).await {
-                Ok(pid) => reply(StatusCode::OK, json!({ "pid": pid, "previous": std::process::id() })),
+                Ok(up) => reply(
+                    StatusCode::OK,
+                    json!({ "pid": up.pid, "previous": std::process::id(), "not_carried_over": up.not_carried_over }),
+                ),
                 Err(e) => error(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     format!("upgrade failed, this process goes on serving: {e:#}"),
@@ -499,9 +502,10 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// Serve the admin API on `listener` until `stop`.
 ///
-/// At the stop, requests in progress get up to a second to be answered (the
-/// answer to `POST /upgrade` among them) and idle connections close.
-pub async fn serve(listener: TcpListener, control: Arc<Control>, stop: CancellationToken) {
+/// At the stop, idle connections close and requests in progress (the answer
+/// to `POST /upgrade` among them, or a plugin push under way) get up to
+/// `grace` to be answered.
+pub async fn serve(listener: TcpListener, control: Arc<Control>, stop: CancellationToken, grace: Duration) {
     let connections = tokio_util::task::TaskTracker::new();
     loop {
         let accepted = tokio::select! {
@@ -533,5 +537,5 @@ pub async fn serve(listener: TcpListener, control: Arc<Control>, stop: Cancellat
     }
     drop(listener);
     connections.close();
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), connections.wait()).await;
+    let _ = tokio::time::timeout(grace, connections.wait()).await;
 }

@@ -57,7 +57,7 @@ impl Server {
                     token: admin_token,
                     metrics: crate::metrics::registry(core.clone()),
                 });
-                let task = tokio::spawn(crate::admin::serve(listener, control, stop.clone()));
+                let task = tokio::spawn(crate::admin::serve(listener, control, stop.clone(), grace));
                 tracing::info!(%local, "admin API listening");
                 Some((local, task))
             }

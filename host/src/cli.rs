@@ -274,10 +274,12 @@ fn check_plugin(file: &std::path::Path, world: Option<&str>, config: &str) -> Re
 
 /// One admin API call; the JSON answer, or the API's error message.
 fn admin_call(target: &AdminTarget, method: &str, path: &str, body: Vec<u8>) -> Result<serde_json::Value> {
+    // An upgrade may wait for the new process that long, and then some.
+    let timeout = if path == "/upgrade" { crate::upgrade::TIMEOUT * 2 } else { std::time::Duration::from_secs(60) };
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .proxy(None)
-        .timeout_global(Some(std::time::Duration::from_secs(60)))
+        .timeout_global(Some(timeout))
         .build()
         .into();
     let mut req = ureq::http::Request::builder().method(method).uri(format!("http://{}{path}", target.admin));
@@ -444,6 +446,7 @@ async fn serve(loaded: Loaded) -> Result<()> {
             _ = &mut signal => break,
             _ = server.core().retired() => break,
             _ = upgrade.recv() => {
+                // It logs how it went; a failed upgrade changes nothing.
                 let _ = crate::upgrade::hand_over(server.core()).await;
             }
             _ = hangup.recv() => {
@@ -492,6 +495,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Upgrade { target } => {
             let done = admin_call(&target, "POST", "/upgrade", Vec::new())?;
             println!("upgraded: process {} serves; process {} drains and stops", done["pid"], done["previous"]);
+            for lost in done["not_carried_over"].as_array().into_iter().flatten() {
+                println!("warning: not carried over: {}", lost.as_str().unwrap_or_default());
+            }
         }
         Command::Plugin { command } => return plugin(command),
         Command::Demo { port } => demo(port)?,

@@ -33,10 +33,19 @@ pub fn remember_how_started() {
     let _ = STARTED_AS.set((exe, std::env::args_os().skip(1).collect()));
 }
 
+/// A new process serves.
+pub struct Upgraded {
+    /// Its pid.
+    pub pid: u32,
+    /// What this process runs that the new one, started from the config
+    /// file, does not.
+    pub not_carried_over: Vec<String>,
+}
+
 /// Start the new process and hand it the listening sockets; its pid once
 /// it serves. This process then retires ([`ServerCore::retire`]): whoever
 /// runs it waits on [`ServerCore::retired`] and shuts it down.
-pub async fn hand_over(core: &ServerCore) -> Result<u32> {
+pub async fn hand_over(core: &ServerCore) -> Result<Upgraded> {
     ensure!(!UNDER_WAY.swap(true, Ordering::AcqRel), "an upgrade is already under way");
     let result = start_successor(core).await;
     match &result {
@@ -54,7 +63,39 @@ pub async fn hand_over(core: &ServerCore) -> Result<u32> {
             UNDER_WAY.store(false, Ordering::Release);
         }
     }
-    result
+    let pid = result?;
+    let not_carried_over = not_carried_over(core);
+    for lost in &not_carried_over {
+        tracing::warn!("upgrade: not carried over: {lost}");
+    }
+    Ok(Upgraded { pid, not_carried_over })
+}
+
+/// Changes made through the admin API, which the new process (started from
+/// the config file, like a restart) does not have: uploaded plugin
+/// generations, and a config in force that is not the file's text.
+fn not_carried_over(core: &ServerCore) -> Vec<String> {
+    let now = core.snapshot();
+    let mut lost: Vec<String> = now
+        .plugins
+        .iter()
+        .filter(|(_, p)| p.generation().source == "upload")
+        .map(|(name, p)| {
+            format!(
+                "plugin `{name}`: uploaded generation {} (the new process loads its configured source)",
+                p.generation().number
+            )
+        })
+        .collect();
+    if let Some(file) = &now.file {
+        if std::fs::read_to_string(file).ok().as_deref() != Some(now.source.text.as_str()) {
+            lost.push(format!(
+                "the config in force is not {}'s text (changed through the admin API or the file since): the new process runs the file",
+                file.display()
+            ));
+        }
+    }
+    lost
 }
 
 async fn start_successor(core: &ServerCore) -> Result<u32> {
