@@ -49,7 +49,7 @@ fn pool(runtime: &Arc<Runtime>, source: &Path, bytes: &[u8]) -> Arc<Pool> {
         })
         .collect();
     let settings = PoolSettings { max_tries: 1, max_fails: 0, ..PoolSettings::default() };
-    Arc::new(Pool::new("bench", backends, balancer, settings, None))
+    Pool::new("bench", backends, balancer, settings, None)
 }
 
 fn sources() -> Vec<(&'static str, PathBuf)> {

@@ -38,7 +38,7 @@ fn pool(runtime: &Arc<Runtime>, plugin: &str, n: usize) -> Arc<Pool> {
         max_fails: 0,
         ..PoolSettings::default()
     };
-    Arc::new(Pool::new("bench", backends, balancer, settings, None))
+    Pool::new("bench", backends, balancer, settings, None)
 }
 
 fn connection() -> types::Connection {

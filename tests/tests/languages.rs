@@ -260,7 +260,7 @@ fn balancer_pool(
         })
         .collect();
     let settings = PoolSettings { max_tries: 1, max_fails: 0, ..PoolSettings::default() };
-    Ok(Arc::new(Pool::new("p", backends, balancer, settings, None)))
+    Ok(Pool::new("p", backends, balancer, settings, None))
 }
 
 /// The four balancers called directly, on the same pseudo-random pool

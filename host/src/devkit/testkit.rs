@@ -192,7 +192,7 @@ fn request(case: &Case) -> Result<Arc<crate::plugin::state::RequestHead>> {
 fn run_balancer(instance: &Arc<crate::plugin::PluginInstance>, cases: &Cases, case: &Case) -> Result<Option<String>> {
     let specs = cases.backends.iter().cloned().map(BackendSpec::from).collect();
     let settings = PoolSettings { max_tries: 1, ..PoolSettings::default() };
-    let pool = Arc::new(Pool::new("test", specs, instance.clone(), settings, None));
+    let pool = Pool::new("test", specs, instance.clone(), settings, None);
     let members = pool.members();
     let mut guards = Vec::new();
     let backend = |slot: usize, what: &str| {
@@ -539,7 +539,7 @@ pub fn replay(
             .iter()
             .map(|address| BackendSpec { address: address.clone(), weight: 1, priority: 0, tags: Vec::new() })
             .collect();
-        Arc::new(Pool::new("replay", specs, instance.clone(), PoolSettings::default(), None))
+        Pool::new("replay", specs, instance.clone(), PoolSettings::default(), None)
     };
     if world == World::Balancer && backends.is_empty() {
         bail!("the log names no backend to balance over");

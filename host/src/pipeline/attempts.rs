@@ -114,7 +114,7 @@ mod tests {
         let specs = (0..backends)
             .map(|i| BackendSpec { address: format!("127.0.0.1:{}", 1000 + i), weight: 1, priority: 0, tags: vec![] })
             .collect();
-        Arc::new(Pool::new("p", specs, Balancer::NativeRoundRobin, settings, None))
+        Pool::new("p", specs, Balancer::NativeRoundRobin, settings, None)
     }
 
     fn conn() -> types::Connection {

@@ -59,7 +59,7 @@ impl Prepared {
             };
             let settings = pool_settings(p, pool_tls(&loaded, name, p)?);
             let pool = Pool::new(name, specs, balancer, settings, old.map(|o| &**o));
-            pools.insert(name.clone(), Arc::new(pool));
+            pools.insert(name.clone(), pool);
         }
         Ok(Self { plugins, pools, listener_tls, loaded })
     }

@@ -343,6 +343,10 @@ pub struct Health {
     transitions: AtomicU64,
     /// Why the last active check failed.
     last_failure: Mutex<String>,
+    /// The pool whose member list holds this backend now. A reload builds
+    /// a new pool that keeps the health of the backends that stay, so the
+    /// end of an ejection refreshes this one, not the pool that ejected it.
+    pub(crate) owner: Mutex<std::sync::Weak<super::Pool>>,
 }
 
 impl Health {
@@ -356,6 +360,7 @@ impl Health {
             streak: AtomicI32::new(0),
             transitions: AtomicU64::new(0),
             last_failure: Mutex::new(String::new()),
+            owner: Mutex::new(std::sync::Weak::new()),
         }
     }
 

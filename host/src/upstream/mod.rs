@@ -109,6 +109,7 @@ fn build_backends(
     previous: Option<&Members>,
     live: &Arc<LiveTable>,
     up: bool,
+    owner: &std::sync::Weak<Pool>,
 ) -> (Vec<Arc<Backend>>, MemberChange) {
     let mut change = MemberChange::default();
     let mut seen = std::collections::HashSet::new();
@@ -130,6 +131,7 @@ fn build_backends(
                 (Arc::new(BackendStats::new(live)), Arc::new(Health::new(up)))
             }
         };
+        *health.owner.lock() = owner.clone();
         backends.push(Arc::new(Backend {
             slot,
             authority: s.address.parse().ok(),
@@ -394,6 +396,8 @@ pub struct Pool {
     fallback_next: AtomicUsize,
     /// The pick sequence, shared with every member list.
     picks: Arc<AtomicU64>,
+    /// This pool, for its backends' health to name as their owner.
+    me: std::sync::Weak<Pool>,
 }
 
 static NEXT_POOL_ID: AtomicU32 = AtomicU32::new(1);
@@ -408,16 +412,27 @@ impl Pool {
         balancer: impl Into<Balancer>,
         settings: PoolSettings,
         previous: Option<&Pool>,
+    ) -> Arc<Self> {
+        Arc::new_cyclic(|me| Self::build(name, specs, balancer.into(), settings, previous, me))
+    }
+
+    fn build(
+        name: &str,
+        specs: Vec<BackendSpec>,
+        balancer: Balancer,
+        settings: PoolSettings,
+        previous: Option<&Pool>,
+        me: &std::sync::Weak<Pool>,
     ) -> Self {
         let live = Arc::new(LiveTable::default());
         let old = previous.map(|p| p.members());
-        let (backends, _) = build_backends(specs, old.as_deref(), &live, settings.starts_up());
+        let (backends, _) = build_backends(specs, old.as_deref(), &live, settings.starts_up(), me);
         let (id, picks) = (NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed), Arc::default());
         let members = Members::new((id, &picks), &live, 1, backends);
         Self {
             id,
             name: name.into(),
-            balancer: balancer.into(),
+            balancer,
             settings,
             retries: RetryBudget::default(),
             members: ArcSwap::from_pointee(members),
@@ -426,6 +441,7 @@ impl Pool {
             versions: AtomicU64::new(1),
             fallback_next: AtomicUsize::new(0),
             picks,
+            me: me.clone(),
         }
     }
 
@@ -440,7 +456,7 @@ impl Pool {
     pub fn set_members(&self, specs: Vec<BackendSpec>) -> MemberChange {
         let _g = self.update.lock();
         let old = self.members.load_full();
-        let (backends, change) = build_backends(specs, Some(&old), &self.live, self.settings.starts_up());
+        let (backends, change) = build_backends(specs, Some(&old), &self.live, self.settings.starts_up(), &self.me);
         if !change.is_empty() {
             let version = self.versions.fetch_add(1, Ordering::Relaxed) + 1;
             self.members.store(Arc::new(Members::new((self.id, &self.picks), &self.live, version, backends)));
@@ -578,10 +594,12 @@ impl Pool {
         self.refresh_health();
         let wait = self.settings.fail_timeout;
         tracing::warn!(pool = %self.name, backend = %backend.address, failures, "ejected for {wait:?}");
-        let (pool, backend) = (Arc::downgrade(self), backend.clone());
+        let backend = backend.clone();
         tokio::spawn(async move {
             tokio::time::sleep(wait).await;
-            let Some(pool) = pool.upgrade() else { return };
+            // The pool that holds the backend now: a reload since the
+            // ejection replaced this one, keeping the backend's health.
+            let Some(pool) = backend.health.owner.lock().upgrade() else { return };
             if pool.settings.active_checks {
                 backend.health.set_ejection(Ejection::AwaitingCheck);
                 tracing::info!(pool = %pool.name, backend = %backend.address, "backoff over; waiting for a passing check");
@@ -616,7 +634,29 @@ mod tests {
 
     fn pool(ports: &[u16], settings: PoolSettings) -> Arc<Pool> {
         let specs = ports.iter().map(|&p| spec(p, 1)).collect();
-        Arc::new(Pool::new("p", specs, Balancer::NativeRoundRobin, settings, None))
+        Pool::new("p", specs, Balancer::NativeRoundRobin, settings, None)
+    }
+
+    #[tokio::test]
+    async fn an_ejection_ends_in_the_pool_a_reload_put_in_place_of_the_one_that_ejected() {
+        let settings =
+            PoolSettings { max_fails: 1, fail_timeout: Duration::from_millis(50), ..PoolSettings::default() };
+        let before = pool(&[1, 2], settings.clone());
+        let b = before.members().backends[0].clone();
+        before.report_failure(&b);
+        assert_eq!(*before.eligible(&before.members(), &[]), vec![1]);
+        // A reload: a new pool over the old one keeps the backend's health
+        // (still ejected), and the old pool goes.
+        let specs = vec![spec(1, 1), spec(2, 1)];
+        let after = Pool::new("p", specs, Balancer::NativeRoundRobin, settings, Some(&before));
+        drop(before);
+        assert_eq!(*after.eligible(&after.members(), &[]), vec![1], "still ejected");
+        let started = std::time::Instant::now();
+        while after.eligible(&after.members(), &[]).len() < 2 {
+            assert!(started.elapsed() < Duration::from_secs(5), "the backend never came back after the reload");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(after.members().backends[0].health.ejection(), Ejection::None);
     }
 
     #[test]
