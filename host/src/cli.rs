@@ -44,14 +44,27 @@ enum Command {
     /// Run weir with a config file.
     Run {
         /// The TOML config file.
-        #[arg(short, long)]
+        #[arg(short, long, env = "WEIR_CONFIG", default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
     /// Check a config file and load every plugin it names, without binding anything.
     Check {
         /// The TOML config file.
-        #[arg(short, long)]
+        #[arg(short, long, env = "WEIR_CONFIG", default_value = DEFAULT_CONFIG)]
         config: PathBuf,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    /// for `weir`, e.g. `weir completions bash > /etc/bash_completion.d/weir`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (`weir.1` and one per subcommand, as
+    /// `weir-run.1`, `weir-plugin-push.1`, ...) into a directory.
+    Man {
+        /// Where to write them.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
     },
     /// List the bundled plugins and the world each implements.
     Plugins,
@@ -481,10 +494,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Run { config } => {
             crate::upgrade::remember_how_started();
-            let loaded = Loaded::read(&config)?;
+            let loaded = read_config(&config)?;
             tokio_runtime(loaded.config.runtime.workers)?.block_on(serve(loaded))?;
         }
         Command::Check { config } => check_config(&config)?,
+        Command::Completions { shell } => clap_complete::generate(
+            shell,
+            &mut <Cli as clap::CommandFactory>::command(),
+            "weir",
+            &mut std::io::stdout(),
+        ),
+        Command::Man { dir } => {
+            std::fs::create_dir_all(&dir)?;
+            clap_mangen::generate_to(<Cli as clap::CommandFactory>::command(), &dir)?;
+            println!("man pages written to {}", dir.display());
+        }
         Command::Plugins => list_bundled()?,
         Command::Status { target, json: false } => print_status(&target)?,
         Command::Status { target, json: true } => println!("{:#}", status_json(&target)?),
@@ -505,9 +529,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Where `weir run` and `weir check` look for the config without `-c` or
+/// `WEIR_CONFIG` (where the package installs it).
+const DEFAULT_CONFIG: &str = "/etc/weir/weir.toml";
+
+/// Read a config; a default path that is not there says how to name one.
+fn read_config(config: &Path) -> Result<Loaded> {
+    if config == Path::new(DEFAULT_CONFIG) && !config.exists() {
+        anyhow::bail!("no config at {DEFAULT_CONFIG} (the default): name one with -c FILE or WEIR_CONFIG");
+    }
+    Ok(Loaded::read(config)?)
+}
+
 /// `weir check`: parse, validate and load every plugin of a config.
 fn check_config(config: &Path) -> Result<()> {
-    let loaded = Loaded::read(config)?;
+    let loaded = read_config(config)?;
     let runtime = plugin_runtime(&loaded)?;
     let (listeners, pools) = (loaded.config.listeners.len(), loaded.config.pools.len());
     let prepared = Prepared::load(loaded, &runtime)?;

@@ -1100,3 +1100,43 @@ async fn eventually_blocking(what: &str, mut cond: impl FnMut() -> bool) -> Resu
     }
     Ok(())
 }
+
+#[test]
+fn completions_man_pages_and_the_config_from_weir_config_or_the_default_path() -> Result<()> {
+    let dir = scratch("shell");
+    // Completion scripts name the subcommands and their options.
+    let bash = weir(&["completions", "bash"], &dir);
+    assert!(bash.ok, "{}", bash.stderr);
+    assert!(bash.stdout.contains("complete -F") && bash.stdout.contains("upgrade"), "{}", bash.stdout);
+    assert!(bash.stdout.contains("--config"), "{}", bash.stdout);
+    let fish = weir(&["completions", "fish"], &dir);
+    assert!(fish.ok && fish.stdout.contains("complete -c weir"), "{}", fish.stdout);
+    let wrong = weir(&["completions", "tcsh"], &dir);
+    assert!(!wrong.ok && wrong.stderr.contains("possible values"), "{}", wrong.stderr);
+    // Man pages, one per subcommand, that man can render.
+    let man = weir(&["man", "--dir", "man"], &dir);
+    assert!(man.ok, "{}", man.stderr);
+    let page = std::fs::read_to_string(dir.join("man/weir.1"))?;
+    assert!(page.starts_with(".ie \\n(.g .ds Aq") || page.contains(".TH weir"), "{page}");
+    assert!(page.contains("upgrade"), "{page}");
+    let push = std::fs::read_to_string(dir.join("man/weir-plugin-push.1"))?;
+    assert!(push.contains(".TH weir-plugin-push"), "{push}");
+    // The config from WEIR_CONFIG when -c is not given.
+    std::fs::write(dir.join("from-env.toml"), GOOD)?;
+    let out = Command::new(weir_bin())
+        .arg("check")
+        .current_dir(&dir)
+        .env("WEIR_CONFIG", "from-env.toml")
+        .env("WEIR_CACHE_DIR", std::env::temp_dir().join("weir-test-plugin-cache"))
+        .output()?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok"), "{}", String::from_utf8_lossy(&out.stdout));
+    // Neither: the default path, named in the error when it is not there.
+    if !Path::new("/etc/weir/weir.toml").exists() {
+        let none = weir(&["check"], &dir);
+        assert!(!none.ok, "{}", none.stdout);
+        assert!(none.stderr.contains("no config at /etc/weir/weir.toml (the default)"), "{}", none.stderr);
+    }
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
