@@ -110,12 +110,11 @@ enum PluginCommand {
     New {
         /// The project (and component) name.
         name: String,
-        /// The phase it serves: balancer, router, access-filter,
-        /// health-checker or discovery-adapter.
-        #[arg(long)]
+        /// The phase it serves.
+        #[arg(long, value_parser = worlds())]
         world: String,
-        /// The language of the template: rust, python or js.
-        #[arg(long, default_value = "rust")]
+        /// The language of the template.
+        #[arg(long, default_value = "rust", value_parser = clap::builder::PossibleValuesParser::new(crate::devkit::scaffold::LANGUAGES))]
         lang: String,
         /// Where to create it.
         #[arg(long, default_value = ".")]
@@ -160,9 +159,8 @@ enum PluginCommand {
     Check {
         /// The component file.
         file: PathBuf,
-        /// The world it must implement: balancer, router, access-filter,
-        /// health-checker or discovery-adapter (default: the one it exports).
-        #[arg(long)]
+        /// The world it must implement (default: the one it exports).
+        #[arg(long, value_parser = worlds())]
         world: Option<String>,
         /// The instance config to `init` it with: JSON or an inline TOML table.
         #[arg(long, default_value = "{}")]
@@ -207,6 +205,12 @@ fn config_json(text: &str) -> Result<String> {
         })
         .map_err(|e| anyhow::anyhow!("--config: neither JSON nor a TOML table: {e}"))?;
     resolved(table)
+}
+
+/// The names `--world` takes: clap checks them, lists them in `--help` and
+/// the error, and completes them.
+fn worlds() -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(crate::plugin::World::ALL.map(|w| w.name()))
 }
 
 /// A world by its name, or an error listing the names.

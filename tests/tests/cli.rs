@@ -292,7 +292,14 @@ async fn plugin_new_makes_a_project_that_builds_loads_and_balances() -> Result<(
     let again = weir(&["plugin", "new", "--world", "balancer", "--dir", ".", "skip-one"], &dir);
     assert!(!again.ok && again.stderr.contains("exists already"), "{}", again.stderr);
     let bad = weir(&["plugin", "new", "--world", "balancr", "--dir", ".", "x"], &dir);
-    assert!(!bad.ok && bad.stderr.contains("`balancr` is not one of"), "{}", bad.stderr);
+    assert!(!bad.ok && bad.stderr.contains("invalid value 'balancr' for '--world <WORLD>'"), "{}", bad.stderr);
+    assert!(
+        bad.stderr.contains("[possible values: access-filter, router, balancer, health-checker,"),
+        "{}",
+        bad.stderr
+    );
+    let bad = weir(&["plugin", "new", "--world", "router", "--lang", "go", "--dir", ".", "x"], &dir);
+    assert!(!bad.ok && bad.stderr.contains("[possible values: rust, python, js]"), "{}", bad.stderr);
 
     // Build it (reusing the test build's wasm32 standard library).
     let built = weir_building(&["plugin", "build"], &project)?;
