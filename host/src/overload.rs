@@ -48,6 +48,15 @@ impl Reason {
             Reason::Memory => "memory",
         }
     }
+
+    /// What a shed request's answer says.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Reason::LoopLag => "overloaded (loop lag)",
+            Reason::PluginTime => "overloaded (plugin time)",
+            Reason::Memory => "overloaded (memory)",
+        }
+    }
 }
 
 /// The limits, from `[runtime]` (`None`: that signal is not watched).

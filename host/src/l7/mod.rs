@@ -181,11 +181,7 @@ impl Failure {
             Failure::Unreachable => "no backend reachable",
             Failure::BackendError(_) => "backend error",
             Failure::Timeout => "backend response timed out",
-            Failure::Overloaded(why) => match why {
-                crate::overload::Reason::LoopLag => "overloaded (loop lag)",
-                crate::overload::Reason::PluginTime => "overloaded (plugin time)",
-                crate::overload::Reason::Memory => "overloaded (memory)",
-            },
+            Failure::Overloaded(why) => why.describe(),
         }
     }
 
@@ -233,7 +229,9 @@ impl HttpService {
     ) -> Result<Response<ProxyBody>, Infallible> {
         conn.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let http2 = req.version() == http::Version::HTTP_2;
-        if http2 {
+        // Written once per connection, not per stream: streams of one
+        // connection run side by side.
+        if http2 && !conn.http2.load(std::sync::atomic::Ordering::Relaxed) {
             conn.http2.store(true, std::sync::atomic::Ordering::Relaxed);
         }
         let mut answer = self.answer(&conn, req).await;
