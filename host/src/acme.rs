@@ -99,8 +99,7 @@ impl Settings {
 fn expiry(cert: &Path) -> Option<SystemTime> {
     use rustls::pki_types::pem::PemObject;
     let der = rustls::pki_types::CertificateDer::from_pem_file(cert).ok()?;
-    let (_, parsed) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
-    let secs = parsed.validity().not_after.timestamp();
+    let secs = crate::tls::not_after(&der)?;
     Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64))
 }
 

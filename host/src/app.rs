@@ -144,9 +144,9 @@ async fn watch_config(core: std::sync::Weak<ServerCore>, mut last: String, stop:
         let Ok(now) = tokio::fs::read_to_string(&file).await else { continue };
         if now != last {
             last = now;
-            match core.reload_file().await {
-                Ok(summary) => tracing::info!(?summary, "config file changed: reloaded"),
-                Err(e) => tracing::error!("config file changed: not applied, the old one stays: {e}"),
+            // A refused config is logged by the reload itself.
+            if let Ok(summary) = core.reload_file().await {
+                tracing::info!(?summary, "config file changed: reloaded");
             }
         }
     }

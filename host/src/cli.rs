@@ -470,9 +470,9 @@ async fn serve(loaded: Loaded) -> Result<()> {
                 let mut reloading = vec![NotifyState::Reloading];
                 reloading.extend(NotifyState::monotonic_usec_now().ok());
                 notify_supervisor(&reloading);
-                match server.core().reload_file().await {
-                    Ok(summary) => tracing::info!(?summary, "SIGHUP: config reloaded"),
-                    Err(e) => tracing::error!("SIGHUP: config not applied, the old one stays: {e}"),
+                // A refused config is logged by the reload itself.
+                if let Ok(summary) = server.core().reload_file().await {
+                    tracing::info!(?summary, "SIGHUP: config reloaded");
                 }
                 notify_supervisor(&[NotifyState::Ready]);
             }

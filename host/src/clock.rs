@@ -12,3 +12,8 @@ fn origin() -> Instant {
 pub fn now_nanos() -> u64 {
     origin().elapsed().as_nanos() as u64
 }
+
+/// Wall-clock seconds since the Unix epoch (0 before it).
+pub fn unix_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}

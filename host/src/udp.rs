@@ -243,12 +243,13 @@ impl Session {
         }
         let (upstream, backend) = service.connect(routes, &conn, peer).await.ok_or("no backend reachable")?;
         log.set(|e| e.backend = backend.address.clone());
-        let _active = backend.stats.open();
+        let _active = backend.stats.open_connection();
         let end = self.relay(&upstream, &backend, log, stop).await;
         tracing::debug!(listener = %service.name, %peer, backend = %backend.address, "session ended: {end:?}");
         match end {
             End::Idle | End::Responses | End::Closed => Ok(()),
             End::Refused => {
+                backend.stats.record_connect_failure();
                 routes.pool.report_failure(&backend);
                 Err("backend refused".into())
             }

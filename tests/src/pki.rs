@@ -80,6 +80,15 @@ impl Pki {
         self.issue(file, params)
     }
 
+    /// A server certificate for `names` that expires at the start of `year`.
+    pub fn server_until(&self, file: &str, names: &[&str], year: i32) -> Result<Issued> {
+        let mut params = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())?;
+        params.distinguished_name.push(DnType::CommonName, names.first().copied().unwrap_or("server"));
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.not_after = date_time_ymd(year, 1, 1);
+        self.issue(file, params)
+    }
+
     /// A client certificate with common name `cn`; `expired` makes one
     /// whose validity ended in 2001.
     pub fn client(&self, file: &str, cn: &str, expired: bool) -> Result<Issued> {

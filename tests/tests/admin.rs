@@ -321,13 +321,43 @@ async fn a_thousand_swaps_leak_no_generation() -> Result<()> {
     Ok(())
 }
 
+/// A scrape of `/metrics`, parsed.
+async fn scrape(admin: SocketAddr) -> Result<prometheus_parse::Scrape> {
+    let got = send(&client_h1(), admin_request("GET", admin, "/metrics", Some(TOKEN), Bytes::new())).await?;
+    anyhow::ensure!(got.status == StatusCode::OK, "GET /metrics: {}", got.status);
+    let text = String::from_utf8(got.body.to_vec())?;
+    Ok(prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))?)
+}
+
+/// The value of the sample `name` with `labels` (among others).
+fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    scrape.samples.iter().find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v))).map(
+        |s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => f64::NAN,
+        },
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_parse_and_match_the_traffic() -> Result<()> {
     let (a, b) = (HttpBackend::start("a").await?, HttpBackend::failing("b", 503).await?);
+    let pki = weir_tests::pki::Pki::new("metrics")?;
+    let cert = pki.server_until("site", &["site.test"], 2030)?;
     let text = format!(
-        "[admin]\nbind = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n\n[pools.p]\nbackends = [\"{}\", \"{}\"]\nmax_fails = 0\n\n\
-         [listeners.web]\nbind = \"127.0.0.1:0\"\nprotocol = \"http\"\npool = \"p\"\n",
-        a.addr, b.addr
+        "[admin]\nbind = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n\n[pools.p]\nbackends = [\"{}\", \"{}\"]\nmax_fails = 0\n\
+         fail_on = [503]\n\n[pools.tcp]\nbackends = [\"{}\"]\n\n\
+         [listeners.web]\nbind = \"127.0.0.1:0\"\nprotocol = \"http\"\npool = \"p\"\n\n\
+         [listeners.raw]\nbind = \"127.0.0.1:0\"\nprotocol = \"tcp\"\npool = \"tcp\"\n\n\
+         [listeners.secure]\nbind = \"127.0.0.1:0\"\nprotocol = \"https\"\npool = \"p\"\n\
+         tls = {{ certificates = [{{ cert = \"{}\", key = \"{}\" }}] }}\n",
+        a.addr,
+        b.addr,
+        a.addr,
+        cert.cert.display(),
+        cert.key.display()
     );
     let weir = start_weir(&text).await?;
     let (addr, admin) = (weir.listener_addr("web").unwrap(), weir.admin_addr().unwrap());
@@ -346,29 +376,32 @@ async fn metrics_parse_and_match_the_traffic() -> Result<()> {
     for _ in 0..10 {
         send(&client, closing("/")).await?;
     }
-    let got = send(&client, admin_request("GET", admin, "/metrics", Some(TOKEN), Bytes::new())).await?;
-    assert_eq!(got.status, StatusCode::OK);
-    let text = String::from_utf8(got.body.to_vec())?;
-    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))?;
-    let value = |name: &str, labels: &[(&str, &str)]| {
-        scrape.samples.iter().find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v))).map(
-            |s| match s.value {
-                prometheus_parse::Value::Counter(v)
-                | prometheus_parse::Value::Gauge(v)
-                | prometheus_parse::Value::Untyped(v) => v,
-                _ => f64::NAN,
-            },
-        )
-    };
-    let (a_addr, b_addr) = (a.addr.to_string(), b.addr.to_string());
-    fn at(backend: &str) -> [(&str, &str); 2] {
-        [("pool", "p"), ("backend", backend)]
+    // 3 TCP connections through `raw`, each a whole HTTP exchange with a.
+    let raw = weir.listener_addr("raw").unwrap();
+    for _ in 0..3 {
+        let (head, _) = exchange(raw, b"GET / HTTP/1.0\r\n\r\n").await?;
+        anyhow::ensure!(head.contains("200"), "{head}");
     }
-    assert_eq!(value("weir_backend_connections_total", &at(&a_addr)), Some(15.0));
-    assert_eq!(value("weir_backend_connections_total", &at(&b_addr)), Some(15.0));
-    assert_eq!(value("weir_backend_rx_bytes_total", &at(&a_addr)), Some(10_000.0));
-    assert_eq!(value("weir_backend_active_connections", &at(&a_addr)), Some(0.0));
-    assert_eq!(value("weir_backend_live", &at(&a_addr)), Some(1.0));
+    let scrape = scrape(admin).await?;
+    let value = |name: &str, labels: &[(&str, &str)]| sample(&scrape, name, labels);
+    let (a_addr, b_addr) = (a.addr.to_string(), b.addr.to_string());
+    fn at<'a>(pool: &'a str, backend: &'a str) -> [(&'a str, &'a str); 2] {
+        [("pool", pool), ("backend", backend)]
+    }
+    // HTTP requests and TCP connections are counted apart.
+    assert_eq!(value("weir_backend_requests_total", &at("p", &a_addr)), Some(15.0));
+    assert_eq!(value("weir_backend_requests_total", &at("p", &b_addr)), Some(15.0));
+    assert_eq!(value("weir_backend_connections_total", &at("p", &a_addr)), Some(0.0));
+    assert_eq!(value("weir_backend_connections_total", &at("tcp", &a_addr)), Some(3.0));
+    assert_eq!(value("weir_backend_requests_total", &at("tcp", &a_addr)), Some(0.0));
+    assert_eq!(value("weir_backend_received_bytes_total", &at("p", &a_addr)), Some(10_000.0));
+    assert_eq!(value("weir_backend_active_requests", &at("p", &a_addr)), Some(0.0));
+    assert_eq!(value("weir_backend_active_connections", &at("tcp", &a_addr)), Some(0.0));
+    assert_eq!(value("weir_backend_up", &at("p", &a_addr)), Some(1.0));
+    // b's 5 answers of 503 are failed responses (fail_on), not failed connects.
+    assert_eq!(value("weir_backend_failed_responses_total", &at("p", &b_addr)), Some(5.0));
+    assert_eq!(value("weir_backend_connect_failures_total", &at("p", &b_addr)), Some(0.0));
+    assert!(value("weir_backend_latency_seconds", &at("p", &a_addr)).is_some_and(|s| s > 0.0 && s < 5.0));
     fn class<'a>(backend: &'a str, class: &'a str) -> [(&'a str, &'a str); 3] {
         [("pool", "p"), ("backend", backend), ("class", class)]
     }
@@ -376,15 +409,16 @@ async fn metrics_parse_and_match_the_traffic() -> Result<()> {
     assert_eq!(value("weir_backend_http_responses_total", &class(&b_addr, "5xx")), Some(5.0));
     assert_eq!(value("weir_backend_http_responses_total", &class(&b_addr, "2xx")), Some(10.0));
     let rr = [("plugin", "builtin:round-robin"), ("world", "balancer")];
-    assert_eq!(value("weir_plugin_calls_total", &rr), Some(30.0));
+    assert_eq!(value("weir_plugin_calls_total", &rr), Some(33.0));
     assert_eq!(value("weir_plugin_generation", &rr), Some(1.0));
     assert_eq!(value("weir_plugin_traps_total", &rr), Some(0.0));
     // Listener counters: 30 connections, 25 2xx and 5 5xx responses.
     let web = [("listener", "web")];
-    assert_eq!(value("weir_server_connections_total", &web), Some(30.0));
+    assert_eq!(value("weir_listener_connections_total", &web), Some(30.0));
+    assert_eq!(value("weir_listener_connections_total", &[("listener", "raw")]), Some(3.0));
     let web_class = |class| [("listener", "web"), ("class", class)];
-    assert_eq!(value("weir_server_http_responses_total", &web_class("2xx")), Some(25.0));
-    assert_eq!(value("weir_server_http_responses_total", &web_class("5xx")), Some(5.0));
+    assert_eq!(value("weir_listener_http_responses_total", &web_class("2xx")), Some(25.0));
+    assert_eq!(value("weir_listener_http_responses_total", &web_class("5xx")), Some(5.0));
     let histogram_count = |name: &str, labels: &[(&str, &str)]| {
         scrape.samples.iter().find_map(|s| match &s.value {
             prometheus_parse::Value::Histogram(h)
@@ -395,9 +429,35 @@ async fn metrics_parse_and_match_the_traffic() -> Result<()> {
             _ => None,
         })
     };
-    assert_eq!(histogram_count("weir_server_response_seconds", &web), Some(30.0));
-    // One balancer call in eight is timed: calls 0, 8, 16, 24.
-    assert_eq!(histogram_count("weir_plugin_call_seconds", &rr), Some(4.0));
+    assert_eq!(histogram_count("weir_listener_http_response_head_seconds", &web), Some(30.0));
+    // One balancer call in eight is timed: calls 0, 8, 16, 24 and 32.
+    assert_eq!(histogram_count("weir_plugin_call_seconds", &rr), Some(5.0));
+    // The certificate `secure` serves expires on 2030-01-01.
+    let site = [("listener", "secure"), ("name", "site.test")];
+    assert_eq!(value("weir_tls_certificate_expiry_timestamp_seconds", &site), Some(1_893_456_000.0));
+    // The process: memory, descriptors, threads, a start time about now.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs_f64();
+    assert!(value("process_resident_memory_bytes", &[]).is_some_and(|b| b > 1e6));
+    assert!(value("process_open_fds", &[]).is_some_and(|n| n >= 5.0));
+    assert!(value("process_max_fds", &[]).is_some_and(|n| n >= value("process_open_fds", &[]).unwrap()));
+    assert!(value("process_threads", &[]).is_some_and(|n| n >= 2.0));
+    assert!(value("process_cpu_seconds_total", &[]).is_some_and(|s| s > 0.0));
+    assert!(value("process_start_time_seconds", &[]).is_some_and(|t| t <= now + 1.0 && t > now - 3600.0));
+    // Config reloads: none yet; then one refused and one applied.
+    let applied = [("result", "applied")];
+    assert_eq!(value("weir_config_reloads_total", &applied), Some(0.0));
+    assert_eq!(value("weir_config_last_reload_successful", &[]), Some(1.0));
+    let started_at = value("weir_config_last_reload_success_timestamp_seconds", &[]).unwrap();
+    assert!((now - started_at).abs() < 600.0, "{started_at} vs {now}");
+    let source = |text: &str| weir::config::Source { origin: "test".into(), text: text.into() };
+    assert!(weir.reload(source("[pools.p]\nbackends = 3\n")).await.is_err());
+    let after_refusal = scrape(admin).await?;
+    assert_eq!(sample(&after_refusal, "weir_config_reloads_total", &[("result", "refused")]), Some(1.0));
+    assert_eq!(sample(&after_refusal, "weir_config_last_reload_successful", &[]), Some(0.0));
+    weir.reload(source(&text)).await.map_err(anyhow::Error::msg)?;
+    let after = scrape(admin).await?;
+    assert_eq!(sample(&after, "weir_config_reloads_total", &applied), Some(1.0));
+    assert_eq!(sample(&after, "weir_config_last_reload_successful", &[]), Some(1.0));
     weir.shutdown().await;
     Ok(())
 }

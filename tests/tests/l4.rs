@@ -246,7 +246,7 @@ async fn connections_over_max_connections_wait_in_the_backlog_until_one_closes()
     let shown: serde_json::Value = serde_json::from_slice(&get("/listeners/l").await?.body)?;
     assert_eq!((shown["max_connections"].as_u64(), shown["accept_paused"].as_u64()), (Some(2), Some(1)), "{shown}");
     let metrics = String::from_utf8(get("/metrics").await?.body.to_vec())?;
-    for line in ["weir_server_accept_paused_total{listener=\"m\"} 1", "weir_open_connections 3"] {
+    for line in ["weir_listener_accept_paused_total{listener=\"m\"} 1", "weir_open_connections 3"] {
         assert!(metrics.lines().any(|l| l.starts_with(line)), "{line} not in:\n{metrics}");
     }
     // A close on `m` lets `m2` in; `l` stays at its own cap.

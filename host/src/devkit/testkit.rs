@@ -200,7 +200,7 @@ fn run_balancer(instance: &Arc<crate::plugin::PluginInstance>, cases: &Cases, ca
     };
     for (slot, n) in case.active.iter().enumerate() {
         let b = backend(slot, "active")?;
-        guards.extend((0..*n).map(|_| b.stats.open()));
+        guards.extend((0..*n).map(|_| b.stats.open_connection()));
     }
     for (slot, &us) in case.latency_us.iter().enumerate() {
         backend(slot, "latency_us")?.stats.set_live_numbers(None, Some(us));

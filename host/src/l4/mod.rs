@@ -263,7 +263,7 @@ impl TcpService {
         backend: &Backend,
         idle_timeout: Duration,
     ) -> std::io::Result<()> {
-        let _active = backend.stats.open();
+        let _active = backend.stats.open_connection();
         match (client, upstream) {
             (ClientSide::Plain(client, first), BackendSide::Plain(mut upstream)) => {
                 use tokio::io::AsyncWriteExt;

@@ -381,7 +381,7 @@ impl HttpService {
             let head = if keep { parts.as_ref().map(CloneParts::clone_parts) } else { parts.take() };
             let head = head.ok_or(Failure::Unreachable)?;
             let upstream = Request::from_parts(head, outgoing);
-            let active = backend.stats.open();
+            let active = backend.stats.open_request();
             let started = Instant::now();
             match target.upstream.send(&backend, upstream, path.clone(), pool.settings.response_timeout).await {
                 Ok(resp) => {
@@ -396,6 +396,7 @@ impl HttpService {
                     // for passive health, as in nginx's proxy_next_upstream.
                     let failed = pool.settings.retry_on.contains(&status);
                     if failed || pool.settings.fail_on.contains(&status) {
+                        backend.stats.record_failed_response();
                         pool.report_failure(&backend);
                     } else {
                         pool.report_success(&backend);

@@ -54,6 +54,7 @@ impl<'a> Attempts<'a> {
     /// The attempt on `backend` failed: it counts for passive health, and
     /// the backend is not picked again.
     pub fn failed(&mut self, backend: &Arc<Backend>) {
+        backend.stats.record_connect_failure();
         self.pool.report_failure(backend);
         self.exclude(backend);
     }

@@ -181,6 +181,17 @@ pub struct Runtime {
     shared: Arc<SharedStore>,
     cache_dir: Option<PathBuf>,
     ticker_stop: Arc<AtomicBool>,
+    compiles: CompileStats,
+}
+
+/// How components were turned into machine code: compiled, or read back
+/// from the on-disk cache (metrics).
+#[derive(Debug, Default)]
+pub struct CompileStats {
+    /// Time of each compile (cache misses).
+    pub compile_time: crate::histogram::Histogram,
+    /// Components read back from the cache.
+    pub cache_hits: std::sync::atomic::AtomicU64,
 }
 
 impl Drop for Runtime {
@@ -225,7 +236,14 @@ impl Runtime {
                 }
             });
         }
-        Ok(Arc::new(Self { engine, linker, shared: Arc::default(), cache_dir, ticker_stop }))
+        Ok(Arc::new(Self {
+            engine,
+            linker,
+            shared: Arc::default(),
+            cache_dir,
+            ticker_stop,
+            compiles: CompileStats::default(),
+        }))
     }
 
     /// The default cache directory: `$WEIR_CACHE_DIR`, else `<user cache>/weir/components`.
@@ -238,6 +256,11 @@ impl Runtime {
     /// The host-owned shared store.
     pub fn shared(&self) -> &Arc<SharedStore> {
         &self.shared
+    }
+
+    /// How components were compiled or read from the cache so far.
+    pub fn compiles(&self) -> &CompileStats {
+        &self.compiles
     }
 
     /// The bytes of a plugin source: `builtin:<name>` or a file path
@@ -277,12 +300,27 @@ impl Runtime {
                         .append(true)
                         .open(path)
                         .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+                    self.compiles.cache_hits.fetch_add(1, Ordering::Relaxed);
                     return Ok(c);
                 }
                 Err(e) => tracing::warn!("ignoring bad cache entry {}: {e}", path.display()),
             }
         }
+        // A large component (an interpreter inside) takes seconds: say so,
+        // and that the next load of the same bytes is quick.
+        let size_kib = bytes.len() / 1024;
+        match &cached {
+            Some(path) => tracing::info!(
+                "compiling a {size_kib} KiB component to machine code (first time; cached as {})",
+                path.display()
+            ),
+            None => tracing::info!("compiling a {size_kib} KiB component to machine code (no cache directory)"),
+        }
+        let started = std::time::Instant::now();
         let component = Component::new(&self.engine, bytes).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        let took = started.elapsed();
+        self.compiles.compile_time.observe(took);
+        tracing::info!("compiled the {size_kib} KiB component in {:.2} s", took.as_secs_f64());
         if let Some(path) = cached {
             if let Ok(data) = component.serialize() {
                 let tmp = path.with_extension(format!("tmp{}", std::process::id()));

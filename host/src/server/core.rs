@@ -18,7 +18,7 @@ use arc_swap::ArcSwap;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -124,6 +124,33 @@ pub struct ServerCore {
     retire: CancellationToken,
     /// Load shedding (`runtime.shed_*`), shared by every listener.
     overload: Arc<Overload>,
+    /// How config reloads went (metrics).
+    reloads: ReloadStats,
+}
+
+/// Config reloads counted, for the metrics.
+#[derive(Debug, Default)]
+pub struct ReloadStats {
+    /// Reloads applied.
+    pub applied: AtomicU64,
+    /// Reloads refused (the config in force stayed).
+    pub refused: AtomicU64,
+    /// When the config in force was applied (start or reload), Unix seconds.
+    pub applied_at: AtomicU64,
+    /// Whether the last reload was applied (true before any).
+    pub last_applied: AtomicBool,
+}
+
+impl ReloadStats {
+    fn record(&self, applied: bool) {
+        if applied {
+            self.applied.fetch_add(1, Ordering::Relaxed);
+            self.applied_at.store(crate::clock::unix_secs(), Ordering::Relaxed);
+        } else {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+        }
+        self.last_applied.store(applied, Ordering::Relaxed);
+    }
 }
 
 pub fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<tokio::net::TcpListener> {
@@ -210,7 +237,10 @@ impl ServerCore {
             retiring: Arc::default(),
             retire: CancellationToken::new(),
             overload: Arc::new(Overload::new(crate::workers::count())),
+            reloads: ReloadStats::default(),
         };
+        core.reloads.applied_at.store(crate::clock::unix_secs(), Ordering::Relaxed);
+        core.reloads.last_applied.store(true, Ordering::Relaxed);
         core.process_cap.set(Self::process_max(prepared));
         core.set_overload(prepared);
         {
@@ -284,6 +314,11 @@ impl ServerCore {
     /// The server's load shedding.
     pub fn overload(&self) -> &Arc<Overload> {
         &self.overload
+    }
+
+    /// How config reloads went.
+    pub fn reloads(&self) -> &ReloadStats {
+        &self.reloads
     }
 
     /// Apply `runtime.shed_*`, starting the loops' tickers when loop lag is
@@ -565,6 +600,7 @@ impl ServerCore {
                             Service::Http(s) => Some(s.caps.clone()),
                             Service::Udp(_) => None,
                         },
+                        tls: prepared.listener_tls.get(name).cloned(),
                     };
                     (name.clone(), info)
                 })
@@ -587,8 +623,19 @@ impl ServerCore {
     /// Apply a new config: parse and check it, load every plugin and bind
     /// every new listener first; only then swap routes, open and close
     /// listeners and restart the background loops. An error changes
-    /// nothing and says where the config is wrong.
+    /// nothing, says where the config is wrong, and is logged with where
+    /// the config came from (SIGHUP, the admin API, the file watch).
     pub async fn reload(&self, source: crate::config::Source) -> Result<ReloadSummary, String> {
+        let origin = source.origin.clone();
+        let result = self.apply(source).await;
+        self.reloads.record(result.is_ok());
+        if let Err(e) = &result {
+            tracing::error!("{origin}: config not applied, the old one stays: {e}");
+        }
+        result
+    }
+
+    async fn apply(&self, source: crate::config::Source) -> Result<ReloadSummary, String> {
         let mut running = self.running.lock().await;
         let loaded = Loaded::parse(source).map_err(|e| e.to_string())?;
         let previous = self.snapshot.load_full();
@@ -696,8 +743,14 @@ impl ServerCore {
         let Some(file) = self.snapshot.load().file.clone() else {
             return Err("weir was started from a config text, not a file: send the new config instead".into());
         };
-        let source = crate::config::Source::read(&file).map_err(|e| e.to_string())?;
-        self.reload(source).await
+        match crate::config::Source::read(&file) {
+            Ok(source) => self.reload(source).await,
+            Err(e) => {
+                self.reloads.record(false);
+                tracing::error!("{}: config not applied, the old one stays: {e}", file.display());
+                Err(e.to_string())
+            }
+        }
     }
 
     /// Edit the config in force as a TOML document and apply the result

@@ -35,6 +35,8 @@ pub struct ListenerInfo {
     pub stats: Arc<crate::listener::ListenerStats>,
     /// Its connection caps (TCP, TLS and HTTP).
     pub caps: Option<Arc<crate::listener::ConnectionCaps>>,
+    /// The certificates it terminates TLS with.
+    pub tls: Option<Arc<crate::tls::ServerTls>>,
 }
 
 /// What a reload changed.

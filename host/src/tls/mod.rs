@@ -38,6 +38,21 @@ struct Loaded {
     key: Arc<CertifiedKey>,
     /// DNS names the certificate serves (lower case; `*.` wildcards kept).
     names: Vec<String>,
+    /// The certificate file.
+    path: PathBuf,
+    /// When the leaf certificate expires, Unix seconds.
+    not_after: Option<i64>,
+}
+
+/// A certificate a listener serves, as the metrics show it.
+#[derive(Debug, Clone)]
+pub struct CertificateInfo {
+    /// The certificate file.
+    pub path: String,
+    /// The first DNS name it serves (empty when it names none).
+    pub name: String,
+    /// When the leaf certificate expires, Unix seconds.
+    pub not_after: Option<i64>,
 }
 
 /// The certificates a listener serves, in config order (the first is the
@@ -131,6 +146,12 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
 
 /// DNS names of a certificate: its DNS subject alternative names, else its
 /// subject common name.
+/// When a certificate expires, Unix seconds.
+pub fn not_after(der: &CertificateDer<'_>) -> Option<i64> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+    Some(cert.validity().not_after.timestamp())
+}
+
 fn cert_names(der: &CertificateDer<'_>) -> Vec<String> {
     use x509_parser::prelude::*;
     let Ok((_, cert)) = X509Certificate::from_der(der.as_ref()) else { return Vec::new() };
@@ -171,9 +192,10 @@ fn load_pair(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<Loade
     let chain = read_chain(cert).map_err(|e| ("cert", e))?;
     let key_der = read_key(key).map_err(|e| ("key", e))?;
     let names = cert_names(&chain[0]);
+    let not_after = not_after(&chain[0]);
     let certified =
         CertifiedKey::from_der(chain, key_der, provider).map_err(|e| ("key", format!("{}: {e}", key.display())))?;
-    Ok(Loaded { key: Arc::new(certified), names })
+    Ok(Loaded { key: Arc::new(certified), names, path: cert.to_path_buf(), not_after })
 }
 
 fn load_store(files: &[CertFiles]) -> Result<CertStore, TlsError> {
@@ -247,6 +269,20 @@ impl ServerTls {
             files,
             stamps: Mutex::new(stamps),
         })
+    }
+
+    /// The certificates served now.
+    pub fn certificates(&self) -> Vec<CertificateInfo> {
+        let store = self.store.load();
+        store
+            .0
+            .iter()
+            .map(|c| CertificateInfo {
+                path: c.path.display().to_string(),
+                name: c.names.first().cloned().unwrap_or_default(),
+                not_after: c.not_after,
+            })
+            .collect()
     }
 
     /// Reload the certificates if any of their files changed. New

@@ -132,13 +132,22 @@ impl LiveTable {
 pub struct BackendStats {
     table: Arc<LiveTable>,
     cell: u32,
-    total: AtomicU64,
+    /// TCP connections and UDP sessions ever opened.
+    connections: AtomicU64,
+    /// HTTP requests ever sent.
+    requests: AtomicU64,
+    /// HTTP requests in progress (the live `active` count holds them too).
+    active_requests: AtomicU32,
     /// Bytes received from the backend.
     rx: AtomicU64,
     /// Bytes sent to the backend.
     tx: AtomicU64,
-    /// Connect failures.
-    failures: AtomicU64,
+    /// Failed connection attempts (connect errors, TLS handshakes, a UDP
+    /// port unreachable).
+    connect_failures: AtomicU64,
+    /// HTTP responses whose status the pool counts as a failure
+    /// (`fail_on`, `retry_on`).
+    failed_responses: AtomicU64,
     /// HTTP responses by status class: 1xx .. 5xx.
     responses: [AtomicU64; 5],
 }
@@ -155,10 +164,13 @@ impl BackendStats {
         Self {
             table: table.clone(),
             cell: table.alloc(),
-            total: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            active_requests: AtomicU32::new(0),
             rx: AtomicU64::new(0),
             tx: AtomicU64::new(0),
-            failures: AtomicU64::new(0),
+            connect_failures: AtomicU64::new(0),
+            failed_responses: AtomicU64::new(0),
             responses: Default::default(),
         }
     }
@@ -174,13 +186,29 @@ impl BackendStats {
         self.table.cell(self.cell)
     }
 
-    /// Connections (or requests) open now.
+    /// Connections, sessions and requests open now (what balancers read).
     pub fn active(&self) -> u32 {
         self.live().active()
     }
-    /// Connections (or requests) ever sent.
+    /// HTTP requests in progress.
+    pub fn active_requests(&self) -> u32 {
+        self.active_requests.load(Ordering::Relaxed)
+    }
+    /// TCP connections and UDP sessions open now.
+    pub fn active_connections(&self) -> u32 {
+        self.active().saturating_sub(self.active_requests())
+    }
+    /// TCP connections and UDP sessions ever opened.
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::Relaxed)
+    }
+    /// HTTP requests ever sent.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+    /// Connections, sessions and requests ever sent.
     pub fn total(&self) -> u64 {
-        self.total.load(Ordering::Relaxed)
+        self.connections() + self.requests()
     }
     /// Bytes received from the backend.
     pub fn rx(&self) -> u64 {
@@ -191,8 +219,16 @@ impl BackendStats {
         self.tx.load(Ordering::Relaxed)
     }
     /// Failed connection attempts.
+    pub fn connect_failures(&self) -> u64 {
+        self.connect_failures.load(Ordering::Relaxed)
+    }
+    /// HTTP responses with a status the pool counts as a failure.
+    pub fn failed_responses(&self) -> u64 {
+        self.failed_responses.load(Ordering::Relaxed)
+    }
+    /// Failed attempts of either kind.
     pub fn failures(&self) -> u64 {
-        self.failures.load(Ordering::Relaxed)
+        self.connect_failures() + self.failed_responses()
     }
     /// Recent connect latency, microseconds (EWMA).
     pub fn latency_us(&self) -> u32 {
@@ -211,8 +247,12 @@ impl BackendStats {
         self.tx.fetch_add(n, Ordering::Relaxed);
     }
     /// Record a failed connection attempt.
-    pub fn record_failure(&self) {
-        self.failures.fetch_add(1, Ordering::Relaxed);
+    pub fn record_connect_failure(&self) {
+        self.connect_failures.fetch_add(1, Ordering::Relaxed);
+    }
+    /// Record an HTTP response whose status counts as a failure.
+    pub fn record_failed_response(&self) {
+        self.failed_responses.fetch_add(1, Ordering::Relaxed);
     }
     /// Record a latency sample (connect on L4, response head on L7) as a
     /// peak-EWMA: a slower sample is taken at once, faster ones decay the
@@ -255,20 +295,33 @@ impl BackendStats {
     pub fn responses(&self, class: u16) -> u64 {
         self.responses.get((class as usize).wrapping_sub(1)).map_or(0, |c| c.load(Ordering::Relaxed))
     }
-    /// Mark a connection as open; the guard closes it.
-    pub fn open(self: &Arc<Self>) -> ActiveGuard {
+    /// Mark a TCP connection or UDP session as open; the guard closes it.
+    pub fn open_connection(self: &Arc<Self>) -> ActiveGuard {
         self.live().active_cell().fetch_add(1, Ordering::Relaxed);
-        self.total.fetch_add(1, Ordering::Relaxed);
-        ActiveGuard(self.clone())
+        self.connections.fetch_add(1, Ordering::Relaxed);
+        ActiveGuard { stats: self.clone(), request: false }
+    }
+    /// Mark an HTTP request as sent; the guard ends it.
+    pub fn open_request(self: &Arc<Self>) -> ActiveGuard {
+        self.live().active_cell().fetch_add(1, Ordering::Relaxed);
+        self.active_requests.fetch_add(1, Ordering::Relaxed);
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        ActiveGuard { stats: self.clone(), request: true }
     }
 }
 
 /// Decrements a backend's active count when dropped.
-pub struct ActiveGuard(Arc<BackendStats>);
+pub struct ActiveGuard {
+    stats: Arc<BackendStats>,
+    request: bool,
+}
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
-        self.0.live().active_cell().fetch_sub(1, Ordering::Relaxed);
+        if self.request {
+            self.stats.active_requests.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.stats.live().active_cell().fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -581,7 +581,6 @@ impl Pool {
     /// ejection); then it is back, or, when active checks run, back at the
     /// next passing check.
     pub fn report_failure(self: &Arc<Self>, backend: &Arc<Backend>) {
-        backend.stats.record_failure();
         let max = self.settings.max_fails;
         let failures = backend.health.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
         if max == 0 || failures < max {
