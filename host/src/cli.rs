@@ -388,6 +388,7 @@ fn init_logging(level: Option<&str>, format: LogFormat) {
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
     };
     use std::io::IsTerminal;
+    crate::access_log::set_json_logs(matches!(format, LogFormat::Json));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Plain => builder.with_ansi(std::io::stderr().is_terminal()).init(),
@@ -428,6 +429,8 @@ async fn serve(loaded: Loaded) -> Result<()> {
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     #[cfg(unix)]
     let mut upgrade = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2())?;
+    #[cfg(unix)]
+    let mut reopen = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())?;
     // Started by `weir upgrade`: take over the previous process's sockets.
     let mut successor = match std::env::var_os(crate::handover::SOCKET_ENV) {
         Some(path) => Some(
@@ -466,6 +469,11 @@ async fn serve(loaded: Loaded) -> Result<()> {
                 // It logs how it went; a failed upgrade changes nothing.
                 let _ = crate::upgrade::hand_over(server.core()).await;
             }
+            _ = reopen.recv() => match crate::access_log::reopen() {
+                Some(Ok(path)) => tracing::info!("SIGUSR1: access log reopened: {}", path.display()),
+                Some(Err(e)) => tracing::error!("SIGUSR1: access log not reopened, lines go to the old file: {e}"),
+                None => tracing::info!("SIGUSR1: the access log goes to stderr, nothing to reopen"),
+            },
             _ = hangup.recv() => {
                 let mut reloading = vec![NotifyState::Reloading];
                 reloading.extend(NotifyState::monotonic_usec_now().ok());

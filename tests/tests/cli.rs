@@ -1147,3 +1147,103 @@ fn completions_man_pages_and_the_config_from_weir_config_or_the_default_path() -
     std::fs::remove_dir_all(&dir)?;
     Ok(())
 }
+
+/// Lines in a file (0 when it does not exist).
+fn lines_of(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path).map(|t| t.lines().map(str::to_string).collect()).unwrap_or_default()
+}
+
+/// Poll `cond` every 20 ms until it holds or `STEP` passes.
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) -> Result<()> {
+    let deadline = Instant::now() + STEP;
+    while !cond() {
+        anyhow::ensure!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+#[test]
+fn the_access_log_file_is_reopened_on_sigusr1_after_a_rename_and_no_line_is_lost() -> Result<()> {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+    use std::sync::Arc;
+    let rt = tokio::runtime::Runtime::new()?;
+    let backend = rt.block_on(weir_tests::web::HttpBackend::start("a"))?;
+    let config = |format: &str, file: &str| {
+        format!(
+            "[access_log]\nfile = \"{file}\"\nformat = \"{format}\"\n\n[pools.p]\nbackends = [\"{}\"]\n\n\
+             [listeners.web]\nbind = \"127.0.0.1:0\"\nprotocol = \"http\"\npool = \"p\"\naccess_log = true\n",
+            backend.addr
+        )
+    };
+    let proc = WeirProcess::spawn(&weir_bin(), "access-file", &config("json", "access.log"))?;
+    let (log, rotated) = (proc.dir.join("access.log"), proc.dir.join("access.log.1"));
+    let url = format!("http://{}/", proc.addr);
+    // Two clients, each sending batches of 20 requests on one kept-alive
+    // connection (curl reuses it), until told to stop.
+    let (stop, served, failed) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let clients: Vec<_> = (0..2)
+        .map(|_| {
+            let (stop, served, failed, url) = (stop.clone(), served.clone(), failed.clone(), url.clone());
+            std::thread::spawn(move || {
+                for _ in 0..500 {
+                    if stop.load(SeqCst) {
+                        break;
+                    }
+                    let mut args = vec!["-s", "-o", "/dev/null", "-w", "%{http_code}\n", "--max-time", "10"];
+                    args.extend(std::iter::repeat_n(url.as_str(), 20));
+                    let Ok(out) = Command::new("curl").args(&args).output() else { continue };
+                    for code in String::from_utf8_lossy(&out.stdout).lines() {
+                        if code == "200" { &served } else { &failed }.fetch_add(1, SeqCst);
+                    }
+                }
+            })
+        })
+        .collect();
+    wait_for("lines in the access log", || lines_of(&log).len() >= 40)?;
+    // logrotate's way: rename, then tell the process.
+    std::fs::rename(&log, &rotated)?;
+    proc.signal("USR1")?;
+    wait_for("the reopen", || proc.logged(&["SIGUSR1: access log reopened"]))?;
+    wait_for("lines in the new file", || lines_of(&log).len() >= 40)?;
+    stop.store(true, SeqCst);
+    for c in clients {
+        c.join().expect("client thread");
+    }
+    let served = served.load(SeqCst);
+    assert_eq!(failed.load(SeqCst), 0);
+    // Every request has its line in one of the two files (a line is written
+    // as its response ends, so the last ones may trail the client a little).
+    let total = || lines_of(&rotated).len() + lines_of(&log).len();
+    let _ = wait_for("every line", || total() as u64 >= served);
+    let (before, after) = (lines_of(&rotated), lines_of(&log));
+    println!("{served} requests: {} lines before the rename, {} after", before.len(), after.len());
+    assert_eq!(before.len() + after.len(), served as usize);
+    for line in before.iter().chain(&after) {
+        let v: serde_json::Value = serde_json::from_str(line)?;
+        assert_eq!((v["status"].as_u64(), v["path"].as_str(), v["pool"].as_str()), (Some(200), Some("/"), Some("p")));
+        assert!(v["time"].as_str().is_some_and(|t| t.ends_with('Z')) && v["duration_ms"].is_f64(), "{line}");
+    }
+    // The combined format, after a reload.
+    std::fs::write(proc.dir.join("weir.toml"), config("combined", "access.log"))?;
+    proc.signal("HUP")?;
+    wait_for("the reload", || proc.logged(&["SIGHUP: config reloaded"]))?;
+    let out = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-A", "weir-test/1", "-e", "http://ref.test/", &format!("{url}c?x=1")])
+        .output()?;
+    assert!(out.status.success());
+    wait_for("the combined line", || lines_of(&log).last().is_some_and(|l| !l.starts_with('{')))?;
+    let line = lines_of(&log).pop().unwrap_or_default();
+    assert!(line.starts_with("127.0.0.1 - - ["), "{line}");
+    assert!(line.contains(" +0000] \"GET /c?x=1 HTTP/1.1\" 200 "), "{line}");
+    assert!(line.ends_with(" \"http://ref.test/\" \"weir-test/1\""), "{line}");
+    // A file that cannot be opened: the reload is refused, located, and the
+    // log goes on where it was.
+    std::fs::write(proc.dir.join("weir.toml"), config("json", "no-such-dir/access.log"))?;
+    proc.signal("HUP")?;
+    wait_for("the refusal", || proc.logged(&["config not applied", "weir.toml:2:", "access_log.file"]))?;
+    let out = Command::new("curl").args(["-s", "-o", "/dev/null", &url]).output()?;
+    assert!(out.status.success());
+    wait_for("one more combined line", || lines_of(&log).iter().filter(|l| !l.starts_with('{')).count() == 2)?;
+    Ok(())
+}

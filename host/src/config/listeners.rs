@@ -151,6 +151,18 @@ fn default_handshake_timeout() -> Duration {
     Duration::from_secs(10)
 }
 
+/// `[access_log]`: where access-log lines go and their format.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogTable {
+    /// A file to append lines to (relative to the config file), reopened
+    /// on SIGUSR1; none: the application log (stderr).
+    pub file: Option<Spanned<String>>,
+    /// `logfmt`, `json` or `combined` (default: `json` under
+    /// `--log-format json`, else `logfmt`).
+    pub format: Option<crate::access_log::Format>,
+}
+
 /// A listener's access-log setting.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]

@@ -18,7 +18,7 @@ mod units;
 
 pub use keys::{HashKey, NATIVE_ROUND_ROBIN};
 pub use listeners::{
-    AccessLog, Acme, Admin, CertificateFiles, Listener, ListenerTls, Protocol, TlsVersion, DEFAULT_UDP_IDLE_TIMEOUT,
+    AccessLog, AccessLogTable, Acme, Admin, CertificateFiles, Listener, ListenerTls, Protocol, TlsVersion, DEFAULT_UDP_IDLE_TIMEOUT,
     DEFAULT_UDP_MAX_SESSIONS,
 };
 pub use plugins::{Fallback, GrantsTable, PluginTable, RuntimeTable};
@@ -49,6 +49,10 @@ pub struct Config {
     pub admin: Option<Admin>,
     /// Automatic certificates from an ACME CA.
     pub acme: Option<Acme>,
+    /// Where access-log lines go and their format (which listeners log,
+    /// and which fields, is each listener's `access_log`).
+    #[serde(default)]
+    pub access_log: AccessLogTable,
     /// Named plugin instances.
     #[serde(default)]
     pub plugins: BTreeMap<String, PluginTable>,

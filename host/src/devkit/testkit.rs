@@ -442,22 +442,47 @@ pub struct Logged {
     pub headers: BTreeMap<String, String>,
 }
 
-/// The `key=value` pairs of one access-log line (plain or `--log-format
-/// json`); lines that are not access-log lines give `None`.
+/// One access-log line, as the application log (plain or `--log-format
+/// json`) or an `[access_log] file` (`logfmt` or `json`) has it; lines that
+/// are not access-log lines give `None`.
 pub fn parse_log_line(line: &str) -> Option<Logged> {
-    let message = if line.trim_start().starts_with('{') {
+    let trimmed = line.trim_start();
+    if trimmed.starts_with('{') {
         let v: serde_json::Value = serde_json::from_str(line).ok()?;
-        if v["target"].as_str() != Some("weir::access") {
+        // An access-log file's lines have no target.
+        if v.get("target").is_some_and(|t| t != "weir::access") {
             return None;
         }
-        // Flattened (`weir --log-format json`) or nested under `fields`.
-        v["message"].as_str().or(v["fields"]["message"].as_str())?.to_string()
-    } else {
-        let at = line.find("weir::access")?;
-        line[at..].split_once(' ')?.1.to_string()
-    };
+        // A `key=value` message, flattened or nested under `fields`.
+        if let Some(message) = v["message"].as_str().or(v["fields"]["message"].as_str()) {
+            return parse_pairs(message);
+        }
+        let text = |key: &str| v[key].as_str().unwrap_or_default().to_string();
+        let headers = v.as_object()?.iter().filter_map(|(k, value)| {
+            let value = value.as_str().filter(|s| !s.is_empty())?;
+            Some((k.strip_prefix("header.")?.to_string(), value.to_string()))
+        });
+        let logged = Logged {
+            client: text("client"),
+            method: text("method"),
+            host: text("host"),
+            path: text("path"),
+            backend: text("backend"),
+            headers: headers.collect(),
+        };
+        return (!logged.client.is_empty()).then_some(logged);
+    }
+    match line.find("weir::access") {
+        Some(at) => parse_pairs(line[at..].split_once(' ')?.1),
+        None if trimmed.starts_with("time=") => parse_pairs(trimmed),
+        None => None,
+    }
+}
+
+/// The fields of a `key=value` access-log message.
+fn parse_pairs(message: &str) -> Option<Logged> {
     let mut logged = Logged::default();
-    let mut rest = message.as_str();
+    let mut rest = message;
     while let Some((key, after)) = rest.trim_start().split_once('=') {
         let (value, next) = if let Some(quoted) = after.strip_prefix('"') {
             // A Rust debug-quoted string: find the closing quote.
@@ -608,5 +633,17 @@ mod tests {
         let want: std::collections::BTreeMap<String, String> =
             [("x-api-key", "k2"), ("x-region", "eu west")].into_iter().map(|(k, v)| (k.into(), v.into())).collect();
         assert_eq!(e.headers, want, "an empty value is a header the request did not have");
+        // An access-log file: logfmt, and JSON with typed fields (also on
+        // stderr under --log-format json, with its target).
+        let file = r#"time=2026-12-07T03:55:36.123456Z client=10.0.0.6:4 path=/f backend=10.0.0.3:80 status=200"#;
+        assert_eq!(parse_log_line(file).unwrap().backend, "10.0.0.3:80");
+        let typed = r#"{"time":"x","client":"10.0.0.5:5","path":"/j","backend":"10.0.0.4:80","status":200,"header.x-api-key":"k3","header.x-none":""}"#;
+        let e = parse_log_line(typed).unwrap();
+        assert_eq!((e.client.as_str(), e.path.as_str(), e.backend.as_str()), ("10.0.0.5:5", "/j", "10.0.0.4:80"));
+        assert_eq!(e.headers.into_iter().collect::<Vec<_>>(), [("x-api-key".to_string(), "k3".to_string())]);
+        let targeted = r#"{"level":"INFO","target":"weir::access","client":"10.0.0.4:6","backend":"10.0.0.5:80"}"#;
+        assert_eq!(parse_log_line(targeted).unwrap().backend, "10.0.0.5:80");
+        let other = r#"{"level":"INFO","target":"weir::server","client":"10.0.0.4:6"}"#;
+        assert!(parse_log_line(other).is_none());
     }
 }

@@ -266,6 +266,11 @@ impl HttpService {
                 .to_string();
             e.path = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_string();
             e.request_id = id.to_str().unwrap_or("").to_string();
+            e.version = match req.version() {
+                http::Version::HTTP_10 => "HTTP/1.0",
+                http::Version::HTTP_2 => "HTTP/2.0",
+                _ => "HTTP/1.1",
+            };
             e.capture_headers(req.headers());
         });
         let answered = self.forward(&routes, conn, req, &id, &mut log).await;

@@ -243,6 +243,7 @@ impl ServerCore {
         core.reloads.last_applied.store(true, Ordering::Relaxed);
         core.process_cap.set(Self::process_max(prepared));
         core.set_overload(prepared);
+        Self::access_sink(prepared)?.install();
         {
             let mut running = core.running.lock().await;
             let background = running.background.clone();
@@ -485,6 +486,16 @@ impl ServerCore {
         }
     }
 
+    /// Where the access log goes (`[access_log]`), its file opened.
+    fn access_sink(prepared: &Prepared) -> Result<Arc<crate::access_log::Sink>, crate::config::ConfigError> {
+        let (loaded, table) = (&prepared.loaded, &prepared.loaded.config.access_log);
+        let file = table.file.as_ref();
+        crate::access_log::Sink::new(file.map(|f| f.get_ref().as_str()), table.format, loaded.base_dir()).map_err(|e| {
+            let file = file.expect("only a file fails to open");
+            loaded.source.error(file, format!("access_log.file: cannot open `{}` for appending: {e}", file.get_ref()))
+        })
+    }
+
     /// A new listener's connection caps.
     fn caps(&self, l: &crate::config::Listener, refusal: &'static [u8]) -> Arc<ConnectionCaps> {
         let shed = if refusal.is_empty() { b"" as &[u8] } else { l7::OVERLOADED };
@@ -681,7 +692,10 @@ impl ServerCore {
             }
         }
 
+        let access_sink = Self::access_sink(&prepared).map_err(|e| e.to_string())?;
+
         // Commit.
+        access_sink.install();
         let mut summary = ReloadSummary {
             plugins_loaded: prepared
                 .plugins
