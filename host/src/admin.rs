@@ -100,14 +100,9 @@ fn pool_summary(name: &str, pool: &Pool) -> Value {
     })
 }
 
-fn pool_detail(name: &str, pool: &Pool) -> Value {
-    let members = pool.members();
-    let backends: Vec<Value> = members
-        .backends
-        .iter()
-        .map(|b| {
-            let s = &b.stats;
-            json!({
+fn backend_detail(b: &crate::upstream::Backend) -> Value {
+    let s = &b.stats;
+    json!({
                 "slot": b.slot,
                 "address": b.address,
                 "weight": b.weight,
@@ -136,9 +131,12 @@ fn pool_detail(name: &str, pool: &Pool) -> Value {
                     "1xx": s.responses(1), "2xx": s.responses(2), "3xx": s.responses(3),
                     "4xx": s.responses(4), "5xx": s.responses(5),
                 },
-            })
-        })
-        .collect();
+    })
+}
+
+fn pool_detail(name: &str, pool: &Pool) -> Value {
+    let members = pool.members();
+    let backends: Vec<Value> = members.backends.iter().map(|b| backend_detail(b)).collect();
     json!({
         "name": name,
         "balancer": pool.balancer.name(),
@@ -186,10 +184,12 @@ impl Control {
         // say nothing a client could not learn from a connection attempt).
         if req.method() == Method::GET {
             match req.uri().path() {
-                "/livez" => return plain(StatusCode::OK, "ok\n"),
-                "/readyz" => {
-                    let listeners = self.core.snapshot().listeners.len();
-                    return plain(StatusCode::OK, format!("ready: {listeners} listeners\n"));
+                "/live" | "/livez" => return plain(StatusCode::OK, "ok\n"),
+                "/ready" | "/readyz" => {
+                    return match self.core.readiness() {
+                        Ok(ready) => plain(StatusCode::OK, format!("{ready}\n")),
+                        Err(not) => plain(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {not}\n")),
+                    };
                 }
                 _ => {}
             }
@@ -232,7 +232,24 @@ impl Control {
             },
             (Method::POST, ["listeners"]) => self.add_listener(req, &now).await,
             (Method::DELETE, ["listeners", name]) => self.remove_listener(name, &now).await,
-            (Method::POST, ["pools", name, "backends", slot, "weight"]) => self.set_weight(req, &now, name, slot).await,
+            (Method::POST, ["pools", name, "backends", at, "weight"]) => self.set_weight(req, &now, name, at).await,
+            (Method::GET, ["pools", name, "backends", at]) => match find_backend(&now, name, at) {
+                Ok((_, b)) => reply(StatusCode::OK, backend_detail(&b)),
+                Err(e) => e,
+            },
+            (Method::POST, ["pools", name, "backends"]) => self.add_backend(req, &now, name).await,
+            (Method::DELETE, ["pools", name, "backends", at]) => match find_backend(&now, name, at) {
+                Ok((pool, b)) if pool.remove_backend(&b.address) => {
+                    reply(StatusCode::OK, json!({"address": b.address, "removed": true}))
+                }
+                Ok((_, b)) => error(StatusCode::NOT_FOUND, format!("pool `{name}` has no backend {}", b.address)),
+                Err(e) => e,
+            },
+            (Method::GET, ["log-level"]) => match crate::logging::level() {
+                Some(level) => reply(StatusCode::OK, json!({ "level": level })),
+                None => error(StatusCode::NOT_FOUND, "this process did not set up its log (an embedded server)"),
+            },
+            (Method::PUT, ["log-level"]) => self.set_log_level(req).await,
             (Method::GET, ["pools"]) => {
                 reply(StatusCode::OK, Value::Array(now.pools.iter().map(|(n, p)| pool_summary(n, p)).collect()))
             }
@@ -240,8 +257,8 @@ impl Control {
                 Some(p) => reply(StatusCode::OK, pool_detail(name, p)),
                 None => error(StatusCode::NOT_FOUND, format!("no pool `{name}`")),
             },
-            (Method::POST, ["pools", name, "backends", slot, action @ ("disable" | "enable")]) => {
-                self.set_disabled(&now, name, slot, action)
+            (Method::POST, ["pools", name, "backends", at, action @ ("disable" | "enable")]) => {
+                self.set_disabled(&now, name, at, action)
             }
             (Method::GET, ["plugins"]) => {
                 reply(StatusCode::OK, Value::Array(now.plugins.iter().map(|(n, p)| plugin_detail(n, p)).collect()))
@@ -269,6 +286,7 @@ impl Control {
                 | ["metrics"]
                 | ["reload"]
                 | ["upgrade"]
+                | ["log-level"]
                 | ["listeners", ..]
                 | ["pools", ..]
                 | ["plugins", ..],
@@ -333,12 +351,10 @@ impl Control {
         }
     }
 
-    async fn set_weight(&self, req: Request<Incoming>, now: &Snapshot, name: &str, slot: &str) -> Answer {
-        let Some(pool) = now.pools.get(name).cloned() else {
-            return error(StatusCode::NOT_FOUND, format!("no pool `{name}`"));
-        };
-        let Ok(slot) = slot.parse::<u32>() else {
-            return error(StatusCode::BAD_REQUEST, format!("`{slot}` is not a slot number"));
+    async fn set_weight(&self, req: Request<Incoming>, now: &Snapshot, name: &str, at: &str) -> Answer {
+        let (pool, slot) = match find_backend(now, name, at) {
+            Ok((pool, b)) => (pool, b.slot),
+            Err(e) => return e,
         };
         let weight = match read_json(req).await {
             Ok(v) => v["weight"].as_u64(),
@@ -353,16 +369,74 @@ impl Control {
         }
     }
 
-    fn set_disabled(&self, now: &Snapshot, name: &str, slot: &str, action: &str) -> Answer {
-        let Some(pool) = now.pools.get(name) else {
-            return error(StatusCode::NOT_FOUND, format!("no pool `{name}`"));
-        };
-        let Ok(slot) = slot.parse::<u32>() else {
-            return error(StatusCode::BAD_REQUEST, format!("`{slot}` is not a slot number"));
+    fn set_disabled(&self, now: &Snapshot, name: &str, at: &str, action: &str) -> Answer {
+        let (pool, slot) = match find_backend(now, name, at) {
+            Ok((pool, b)) => (pool, b.slot),
+            Err(e) => return e,
         };
         match pool.set_disabled(slot, action == "disable") {
             Some(address) => reply(StatusCode::OK, json!({"address": address, "disabled": action == "disable"})),
             None => error(StatusCode::NOT_FOUND, format!("pool `{name}` has no slot {slot}")),
+        }
+    }
+
+    /// `POST /pools/{name}/backends` with `{"address": "host:port",
+    /// "weight": N, "priority": N, "tags": [...]}`.
+    async fn add_backend(&self, req: Request<Incoming>, now: &Snapshot, name: &str) -> Answer {
+        let Some(pool) = now.pools.get(name).cloned() else {
+            return error(StatusCode::NOT_FOUND, format!("no pool `{name}`"));
+        };
+        let body = match read_json(req).await {
+            Ok(v) => v,
+            Err(e) => return e,
+        };
+        let address = body["address"].as_str().unwrap_or_default().to_string();
+        if !crate::config::is_host_port(&address) {
+            return error(StatusCode::BAD_REQUEST, "expected {\"address\": \"host:port\", \"weight\": N, ...}");
+        }
+        let number = |key: &str, default: u32| match &body[key] {
+            Value::Null => Ok(default),
+            v => v.as_u64().and_then(|n| u32::try_from(n).ok()).ok_or(format!("`{key}` is not a whole number")),
+        };
+        let (weight, priority) = match (number("weight", 1), number("priority", 0)) {
+            (Ok(w), Ok(p)) => (w, p),
+            (Err(e), _) | (_, Err(e)) => return error(StatusCode::BAD_REQUEST, e),
+        };
+        let tags = match &body["tags"] {
+            Value::Null => Vec::new(),
+            Value::Array(t) if t.iter().all(Value::is_string) => {
+                t.iter().filter_map(Value::as_str).map(str::to_string).collect()
+            }
+            _ => return error(StatusCode::BAD_REQUEST, "`tags` is a list of strings"),
+        };
+        let spec = crate::upstream::BackendSpec { address: address.clone(), weight, priority, tags };
+        match pool.add_backend(spec) {
+            Ok(()) => {
+                let slot = pool.members().backends.iter().find(|b| b.address == address).map(|b| b.slot);
+                reply(StatusCode::CREATED, json!({"address": address, "slot": slot, "weight": weight}))
+            }
+            Err(e) => error(StatusCode::CONFLICT, e),
+        }
+    }
+
+    /// `PUT /log-level` with the filter as text (`debug`,
+    /// `weir::access=off,info`) or `{"level": ...}`.
+    async fn set_log_level(&self, req: Request<Incoming>) -> Answer {
+        let body = match Limited::new(req.into_body(), 4096).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) => return error(StatusCode::PAYLOAD_TOO_LARGE, format!("reading the body: {e}")),
+        };
+        let text = String::from_utf8_lossy(&body).into_owned();
+        let level = match serde_json::from_str::<Value>(&text) {
+            Ok(v) => v["level"].as_str().map(str::to_string),
+            Err(_) => Some(text),
+        };
+        let Some(level) = level.filter(|l| !l.trim().is_empty()) else {
+            return error(StatusCode::BAD_REQUEST, "expected a filter (`debug`, `weir=debug,info`) or {\"level\": ...}");
+        };
+        match crate::logging::set_level(&level) {
+            Ok(()) => reply(StatusCode::OK, json!({ "level": level.trim() })),
+            Err(e) => error(StatusCode::BAD_REQUEST, e),
         }
     }
 
@@ -425,6 +499,25 @@ impl Control {
             Ok(summary) => reply(StatusCode::OK, serde_json::to_value(summary).unwrap_or_default()),
             Err(e) => error(StatusCode::BAD_REQUEST, format!("config not applied, the old one stays: {e}")),
         }
+    }
+}
+
+/// The backend a path names, by address (`127.0.0.1:8080`, `[::1]:80`,
+/// percent-encoded or not) or by slot number, with its pool; else the
+/// error answer.
+fn find_backend(now: &Snapshot, pool: &str, at: &str) -> Result<(Arc<Pool>, Arc<crate::upstream::Backend>), Answer> {
+    let Some(p) = now.pools.get(pool) else {
+        return Err(error(StatusCode::NOT_FOUND, format!("no pool `{pool}`")));
+    };
+    let address = percent_encoding::percent_decode_str(at).decode_utf8_lossy();
+    let members = p.members();
+    let found = match address.parse::<u32>() {
+        Ok(slot) => members.backends.get(slot as usize),
+        Err(_) => members.backends.iter().find(|b| b.address == address),
+    };
+    match found {
+        Some(b) => Ok((p.clone(), b.clone())),
+        None => Err(error(StatusCode::NOT_FOUND, format!("pool `{pool}` has no backend {address}"))),
     }
 }
 

@@ -381,21 +381,6 @@ fn print_status(target: &AdminTarget) -> Result<()> {
     Ok(())
 }
 
-fn init_logging(level: Option<&str>, format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
-    let filter = match level {
-        Some(l) => EnvFilter::new(l),
-        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-    };
-    use std::io::IsTerminal;
-    crate::access_log::set_json_logs(matches!(format, LogFormat::Json));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match format {
-        LogFormat::Plain => builder.with_ansi(std::io::stderr().is_terminal()).init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-    }
-}
-
 /// The process's runtime: with one worker, the only event loop; with more,
 /// the control plane's, beside one worker loop per worker thread (see
 /// `workers`).
@@ -684,7 +669,7 @@ fn demo(port: u16) -> Result<()> {
 /// Run the command line with the process arguments.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_level.as_deref(), cli.log_format);
+    crate::logging::init(cli.log_level.as_deref(), matches!(cli.log_format, LogFormat::Json));
     match run(cli) {
         Ok(code) => code,
         Err(e) => {

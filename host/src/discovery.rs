@@ -22,10 +22,6 @@ pub struct DiscoverySettings {
     pub failpolicy: FailPolicy,
 }
 
-/// Whether `address` is `host:port` with a numeric port.
-fn valid_address(address: &str) -> bool {
-    address.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
-}
 
 /// Discover once and apply the result. Returns whether discovery succeeded.
 pub async fn discover_once(pool: &Arc<Pool>, plugin: &Arc<PluginInstance>, s: DiscoverySettings) -> bool {
@@ -39,7 +35,7 @@ pub async fn discover_once(pool: &Arc<Pool>, plugin: &Arc<PluginInstance>, s: Di
             let specs: Vec<BackendSpec> = list
                 .into_iter()
                 .filter(|d| {
-                    let ok = valid_address(&d.address);
+                    let ok = crate::config::is_host_port(&d.address);
                     if !ok {
                         tracing::warn!(pool = %pool.name, address = %d.address, "discovery: ignoring an address that is not host:port");
                     }

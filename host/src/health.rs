@@ -57,17 +57,28 @@ pub async fn check_round(pool: &Arc<Pool>, checker: &Arc<PluginInstance>, s: Che
     }
 }
 
-/// Check the pool's backends every `interval` until `stop`.
-pub fn spawn(pool: Arc<Pool>, checker: Arc<PluginInstance>, s: CheckSettings, stop: CancellationToken) {
+/// Check the pool's backends every `interval` until `stop`; `first_round`
+/// runs once the first round is done.
+pub fn spawn(
+    pool: Arc<Pool>,
+    checker: Arc<PluginInstance>,
+    s: CheckSettings,
+    stop: CancellationToken,
+    first_round: Option<Box<dyn FnOnce() + Send>>,
+) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(s.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut first_round = first_round;
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tick.tick() => {}
             }
             check_round(&pool, &checker, s).await;
+            if let Some(done) = first_round.take() {
+                done();
+            }
         }
     });
 }

@@ -10,6 +10,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "clock",
             "histogram",
             "access_log",
+            "logging",
             "proxy_protocol",
             "listener",
             "config",

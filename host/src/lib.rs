@@ -5,6 +5,7 @@
 //! library in-process and the binary as a user would.
 
 pub mod access_log;
+pub mod logging;
 pub mod acme;
 pub mod admin;
 pub mod app;

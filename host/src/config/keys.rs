@@ -1,6 +1,12 @@
 //! Values of config keys that name something rather than count it: where a
 //! pool's hash key comes from, and the host's own balancer.
 
+/// Whether `address` is `host:port` with a numeric port (a backend's
+/// address, as discovery and the admin API accept it).
+pub fn is_host_port(address: &str) -> bool {
+    address.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+}
+
 /// The name of the host's own round-robin balancer (`balancer = "native:round-robin"`).
 pub const NATIVE_ROUND_ROBIN: &str = "native:round-robin";
 

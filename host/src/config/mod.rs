@@ -16,7 +16,7 @@ mod secrets;
 mod source;
 mod units;
 
-pub use keys::{HashKey, NATIVE_ROUND_ROBIN};
+pub use keys::{is_host_port, HashKey, NATIVE_ROUND_ROBIN};
 pub use listeners::{
     AccessLog, AccessLogTable, Acme, Admin, CertificateFiles, Listener, ListenerTls, Protocol, TlsVersion, DEFAULT_UDP_IDLE_TIMEOUT,
     DEFAULT_UDP_MAX_SESSIONS,

@@ -126,6 +126,9 @@ pub struct ServerCore {
     overload: Arc<Overload>,
     /// How config reloads went (metrics).
     reloads: ReloadStats,
+    /// Pools whose first round of health checks has not finished since
+    /// the start (`GET /ready` waits for them).
+    unchecked: Arc<parking_lot::Mutex<std::collections::BTreeSet<String>>>,
 }
 
 /// Config reloads counted, for the metrics.
@@ -238,6 +241,7 @@ impl ServerCore {
             retire: CancellationToken::new(),
             overload: Arc::new(Overload::new(crate::workers::count())),
             reloads: ReloadStats::default(),
+            unchecked: Arc::default(),
         };
         core.reloads.applied_at.store(crate::clock::unix_secs(), Ordering::Relaxed);
         core.reloads.last_applied.store(true, Ordering::Relaxed);
@@ -247,6 +251,9 @@ impl ServerCore {
         {
             let mut running = core.running.lock().await;
             let background = running.background.clone();
+            core.unchecked.lock().extend(
+                prepared.loaded.config.pools.iter().filter(|(_, p)| p.health.is_some()).map(|(n, _)| n.clone()),
+            );
             core.start_background(prepared, &background).await;
             let http_pools = Arc::new(prepared.http_pools());
             for (name, l) in &prepared.loaded.config.listeners {
@@ -320,6 +327,23 @@ impl ServerCore {
     /// How config reloads went.
     pub fn reloads(&self) -> &ReloadStats {
         &self.reloads
+    }
+
+    /// Whether this process should get new traffic (`GET /ready`): every
+    /// listener is bound (it is, once the core exists), discovery answered
+    /// (before the listeners opened), each pool's first round of health
+    /// checks is done, and it is not draining. The error says what it
+    /// waits for.
+    pub fn readiness(&self) -> Result<String, String> {
+        if self.is_retiring() || self.stop.is_cancelled() {
+            return Err("draining: a successor or a shutdown took over".into());
+        }
+        let unchecked = self.unchecked.lock();
+        if !unchecked.is_empty() {
+            let pools: Vec<&str> = unchecked.iter().map(String::as_str).collect();
+            return Err(format!("waiting for the first health-check round of pools {}", pools.join(", ")));
+        }
+        Ok(format!("ready: {} listeners", self.snapshot().listeners.len()))
     }
 
     /// Apply `runtime.shed_*`, starting the loops' tickers when loop lag is
@@ -403,7 +427,13 @@ impl ServerCore {
             if let Some(h) = &p.health {
                 let checker = prepared.plugins[h.plugin.get_ref()].clone();
                 let s = CheckSettings { interval: h.interval.0, timeout: h.timeout.0, rise: h.rise, fall: h.fall };
-                health::spawn(pool.clone(), checker, s, stop.clone());
+                let first_round: Option<Box<dyn FnOnce() + Send>> = self.unchecked.lock().contains(name).then(|| {
+                    let (unchecked, name) = (self.unchecked.clone(), name.clone());
+                    Box::new(move || {
+                        unchecked.lock().remove(&name);
+                    }) as Box<dyn FnOnce() + Send>
+                });
+                health::spawn(pool.clone(), checker, s, stop.clone(), first_round);
             }
         }
     }
@@ -715,6 +745,8 @@ impl ServerCore {
         self.process_cap.set(Self::process_max(&prepared));
         self.set_overload(&prepared);
         let background = self.stop.child_token();
+        // A pool that lost its checks (or is gone) is waited for no more.
+        self.unchecked.lock().retain(|n| cfg.pools.get(n).is_some_and(|p| p.health.is_some()));
         self.start_background(&prepared, &background).await;
         running.background.cancel();
         running.background = background;

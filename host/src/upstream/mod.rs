@@ -454,14 +454,53 @@ impl Pool {
     /// counters and health; the rest start fresh. Nothing is swapped when
     /// nothing changed.
     pub fn set_members(&self, specs: Vec<BackendSpec>) -> MemberChange {
+        self.edit_members(|_| Some(specs)).unwrap_or_default()
+    }
+
+    /// A new member list made from the current one's specs by `change`
+    /// (none: no change), as one step against other changes.
+    fn edit_members(&self, change: impl FnOnce(&[BackendSpec]) -> Option<Vec<BackendSpec>>) -> Option<MemberChange> {
         let _g = self.update.lock();
         let old = self.members.load_full();
+        let specs = change(&old.backends.iter().map(|b| b.spec()).collect::<Vec<_>>())?;
         let (backends, change) = build_backends(specs, Some(&old), &self.live, self.settings.starts_up(), &self.me);
         if !change.is_empty() {
             let version = self.versions.fetch_add(1, Ordering::Relaxed) + 1;
             self.members.store(Arc::new(Members::new((self.id, &self.picks), &self.live, version, backends)));
         }
-        change
+        Some(change)
+    }
+
+    /// Add a backend by hand (admin API): a new member-list version; a
+    /// reload from the file or the next discovery answer replaces it. An
+    /// error when the pool has it already.
+    pub fn add_backend(&self, spec: BackendSpec) -> Result<(), String> {
+        let address = spec.address.clone();
+        let mut exists = false;
+        self.edit_members(|specs| {
+            exists = specs.iter().any(|s| s.address == spec.address);
+            (!exists).then(|| specs.iter().cloned().chain([spec]).collect())
+        });
+        if exists {
+            return Err(format!("pool `{}` has {address} already", self.name));
+        }
+        tracing::info!(pool = %self.name, backend = %address, "added by hand");
+        Ok(())
+    }
+
+    /// Remove a backend by hand (admin API); work in flight on it finishes.
+    /// Whether the pool had it.
+    pub fn remove_backend(&self, address: &str) -> bool {
+        let removed = self
+            .edit_members(|specs| {
+                let kept: Vec<BackendSpec> = specs.iter().filter(|s| s.address != address).cloned().collect();
+                (kept.len() < specs.len()).then_some(kept)
+            })
+            .is_some();
+        if removed {
+            tracing::info!(pool = %self.name, backend = %address, "removed by hand");
+        }
+        removed
     }
 
     /// Set the active-health verdict of the backend in `slot` of the current
@@ -496,14 +535,14 @@ impl Pool {
     /// and health stay). Returns its address, or none when there is no
     /// such slot. A reload puts the configured weight back.
     pub fn set_weight(&self, slot: u32, weight: u32) -> Option<String> {
-        let members = self.members();
-        let address = members.backends.get(slot as usize)?.address.clone();
-        let specs = members
-            .backends
-            .iter()
-            .map(|b| BackendSpec { weight: if b.slot == slot { weight } else { b.weight }, ..b.spec() })
-            .collect();
-        self.set_members(specs);
+        let mut address = None;
+        self.edit_members(|specs| {
+            address = Some(specs.get(slot as usize)?.address.clone());
+            let mut specs = specs.to_vec();
+            specs[slot as usize].weight = weight;
+            Some(specs)
+        });
+        let address = address?;
         tracing::info!(pool = %self.name, backend = %address, weight, "weight changed by hand");
         Some(address)
     }
