@@ -66,6 +66,9 @@ enum Command {
         #[arg(long, default_value = ".")]
         dir: PathBuf,
     },
+    /// Print the admin API's OpenAPI 3.1 document (JSON), as `GET
+    /// /openapi.json` serves it.
+    Openapi,
     /// List the bundled plugins and the world each implements.
     Plugins,
     /// Show a running weir: version, uptime, listeners, pools and plugins (admin API).
@@ -506,6 +509,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             clap_mangen::generate_to(<Cli as clap::CommandFactory>::command(), &dir)?;
             println!("man pages written to {}", dir.display());
         }
+        Command::Openapi => println!("{}", crate::admin::api::openapi().to_pretty_json()?),
         Command::Plugins => list_bundled()?,
         Command::Status { target, json: false } => print_status(&target)?,
         Command::Status { target, json: true } => println!("{:#}", status_json(&target)?),

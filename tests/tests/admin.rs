@@ -649,3 +649,142 @@ async fn the_admin_token_can_come_from_a_file_and_get_config_never_shows_a_secre
     std::fs::remove_dir_all(&dir)?;
     Ok(())
 }
+
+/// Every route of the admin API, called with good and bad input: each
+/// answer's status is one the OpenAPI document (`GET /openapi.json`, built
+/// from the code's route table and types) lists for that route, and each
+/// JSON body validates against the schema it gives. Every route the
+/// document names is called but `POST /upgrade`, which would start a new
+/// process (`cli::an_upgrade_hands_the_sockets_...` runs it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_answers_as_the_openapi_document_says() -> Result<()> {
+    let (a, b) = (HttpBackend::start("a").await?, HttpBackend::start("b").await?);
+    let text = format!(
+        "[admin]\nbind = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n\n[plugins.lb]\nsource = \"builtin:round-robin\"\n\n\
+         [pools.p]\nbackends = [\"{}\", \"{}\"]\nbalancer = \"lb\"\n\n\
+         [listeners.web]\nbind = \"127.0.0.1:0\"\nprotocol = \"http\"\npool = \"p\"\n\n\
+         [listeners.dns]\nbind = \"127.0.0.1:0\"\nprotocol = \"udp\"\npool = \"p\"\n",
+        a.addr, b.addr
+    );
+    let weir = start_weir(&text).await?;
+    let (addr, admin) = (weir.listener_addr("web").unwrap(), weir.admin_addr().unwrap());
+    for _ in 0..4 {
+        send(&client_h1(), get(addr, "x", "/")).await?;
+    }
+    let got = send(&client_h1(), admin_request("GET", admin, "/openapi.json", Some(TOKEN), Bytes::new())).await?;
+    assert_eq!(got.status, StatusCode::OK);
+    let doc: serde_json::Value = serde_json::from_slice(&got.body)?;
+    assert_eq!(doc["openapi"], "3.1.0");
+    let mut called = std::collections::BTreeSet::new();
+    // (method, documented path, path called, body, token): the answer's
+    // status must be `want`.
+    let a_addr = a.addr.to_string();
+    let component = Bytes::from_static(weir::plugin::bundled("random").unwrap());
+    let calls: Vec<(&str, &str, String, Bytes, bool, u16)> = vec![
+        ("GET", "/live", "/live".into(), Bytes::new(), false, 200),
+        ("GET", "/ready", "/ready".into(), Bytes::new(), false, 200),
+        ("GET", "/", "/".into(), Bytes::new(), true, 200),
+        ("GET", "/", "/".into(), Bytes::new(), false, 401),
+        ("GET", "/metrics", "/metrics".into(), Bytes::new(), true, 200),
+        ("GET", "/config", "/config".into(), Bytes::new(), true, 200),
+        ("GET", "/openapi.json", "/openapi.json".into(), Bytes::new(), true, 200),
+        ("GET", "/listeners", "/listeners".into(), Bytes::new(), true, 200),
+        ("GET", "/listeners/{name}", "/listeners/web".into(), Bytes::new(), true, 200),
+        ("GET", "/listeners/{name}", "/listeners/dns".into(), Bytes::new(), true, 200),
+        ("GET", "/listeners/{name}", "/listeners/nope".into(), Bytes::new(), true, 404),
+        (
+            "POST",
+            "/listeners",
+            "/listeners".into(),
+            Bytes::from(r#"{"name": "extra", "bind": "127.0.0.1:0", "pool": "p", "protocol": "http"}"#),
+            true,
+            201,
+        ),
+        ("POST", "/listeners", "/listeners".into(), Bytes::from(r#"{"name": "extra"}"#), true, 409),
+        ("POST", "/listeners", "/listeners".into(), Bytes::from(r#"{"name": "x2", "bind": "1"}"#), true, 400),
+        ("DELETE", "/listeners/{name}", "/listeners/extra".into(), Bytes::new(), true, 200),
+        ("DELETE", "/listeners/{name}", "/listeners/extra".into(), Bytes::new(), true, 404),
+        ("GET", "/pools", "/pools".into(), Bytes::new(), true, 200),
+        ("GET", "/pools/{name}", "/pools/p".into(), Bytes::new(), true, 200),
+        ("GET", "/pools/{name}", "/pools/nope".into(), Bytes::new(), true, 404),
+        ("GET", "/pools/{name}/backends/{backend}", format!("/pools/p/backends/{a_addr}"), Bytes::new(), true, 200),
+        ("GET", "/pools/{name}/backends/{backend}", "/pools/p/backends/1".into(), Bytes::new(), true, 200),
+        ("GET", "/pools/{name}/backends/{backend}", "/pools/p/backends/10.9.9.9:1".into(), Bytes::new(), true, 404),
+        (
+            "POST",
+            "/pools/{name}/backends",
+            "/pools/p/backends".into(),
+            Bytes::from(r#"{"address": "127.0.0.1:1", "weight": 2, "tags": ["new"]}"#),
+            true,
+            201,
+        ),
+        ("POST", "/pools/{name}/backends", "/pools/p/backends".into(), Bytes::from(r#"{"address": "127.0.0.1:1"}"#), true, 409),
+        ("POST", "/pools/{name}/backends", "/pools/p/backends".into(), Bytes::from(r#"{"address": "nope"}"#), true, 400),
+        ("POST", "/pools/{name}/backends", "/pools/q/backends".into(), Bytes::from(r#"{"address": "127.0.0.1:2"}"#), true, 404),
+        (
+            "POST",
+            "/pools/{name}/backends/{backend}/weight",
+            "/pools/p/backends/127.0.0.1:1/weight".into(),
+            Bytes::from(r#"{"weight": 5}"#),
+            true,
+            200,
+        ),
+        (
+            "POST",
+            "/pools/{name}/backends/{backend}/weight",
+            "/pools/p/backends/127.0.0.1:1/weight".into(),
+            Bytes::from(r#"{"weight": -1}"#),
+            true,
+            400,
+        ),
+        ("POST", "/pools/{name}/backends/{backend}/disable", "/pools/p/backends/127.0.0.1%3A1/disable".into(), Bytes::new(), true, 200),
+        ("POST", "/pools/{name}/backends/{backend}/enable", "/pools/p/backends/127.0.0.1:1/enable".into(), Bytes::new(), true, 200),
+        ("POST", "/pools/{name}/backends/{backend}/enable", "/pools/p/backends/9/enable".into(), Bytes::new(), true, 404),
+        ("DELETE", "/pools/{name}/backends/{backend}", "/pools/p/backends/127.0.0.1:1".into(), Bytes::new(), true, 200),
+        ("DELETE", "/pools/{name}/backends/{backend}", "/pools/p/backends/127.0.0.1:1".into(), Bytes::new(), true, 404),
+        ("GET", "/plugins", "/plugins".into(), Bytes::new(), true, 200),
+        ("GET", "/plugins/{name}", "/plugins/lb".into(), Bytes::new(), true, 200),
+        ("GET", "/plugins/{name}", "/plugins/nope".into(), Bytes::new(), true, 404),
+        ("PUT", "/plugins/{name}", "/plugins/lb".into(), component.clone(), true, 200),
+        ("PUT", "/plugins/{name}", "/plugins/lb?rollout=10".into(), component, true, 200),
+        ("PUT", "/plugins/{name}", "/plugins/lb".into(), Bytes::from_static(b"not wasm"), true, 422),
+        ("PUT", "/plugins/{name}", "/plugins/lb?rollout=500".into(), Bytes::from_static(b"x"), true, 400),
+        ("POST", "/reload", "/reload".into(), Bytes::from(text.clone()), true, 200),
+        ("POST", "/reload", "/reload".into(), Bytes::from("[pools.p]\nbackends = 3\n"), true, 400),
+        ("GET", "/log-level", "/log-level".into(), Bytes::new(), true, 404),
+        ("PUT", "/log-level", "/log-level".into(), Bytes::from("debug"), true, 400),
+    ];
+    for (method, documented, path, payload, token, want) in calls {
+        let got = send(&client_h1(), admin_request(method, admin, &path, token.then_some(TOKEN), payload)).await?;
+        let what = format!("{method} {path}");
+        assert_eq!(got.status.as_u16(), want, "{what}: {}", String::from_utf8_lossy(&got.body));
+        let op = &doc["paths"][documented][method.to_lowercase()];
+        let answer = &op["responses"][want.to_string()];
+        assert!(answer.is_object(), "{what}: status {want} is not in the document: {op}");
+        let kind = got.header("content-type").split(';').next().unwrap_or_default().to_string();
+        let content = answer["content"].as_object().expect("content");
+        let (documented_kind, schema) = content.iter().next().expect("one media type");
+        assert!(kind.starts_with(documented_kind.as_str()), "{what}: {kind} is not {documented_kind}");
+        if kind == "application/json" {
+            let body: serde_json::Value = serde_json::from_slice(&got.body)?;
+            let mut root = serde_json::json!({ "allOf": [schema["schema"]], "components": doc["components"] });
+            if documented == "/openapi.json" {
+                root = serde_json::json!({"type": "object", "required": ["openapi", "paths", "components"]});
+            }
+            let validator = jsonschema::validator_for(&root).map_err(|e| anyhow::anyhow!("{what}: schema: {e}"))?;
+            let errors: Vec<String> = validator.iter_errors(&body).map(|e| format!("{e} at {}", e.instance_path)).collect();
+            assert!(errors.is_empty(), "{what}: the body does not fit the document:\n{errors:#?}\n{body:#}");
+        }
+        called.insert((method.to_lowercase(), documented.to_string()));
+    }
+    // Every documented route was called, but the upgrade.
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for method in item.as_object().expect("methods").keys() {
+            if (method.as_str(), path.as_str()) != ("post", "/upgrade") {
+                assert!(called.contains(&(method.clone(), path.clone())), "{method} {path} was not called");
+            }
+        }
+    }
+    weir.shutdown().await;
+    Ok(())
+}

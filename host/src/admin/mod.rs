@@ -1,17 +1,23 @@
 //! The admin REST API: JSON over HTTP/1.1 on its own listener (loopback by
 //! default, bearer token whenever one is configured). What runs (version,
 //! listeners, pools with their backends' health and numbers, plugins with
-//! their generations and call counters), backends taken out of rotation
-//! and back by hand, and plugins swapped by uploading a component.
+//! their generations and call counters), backends added, removed, weighted
+//! and taken out of rotation by hand, plugins swapped by uploading a
+//! component, reloads, upgrades and the log level. The routes and answer
+//! types are in [`api`], which the OpenAPI document is built from.
+
+pub mod api;
 
 use crate::plugin::{LoadError, PluginInstance};
-use crate::upstream::{Ejection, Pool};
+use crate::upstream::Ejection;
+use api::Op;
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::Value;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::net::TcpListener;
@@ -36,7 +42,7 @@ pub struct Control {
 
 type Answer = Response<Full<Bytes>>;
 
-fn reply(status: StatusCode, body: Value) -> Answer {
+fn reply(status: StatusCode, body: impl Serialize) -> Answer {
     let mut text = serde_json::to_vec_pretty(&body).unwrap_or_default();
     text.push(b'\n');
     Response::builder()
@@ -47,13 +53,17 @@ fn reply(status: StatusCode, body: Value) -> Answer {
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Answer {
-    reply(status, json!({ "error": message.into() }))
+    reply(status, api::ErrorBody { error: message.into() })
 }
 
 fn plain(status: StatusCode, text: impl Into<Bytes>) -> Answer {
-    let mut r = Response::new(Full::new(text.into()));
+    typed(status, "text/plain", text)
+}
+
+fn typed(status: StatusCode, kind: &'static str, body: impl Into<Bytes>) -> Answer {
+    let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
-    r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain"));
+    r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(kind));
     r
 }
 
@@ -61,115 +71,133 @@ fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-fn listener_detail(name: &str, l: &ListenerInfo) -> Value {
+fn listener_view(name: &str, l: &ListenerInfo) -> api::Listener {
     let s = &l.stats;
-    let mut detail = json!({
-        "name": name,
-        "address": l.address.to_string(),
-        "protocol": l.protocol,
-        "pool": l.pool,
-        "active_connections": s.active(),
-        "connections": s.total(),
-        "responses": {
-            "1xx": s.responses(1), "2xx": s.responses(2), "3xx": s.responses(3),
-            "4xx": s.responses(4), "5xx": s.responses(5),
-        },
-        "response_p50_ms": s.response_time.quantile(0.5).map(|v| v * 1e3),
-        "response_p99_ms": s.response_time.quantile(0.99).map(|v| v * 1e3),
-    });
-    if l.protocol == "udp" {
-        // Connections are sessions here.
-        detail["dropped_datagrams"] = json!(s.dropped());
+    let caps = l.caps.as_ref();
+    api::Listener {
+        name: name.to_string(),
+        address: l.address.to_string(),
+        protocol: l.protocol,
+        pool: l.pool.clone(),
+        active_connections: s.active(),
+        connections: s.total(),
+        responses: api::ByClass::of(|c| s.responses(c)),
+        response_p50_ms: s.response_time.quantile(0.5).map(|v| v * 1e3),
+        response_p99_ms: s.response_time.quantile(0.99).map(|v| v * 1e3),
+        // On UDP listeners connections are sessions.
+        dropped_datagrams: (l.protocol == "udp").then(|| s.dropped()),
+        max_connections: caps.and_then(|c| c.max()),
+        max_connections_per_client: caps.and_then(|c| c.max_per_client()),
+        refused_connections: caps.map(|c| c.refused()),
+        accept_paused: caps.map(|c| c.paused()),
     }
-    if let Some(caps) = &l.caps {
-        detail["max_connections"] = json!(caps.max());
-        detail["max_connections_per_client"] = json!(caps.max_per_client());
-        detail["refused_connections"] = json!(caps.refused());
-        detail["accept_paused"] = json!(caps.paused());
-    }
-    detail
 }
 
-fn pool_summary(name: &str, pool: &Pool) -> Value {
+fn pool_summary(name: &str, pool: &crate::upstream::Pool) -> api::PoolSummary {
     let members = pool.members();
-    json!({
-        "name": name,
-        "balancer": pool.balancer.name(),
-        "backends": members.backends.len(),
-        "healthy": members.healthy().len(),
-    })
+    api::PoolSummary {
+        name: name.to_string(),
+        balancer: pool.balancer.name().to_string(),
+        backends: members.backends.len(),
+        healthy: members.healthy().len(),
+    }
 }
 
-fn backend_detail(b: &crate::upstream::Backend) -> Value {
+fn backend_view(b: &crate::upstream::Backend) -> api::Backend {
     let s = &b.stats;
-    json!({
-                "slot": b.slot,
-                "address": b.address,
-                "weight": b.weight,
-                "priority": b.priority,
-                "tags": b.tags,
-                "healthy": b.is_healthy(),
-                "checked_up": b.health.checked_up(),
-                "disabled": b.health.disabled(),
-                "ejected": b.health.ejection() != Ejection::None,
-                "last_check_failure": b.health.last_failure(),
-                "health_transitions": b.health.transitions(),
-                "active": s.active(),
-                "active_connections": s.active_connections(),
-                "active_requests": s.active_requests(),
-                "total": s.total(),
-                "connections": s.connections(),
-                "requests": s.requests(),
-                "failures": s.failures(),
-                "connect_failures": s.connect_failures(),
-                "failed_responses": s.failed_responses(),
-                "rx_bytes": s.rx(),
-                "tx_bytes": s.tx(),
-                "bytes_per_sec": s.bytes_per_sec(),
-                "latency_us": s.latency_us(),
-                "responses": {
-                    "1xx": s.responses(1), "2xx": s.responses(2), "3xx": s.responses(3),
-                    "4xx": s.responses(4), "5xx": s.responses(5),
-                },
-    })
+    api::Backend {
+        slot: b.slot,
+        address: b.address.clone(),
+        weight: b.weight,
+        priority: b.priority,
+        tags: b.tags.clone(),
+        healthy: b.is_healthy(),
+        checked_up: b.health.checked_up(),
+        disabled: b.health.disabled(),
+        ejected: b.health.ejection() != Ejection::None,
+        last_check_failure: b.health.last_failure(),
+        health_transitions: b.health.transitions(),
+        active: s.active(),
+        active_connections: s.active_connections(),
+        active_requests: s.active_requests(),
+        total: s.total(),
+        connections: s.connections(),
+        requests: s.requests(),
+        failures: s.failures(),
+        connect_failures: s.connect_failures(),
+        failed_responses: s.failed_responses(),
+        rx_bytes: s.rx(),
+        tx_bytes: s.tx(),
+        bytes_per_sec: s.bytes_per_sec(),
+        latency_us: s.latency_us(),
+        responses: api::ByClass::of(|c| s.responses(c)),
+    }
 }
 
-fn pool_detail(name: &str, pool: &Pool) -> Value {
+fn pool_view(name: &str, pool: &crate::upstream::Pool) -> api::Pool {
     let members = pool.members();
-    let backends: Vec<Value> = members.backends.iter().map(|b| backend_detail(b)).collect();
-    json!({
-        "name": name,
-        "balancer": pool.balancer.name(),
-        "version": members.version,
-        "retries": pool.retries.retries(),
-        "backends": backends,
-    })
+    api::Pool {
+        name: name.to_string(),
+        balancer: pool.balancer.name().to_string(),
+        version: members.version,
+        retries: pool.retries.retries(),
+        backends: members.backends.iter().map(|b| backend_view(b)).collect(),
+    }
 }
 
-fn plugin_detail(name: &str, p: &PluginInstance) -> Value {
+fn plugin_view(name: &str, p: &PluginInstance) -> api::Plugin {
     use std::sync::atomic::Ordering::Relaxed;
     let g = p.generation();
     let s = p.stats();
-    json!({
-        "name": name,
-        "world": p.world().name(),
-        "source": g.source,
-        "hash": g.hash,
-        "generation": g.number,
-        "loaded_at": unix_secs(g.loaded_at),
-        "calls": s.calls.load(Relaxed),
-        "errors": s.errors.load(Relaxed),
-        "traps": s.traps.load(Relaxed),
-        "timeouts": s.timeouts.load(Relaxed),
-        "memory_exceeded": s.memory_exceeded.load(Relaxed),
-        "bad_answers": s.bad_answers.load(Relaxed),
-        "instances_created": s.instances_created.load(Relaxed),
-        "rollout": p.rollout().map(|r| json!({
-            "generation": r.generation, "percent": r.percent, "calls": r.calls, "failures": r.failures,
-        })),
-        "call_p50_us": s.call_time.quantile(0.5).map(|v| v * 1e6),
-        "call_p99_us": s.call_time.quantile(0.99).map(|v| v * 1e6),
-    })
+    api::Plugin {
+        name: name.to_string(),
+        world: p.world().name(),
+        source: g.source,
+        hash: g.hash,
+        generation: g.number,
+        loaded_at: unix_secs(g.loaded_at),
+        calls: s.calls.load(Relaxed),
+        errors: s.errors.load(Relaxed),
+        traps: s.traps.load(Relaxed),
+        timeouts: s.timeouts.load(Relaxed),
+        memory_exceeded: s.memory_exceeded.load(Relaxed),
+        bad_answers: s.bad_answers.load(Relaxed),
+        instances_created: s.instances_created.load(Relaxed),
+        rollout: p.rollout().map(|r| api::Rollout {
+            generation: r.generation,
+            percent: r.percent,
+            calls: r.calls,
+            failures: r.failures,
+        }),
+        call_p50_us: s.call_time.quantile(0.5).map(|v| v * 1e6),
+        call_p99_us: s.call_time.quantile(0.99).map(|v| v * 1e6),
+    }
+}
+
+/// What load shedding sees now and has refused so far.
+fn overload_view(o: &crate::overload::Overload) -> api::Overload {
+    let (resident, plugin_mean) = o.last_sample();
+    let limits = o.limits();
+    api::Overload {
+        refusing: o.reasons().iter().map(|r| r.name()).collect(),
+        shed: o.shed_counts().iter().map(|(r, n)| (r.name().to_string(), *n)).collect(),
+        loop_lag_ms: o.loop_lag().map(|d| d.as_secs_f64() * 1e3),
+        plugin_call_mean_us: plugin_mean.as_secs_f64() * 1e6,
+        resident_bytes: resident,
+        limits: api::OverloadLimits {
+            loop_lag_ms: limits.loop_lag.map(|d| d.as_secs_f64() * 1e3),
+            plugin_time_us: limits.plugin_time.map(|d| d.as_secs_f64() * 1e6),
+            memory_bytes: limits.memory,
+        },
+    }
+}
+
+/// A changed config's answer.
+fn reloaded(status: StatusCode, result: Result<crate::server::ReloadSummary, String>, refused: &str) -> Answer {
+    match result {
+        Ok(summary) => reply(status, api::Reloaded::from(summary)),
+        Err(e) => error(StatusCode::BAD_REQUEST, format!("{refused}: {e}")),
+    }
 }
 
 impl Control {
@@ -180,118 +208,117 @@ impl Control {
     }
 
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Answer {
-        // Probes for supervisors and orchestrators, without the token (they
-        // say nothing a client could not learn from a connection attempt).
-        if req.method() == Method::GET {
-            match req.uri().path() {
-                "/live" | "/livez" => return plain(StatusCode::OK, "ok\n"),
-                "/ready" | "/readyz" => {
-                    return match self.core.readiness() {
-                        Ok(ready) => plain(StatusCode::OK, format!("{ready}\n")),
-                        Err(not) => plain(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {not}\n")),
-                    };
-                }
-                _ => {}
-            }
-        }
-        if !self.authorised(&req) {
+        // `/livez` and `/readyz`: the probes' other names.
+        let path = match req.uri().path() {
+            "/livez" => "/live",
+            "/readyz" => "/ready",
+            p => p,
+        };
+        let found = api::lookup(path);
+        let Some((route, params)) = found.iter().find(|(r, _)| r.method == req.method()) else {
+            return match found.is_empty() {
+                true => error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
+                false => error(StatusCode::METHOD_NOT_ALLOWED, format!("{} is not allowed on {path}", req.method())),
+            };
+        };
+        // The probes need no token: they say nothing a client could not
+        // learn from a connection attempt.
+        if route.auth && !self.authorised(&req) {
             let mut r = error(StatusCode::UNAUTHORIZED, "a bearer token is required");
             r.headers_mut().insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
             return r;
         }
-        let path = req.uri().path().trim_end_matches('/').to_string();
         let now = self.core.snapshot();
-        let parts: Vec<&str> = path.split('/').skip(1).collect();
-        match (req.method().clone(), parts.as_slice()) {
-            (Method::GET, [] | [""]) => reply(
-                StatusCode::OK,
-                json!({
-                    "name": "weir",
-                    "version": env!("CARGO_PKG_VERSION"),
-                    "uptime_secs": self.started.elapsed().as_secs(),
-                    "pid": std::process::id(),
-                    "overload": overload_detail(self.core.overload()),
-                    "wasmtime": "48",
-                }),
-            ),
-            (Method::GET, ["metrics"]) => Response::builder()
-                .header("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")
-                .body(Full::new(Bytes::from(crate::metrics::render(&self.metrics))))
-                .expect("static response parts"),
-            (Method::GET, ["config"]) => Response::builder()
-                .header("content-type", "application/toml")
-                .body(Full::new(Bytes::from(crate::config::redacted(&now.source.text))))
-                .expect("static response parts"),
-            (Method::GET, ["listeners"]) => {
-                let list: Vec<Value> = now.listeners.iter().map(|(n, l)| listener_detail(n, l)).collect();
-                reply(StatusCode::OK, Value::Array(list))
-            }
-            (Method::GET, ["listeners", name]) => match now.listeners.get(*name) {
-                Some(l) => reply(StatusCode::OK, listener_detail(name, l)),
-                None => error(StatusCode::NOT_FOUND, format!("no listener `{name}`")),
+        let param = |i: usize| params.get(i).map_or("", String::as_str);
+        let (name, backend) = (param(0), param(1));
+        let not_found = |what: &str| error(StatusCode::NOT_FOUND, format!("no {what} `{name}`"));
+        match route.op {
+            Op::Live => plain(StatusCode::OK, "ok\n"),
+            Op::Ready => match self.core.readiness() {
+                Ok(ready) => plain(StatusCode::OK, format!("{ready}\n")),
+                Err(not) => plain(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {not}\n")),
             },
-            (Method::POST, ["listeners"]) => self.add_listener(req, &now).await,
-            (Method::DELETE, ["listeners", name]) => self.remove_listener(name, &now).await,
-            (Method::POST, ["pools", name, "backends", at, "weight"]) => self.set_weight(req, &now, name, at).await,
-            (Method::GET, ["pools", name, "backends", at]) => match find_backend(&now, name, at) {
-                Ok((_, b)) => reply(StatusCode::OK, backend_detail(&b)),
+            Op::About => reply(
+                StatusCode::OK,
+                api::About {
+                    name: "weir",
+                    version: env!("CARGO_PKG_VERSION"),
+                    uptime_secs: self.started.elapsed().as_secs(),
+                    pid: std::process::id(),
+                    overload: overload_view(self.core.overload()),
+                    wasmtime: "48",
+                },
+            ),
+            Op::Metrics => typed(
+                StatusCode::OK,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                crate::metrics::render(&self.metrics),
+            ),
+            Op::Config => typed(StatusCode::OK, "application/toml", crate::config::redacted(&now.source.text)),
+            Op::OpenApi => typed(
+                StatusCode::OK,
+                "application/json",
+                api::openapi().to_pretty_json().unwrap_or_default(),
+            ),
+            Op::Listeners => {
+                reply(StatusCode::OK, now.listeners.iter().map(|(n, l)| listener_view(n, l)).collect::<Vec<_>>())
+            }
+            Op::Listener => match now.listeners.get(name) {
+                Some(l) => reply(StatusCode::OK, listener_view(name, l)),
+                None => not_found("listener"),
+            },
+            Op::AddListener => self.add_listener(req, &now).await,
+            Op::RemoveListener => self.remove_listener(name, &now).await,
+            Op::Pools => reply(StatusCode::OK, now.pools.iter().map(|(n, p)| pool_summary(n, p)).collect::<Vec<_>>()),
+            Op::Pool => match now.pools.get(name) {
+                Some(p) => reply(StatusCode::OK, pool_view(name, p)),
+                None => not_found("pool"),
+            },
+            Op::Backend => match find_backend(&now, name, backend) {
+                Ok((_, b)) => reply(StatusCode::OK, backend_view(&b)),
                 Err(e) => e,
             },
-            (Method::POST, ["pools", name, "backends"]) => self.add_backend(req, &now, name).await,
-            (Method::DELETE, ["pools", name, "backends", at]) => match find_backend(&now, name, at) {
-                Ok((pool, b)) if pool.remove_backend(&b.address) => {
-                    reply(StatusCode::OK, json!({"address": b.address, "removed": true}))
-                }
+            Op::AddBackend => self.add_backend(req, &now, name).await,
+            Op::RemoveBackend => match find_backend(&now, name, backend) {
+                Ok((pool, b)) if pool.remove_backend(&b.address) => reply(
+                    StatusCode::OK,
+                    api::BackendChanged {
+                        address: b.address.clone(),
+                        weight: None,
+                        disabled: None,
+                        slot: None,
+                        removed: Some(true),
+                    },
+                ),
                 Ok((_, b)) => error(StatusCode::NOT_FOUND, format!("pool `{name}` has no backend {}", b.address)),
                 Err(e) => e,
             },
-            (Method::GET, ["log-level"]) => match crate::logging::level() {
-                Some(level) => reply(StatusCode::OK, json!({ "level": level })),
-                None => error(StatusCode::NOT_FOUND, "this process did not set up its log (an embedded server)"),
-            },
-            (Method::PUT, ["log-level"]) => self.set_log_level(req).await,
-            (Method::GET, ["pools"]) => {
-                reply(StatusCode::OK, Value::Array(now.pools.iter().map(|(n, p)| pool_summary(n, p)).collect()))
+            Op::Disable | Op::Enable => self.set_disabled(&now, name, backend, route.op == Op::Disable),
+            Op::Weight => self.set_weight(req, &now, name, backend).await,
+            Op::Plugins => {
+                reply(StatusCode::OK, now.plugins.iter().map(|(n, p)| plugin_view(n, p)).collect::<Vec<_>>())
             }
-            (Method::GET, ["pools", name]) => match now.pools.get(*name) {
-                Some(p) => reply(StatusCode::OK, pool_detail(name, p)),
-                None => error(StatusCode::NOT_FOUND, format!("no pool `{name}`")),
+            Op::Plugin => match now.plugins.get(name) {
+                Some(p) => reply(StatusCode::OK, plugin_view(name, p)),
+                None => not_found("plugin instance"),
             },
-            (Method::POST, ["pools", name, "backends", at, action @ ("disable" | "enable")]) => {
-                self.set_disabled(&now, name, at, action)
-            }
-            (Method::GET, ["plugins"]) => {
-                reply(StatusCode::OK, Value::Array(now.plugins.iter().map(|(n, p)| plugin_detail(n, p)).collect()))
-            }
-            (Method::GET, ["plugins", name]) => match now.plugins.get(*name) {
-                Some(p) => reply(StatusCode::OK, plugin_detail(name, p)),
-                None => error(StatusCode::NOT_FOUND, format!("no plugin instance `{name}`")),
-            },
-            (Method::PUT, ["plugins", name]) => self.push_plugin(req, &now, name).await,
-            (Method::POST, ["reload"]) => self.reload(req).await,
-            (Method::POST, ["upgrade"]) => match crate::upgrade::hand_over(&self.core).await {
+            Op::PushPlugin => self.push_plugin(req, &now, name).await,
+            Op::Reload => self.reload(req).await,
+            Op::Upgrade => match crate::upgrade::hand_over(&self.core).await {
                 Ok(up) => reply(
                     StatusCode::OK,
-                    json!({ "pid": up.pid, "previous": std::process::id(), "not_carried_over": up.not_carried_over }),
+                    api::Upgraded { pid: up.pid, previous: std::process::id(), not_carried_over: up.not_carried_over },
                 ),
                 Err(e) => error(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     format!("upgrade failed, this process goes on serving: {e:#}"),
                 ),
             },
-            (
-                _,
-                ["", ..]
-                | ["config"]
-                | ["metrics"]
-                | ["reload"]
-                | ["upgrade"]
-                | ["log-level"]
-                | ["listeners", ..]
-                | ["pools", ..]
-                | ["plugins", ..],
-            ) => error(StatusCode::METHOD_NOT_ALLOWED, format!("{} is not allowed on {path}", req.method())),
-            _ => error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
+            Op::LogLevel => match crate::logging::level() {
+                Some(level) => reply(StatusCode::OK, api::LogLevel { level }),
+                None => error(StatusCode::NOT_FOUND, "this process did not set up its log (an embedded server)"),
+            },
+            Op::SetLogLevel => self.set_log_level(req).await,
         }
     }
 
@@ -326,10 +353,7 @@ impl Control {
                 Ok(())
             })
             .await;
-        match edit {
-            Ok(summary) => reply(StatusCode::CREATED, serde_json::to_value(summary).unwrap_or_default()),
-            Err(e) => error(StatusCode::BAD_REQUEST, format!("not applied: {e}")),
-        }
+        reloaded(StatusCode::CREATED, edit, "not applied")
     }
 
     async fn remove_listener(&self, name: &str, now: &Snapshot) -> Answer {
@@ -345,10 +369,7 @@ impl Control {
                 Ok(())
             })
             .await;
-        match edit {
-            Ok(summary) => reply(StatusCode::OK, serde_json::to_value(summary).unwrap_or_default()),
-            Err(e) => error(StatusCode::BAD_REQUEST, format!("not applied: {e}")),
-        }
+        reloaded(StatusCode::OK, edit, "not applied")
     }
 
     async fn set_weight(&self, req: Request<Incoming>, now: &Snapshot, name: &str, at: &str) -> Answer {
@@ -360,23 +381,29 @@ impl Control {
             Ok(v) => v["weight"].as_u64(),
             Err(e) => return e,
         };
-        let Some(weight) = weight.filter(|w| *w <= u32::MAX as u64) else {
+        let Some(weight) = weight.and_then(|w| u32::try_from(w).ok()) else {
             return error(StatusCode::BAD_REQUEST, "expected {\"weight\": N}");
         };
-        match pool.set_weight(slot, weight as u32) {
-            Some(address) => reply(StatusCode::OK, json!({"address": address, "weight": weight})),
-            None => error(StatusCode::NOT_FOUND, format!("pool `{name}` has no slot {slot}")),
+        match pool.set_weight(slot, weight) {
+            Some(address) => reply(
+                StatusCode::OK,
+                api::BackendChanged { address, weight: Some(weight), disabled: None, slot: None, removed: None },
+            ),
+            None => error(StatusCode::NOT_FOUND, format!("pool `{name}` has no backend {at}")),
         }
     }
 
-    fn set_disabled(&self, now: &Snapshot, name: &str, at: &str, action: &str) -> Answer {
+    fn set_disabled(&self, now: &Snapshot, name: &str, at: &str, disabled: bool) -> Answer {
         let (pool, slot) = match find_backend(now, name, at) {
             Ok((pool, b)) => (pool, b.slot),
             Err(e) => return e,
         };
-        match pool.set_disabled(slot, action == "disable") {
-            Some(address) => reply(StatusCode::OK, json!({"address": address, "disabled": action == "disable"})),
-            None => error(StatusCode::NOT_FOUND, format!("pool `{name}` has no slot {slot}")),
+        match pool.set_disabled(slot, disabled) {
+            Some(address) => reply(
+                StatusCode::OK,
+                api::BackendChanged { address, weight: None, disabled: Some(disabled), slot: None, removed: None },
+            ),
+            None => error(StatusCode::NOT_FOUND, format!("pool `{name}` has no backend {at}")),
         }
     }
 
@@ -413,7 +440,10 @@ impl Control {
         match pool.add_backend(spec) {
             Ok(()) => {
                 let slot = pool.members().backends.iter().find(|b| b.address == address).map(|b| b.slot);
-                reply(StatusCode::CREATED, json!({"address": address, "slot": slot, "weight": weight}))
+                reply(
+                    StatusCode::CREATED,
+                    api::BackendChanged { address, weight: Some(weight), disabled: None, slot, removed: None },
+                )
             }
             Err(e) => error(StatusCode::CONFLICT, e),
         }
@@ -435,7 +465,7 @@ impl Control {
             return error(StatusCode::BAD_REQUEST, "expected a filter (`debug`, `weir=debug,info`) or {\"level\": ...}");
         };
         match crate::logging::set_level(&level) {
-            Ok(()) => reply(StatusCode::OK, json!({ "level": level.trim() })),
+            Ok(()) => reply(StatusCode::OK, api::LogLevel { level: level.trim().to_string() }),
             Err(e) => error(StatusCode::BAD_REQUEST, e),
         }
     }
@@ -458,13 +488,13 @@ impl Control {
         match swapped {
             Ok(Ok(g)) => reply(
                 StatusCode::OK,
-                json!({
-                    "name": name,
-                    "generation": g.number,
-                    "hash": g.hash,
-                    "swap_ms": started.elapsed().as_secs_f64() * 1e3,
-                    "rollout": rollout.map(|r| r.percent),
-                }),
+                api::Swapped {
+                    name: name.to_string(),
+                    generation: g.number,
+                    hash: g.hash,
+                    swap_ms: started.elapsed().as_secs_f64() * 1e3,
+                    rollout: rollout.map(|r| r.percent),
+                },
             ),
             Ok(Err(e)) => {
                 let status = match e {
@@ -495,21 +525,22 @@ impl Control {
                 Err(_) => Err("the config is not UTF-8".to_string()),
             }
         };
-        match result {
-            Ok(summary) => reply(StatusCode::OK, serde_json::to_value(summary).unwrap_or_default()),
-            Err(e) => error(StatusCode::BAD_REQUEST, format!("config not applied, the old one stays: {e}")),
-        }
+        reloaded(StatusCode::OK, result, "config not applied, the old one stays")
     }
 }
 
-/// The backend a path names, by address (`127.0.0.1:8080`, `[::1]:80`,
-/// percent-encoded or not) or by slot number, with its pool; else the
-/// error answer.
-fn find_backend(now: &Snapshot, pool: &str, at: &str) -> Result<(Arc<Pool>, Arc<crate::upstream::Backend>), Answer> {
+/// The backend a path names (its segment decoded), by address
+/// (`127.0.0.1:8080`, `[::1]:80`) or by slot number, with its pool; else
+/// the error answer.
+fn find_backend(
+    now: &Snapshot,
+    pool: &str,
+    at: &str,
+) -> Result<(Arc<crate::upstream::Pool>, Arc<crate::upstream::Backend>), Answer> {
     let Some(p) = now.pools.get(pool) else {
         return Err(error(StatusCode::NOT_FOUND, format!("no pool `{pool}`")));
     };
-    let address = percent_encoding::percent_decode_str(at).decode_utf8_lossy();
+    let address = at;
     let members = p.members();
     let found = match address.parse::<u32>() {
         Ok(slot) => members.backends.get(slot as usize),
@@ -574,24 +605,6 @@ fn toml_value(v: &Value) -> Result<toml_edit::Value, String> {
             t.into()
         }
         Value::Null => return Err("null has no TOML form".into()),
-    })
-}
-
-/// What load shedding sees now and has refused so far.
-fn overload_detail(o: &crate::overload::Overload) -> Value {
-    let (resident, plugin_mean) = o.last_sample();
-    let limits = o.limits();
-    json!({
-        "refusing": o.reasons().iter().map(|r| r.name()).collect::<Vec<_>>(),
-        "shed": o.shed_counts().iter().map(|(r, n)| (r.name().to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
-        "loop_lag_ms": o.loop_lag().map(|d| d.as_secs_f64() * 1e3),
-        "plugin_call_mean_us": plugin_mean.as_secs_f64() * 1e6,
-        "resident_bytes": resident,
-        "limits": {
-            "loop_lag_ms": limits.loop_lag.map(|d| d.as_secs_f64() * 1e3),
-            "plugin_time_us": limits.plugin_time.map(|d| d.as_secs_f64() * 1e6),
-            "memory_bytes": limits.memory,
-        },
     })
 }
 
