@@ -13,11 +13,9 @@ fn main() {
     }
     println!("cargo:rerun-if-changed={}", workspace.join("Cargo.lock").display());
 
-    let mut say = |line: &str| println!("cargo:warning=weir: {line}");
-    let toolchain = match weir_xtask::ensure_toolchain(&mut say) {
-        Ok(t) => t,
-        Err(e) => panic!("{e:#}"),
-    };
+    // A build only builds: installing the wasm32 toolchain is
+    // `scripts/setup`'s (or the user's) job, and a missing one is named.
+    let Some(toolchain) = weir_xtask::detect() else { panic!("{}", weir_xtask::MISSING_TOOLCHAIN) };
     let dirs = weir_xtask::plugin_dirs(&workspace.join("plugins")).unwrap();
     let packages: Vec<String> = dirs.iter().map(|d| weir_xtask::package_name(d).unwrap()).collect();
     let target = weir_xtask::target_dir_from_out_dir(&out_dir).join("wasm");

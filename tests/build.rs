@@ -11,8 +11,7 @@ fn main() {
     for dir in sources.iter().chain([&workspace.join("sdk"), &workspace.join("wit")]) {
         println!("cargo:rerun-if-changed={}", dir.display());
     }
-    let mut say = |line: &str| println!("cargo:warning=weir: {line}");
-    let toolchain = weir_xtask::ensure_toolchain(&mut say).unwrap_or_else(|e| panic!("{e:#}"));
+    let Some(toolchain) = weir_xtask::detect() else { panic!("{}", weir_xtask::MISSING_TOOLCHAIN) };
     let mut packages = Vec::new();
     for dir in &sources {
         for d in weir_xtask::plugin_dirs(dir).unwrap() {

@@ -4,7 +4,8 @@
 //! plugins) and the `xtask` binary. The wasm32 toolchain is detected, not
 //! assumed: rustup's `wasm32-unknown-unknown` target where it is installed,
 //! otherwise Debian's `rustc-web` with the standard library's source and
-//! `-Zbuild-std`; when neither is there it installs what is missing.
+//! `-Zbuild-std`. Only `xtask toolchain` (run by `scripts/setup`) installs
+//! what is missing; the build scripts detect and name it.
 
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -46,6 +47,14 @@ fn rustup_has_target() -> bool {
 fn debian_ready() -> bool {
     Path::new(DEBIAN_RUSTC).exists() && Path::new(DEBIAN_CARGO).exists() && Path::new(DEBIAN_STD_SRC).exists()
 }
+
+/// What to do when no wasm32 toolchain is there (a build says it and stops).
+pub const MISSING_TOOLCHAIN: &str = "weir's bundled plugins are Rust compiled to wasm32-unknown-unknown, and this \
+     machine has no toolchain for it. Install one, then build again:\n  \
+     rustup target add wasm32-unknown-unknown\n\
+     or, on Debian without rustup:\n  \
+     apt-get install rustc-web cargo-web rust-web-src lld-22\n\
+     (`scripts/setup` in the source tree does this and installs the rest the tests use)";
 
 /// The toolchain present on this machine, if any.
 pub fn detect() -> Option<Toolchain> {
@@ -118,8 +127,22 @@ pub fn build_components(
     target_dir: &Path,
     out_dir: &Path,
 ) -> Result<Vec<PathBuf>> {
+    build_components_saying(toolchain, workspace, packages, target_dir, out_dir, &mut |_| {})
+}
+
+/// [`build_components`], telling `say` as each plugin is built and how long
+/// it took (a first build compiles each for minutes in all).
+pub fn build_components_saying(
+    toolchain: &Toolchain,
+    workspace: &Path,
+    packages: &[String],
+    target_dir: &Path,
+    out_dir: &Path,
+    say: &mut dyn FnMut(&str),
+) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(out_dir)?;
     let mut built = Vec::new();
+    let started = std::time::Instant::now();
     // One cargo run per package: the SDK's world features must not unify
     // across plugins, or every plugin would claim every world.
     for package in packages {
@@ -148,6 +171,7 @@ pub fn build_components(
         if *toolchain == Toolchain::DebianBuildStd {
             cmd.arg("-Zbuild-std=std,panic_abort");
         }
+        let one = std::time::Instant::now();
         let out = cmd.stdin(std::process::Stdio::null()).output().context("running cargo for wasm32")?;
         if !out.status.success() {
             bail!("building plugin {package} for {TARGET} failed:\n{}", String::from_utf8_lossy(&out.stderr));
@@ -158,7 +182,14 @@ pub fn build_components(
         let dest = out_dir.join(format!("{package}.wasm"));
         write_if_changed(&dest, &component)?;
         built.push(dest);
+        say(&format!(
+            "plugin {}/{}: {package} ({:.1} s)",
+            built.len(),
+            packages.len(),
+            one.elapsed().as_secs_f64()
+        ));
     }
+    say(&format!("{} plugins built in {:.0} s", built.len(), started.elapsed().as_secs_f64()));
     Ok(built)
 }
 

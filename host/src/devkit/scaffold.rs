@@ -367,7 +367,8 @@ pub fn build_project(dir: &Path) -> Result<PathBuf> {
             let mut say = |line: &str| eprintln!("weir: {line}");
             let toolchain = weir_xtask::ensure_toolchain(&mut say)?;
             let target = std::env::var_os("CARGO_TARGET_DIR").map_or(dir.join("target"), PathBuf::from);
-            let built = weir_xtask::build_components(&toolchain, &dir, &[package], &target, &out)?;
+            eprintln!("weir: building {package} for wasm32 with cargo (a first build compiles its dependencies)");
+            let built = weir_xtask::build_components_saying(&toolchain, &dir, &[package], &target, &out, &mut say)?;
             built.into_iter().next().context("the build produced no component")
         }
         Project::Python { name, world, module, version } => {
@@ -436,9 +437,13 @@ fn js_tool(dir: &Path) -> Result<PathBuf> {
     })
 }
 
-/// Run a toolchain step with no stdin; its output is shown only when it fails.
+/// Run a toolchain step with no stdin, saying what runs and how long it
+/// took; its output is shown only when it fails.
 fn run(mut cmd: Command, what: &str) -> Result<()> {
+    eprintln!("weir: running {what}");
+    let started = std::time::Instant::now();
     let out = cmd.stdin(Stdio::null()).output().with_context(|| format!("{what}: cannot start {cmd:?}"))?;
+    eprintln!("weir: {what} took {:.1} s", started.elapsed().as_secs_f64());
     if !out.status.success() {
         bail!(
             "{what} failed ({}):\n{}{}",
