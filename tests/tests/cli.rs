@@ -1247,3 +1247,76 @@ fn the_access_log_file_is_reopened_on_sigusr1_after_a_rename_and_no_line_is_lost
     wait_for("one more combined line", || lines_of(&log).iter().filter(|l| !l.starts_with('{')).count() == 2)?;
     Ok(())
 }
+
+/// Every example config (and the package's and container's) passes `weir
+/// check`; those that need no outside service (no `test: check-only` line)
+/// start, with their ports moved to free loopback ports (a port a backend
+/// names too moves with it, so chains hold), open every listener, and
+/// answer on their HTTP listeners.
+#[test]
+fn every_example_config_checks_and_the_self_contained_ones_start_and_serve() -> Result<()> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(root.join("examples"))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    anyhow::ensure!(files.len() >= 9, "examples/ holds {} configs", files.len());
+    files.extend([root.join("packaging/weir.toml"), root.join("packaging/container.toml")]);
+    let mut started = Vec::new();
+    for file in &files {
+        let name = file.file_stem().unwrap().to_string_lossy().to_string();
+        let out = weir(&["check", "-c", &file.display().to_string()], file.parent().unwrap());
+        assert!(out.ok, "weir check {}:\n{}{}", file.display(), out.stdout, out.stderr);
+        let text = std::fs::read_to_string(file)?;
+        if text.contains("test: check-only") || file.parent() != Some(&root.join("examples")) {
+            continue;
+        }
+        // Each port a listener binds, moved to a free one everywhere it is named.
+        let mut moved = text.replace("\"0.0.0.0:", "\"127.0.0.1:");
+        let mut listeners = Vec::new();
+        let mut section = String::new();
+        for line in text.lines() {
+            if let Some(s) = line.strip_prefix("[listeners.").and_then(|s| s.strip_suffix(']')) {
+                section = s.to_string();
+            }
+            if let Some(port) = line.strip_prefix("bind = \"").and_then(|b| b.rsplit_once(':')).map(|(_, p)| p) {
+                let port = port.trim_end_matches('"');
+                let free = free_port()?;
+                moved = moved.replace(&format!(":{port}\""), &format!(":{free}\""));
+                // Plain HTTP listeners (not those expecting a PROXY header),
+                // and TCP ones the example says lead to HTTP.
+                let http = text.split(&format!("[listeners.{section}]")).nth(1).is_some_and(|rest| {
+                    let table = rest.split("\n[").next().unwrap_or_default();
+                    table.contains("protocol = \"http\"") && !table.contains("proxy_protocol = true")
+                }) || text.contains(&format!("test: http-through {section}"));
+                listeners.push((section.clone(), free, http));
+            }
+        }
+        let proc_dir = std::env::temp_dir().join(format!("weir-proc-example-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(proc_dir.join("certs"))?;
+        for cert in std::fs::read_dir(root.join("examples/certs"))?.flatten() {
+            std::fs::copy(cert.path(), proc_dir.join("certs").join(cert.file_name()))?;
+        }
+        let proc = WeirProcess::spawn(&weir_bin(), &format!("example-{name}"), &moved)?;
+        for (listener, port, http) in &listeners {
+            let key = format!("listener={listener}");
+            wait_for(&format!("{name}: {listener} listening"), || proc.logged(&["listening", &key]))?;
+            if *http {
+                // Nothing runs behind it: weir itself answers (502).
+                let out = Command::new("curl")
+                    .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10"])
+                    .arg(format!("http://127.0.0.1:{port}/"))
+                    .output()?;
+                let code = String::from_utf8_lossy(&out.stdout).to_string();
+                assert!(code.starts_with('5') || code.starts_with('4'), "{name}: {listener} answered {code:?}");
+            }
+        }
+        started.push(format!("{name} ({} listeners)", listeners.len()));
+        drop(proc);
+    }
+    println!("checked {} configs; started {}", files.len(), started.join(", "));
+    assert!(started.len() >= 6, "{started:?}");
+    Ok(())
+}
