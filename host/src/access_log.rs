@@ -271,7 +271,8 @@ impl Entry {
     /// Keep what the line needs of a request's headers: the values of the
     /// `header:NAME` fields, and for `combined` the user agent and referer.
     pub fn capture_headers(&mut self, headers: &http::HeaderMap) {
-        let text = |name: &http::HeaderName| headers.get(name).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        let text =
+            |name: &http::HeaderName| headers.get(name).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
         for field in self.fields.iter() {
             if let Field::Header(name) = field {
                 self.headers.push(text(name).unwrap_or_default());
@@ -494,7 +495,10 @@ mod tests {
         let json = serde_json::Value::Object(e.json(at));
         assert_eq!(json["time"], "2025-12-07T03:35:36.000000Z");
         assert_eq!((json["status"].as_u64(), json["bytes_out"].as_u64()), (Some(200), Some(512)));
-        assert_eq!((&json["head_ms"], &json["client"], &json["path"]), (&serde_json::Value::Null, &"127.0.0.1:9".into(), &"/a \"b\"".into()));
+        assert_eq!(
+            (&json["head_ms"], &json["client"], &json["path"]),
+            (&serde_json::Value::Null, &"127.0.0.1:9".into(), &"/a \"b\"".into())
+        );
         assert_eq!(
             e.combined(at),
             r#"127.0.0.1 - - [07/Dec/2025:03:35:36 +0000] "GET /a \"b\" HTTP/1.1" 200 512 "-" "curl/8.0""#

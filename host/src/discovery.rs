@@ -22,7 +22,6 @@ pub struct DiscoverySettings {
     pub failpolicy: FailPolicy,
 }
 
-
 /// Discover once and apply the result. Returns whether discovery succeeded.
 pub async fn discover_once(pool: &Arc<Pool>, plugin: &Arc<PluginInstance>, s: DiscoverySettings) -> bool {
     let call = plugin.clone();

@@ -5,7 +5,6 @@
 //! library in-process and the binary as a user would.
 
 pub mod access_log;
-pub mod logging;
 pub mod acme;
 pub mod admin;
 pub mod app;
@@ -23,6 +22,7 @@ pub mod l7;
 #[cfg(test)]
 mod layers;
 pub mod listener;
+pub mod logging;
 pub mod metrics;
 pub mod overload;
 pub mod pipeline;

@@ -467,7 +467,8 @@ impl Collector for Process {
             ConstGauge::new(v).encode(e.encode_descriptor(name, help, None, MetricType::Gauge)?)
         };
         if let Some(s) = ProcessStat::read() {
-            let cpu = e.encode_descriptor("process_cpu_seconds", "User and system CPU time", None, MetricType::Counter)?;
+            let cpu =
+                e.encode_descriptor("process_cpu_seconds", "User and system CPU time", None, MetricType::Counter)?;
             ConstCounter::new(s.cpu_seconds).encode(cpu)?;
             gauge(&mut e, "process_resident_memory_bytes", "Resident memory", s.resident_bytes as f64)?;
             gauge(&mut e, "process_virtual_memory_bytes", "Virtual memory", s.virtual_bytes as f64)?;

@@ -382,8 +382,8 @@ async fn metrics_parse_and_match_the_traffic() -> Result<()> {
         let (head, _) = exchange(raw, b"GET / HTTP/1.0\r\n\r\n").await?;
         anyhow::ensure!(head.contains("200"), "{head}");
     }
-    let scrape = scrape(admin).await?;
-    let value = |name: &str, labels: &[(&str, &str)]| sample(&scrape, name, labels);
+    let first = scrape(admin).await?;
+    let value = |name: &str, labels: &[(&str, &str)]| sample(&first, name, labels);
     let (a_addr, b_addr) = (a.addr.to_string(), b.addr.to_string());
     fn at<'a>(pool: &'a str, backend: &'a str) -> [(&'a str, &'a str); 2] {
         [("pool", pool), ("backend", backend)]
@@ -420,7 +420,7 @@ async fn metrics_parse_and_match_the_traffic() -> Result<()> {
     assert_eq!(value("weir_listener_http_responses_total", &web_class("2xx")), Some(25.0));
     assert_eq!(value("weir_listener_http_responses_total", &web_class("5xx")), Some(5.0));
     let histogram_count = |name: &str, labels: &[(&str, &str)]| {
-        scrape.samples.iter().find_map(|s| match &s.value {
+        first.samples.iter().find_map(|s| match &s.value {
             prometheus_parse::Value::Histogram(h)
                 if s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)) =>
             {
@@ -718,9 +718,30 @@ async fn every_route_answers_as_the_openapi_document_says() -> Result<()> {
             true,
             201,
         ),
-        ("POST", "/pools/{name}/backends", "/pools/p/backends".into(), Bytes::from(r#"{"address": "127.0.0.1:1"}"#), true, 409),
-        ("POST", "/pools/{name}/backends", "/pools/p/backends".into(), Bytes::from(r#"{"address": "nope"}"#), true, 400),
-        ("POST", "/pools/{name}/backends", "/pools/q/backends".into(), Bytes::from(r#"{"address": "127.0.0.1:2"}"#), true, 404),
+        (
+            "POST",
+            "/pools/{name}/backends",
+            "/pools/p/backends".into(),
+            Bytes::from(r#"{"address": "127.0.0.1:1"}"#),
+            true,
+            409,
+        ),
+        (
+            "POST",
+            "/pools/{name}/backends",
+            "/pools/p/backends".into(),
+            Bytes::from(r#"{"address": "nope"}"#),
+            true,
+            400,
+        ),
+        (
+            "POST",
+            "/pools/{name}/backends",
+            "/pools/q/backends".into(),
+            Bytes::from(r#"{"address": "127.0.0.1:2"}"#),
+            true,
+            404,
+        ),
         (
             "POST",
             "/pools/{name}/backends/{backend}/weight",
@@ -737,9 +758,30 @@ async fn every_route_answers_as_the_openapi_document_says() -> Result<()> {
             true,
             400,
         ),
-        ("POST", "/pools/{name}/backends/{backend}/disable", "/pools/p/backends/127.0.0.1%3A1/disable".into(), Bytes::new(), true, 200),
-        ("POST", "/pools/{name}/backends/{backend}/enable", "/pools/p/backends/127.0.0.1:1/enable".into(), Bytes::new(), true, 200),
-        ("POST", "/pools/{name}/backends/{backend}/enable", "/pools/p/backends/9/enable".into(), Bytes::new(), true, 404),
+        (
+            "POST",
+            "/pools/{name}/backends/{backend}/disable",
+            "/pools/p/backends/127.0.0.1%3A1/disable".into(),
+            Bytes::new(),
+            true,
+            200,
+        ),
+        (
+            "POST",
+            "/pools/{name}/backends/{backend}/enable",
+            "/pools/p/backends/127.0.0.1:1/enable".into(),
+            Bytes::new(),
+            true,
+            200,
+        ),
+        (
+            "POST",
+            "/pools/{name}/backends/{backend}/enable",
+            "/pools/p/backends/9/enable".into(),
+            Bytes::new(),
+            true,
+            404,
+        ),
         ("DELETE", "/pools/{name}/backends/{backend}", "/pools/p/backends/127.0.0.1:1".into(), Bytes::new(), true, 200),
         ("DELETE", "/pools/{name}/backends/{backend}", "/pools/p/backends/127.0.0.1:1".into(), Bytes::new(), true, 404),
         ("GET", "/plugins", "/plugins".into(), Bytes::new(), true, 200),
@@ -772,7 +814,8 @@ async fn every_route_answers_as_the_openapi_document_says() -> Result<()> {
                 root = serde_json::json!({"type": "object", "required": ["openapi", "paths", "components"]});
             }
             let validator = jsonschema::validator_for(&root).map_err(|e| anyhow::anyhow!("{what}: schema: {e}"))?;
-            let errors: Vec<String> = validator.iter_errors(&body).map(|e| format!("{e} at {}", e.instance_path)).collect();
+            let errors: Vec<String> =
+                validator.iter_errors(&body).map(|e| format!("{e} at {}", e.instance_path())).collect();
             assert!(errors.is_empty(), "{what}: the body does not fit the document:\n{errors:#?}\n{body:#}");
         }
         called.insert((method.to_lowercase(), documented.to_string()));

@@ -1181,7 +1181,8 @@ fn the_access_log_file_is_reopened_on_sigusr1_after_a_rename_and_no_line_is_lost
     let url = format!("http://{}/", proc.addr);
     // Two clients, each sending batches of 20 requests on one kept-alive
     // connection (curl reuses it), until told to stop.
-    let (stop, served, failed) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let (stop, served, failed) =
+        (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let clients: Vec<_> = (0..2)
         .map(|_| {
             let (stop, served, failed, url) = (stop.clone(), served.clone(), failed.clone(), url.clone());

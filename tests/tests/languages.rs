@@ -307,7 +307,7 @@ fn region_balancers_make_the_same_choices_as_the_rust_twin() -> Result<()> {
             let members = pool.members();
             for (slot, &n) in active.iter().enumerate() {
                 for _ in 0..n {
-                    guards.push(members.backends[slot].stats.open());
+                    guards.push(members.backends[slot].stats.open_connection());
                 }
             }
             let eligible = pool.eligible(&members, &tried);

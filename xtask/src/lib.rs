@@ -182,12 +182,7 @@ pub fn build_components_saying(
         let dest = out_dir.join(format!("{package}.wasm"));
         write_if_changed(&dest, &component)?;
         built.push(dest);
-        say(&format!(
-            "plugin {}/{}: {package} ({:.1} s)",
-            built.len(),
-            packages.len(),
-            one.elapsed().as_secs_f64()
-        ));
+        say(&format!("plugin {}/{}: {package} ({:.1} s)", built.len(), packages.len(), one.elapsed().as_secs_f64()));
     }
     say(&format!("{} plugins built in {:.0} s", built.len(), started.elapsed().as_secs_f64()));
     Ok(built)

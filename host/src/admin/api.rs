@@ -388,24 +388,27 @@ impl From<crate::server::ReloadSummary> for Reloaded {
     }
 }
 
+/// The schemas a document collects, by name.
+type Schemas = Vec<(String, RefOr<Schema>)>;
+
 /// What a route answers or takes.
 #[derive(Clone, Copy)]
 pub enum Body {
     /// JSON of a type.
-    Json(fn(&mut Vec<(String, RefOr<Schema>)>) -> RefOr<Schema>),
+    Json(fn(&mut Schemas) -> RefOr<Schema>),
     /// Text of a media type.
     Text(&'static str),
     /// Bytes of a media type (a component upload).
     Bytes(&'static str),
 }
 
-fn json<T: ToSchema>(components: &mut Vec<(String, RefOr<Schema>)>) -> RefOr<Schema> {
+fn json<T: ToSchema>(components: &mut Schemas) -> RefOr<Schema> {
     T::schemas(components);
     components.push((T::name().into_owned(), T::schema()));
     Ref::from_schema_name(T::name()).into()
 }
 
-fn list<T: ToSchema>(components: &mut Vec<(String, RefOr<Schema>)>) -> RefOr<Schema> {
+fn list<T: ToSchema>(components: &mut Schemas) -> RefOr<Schema> {
     ArrayBuilder::new().items(json::<T>(components)).into()
 }
 
@@ -577,18 +580,22 @@ pub fn lookup(path: &str) -> Vec<(&'static Route, Vec<String>)> {
         .collect()
 }
 
-fn content(body: Body, components: &mut Vec<(String, RefOr<Schema>)>) -> (&'static str, utoipa::openapi::Content) {
+fn content(body: Body, components: &mut Schemas) -> (&'static str, utoipa::openapi::Content) {
     match body {
         Body::Json(schema) => ("application/json", ContentBuilder::new().schema(Some(schema(components))).build()),
-        Body::Text(kind) => (kind, ContentBuilder::new().schema(Some(ObjectBuilder::new().schema_type(Type::String))).build()),
-        Body::Bytes(kind) => (
-            kind,
-            ContentBuilder::new()
-                .schema(Some(ObjectBuilder::new().schema_type(Type::String).format(Some(
-                    utoipa::openapi::SchemaFormat::KnownFormat(utoipa::openapi::KnownFormat::Binary),
-                ))))
-                .build(),
-        ),
+        Body::Text(kind) => {
+            (kind, ContentBuilder::new().schema(Some(ObjectBuilder::new().schema_type(Type::String))).build())
+        }
+        Body::Bytes(kind) => {
+            (
+                kind,
+                ContentBuilder::new()
+                    .schema(Some(ObjectBuilder::new().schema_type(Type::String).format(Some(
+                        utoipa::openapi::SchemaFormat::KnownFormat(utoipa::openapi::KnownFormat::Binary),
+                    ))))
+                    .build(),
+            )
+        }
     }
 }
 
@@ -624,7 +631,8 @@ pub fn openapi() -> OpenApi {
         }
         if let Some(body) = r.request {
             let (kind, c) = content(body, &mut components);
-            op = op.request_body(Some(RequestBodyBuilder::new().content(kind, c).required(Some(Required::True)).build()));
+            op = op
+                .request_body(Some(RequestBodyBuilder::new().content(kind, c).required(Some(Required::True)).build()));
         }
         let mut responses = r.responses.to_vec();
         if r.auth {
@@ -638,8 +646,7 @@ pub fn openapi() -> OpenApi {
         paths.add_path_operation(r.path, vec![method_of(&r.method)], op.build());
     }
     let security = SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build());
-    let components =
-        ComponentsBuilder::new().schemas_from_iter(components).security_scheme("bearer", security).build();
+    let components = ComponentsBuilder::new().schemas_from_iter(components).security_scheme("bearer", security).build();
     OpenApiBuilder::new()
         .info(
             InfoBuilder::new()
@@ -667,7 +674,8 @@ mod tests {
         let found = lookup("/pools/web/backends/%5B%3A%3A1%5D%3A80/weight");
         assert_eq!(found.len(), 1);
         assert_eq!((found[0].0.op, found[0].1.clone()), (Op::Weight, vec!["web".to_string(), "[::1]:80".to_string()]));
-        let methods: Vec<String> = lookup("/pools/web/backends/10.0.0.1:80").iter().map(|(r, _)| r.method.to_string()).collect();
+        let methods: Vec<String> =
+            lookup("/pools/web/backends/10.0.0.1:80").iter().map(|(r, _)| r.method.to_string()).collect();
         assert_eq!(methods, ["GET", "DELETE"]);
         assert!(lookup("/nothing").is_empty());
         assert_eq!(lookup("/")[0].0.op, Op::About);

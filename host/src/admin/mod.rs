@@ -255,11 +255,9 @@ impl Control {
                 crate::metrics::render(&self.metrics),
             ),
             Op::Config => typed(StatusCode::OK, "application/toml", crate::config::redacted(&now.source.text)),
-            Op::OpenApi => typed(
-                StatusCode::OK,
-                "application/json",
-                api::openapi().to_pretty_json().unwrap_or_default(),
-            ),
+            Op::OpenApi => {
+                typed(StatusCode::OK, "application/json", api::openapi().to_pretty_json().unwrap_or_default())
+            }
             Op::Listeners => {
                 reply(StatusCode::OK, now.listeners.iter().map(|(n, l)| listener_view(n, l)).collect::<Vec<_>>())
             }
@@ -276,7 +274,7 @@ impl Control {
             },
             Op::Backend => match find_backend(&now, name, backend) {
                 Ok((_, b)) => reply(StatusCode::OK, backend_view(&b)),
-                Err(e) => e,
+                Err(e) => error(StatusCode::NOT_FOUND, e),
             },
             Op::AddBackend => self.add_backend(req, &now, name).await,
             Op::RemoveBackend => match find_backend(&now, name, backend) {
@@ -291,7 +289,7 @@ impl Control {
                     },
                 ),
                 Ok((_, b)) => error(StatusCode::NOT_FOUND, format!("pool `{name}` has no backend {}", b.address)),
-                Err(e) => e,
+                Err(e) => error(StatusCode::NOT_FOUND, e),
             },
             Op::Disable | Op::Enable => self.set_disabled(&now, name, backend, route.op == Op::Disable),
             Op::Weight => self.set_weight(req, &now, name, backend).await,
@@ -375,7 +373,7 @@ impl Control {
     async fn set_weight(&self, req: Request<Incoming>, now: &Snapshot, name: &str, at: &str) -> Answer {
         let (pool, slot) = match find_backend(now, name, at) {
             Ok((pool, b)) => (pool, b.slot),
-            Err(e) => return e,
+            Err(e) => return error(StatusCode::NOT_FOUND, e),
         };
         let weight = match read_json(req).await {
             Ok(v) => v["weight"].as_u64(),
@@ -396,7 +394,7 @@ impl Control {
     fn set_disabled(&self, now: &Snapshot, name: &str, at: &str, disabled: bool) -> Answer {
         let (pool, slot) = match find_backend(now, name, at) {
             Ok((pool, b)) => (pool, b.slot),
-            Err(e) => return e,
+            Err(e) => return error(StatusCode::NOT_FOUND, e),
         };
         match pool.set_disabled(slot, disabled) {
             Some(address) => reply(
@@ -462,7 +460,10 @@ impl Control {
             Err(_) => Some(text),
         };
         let Some(level) = level.filter(|l| !l.trim().is_empty()) else {
-            return error(StatusCode::BAD_REQUEST, "expected a filter (`debug`, `weir=debug,info`) or {\"level\": ...}");
+            return error(
+                StatusCode::BAD_REQUEST,
+                "expected a filter (`debug`, `weir=debug,info`) or {\"level\": ...}",
+            );
         };
         match crate::logging::set_level(&level) {
             Ok(()) => reply(StatusCode::OK, api::LogLevel { level: level.trim().to_string() }),
@@ -531,14 +532,14 @@ impl Control {
 
 /// The backend a path names (its segment decoded), by address
 /// (`127.0.0.1:8080`, `[::1]:80`) or by slot number, with its pool; else
-/// the error answer.
+/// what is not there (a 404).
 fn find_backend(
     now: &Snapshot,
     pool: &str,
     at: &str,
-) -> Result<(Arc<crate::upstream::Pool>, Arc<crate::upstream::Backend>), Answer> {
+) -> Result<(Arc<crate::upstream::Pool>, Arc<crate::upstream::Backend>), String> {
     let Some(p) = now.pools.get(pool) else {
-        return Err(error(StatusCode::NOT_FOUND, format!("no pool `{pool}`")));
+        return Err(format!("no pool `{pool}`"));
     };
     let address = at;
     let members = p.members();
@@ -548,7 +549,7 @@ fn find_backend(
     };
     match found {
         Some(b) => Ok((p.clone(), b.clone())),
-        None => Err(error(StatusCode::NOT_FOUND, format!("pool `{pool}` has no backend {address}"))),
+        None => Err(format!("pool `{pool}` has no backend {address}")),
     }
 }
 

@@ -18,8 +18,8 @@ mod units;
 
 pub use keys::{is_host_port, HashKey, NATIVE_ROUND_ROBIN};
 pub use listeners::{
-    AccessLog, AccessLogTable, Acme, Admin, CertificateFiles, Listener, ListenerTls, Protocol, TlsVersion, DEFAULT_UDP_IDLE_TIMEOUT,
-    DEFAULT_UDP_MAX_SESSIONS,
+    AccessLog, AccessLogTable, Acme, Admin, CertificateFiles, Listener, ListenerTls, Protocol, TlsVersion,
+    DEFAULT_UDP_IDLE_TIMEOUT, DEFAULT_UDP_MAX_SESSIONS,
 };
 pub use plugins::{Fallback, GrantsTable, PluginTable, RuntimeTable};
 pub use pools::{

@@ -112,6 +112,12 @@ pub struct ServerTls {
     stamps: Mutex<Vec<(Stamp, Stamp)>>,
 }
 
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls").field("certificates", &*self.store.load()).finish_non_exhaustive()
+    }
+}
+
 /// One certificate's files; an optional pair (an ACME certificate not
 /// issued yet) is skipped until it loads.
 struct CertFiles {
