@@ -28,8 +28,8 @@ pub enum Format {
     /// `key=value` pairs in the configured order (values with spaces or
     /// quotes quoted).
     Logfmt,
-    /// One JSON object per line: `time` and the configured fields, numbers
-    /// as numbers.
+    /// One JSON object per line: `timestamp` and the configured fields,
+    /// numbers as numbers.
     Json,
     /// nginx's and Apache's `combined`: `client - - [time] "request"
     /// status bytes "referer" "user-agent"` (a fixed set of fields).
@@ -327,10 +327,10 @@ impl Entry {
         line
     }
 
-    /// The `json` object: `time` and the configured fields, typed.
+    /// The `json` object: `timestamp` and the configured fields, typed.
     fn json(&self, time: SystemTime) -> serde_json::Map<String, serde_json::Value> {
         let mut object = serde_json::Map::new();
-        object.insert("time".into(), humantime::format_rfc3339_micros(time).to_string().into());
+        object.insert("timestamp".into(), humantime::format_rfc3339_micros(time).to_string().into());
         for (key, value) in self.values() {
             let value = match value {
                 Value::Text(v) => v.into(),
@@ -493,7 +493,7 @@ mod tests {
         e.agent_and_referer = Some(("curl/8.0".into(), String::new()));
         let at = std::time::UNIX_EPOCH + Duration::from_secs(1_765_078_536);
         let json = serde_json::Value::Object(e.json(at));
-        assert_eq!(json["time"], "2025-12-07T03:35:36.000000Z");
+        assert_eq!(json["timestamp"], "2025-12-07T03:35:36.000000Z");
         assert_eq!((json["status"].as_u64(), json["bytes_out"].as_u64()), (Some(200), Some(512)));
         assert_eq!(
             (&json["head_ms"], &json["client"], &json["path"]),

@@ -344,6 +344,7 @@ fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_parse_and_match_the_traffic() -> Result<()> {
     let (a, b) = (HttpBackend::start("a").await?, HttpBackend::failing("b", 503).await?);
+    let echo = EchoBackend::start("e").await?;
     let pki = weir_tests::pki::Pki::new("metrics")?;
     let cert = pki.server_until("site", &["site.test"], 2030)?;
     let text = format!(
@@ -355,7 +356,7 @@ async fn metrics_parse_and_match_the_traffic() -> Result<()> {
          tls = {{ certificates = [{{ cert = \"{}\", key = \"{}\" }}] }}\n",
         a.addr,
         b.addr,
-        a.addr,
+        echo.addr,
         cert.cert.display(),
         cert.key.display()
     );
@@ -376,11 +377,10 @@ async fn metrics_parse_and_match_the_traffic() -> Result<()> {
     for _ in 0..10 {
         send(&client, closing("/")).await?;
     }
-    // 3 TCP connections through `raw`, each a whole HTTP exchange with a.
+    // 3 TCP connections through `raw` to the echo backend.
     let raw = weir.listener_addr("raw").unwrap();
     for _ in 0..3 {
-        let (head, _) = exchange(raw, b"GET / HTTP/1.0\r\n\r\n").await?;
-        anyhow::ensure!(head.contains("200"), "{head}");
+        assert_eq!(exchange(raw, b"ping").await?, ("e".to_string(), b"ping".to_vec()));
     }
     let first = scrape(admin).await?;
     let value = |name: &str, labels: &[(&str, &str)]| sample(&first, name, labels);
@@ -392,11 +392,13 @@ async fn metrics_parse_and_match_the_traffic() -> Result<()> {
     assert_eq!(value("weir_backend_requests_total", &at("p", &a_addr)), Some(15.0));
     assert_eq!(value("weir_backend_requests_total", &at("p", &b_addr)), Some(15.0));
     assert_eq!(value("weir_backend_connections_total", &at("p", &a_addr)), Some(0.0));
-    assert_eq!(value("weir_backend_connections_total", &at("tcp", &a_addr)), Some(3.0));
-    assert_eq!(value("weir_backend_requests_total", &at("tcp", &a_addr)), Some(0.0));
+    let e_addr = echo.addr.to_string();
+    assert_eq!(value("weir_backend_connections_total", &at("tcp", &e_addr)), Some(3.0));
+    assert_eq!(value("weir_backend_requests_total", &at("tcp", &e_addr)), Some(0.0));
+    assert_eq!(value("weir_backend_sent_bytes_total", &at("tcp", &e_addr)), Some(12.0));
     assert_eq!(value("weir_backend_received_bytes_total", &at("p", &a_addr)), Some(10_000.0));
     assert_eq!(value("weir_backend_active_requests", &at("p", &a_addr)), Some(0.0));
-    assert_eq!(value("weir_backend_active_connections", &at("tcp", &a_addr)), Some(0.0));
+    assert_eq!(value("weir_backend_active_connections", &at("tcp", &e_addr)), Some(0.0));
     assert_eq!(value("weir_backend_up", &at("p", &a_addr)), Some(1.0));
     // b's 5 answers of 503 are failed responses (fail_on), not failed connects.
     assert_eq!(value("weir_backend_failed_responses_total", &at("p", &b_addr)), Some(5.0));

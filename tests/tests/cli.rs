@@ -1223,7 +1223,7 @@ fn the_access_log_file_is_reopened_on_sigusr1_after_a_rename_and_no_line_is_lost
     for line in before.iter().chain(&after) {
         let v: serde_json::Value = serde_json::from_str(line)?;
         assert_eq!((v["status"].as_u64(), v["path"].as_str(), v["pool"].as_str()), (Some(200), Some("/"), Some("p")));
-        assert!(v["time"].as_str().is_some_and(|t| t.ends_with('Z')) && v["duration_ms"].is_f64(), "{line}");
+        assert!(v["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')) && v["duration_ms"].is_f64(), "{line}");
     }
     // The combined format, after a reload.
     std::fs::write(proc.dir.join("weir.toml"), config("combined", "access.log"))?;

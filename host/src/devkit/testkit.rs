@@ -637,7 +637,7 @@ mod tests {
         // stderr under --log-format json, with its target).
         let file = r#"time=2026-12-07T03:55:36.123456Z client=10.0.0.6:4 path=/f backend=10.0.0.3:80 status=200"#;
         assert_eq!(parse_log_line(file).unwrap().backend, "10.0.0.3:80");
-        let typed = r#"{"time":"x","client":"10.0.0.5:5","path":"/j","backend":"10.0.0.4:80","status":200,"header.x-api-key":"k3","header.x-none":""}"#;
+        let typed = r#"{"timestamp":"x","client":"10.0.0.5:5","path":"/j","backend":"10.0.0.4:80","status":200,"header.x-api-key":"k3","header.x-none":""}"#;
         let e = parse_log_line(typed).unwrap();
         assert_eq!((e.client.as_str(), e.path.as_str(), e.backend.as_str()), ("10.0.0.5:5", "/j", "10.0.0.4:80"));
         assert_eq!(e.headers.into_iter().collect::<Vec<_>>(), [("x-api-key".to_string(), "k3".to_string())]);
