@@ -833,3 +833,104 @@ async fn every_route_answers_as_the_openapi_document_says() -> Result<()> {
     weir.shutdown().await;
     Ok(())
 }
+
+/// Backends named by address: one added at runtime takes its share of the
+/// round-robin at once, a weight set by address moves the split, and one
+/// removed gets nothing more, while the others' slots shift under it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backends_are_added_weighted_and_removed_by_address_and_traffic_follows() -> Result<()> {
+    let (a, b, c) = (EchoBackend::start("a").await?, EchoBackend::start("b").await?, EchoBackend::start("c").await?);
+    let text = format!(
+        "[admin]\nbind = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n\n[pools.p]\nbalancer = \"builtin:weighted-round-robin\"\n\
+         backends = {}\n\n[listeners.l]\nbind = \"127.0.0.1:0\"\npool = \"p\"\n",
+        addresses(&[&a, &b])
+    );
+    let weir = start_weir(&text).await?;
+    let (l, admin) = (weir.listener_addr("l").unwrap(), weir.admin_addr().unwrap());
+    let split = |n: usize| async move {
+        let mut seen = std::collections::BTreeMap::<String, usize>::new();
+        for _ in 0..n {
+            *seen.entry(exchange(l, b"x").await?.0).or_default() += 1;
+        }
+        anyhow::Ok(seen)
+    };
+    let add = format!(r#"{{"address": "{}", "weight": 2, "tags": ["new"]}}"#, c.addr);
+    let (status, added) = admin_json("POST", admin, "/pools/p/backends", Bytes::from(add)).await?;
+    assert_eq!((status, added["slot"].as_u64()), (StatusCode::CREATED, Some(2)), "{added}");
+    let (_, shown) = admin_json("GET", admin, &format!("/pools/p/backends/{}", c.addr), Bytes::new()).await?;
+    assert_eq!((shown["weight"].as_u64(), &shown["tags"]), (Some(2), &serde_json::json!(["new"])), "{shown}");
+    // Weights 1:1:2 over 40 connections.
+    let seen = split(40).await?;
+    assert_eq!((seen["a"], seen["b"], seen["c"]), (10, 10, 20), "{seen:?}");
+    // `a` leaves: `b` moves to slot 0, `c` to 1, and the names still hold.
+    let (status, removed) = admin_json("DELETE", admin, &format!("/pools/p/backends/{}", a.addr), Bytes::new()).await?;
+    assert_eq!((status, &removed["removed"]), (StatusCode::OK, &serde_json::json!(true)), "{removed}");
+    let weight = Bytes::from("{\"weight\": 3}");
+    let (status, _) = admin_json("POST", admin, &format!("/pools/p/backends/{}/weight", b.addr), weight).await?;
+    assert_eq!(status, StatusCode::OK);
+    let seen = split(50).await?;
+    assert_eq!((seen.get("a"), seen["b"], seen["c"]), (None, 30, 20), "{seen:?}");
+    let (_, pool) = admin_json("GET", admin, "/pools/p", Bytes::new()).await?;
+    let slots: Vec<(String, u64)> = pool["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| (b["address"].as_str().unwrap().to_string(), b["slot"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(slots, [(b.addr.to_string(), 0), (c.addr.to_string(), 1)]);
+    // A reload from the config puts the configured list back.
+    weir.reload(weir::config::Source { origin: "test".into(), text: text.clone() })
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let seen = split(20).await?;
+    assert_eq!((seen["a"], seen["b"], seen.get("c")), (10, 10, None), "{seen:?}");
+    weir.shutdown().await;
+    Ok(())
+}
+
+/// `GET /ready` answers 503 until each pool's first round of health checks
+/// is done (here a check that cannot finish before its 4 s timeout), then
+/// 200; `/live` answers at once; neither needs the token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_waits_for_the_first_health_round_and_live_answers_at_once() -> Result<()> {
+    // A backend that accepts and never answers: the HTTP check runs to its timeout.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let silent_addr = silent.local_addr()?;
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            open.push(s);
+        }
+    });
+    let text = format!(
+        "[admin]\nbind = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n\n[pools.p]\nbackends = [\"{silent_addr}\"]\n\
+         health = {{ plugin = \"builtin:check-http\", interval = \"30s\", timeout = \"4s\" }}\n\n\
+         [listeners.l]\nbind = \"127.0.0.1:0\"\npool = \"p\"\n"
+    );
+    let weir = start_weir(&text).await?;
+    let admin = weir.admin_addr().unwrap();
+    let probe = |path: &'static str| async move {
+        let got = send(&client_h1(), admin_request("GET", admin, path, None, Bytes::new())).await?;
+        anyhow::Ok((got.status, String::from_utf8_lossy(&got.body).to_string()))
+    };
+    let started = Instant::now();
+    assert_eq!(probe("/live").await?, (StatusCode::OK, "ok\n".to_string()));
+    let (status, body) = probe("/ready").await?;
+    assert!(started.elapsed() < Duration::from_secs(4), "the first probe came too late to see the wait");
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body.contains("first health-check round of pools p"), "{body}");
+    let deadline = Instant::now() + STEP;
+    loop {
+        let (status, body) = probe("/ready").await?;
+        if status == StatusCode::OK {
+            assert_eq!(body, "ready: 1 listeners\n");
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "never ready: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(started.elapsed() >= Duration::from_secs(3), "ready before the check could end");
+    weir.shutdown().await;
+    held.abort();
+    Ok(())
+}

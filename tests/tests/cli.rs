@@ -1321,3 +1321,44 @@ fn every_example_config_checks_and_the_self_contained_ones_start_and_serve() -> 
     assert!(started.len() >= 6, "{started:?}");
     Ok(())
 }
+
+/// `PUT /log-level` changes the running process's filter: a request to a
+/// backend that refuses logs `connect failed` at `debug`, so the line comes
+/// only while the level is `debug`. (It is logged before the answer, so
+/// once curl has its 502 the line is written or never will be; the lines
+/// are read in order, so when a later line is in, an earlier one is too.)
+/// A bad filter is refused with the parser's reason.
+#[test]
+fn the_log_level_changes_at_runtime() -> Result<()> {
+    let config = "[admin]\nbind = \"127.0.0.1:0\"\n\n[pools.dead]\nbackends = [\"127.0.0.1:1\"]\nmax_fails = 0\n\n\
+                  [listeners.web]\nbind = \"127.0.0.1:0\"\nprotocol = \"http\"\npool = \"dead\"\n";
+    let proc = WeirProcess::spawn(&weir_bin(), "log-level", config)?;
+    let admin = proc.logged_address("admin API listening")?;
+    let web = proc.logged_address("listener=web")?;
+    let curl = |args: &[&str]| -> Result<String> {
+        let out = Command::new("curl").args(["-s", "--max-time", "10"]).args(args).output()?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let set = |body: &str| curl(&["-X", "PUT", "--data-binary", body, &format!("http://{admin}/log-level")]);
+    let failed = || proc.log.lock().unwrap().iter().filter(|l| l.contains("connect failed")).count();
+    let request = |marker: &str| -> Result<()> {
+        let code = curl(&["-o", "/dev/null", "-w", "%{http_code}", &format!("http://{web}/{marker}")])?;
+        anyhow::ensure!(code == "502", "{marker}: {code}");
+        Ok(())
+    };
+    assert!(curl(&[&format!("http://{admin}/log-level")])?.contains("\"level\": \"info\""));
+    request("at-info")?;
+    assert!(set("debug")?.contains("\"level\": \"debug\""));
+    request("at-debug")?;
+    wait_for("the debug line", || failed() >= 1)?;
+    assert!(set("{\"level\": \"info\"}")?.contains("\"level\": \"info\""));
+    request("at-info-again")?;
+    assert!(set("weir=debug,info")?.contains("\"level\": \"weir=debug,info\""));
+    request("at-debug-again")?;
+    wait_for("the second debug line", || failed() >= 2)?;
+    assert_eq!(failed(), 2, "a debug line was written at info: {:?}", proc.log.lock().unwrap());
+    let refused = set("weir=loud")?;
+    assert!(refused.contains("\"error\"") && refused.contains("weir=loud"), "{refused}");
+    assert!(curl(&[&format!("http://{admin}/log-level")])?.contains("\"level\": \"weir=debug,info\""));
+    Ok(())
+}

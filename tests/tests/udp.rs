@@ -330,9 +330,9 @@ async fn max_sessions_drops_datagrams_of_new_clients_only() -> Result<()> {
     assert_eq!(status, 200);
     let metrics = String::from_utf8(metrics.to_vec())?;
     let line = |name: &str| metrics.lines().find(|l| l.starts_with(name)).map(str::to_string);
-    println!("{:?} {:?}", line("weir_server_dropped_datagrams_total"), line("weir_server_active_connections"));
-    assert!(metrics.contains("weir_server_dropped_datagrams_total{listener=\"l\"} 2"), "{metrics}");
-    assert!(metrics.contains("weir_server_active_connections{listener=\"l\"} 2"), "{metrics}");
+    println!("{:?} {:?}", line("weir_listener_dropped_datagrams_total"), line("weir_listener_active_connections"));
+    assert!(metrics.contains("weir_listener_dropped_datagrams_total{listener=\"l\"} 2"), "{metrics}");
+    assert!(metrics.contains("weir_listener_active_connections{listener=\"l\"} 2"), "{metrics}");
     weir.shutdown().await;
     Ok(())
 }
