@@ -382,23 +382,34 @@ async fn metrics_parse_and_match_the_traffic() -> Result<()> {
     for _ in 0..3 {
         assert_eq!(exchange(raw, b"ping").await?, ("e".to_string(), b"ping".to_vec()));
     }
-    let first = scrape(admin).await?;
-    let value = |name: &str, labels: &[(&str, &str)]| sample(&first, name, labels);
     let (a_addr, b_addr) = (a.addr.to_string(), b.addr.to_string());
+    let e_addr = echo.addr.to_string();
     fn at<'a>(pool: &'a str, backend: &'a str) -> [(&'a str, &'a str); 2] {
         [("pool", pool), ("backend", backend)]
     }
+    // A request or connection ends in weir a little after its client has
+    // the last byte: scrape until nothing is in flight, then read that scrape.
+    let deadline = Instant::now() + STEP;
+    let first = loop {
+        let now = scrape(admin).await?;
+        let idle = sample(&now, "weir_backend_active_requests", &at("p", &a_addr)) == Some(0.0)
+            && sample(&now, "weir_backend_active_requests", &at("p", &b_addr)) == Some(0.0)
+            && sample(&now, "weir_backend_active_connections", &at("tcp", &e_addr)) == Some(0.0);
+        if idle {
+            break now;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "work still in flight");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let value = |name: &str, labels: &[(&str, &str)]| sample(&first, name, labels);
     // HTTP requests and TCP connections are counted apart.
     assert_eq!(value("weir_backend_requests_total", &at("p", &a_addr)), Some(15.0));
     assert_eq!(value("weir_backend_requests_total", &at("p", &b_addr)), Some(15.0));
     assert_eq!(value("weir_backend_connections_total", &at("p", &a_addr)), Some(0.0));
-    let e_addr = echo.addr.to_string();
     assert_eq!(value("weir_backend_connections_total", &at("tcp", &e_addr)), Some(3.0));
     assert_eq!(value("weir_backend_requests_total", &at("tcp", &e_addr)), Some(0.0));
     assert_eq!(value("weir_backend_sent_bytes_total", &at("tcp", &e_addr)), Some(12.0));
     assert_eq!(value("weir_backend_received_bytes_total", &at("p", &a_addr)), Some(10_000.0));
-    assert_eq!(value("weir_backend_active_requests", &at("p", &a_addr)), Some(0.0));
-    assert_eq!(value("weir_backend_active_connections", &at("tcp", &e_addr)), Some(0.0));
     assert_eq!(value("weir_backend_up", &at("p", &a_addr)), Some(1.0));
     // b's 5 answers of 503 are failed responses (fail_on), not failed connects.
     assert_eq!(value("weir_backend_failed_responses_total", &at("p", &b_addr)), Some(5.0));
