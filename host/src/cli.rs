@@ -176,6 +176,15 @@ enum PluginCommand {
         name: String,
         /// The component file.
         file: PathBuf,
+        /// Serve this percentage of the calls with the new generation
+        /// first (a canary: promoted after enough calls, rolled back by
+        /// itself when they fail).
+        #[arg(long, value_name = "PERCENT", value_parser = clap::value_parser!(u32).range(1..=99))]
+        rollout: Option<u32>,
+        /// Watch the instance's calls this long after the push and warn
+        /// when they fail (0: do not watch).
+        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+        watch: std::time::Duration,
         #[command(flatten)]
         target: AdminTarget,
     },
@@ -278,12 +287,23 @@ fn check_plugin(file: &std::path::Path, world: Option<&str>, config: &str) -> Re
     };
     let started = std::time::Instant::now();
     match runtime.load(spec, &bytes) {
-        Ok(_) => {
+        Ok(instance) => {
             println!(
                 "loads: yes, world {wanted} ({:.1} ms to link, instantiate and init)",
                 started.elapsed().as_secs_f64() * 1e3
             );
-            Ok(true)
+            // Loading runs only `init`: one call of the phase shows a plugin
+            // that traps on every call.
+            match crate::devkit::testkit::smoke(&instance) {
+                Ok(answer) => {
+                    println!("one call: {answer}");
+                    Ok(true)
+                }
+                Err(trap) => {
+                    println!("refused: one call of its phase failed: {trap}");
+                    Ok(false)
+                }
+            }
         }
         Err(e) => {
             println!("refused: {e}");
@@ -593,18 +613,68 @@ fn plugin(command: PluginCommand) -> Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
         }
-        PluginCommand::Push { name, file, target } => {
+        PluginCommand::Push { name, file, rollout, watch, target } => {
             let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
-            let answer = admin_call(&target, "PUT", &format!("/plugins/{name}"), bytes)?;
+            let path = format!("/plugins/{name}");
+            let before = admin_call(&target, "GET", &path, Vec::new())?;
+            let query = rollout.map(|p| format!("?rollout={p}")).unwrap_or_default();
+            let answer = admin_call(&target, "PUT", &format!("{path}{query}"), bytes)?;
+            let share = rollout.map(|p| format!(" for {p} % of the calls")).unwrap_or_default();
             println!(
-                "{name}: generation {} (hash {}) live after {:.1} ms",
+                "{name}: generation {} (hash {}) live{share} after {:.1} ms",
                 answer["generation"],
                 answer["hash"].as_str().unwrap_or(""),
                 answer["swap_ms"].as_f64().unwrap_or(0.0)
             );
+            if !watch.is_zero() {
+                watch_calls(&target, &name, &before, watch, rollout.is_some())?;
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// After a push: watch an instance's calls for `watch` and warn when the new
+/// generation's first calls fail (a plugin that traps on every call loads
+/// fine, and a fail-open phase hides it behind its fallback).
+fn watch_calls(
+    target: &AdminTarget,
+    name: &str,
+    before: &serde_json::Value,
+    watch: std::time::Duration,
+    canary: bool,
+) -> Result<()> {
+    let count = |v: &serde_json::Value, keys: &[&str]| keys.iter().map(|k| v[*k].as_u64().unwrap_or(0)).sum::<u64>();
+    const FAILED: [&str; 4] = ["errors", "traps", "timeouts", "memory_exceeded"];
+    let deadline = std::time::Instant::now() + watch;
+    let (mut calls, mut failed) = (0, 0);
+    while std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(250).min(watch));
+        let now = admin_call(target, "GET", &format!("/plugins/{name}"), Vec::new())?;
+        calls = count(&now, &["calls"]).saturating_sub(count(before, &["calls"]));
+        failed = count(&now, &FAILED).saturating_sub(count(before, &FAILED));
+        if failed > 0 && calls >= 10 {
+            break;
+        }
+    }
+    let secs = watch.as_secs_f64();
+    match (calls, failed) {
+        (0, _) => println!("{name}: no calls in {secs:.0} s after the push to judge it by"),
+        (_, 0) => println!("{name}: {calls} calls since the push, none failed"),
+        _ => {
+            eprintln!(
+                "warning: {name}: {failed} of {calls} calls failed since the push (errors, traps, timeouts, \
+                 memory); `weir status` and the log say why"
+            );
+            if !canary {
+                eprintln!(
+                    "  push it with --rollout 5 to try it on 5 % of the calls first: it is rolled back by \
+                     itself when its calls fail"
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `weir plugin test`: run a component against a cases file.

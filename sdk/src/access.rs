@@ -89,6 +89,7 @@ macro_rules! export_access_filter {
 
             impl Guest for WeirExport {
                 fn init(config: String) -> Result<(), Error> {
+                    $crate::__report_panics();
                     let plugin = <$plugin as AccessFilter>::init($crate::Config::from_json(config))?;
                     set_state(plugin);
                     Ok(())

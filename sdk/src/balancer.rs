@@ -63,6 +63,7 @@ macro_rules! export_balancer {
 
             impl Guest for WeirExport {
                 fn init(config: String) -> Result<(), Error> {
+                    $crate::__report_panics();
                     let plugin = <$plugin as Balancer>::init($crate::Config::from_json(config))?;
                     set_state(plugin);
                     Ok(())

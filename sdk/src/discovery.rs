@@ -104,6 +104,7 @@ macro_rules! export_discovery {
 
             impl Guest for WeirExport {
                 fn init(config: String) -> Result<(), Error> {
+                    $crate::__report_panics();
                     let plugin = <$plugin as Discovery>::init($crate::Config::from_json(config))?;
                     set_state(plugin);
                     Ok(())

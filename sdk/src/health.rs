@@ -92,6 +92,7 @@ macro_rules! export_health_checker {
 
             impl Guest for WeirExport {
                 fn init(config: String) -> Result<(), Error> {
+                    $crate::__report_panics();
                     let plugin = <$plugin as HealthChecker>::init($crate::Config::from_json(config))?;
                     set_state(plugin);
                     Ok(())

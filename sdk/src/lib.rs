@@ -77,6 +77,23 @@ pub mod discovery;
 #[doc(hidden)]
 pub use wit_bindgen as __wit_bindgen;
 
+/// Make a panic's message reach weir's log (the export macros call this
+/// from `init`). A plugin is built with `panic = "abort"` for
+/// `wasm32-unknown-unknown`, which has no stderr: without this the host
+/// would see only the trap. The host keeps the message and names it with
+/// the trap that follows.
+#[doc(hidden)]
+pub fn __report_panics() {
+    // Natively (a plugin's unit tests) panics print as usual.
+    #[cfg(target_arch = "wasm32")]
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    #[cfg(target_arch = "wasm32")]
+    HOOK.call_once(|| {
+        // `panicked at src/lib.rs:12:5:\nindex out of bounds: ...`
+        std::panic::set_hook(Box::new(|info| log(LogLevel::Error, &info.to_string())));
+    });
+}
+
 /// The per-instance plugin value behind every export macro: `STATE` holds
 /// the value `init` built, `with_state` lends it to a call.
 #[doc(hidden)]

@@ -1362,3 +1362,85 @@ fn the_log_level_changes_at_runtime() -> Result<()> {
     assert!(curl(&[&format!("http://{admin}/log-level")])?.contains("\"level\": \"weir=debug,info\""));
     Ok(())
 }
+
+/// A balancer that panics on every call: `weir plugin check` makes one call
+/// and refuses it with the panic's message; pushed anyway under traffic,
+/// `weir plugin push` warns that its calls fail (traffic goes on through
+/// the fallback) and the log names the panic; pushed with `--rollout`, the
+/// canary is rolled back by itself.
+#[test]
+fn a_plugin_that_panics_is_refused_by_check_and_a_push_of_it_is_warned_about() -> Result<()> {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+    use std::sync::Arc;
+    let dir = scratch("panics");
+    let bad = dir.join("misbehave.wasm");
+    std::fs::copy(component("weir-test-misbehave"), &bad)?;
+    let bad = bad.display().to_string();
+
+    let out = weir(&["plugin", "check", &bad, "--config", "{ mode = \"trap\" }"], &dir);
+    assert!(!out.ok, "{}", out.stdout);
+    assert!(out.stdout.contains("loads: yes, world balancer"), "{}", out.stdout);
+    let refusal = out.stdout.lines().find(|l| l.starts_with("refused: one call of its phase failed")).unwrap_or("");
+    assert!(refusal.contains("unreachable") && refusal.contains("panicked at"), "{}", out.stdout);
+    assert!(refusal.contains("misbehave: trap"), "{}", out.stdout);
+    let rr = dir.join("round-robin.wasm");
+    std::fs::write(&rr, weir::plugin::bundled("round-robin").unwrap())?;
+    let out = weir(&["plugin", "check", rr.to_str().unwrap()], &dir);
+    assert!(out.ok && out.stdout.contains("one call: picked 10.0.0.1:80 of 3 backends"), "{}", out.stdout);
+
+    let rt = tokio::runtime::Runtime::new()?;
+    let a = rt.block_on(EchoBackend::start("a"))?;
+    let config = format!(
+        "[admin]\nbind = \"127.0.0.1:0\"\n\n[plugins.lb]\nsource = \"builtin:round-robin\"\nconfig = {{ mode = \"trap\" }}\n\n\
+         [pools.p]\nbalancer = \"lb\"\nbackends = [\"{}\"]\n\n[listeners.l]\nbind = \"127.0.0.1:0\"\npool = \"p\"\n",
+        a.addr
+    );
+    let proc = WeirProcess::spawn(&weir_bin(), "panics", &config)?;
+    let admin = proc.logged_address("admin API listening")?;
+    let (stop, served, failed) =
+        (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let client = {
+        let (stop, served, failed, addr) = (stop.clone(), served.clone(), failed.clone(), proc.addr);
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            for _ in 0..100_000 {
+                if stop.load(SeqCst) {
+                    break;
+                }
+                match rt.block_on(exchange(addr, b"x")) {
+                    Ok((name, _)) if name == "a" => served.fetch_add(1, SeqCst),
+                    _ => failed.fetch_add(1, SeqCst),
+                };
+            }
+        })
+    };
+    let push = |extra: &[&str]| {
+        let mut args = vec!["plugin", "push", "lb", bad.as_str(), "--admin", admin.as_str(), "--watch", "5s"];
+        args.extend_from_slice(extra);
+        weir(&args, &dir)
+    };
+    let out = push(&[]);
+    assert!(out.ok && out.stdout.contains("lb: generation 2"), "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains("warning: lb:") && out.stderr.contains("calls failed since the push"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("--rollout"), "{}", out.stderr);
+    // The log names the panic with the trap.
+    wait_for("the panic in the log", || proc.logged(&["plugin instance recycled", "panicked at", "misbehave: trap"]))?;
+    // Put round-robin back, then try the bad one as a canary: rolled back.
+    let out = weir(&["plugin", "push", "lb", rr.to_str().unwrap(), "--admin", admin.as_str(), "--watch", "0s"], &dir);
+    assert!(out.ok, "{}", out.stderr);
+    let out = push(&["--rollout", "50"]);
+    assert!(out.stdout.contains("live for 50 % of the calls"), "{}{}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("warning: lb:") && !out.stderr.contains("push it with --rollout"), "{}", out.stderr);
+    wait_for("the rollback", || proc.logged(&["rolled back"]))?;
+    stop.store(true, SeqCst);
+    client.join().expect("client");
+    // The fallback (fail-open round-robin) carried every connection.
+    assert_eq!(failed.load(SeqCst), 0);
+    assert!(served.load(SeqCst) > 0);
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}

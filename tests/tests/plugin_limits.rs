@@ -360,3 +360,28 @@ async fn read_all_after(addr: &str, request: &[u8]) -> Result<String> {
     let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut got)).await?;
     Ok(String::from_utf8_lossy(&got).into_owned())
 }
+
+/// A call that panics reports the trap, where it stopped, and the panic's
+/// message (the SDK's panic hook sends it to the host before the trap),
+/// not wasmtime's bare `error while executing at wasm backtrace:`.
+#[test]
+fn a_panic_reaches_the_call_error_with_its_message() -> Result<()> {
+    let runtime = runtime();
+    let bytes = std::fs::read(component("weir-test-misbehave"))?;
+    let spec = weir::plugin::PluginSpec {
+        name: "panics".into(),
+        source: "misbehave".into(),
+        world: weir::plugin::World::Balancer,
+        config_json: r#"{"mode": "trap"}"#.into(),
+        limits: weir::plugin::Limits::default(),
+        fallback: weir::config::Fallback::FailOpen,
+        grants: weir::plugin::Grants::default(),
+    };
+    let instance = runtime.load(spec, &bytes)?;
+    let err = weir::devkit::testkit::smoke(&instance).unwrap_err();
+    assert!(err.starts_with("Trap: wasm `unreachable` instruction executed"), "{err}");
+    assert!(err.contains(": the plugin panicked at tests/plugins/misbehave/src/lib.rs:"), "{err}");
+    assert!(err.ends_with("misbehave: trap"), "{err}");
+    assert_eq!(instance.stats().traps.load(Ordering::Relaxed), 1);
+    Ok(())
+}

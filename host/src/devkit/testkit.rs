@@ -407,6 +407,68 @@ fn load(
     runtime.load(spec, bytes).with_context(|| source.to_string())
 }
 
+/// One call of an instance's phase on made-up input, as `weir plugin check`
+/// makes it: a pick from three backends, a route and an access check of
+/// `GET http://example.test/`, a health check of a loopback peer that
+/// accepts, a discovery round. `Ok` says what it answered (an error value
+/// is an answer: a discovery adapter without its grants may give one);
+/// `Err` is a call that trapped, ran out of time or memory.
+pub fn smoke(instance: &Arc<crate::plugin::PluginInstance>) -> std::result::Result<String, String> {
+    use crate::plugin::{CallError, CallErrorKind};
+    let settle = |r: std::result::Result<String, CallError>| match r {
+        Ok(answer) => Ok(answer),
+        Err(e) if matches!(e.kind, CallErrorKind::Error | CallErrorKind::BadAnswer) => {
+            Ok(format!("an error: {}", e.message))
+        }
+        Err(e) => Err(format!("{:?}: {}", e.kind, e.message)),
+    };
+    let case: Case = toml::from_str("name = \"smoke\"\nexpect = \"\"\nhost = \"example.test\"\n")
+        .map_err(|e| format!("the smoke case: {e}"))?;
+    let tcp = connection(&case, types::Protocol::Tcp).map_err(|e| e.to_string())?;
+    let http = connection(&case, types::Protocol::Http).map_err(|e| e.to_string())?;
+    let timeout = std::time::Duration::from_secs(2);
+    match instance.world() {
+        World::Balancer => {
+            let specs = ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"].map(|a| BackendSpec {
+                address: a.into(),
+                weight: 1,
+                priority: 0,
+                tags: Vec::new(),
+            });
+            let settings = PoolSettings { max_tries: 1, ..PoolSettings::default() };
+            let pool = Pool::new("smoke", specs.to_vec(), instance.clone(), settings, None);
+            let members = pool.members();
+            let eligible = pool.eligible(&members, &[]);
+            settle(
+                instance
+                    .pick(&members, eligible, &tcp, None, None)
+                    .map(|slot| format!("picked {} of 3 backends", members.backends[slot as usize].address)),
+            )
+        }
+        World::Router => {
+            let request = request(&case).map_err(|e| e.to_string())?;
+            settle(instance.route_request(&http, request).map(|d| match d {
+                RouteDecision::Forward { pool, .. } => format!("routed GET http://example.test/ to pool `{pool}`"),
+                RouteDecision::NoMatch => "no route for GET http://example.test/".into(),
+                RouteDecision::Respond { status, .. } => format!("answered GET http://example.test/ with {status}"),
+            }))
+        }
+        World::AccessFilter => settle(instance.check_connection(&http).map(|v| format!("{v:?} for {}", case.client))),
+        World::HealthChecker => {
+            let peer = Peer::start(Vec::new()).map_err(|e| e.to_string())?;
+            let backend =
+                types::Backend { slot: 0, address: peer.addr.to_string(), weight: 1, priority: 0, tags: Vec::new() };
+            settle(instance.check(&backend, None, timeout).map(|v| match v {
+                Ok(()) => "healthy (a loopback peer that accepts)".to_string(),
+                Err(why) => format!("unhealthy (a loopback peer that accepts): {why}"),
+            }))
+        }
+        World::DiscoveryAdapter => {
+            settle(instance.discover(timeout).map(|list| format!("discovered {} backends", list.len())))
+        }
+    }
+}
+
 /// Run every case of `cases` against the component `bytes`.
 pub fn run(runtime: &Arc<Runtime>, bytes: &[u8], source: &str, cases: &Cases) -> Result<(World, Vec<Outcome>)> {
     let instance = load(runtime, bytes, source, cases)?;

@@ -7,6 +7,7 @@ mod bundled;
 pub mod grants;
 mod instance;
 pub mod io;
+mod output;
 pub mod state;
 
 pub use bundled::{bundled, BUNDLED};

@@ -234,6 +234,11 @@ pub struct PluginState {
     pub(crate) grants: Arc<super::grants::Grants>,
     /// Set during a background call: the call's I/O scope.
     pub(crate) io: Option<super::grants::CallScope>,
+    /// What the instance printed to its stdout and stderr.
+    pub(crate) output: super::output::Output,
+    /// The message of a panic the SDK reported (`panicked at ...`), for
+    /// the error of the trap that follows it.
+    pub(crate) panic: Option<String>,
 }
 
 impl PluginState {
@@ -243,6 +248,7 @@ impl PluginState {
         max_memory: usize,
         grants: Arc<super::grants::Grants>,
     ) -> Self {
+        let output = super::output::Output::default();
         Self {
             name,
             shared,
@@ -250,8 +256,11 @@ impl PluginState {
             io: None,
             limits: MemoryCap { max_bytes: max_memory, hit: false },
             table: ResourceTable::new(),
-            // Nothing granted: no files, no network, no environment, no args.
-            wasi: WasiCtx::builder().build(),
+            // Nothing granted: no files, no network, no environment, no
+            // args; what it prints is kept for the log.
+            wasi: WasiCtx::builder().stdout(output.clone()).stderr(output.clone()).build(),
+            output,
+            panic: None,
             pick: None,
             request: None,
         }
@@ -275,6 +284,9 @@ impl WasiView for PluginState {
 impl host::Host for PluginState {
     fn log(&mut self, level: host::LogLevel, message: String) -> wasmtime::Result<()> {
         let plugin = &*self.name;
+        if matches!(level, host::LogLevel::Error) && message.starts_with("panicked at ") {
+            self.panic = Some(message.clone());
+        }
         match level {
             host::LogLevel::Trace => tracing::trace!(plugin, "{message}"),
             host::LogLevel::Debug => tracing::debug!(plugin, "{message}"),

@@ -225,6 +225,10 @@ impl PluginInstance {
         if let Some(c) = canary {
             self.judge_canary(c, !matches!(result, Ok(Ok(_))));
         }
+        let printed = slot.store.data().output.take();
+        if let (Some(text), Ok(_)) = (&printed, &result) {
+            tracing::info!(plugin = %self.name, "printed: {text}");
+        }
         match result {
             Ok(Ok(r)) => {
                 generation.idle.put(slot);
@@ -244,7 +248,12 @@ impl PluginInstance {
                     _ => &self.stats.traps,
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
-                let err = self.fail(kind, format!("{e:#}").lines().next().unwrap_or_default().to_string());
+                let panic = slot.store.data_mut().panic.take();
+                let mut message = super::slots::trap_message(&e, panic);
+                if let Some(text) = printed {
+                    message = format!("{message}; it printed: {}", text.replace('\n', " | "));
+                }
+                let err = self.fail(kind, message);
                 tracing::warn!(plugin = %self.name, kind = ?kind, "plugin instance recycled: {}", err.message);
                 Err(err)
             }

@@ -155,6 +155,25 @@ pub(super) fn describe(e: &types::Error) -> String {
     }
 }
 
+/// What a trapped call reports: the trap (not wasmtime's `error while
+/// executing at wasm backtrace:` header), the plugin function it stopped
+/// in, and the panic message the SDK reported before it, if any.
+pub(super) fn trap_message(e: &wasmtime::Error, panic: Option<String>) -> String {
+    let reason = match e.downcast_ref::<Trap>() {
+        Some(trap) => trap.to_string().trim_start_matches("wasm trap: ").to_string(),
+        None => e.root_cause().to_string(),
+    };
+    let place = e
+        .downcast_ref::<wasmtime::WasmBacktrace>()
+        .and_then(|b| b.frames().iter().find_map(|f| f.func_name().map(str::to_string)))
+        .map(|f| format!(" in {f}"))
+        .unwrap_or_default();
+    match panic {
+        Some(p) => format!("{reason}{place}: the plugin {}", p.replace('\n', " ")),
+        None => format!("{reason}{place}"),
+    }
+}
+
 pub(super) fn classify(e: &wasmtime::Error) -> CallErrorKind {
     match e.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => CallErrorKind::Timeout,
