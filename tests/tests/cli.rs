@@ -427,6 +427,47 @@ expect = "no-match"
         let out = weir(&["plugin", "test", &format!("{plugin}.wasm"), "--cases", "live.toml"], &dir);
         assert!(out.ok && out.stdout.contains("1 passed"), "{plugin}: {case}\n{}{}", out.stdout, out.stderr);
     }
+
+    // A field the phase does not read is refused, not ignored.
+    std::fs::write(
+        dir.join("unread.toml"),
+        format!(
+            "{pool}\n[[case]]\nname = \"by header\"\nheaders = {{ x-region = \"eu\" }}\nexpect = [\"10.0.0.1:80\"]\n"
+        ),
+    )
+    .unwrap();
+    let out = weir(&["plugin", "test", "round-robin.wasm", "--cases", "unread.toml"], &dir);
+    assert!(!out.ok, "{}", out.stdout);
+    assert!(out.stderr.contains("case `by header`: `headers` not read by a balancer"), "{}", out.stderr);
+    std::fs::write(dir.join("unread.toml"), "[[case]]\nname = \"x\"\nactive = [1]\nexpect = \"api\"\n").unwrap();
+    let out = weir(&["plugin", "test", "host-path.wasm", "--cases", "unread.toml"], &dir);
+    assert!(!out.ok && out.stderr.contains("`active` not read by a router"), "{}", out.stderr);
+    // The pool's hash_key drives the key from the request, as a listener does:
+    // the region balancer gets each case's `x-region` header.
+    std::fs::copy(component("weir-example-region-balancer"), dir.join("region.wasm")).unwrap();
+    std::fs::write(
+        dir.join("region.toml"),
+        r#"hash_key = "header:x-region"
+backends = [{ address = "10.0.0.1:80", tags = ["region=us"] }, { address = "10.0.0.2:80", tags = ["region=eu"] }, { address = "10.0.0.3:80", tags = ["region=eu"] }]
+[[case]]
+name = "eu, the less loaded"
+headers = { x-region = "eu" }
+active = [0, 3, 1]
+expect = ["10.0.0.3:80"]
+[[case]]
+name = "us"
+headers = { x-region = "us" }
+active = [4, 0, 0]
+expect = ["10.0.0.1:80"]
+[[case]]
+name = "no header: every backend"
+active = [2, 2, 0]
+expect = ["10.0.0.3:80"]
+"#,
+    )
+    .unwrap();
+    let out = weir(&["plugin", "test", "region.wasm", "--cases", "region.toml"], &dir);
+    assert!(out.ok && out.stdout.contains("balancer: 3 cases, 3 passed"), "{}{}", out.stdout, out.stderr);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -59,6 +59,11 @@ pub struct Cases {
     /// Balancers: the pool's backends.
     #[serde(default)]
     pub backends: Vec<crate::config::BackendTable>,
+    /// Balancers: the pool's `hash_key` (`client-ip`, `path`,
+    /// `header:NAME`, `cookie:NAME`): each case's key comes from its
+    /// client, path, headers or cookies as a listener derives it, unless
+    /// the case gives `hash_key` itself.
+    pub hash_key: Option<String>,
     /// A call's time limit (health checks and discovery: each call's; default 2 s there).
     pub timeout: Option<crate::config::Duration>,
     /// Linear memory an instance may grow to.
@@ -186,13 +191,24 @@ fn request(case: &Case) -> Result<Arc<crate::plugin::state::RequestHead>> {
     for (k, v) in &case.headers {
         req = req.header(k.as_str(), v.as_str());
     }
+    if !case.cookies.is_empty() {
+        let cookie = case.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; ");
+        req = req.header(http::header::COOKIE, cookie);
+    }
     Ok(Arc::new(req.body(()).with_context(|| format!("case `{}`: not a valid request", case.name))?.into_parts().0))
 }
 
 fn run_balancer(instance: &Arc<crate::plugin::PluginInstance>, cases: &Cases, case: &Case) -> Result<Option<String>> {
     let specs = cases.backends.iter().cloned().map(BackendSpec::from).collect();
-    let settings = PoolSettings { max_tries: 1, ..PoolSettings::default() };
+    let hash_key = cases.hash_key.as_deref().and_then(crate::config::HashKey::parse);
+    let settings = PoolSettings { max_tries: 1, hash_key, ..PoolSettings::default() };
     let pool = Pool::new("test", specs, instance.clone(), settings, None);
+    // The key a listener would hand `pick`: the case's own, else the pool's
+    // `hash_key` taken from the case's request.
+    let hash_key = match &case.hash_key {
+        Some(k) => Some(k.clone()),
+        None => crate::pipeline::request_hash_key(&pool, &*request(case)?, client_addr(&case.client)?, None),
+    };
     let members = pool.members();
     let mut guards = Vec::new();
     let backend = |slot: usize, what: &str| {
@@ -228,7 +244,7 @@ fn run_balancer(instance: &Arc<crate::plugin::PluginInstance>, cases: &Cases, ca
     let mut got = Vec::new();
     for _ in &expected {
         let mut pick = http.then(|| crate::plugin::HttpPick { cookies: vec![cookie.clone()], ..Default::default() });
-        got.push(pick_once(&pool, &conn, case.hash_key.as_deref(), pick.as_mut()));
+        got.push(pick_once(&pool, &conn, hash_key.as_deref(), pick.as_mut()));
     }
     drop(guards);
     Ok((got != expected).then(|| format!("expected {expected:?}, got {got:?}")))
@@ -469,10 +485,79 @@ pub fn smoke(instance: &Arc<crate::plugin::PluginInstance>) -> std::result::Resu
     }
 }
 
+/// The fields of a case that `world`'s calls do not read, as given (a
+/// field left at its default is not named).
+fn unused_fields(world: World, cases: &Cases, case: &Case) -> Vec<&'static str> {
+    let given = [
+        ("active", !case.active.is_empty()),
+        ("latency_us", !case.latency_us.is_empty()),
+        ("bytes_per_sec", !case.bytes_per_sec.is_empty()),
+        ("down", !case.down.is_empty()),
+        ("cookies", !case.cookies.is_empty()),
+        ("hash_key", case.hash_key.is_some()),
+        ("method", case.method != default_method()),
+        ("path", case.path != default_path()),
+        ("host", case.host.is_some()),
+        ("headers", !case.headers.is_empty()),
+        ("expect_status", case.expect_status.is_some()),
+        ("target", case.target.is_some()),
+        ("respond", case.respond.is_some()),
+        ("client", case.client != default_client()),
+        ("protocol", case.protocol.is_some()),
+    ];
+    // A pool's hash key may come from the request: then its parts count.
+    let keyed_by = cases.hash_key.as_deref().and_then(crate::config::HashKey::parse);
+    let read: &[&str] = match (world, keyed_by) {
+        (World::Balancer, Some(crate::config::HashKey::Path)) => {
+            &["active", "latency_us", "bytes_per_sec", "down", "cookies", "hash_key", "client", "protocol", "path"]
+        }
+        (World::Balancer, Some(crate::config::HashKey::Header(_))) => {
+            &["active", "latency_us", "bytes_per_sec", "down", "cookies", "hash_key", "client", "protocol", "headers"]
+        }
+        (World::Balancer, _) => {
+            &["active", "latency_us", "bytes_per_sec", "down", "cookies", "hash_key", "client", "protocol"]
+        }
+        (World::Router, _) => &["method", "path", "host", "headers", "cookies", "client", "protocol"],
+        (World::AccessFilter, _) => {
+            &["method", "path", "host", "headers", "cookies", "client", "protocol", "expect_status"]
+        }
+        (World::HealthChecker, _) => &["target", "respond"],
+        (World::DiscoveryAdapter, _) => &[],
+    };
+    given.iter().filter(|(field, set)| *set && !read.contains(field)).map(|(field, _)| *field).collect()
+}
+
 /// Run every case of `cases` against the component `bytes`.
 pub fn run(runtime: &Arc<Runtime>, bytes: &[u8], source: &str, cases: &Cases) -> Result<(World, Vec<Outcome>)> {
     let instance = load(runtime, bytes, source, cases)?;
     let world = instance.world();
+    if let Some(key) = &cases.hash_key {
+        anyhow::ensure!(world == World::Balancer, "`hash_key` is a balancer pool's; this is a {world}");
+        anyhow::ensure!(
+            crate::config::HashKey::parse(key).is_some(),
+            "`hash_key = \"{key}\"`: expected client-ip, path, sni, header:NAME or cookie:NAME"
+        );
+    }
+    // A field the phase does not read would be ignored silently: refuse it.
+    for case in &cases.cases {
+        let unused = unused_fields(world, cases, case);
+        anyhow::ensure!(
+            unused.is_empty(),
+            "case `{}`: {} not read by a {world} (a {world} case sets {})",
+            case.name,
+            unused.iter().map(|f| format!("`{f}`")).collect::<Vec<_>>().join(", "),
+            match world {
+                World::Balancer => "backends' live numbers (active, latency_us, bytes_per_sec, down), cookies, \
+                                    hash_key, client and protocol; headers or path when the file's `hash_key` names them",
+                World::Router => "the request: method, path, host, headers, cookies, client, protocol",
+                World::AccessFilter => {
+                    "the request (method, path, host, headers, cookies, client, protocol) and expect_status"
+                }
+                World::HealthChecker => "target and respond",
+                World::DiscoveryAdapter => "only expect",
+            }
+        );
+    }
     let mut outcomes = Vec::new();
     for case in &cases.cases {
         let failure = match world {
