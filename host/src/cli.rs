@@ -706,15 +706,28 @@ fn plugin_replay(old: &Path, new: &Path, log: &Path, config: &str, new_config: O
     let new_config = new_config.map(table).transpose()?.unwrap_or_else(|| config.clone());
     let runtime = Runtime::new(Runtime::default_cache_dir())?;
     let (old_name, new_name) = (old.display().to_string(), new.display().to_string());
-    let (world, total, diffs) =
+    let replayed =
         crate::devkit::testkit::replay(&runtime, (&a, &old_name, &config), (&b, &new_name, &new_config), &text)?;
+    let diffs = &replayed.differences;
     for d in diffs.iter().take(20) {
         println!("{}: {} -> {}", d.request, d.old, d.new);
     }
     if diffs.len() > 20 {
         println!("... and {} more", diffs.len() - 20);
     }
-    println!("{world}: {total} logged requests replayed, {} decided differently", diffs.len());
+    println!("{}: {} logged requests replayed, {} decided differently", replayed.world, replayed.requests, diffs.len());
+    if replayed.world == crate::plugin::World::Balancer {
+        println!("note: every replayed backend has weight 1 and priority 0 (an access log records neither)");
+    }
+    if !replayed.lacking.is_empty() {
+        let read: Vec<String> = replayed.lacking.iter().map(|(what, n)| format!("{what} ({n} reads)")).collect();
+        println!(
+            "not conclusive: the balancers read the backends' {}, which an access log does not record; \
+             the replay gave them zeros (and every backend weight 1), so decisions live may differ where these \
+             did not. Compare them on live traffic with `weir plugin push --rollout`.",
+            read.join(", ")
+        );
+    }
     Ok(())
 }
 

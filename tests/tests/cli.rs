@@ -558,6 +558,14 @@ async fn plugin_replay_runs_a_real_access_log_through_two_versions() -> Result<(
         let second = backends[1].addr.to_string();
         assert!(out.stdout.contains("GET shop.test/item/1 from 127.0.0.1:"), "{}", out.stdout);
         assert!(out.stdout.contains(&format!("{second} -> {first}")), "{}", out.stdout);
+        assert!(!out.stdout.contains("not conclusive"), "neither reads live numbers: {}", out.stdout);
+        // A latency-weighted balancer reads what the log does not record:
+        // the replay says so instead of reporting agreement.
+        std::fs::write(dir.join("latency.wasm"), weir::plugin::bundled("least-latency").unwrap())?;
+        let out = weir(&["plugin", "replay", "rr.wasm", "latency.wasm", "--log", "access.log"], &dir);
+        assert!(out.ok, "{}{}", out.stdout, out.stderr);
+        let verdict = out.stdout.lines().find(|l| l.starts_with("not conclusive")).unwrap_or_default();
+        assert!(verdict.contains("latencies (") && verdict.contains("--rollout"), "{}", out.stdout);
         let _ = std::fs::remove_dir_all(&dir);
     }
     Ok(())

@@ -680,6 +680,87 @@ pub struct Difference {
     pub new: String,
 }
 
+/// A replay pool's member list, counting the reads of the live numbers an
+/// access log does not record (a replayed backend has none in flight, no
+/// latency, no throughput): a balancer that reads them decides on zeros,
+/// so its agreement in a replay says nothing about its decisions live.
+struct Recording {
+    members: Arc<crate::upstream::Members>,
+    active: std::sync::atomic::AtomicU64,
+    latency: std::sync::atomic::AtomicU64,
+    throughput: std::sync::atomic::AtomicU64,
+}
+
+impl Recording {
+    fn new(members: Arc<crate::upstream::Members>) -> Self {
+        Self { members, active: Default::default(), latency: Default::default(), throughput: Default::default() }
+    }
+
+    fn count(n: &std::sync::atomic::AtomicU64) {
+        n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The unrecorded inputs read, with how many reads.
+    fn reads(&self) -> Vec<(&'static str, u64)> {
+        let load = |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);
+        [
+            ("active counts", load(&self.active)),
+            ("latencies", load(&self.latency)),
+            ("throughputs", load(&self.throughput)),
+        ]
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .collect()
+    }
+}
+
+impl crate::plugin::MemberView for Recording {
+    fn pool_id(&self) -> u32 {
+        self.members.pool_id()
+    }
+    fn next_sequence(&self) -> u64 {
+        self.members.next_sequence()
+    }
+    fn version(&self) -> u64 {
+        crate::plugin::MemberView::version(&*self.members)
+    }
+    fn backends(&self) -> &[types::Backend] {
+        crate::plugin::MemberView::backends(&*self.members)
+    }
+    fn active(&self, slot: u32) -> Option<u32> {
+        Self::count(&self.active);
+        crate::plugin::MemberView::active(&*self.members, slot)
+    }
+    fn gather_active(&self, eligible: &[u32]) -> Vec<u32> {
+        Self::count(&self.active);
+        crate::plugin::MemberView::gather_active(&*self.members, eligible)
+    }
+    fn gather_latency_us(&self, eligible: &[u32]) -> Vec<u32> {
+        Self::count(&self.latency);
+        crate::plugin::MemberView::gather_latency_us(&*self.members, eligible)
+    }
+    fn gather_bytes_per_sec(&self, eligible: &[u32]) -> Vec<u64> {
+        Self::count(&self.throughput);
+        crate::plugin::MemberView::gather_bytes_per_sec(&*self.members, eligible)
+    }
+}
+
+/// What a replay found.
+#[derive(Debug)]
+pub struct Replayed {
+    /// The phase replayed.
+    pub world: World,
+    /// Requests in the log.
+    pub requests: usize,
+    /// Where the versions decided differently.
+    pub differences: Vec<Difference>,
+    /// Balancers: inputs the log does not record that either version read
+    /// (the backends' active counts, latencies, throughputs), with the
+    /// number of reads. Replayed as zeros: with any, agreement here does
+    /// not mean agreement live.
+    pub lacking: Vec<(&'static str, u64)>,
+}
+
 /// Run the requests of an access log through two versions of a plugin and
 /// list where their decisions differ. Balancers pick from a pool of the
 /// backends the log names, each version from its own pool, request after
@@ -691,7 +772,7 @@ pub fn replay(
     old: (&[u8], &str, &toml::Table),
     new: (&[u8], &str, &toml::Table),
     log: &str,
-) -> Result<(World, usize, Vec<Difference>)> {
+) -> Result<Replayed> {
     let with = |config: &toml::Table| Cases { config: config.clone(), ..Cases::default() };
     let a = load(runtime, old.0, old.1, &with(old.2))?;
     let b = load(runtime, new.0, new.1, &with(new.2))?;
@@ -717,6 +798,16 @@ pub fn replay(
         bail!("the log names no backend to balance over");
     }
     let (pool_a, pool_b) = (pool_of(&a), pool_of(&b));
+    let recording = Arc::new(Recording::new(pool_a.members()));
+    let recording_b = Arc::new(Recording::new(pool_b.members()));
+    let pick = |pool: &Arc<Pool>, view: &Arc<Recording>, conn: &types::Connection| {
+        let eligible = pool.eligible(&view.members, &[]);
+        let Some(plugin) = pool.balancer.plugin() else { return "error: not a balancer plugin".to_string() };
+        match plugin.pick(view, eligible, conn, None, None) {
+            Ok(slot) => view.members.backends[slot as usize].address.clone(),
+            Err(e) => format!("error: {e}"),
+        }
+    };
     let mut differences = Vec::new();
     for e in &entries {
         let case = Case {
@@ -741,7 +832,7 @@ pub fn replay(
         let (x, y) = match world {
             World::Balancer => {
                 let conn = connection(&case, types::Protocol::Http)?;
-                (pick_once(&pool_a, &conn, None, None), pick_once(&pool_b, &conn, None, None))
+                (pick(&pool_a, &recording, &conn), pick(&pool_b, &recording_b, &conn))
             }
             World::Router => (route_decision(&a, &case)?, route_decision(&b, &case)?),
             World::AccessFilter => {
@@ -755,7 +846,14 @@ pub fn replay(
             differences.push(Difference { request, old: x, new: y });
         }
     }
-    Ok((world, entries.len(), differences))
+    let mut lacking = recording.reads();
+    for (what, n) in recording_b.reads() {
+        match lacking.iter_mut().find(|(w, _)| *w == what) {
+            Some((_, m)) => *m += n,
+            None => lacking.push((what, n)),
+        }
+    }
+    Ok(Replayed { world, requests: entries.len(), differences, lacking })
 }
 
 #[cfg(test)]
