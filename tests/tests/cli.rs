@@ -613,6 +613,18 @@ fn templates_build_and_pass_their_cases(lang: &str) -> Result<()> {
         let built = weir_building(&["plugin", "build"], &project)?;
         let wasm = project.join(format!("target/weir/{name}.wasm"));
         assert!(built.ok && wasm.exists(), "{world} in {lang}: {}{}", built.stdout, built.stderr);
+        if world == "balancer" {
+            // Unchanged sources: the same component (so the same hash, and a
+            // compile-cache hit in weir); a changed source builds anew.
+            let first = std::fs::read(&wasm)?;
+            let again = weir_building(&["plugin", "build"], &project)?;
+            assert!(again.ok && again.stderr.contains("sources unchanged"), "{}", again.stderr);
+            assert!(std::fs::read(&wasm)? == first, "{lang}: an unchanged project built different bytes");
+            let readme = project.join("README.md");
+            std::fs::write(&readme, std::fs::read_to_string(&readme)? + "\n")?;
+            let changed = weir_building(&["plugin", "build"], &project)?;
+            assert!(changed.ok && !changed.stderr.contains("sources unchanged"), "{}", changed.stderr);
+        }
 
         let readme = std::fs::read_to_string(project.join("README.md"))?;
         let config = readme.split("--config '").nth(1).and_then(|r| r.split('\'').next()).unwrap();

@@ -375,27 +375,102 @@ pub fn build_project(dir: &Path) -> Result<PathBuf> {
             let tool = python_tool(&dir, &version)?;
             std::fs::create_dir_all(&out)?;
             let wasm = out.join(format!("{name}.wasm"));
+            let inputs = build_inputs(&dir, &[&world, &module, &tool_version(&tool)])?;
+            if unchanged(&wasm, &inputs) {
+                return Ok(wasm);
+            }
             let mut c = Command::new(&tool);
             c.arg("-d").arg(dir.join("weir/wit")).args(["-w", &world, "componentize", "-p"]);
             c.arg(&dir).arg(&module).arg("-o").arg(&wasm);
             // componentize-py writes scratch files into the working directory.
             c.current_dir(&out);
             run(c, "componentize-py")?;
+            remember(&wasm, &inputs)?;
             Ok(wasm)
         }
         Project::Js { name, world, main } => {
             let tool = js_tool(&dir)?;
             std::fs::create_dir_all(&out)?;
             let wasm = out.join(format!("{name}.wasm"));
+            let inputs = build_inputs(&dir, &[&world, &main, &tool_version(&tool)])?;
+            if unchanged(&wasm, &inputs) {
+                return Ok(wasm);
+            }
             let mut c = Command::new(&tool);
             c.arg("--wit").arg(dir.join("weir/wit")).args(["--world-name", &world]);
             // weir provides no wasi:http; the rest of WASI p2 is linked with nothing granted.
             c.args(["--disable", "http", "--disable", "fetch-event", "--out"]).arg(&wasm);
             c.arg(dir.join(&main)).current_dir(&dir);
             run(c, "componentize-js")?;
+            remember(&wasm, &inputs)?;
             Ok(wasm)
         }
     }
+}
+
+/// The digest of what a Python or JavaScript build reads: every file of the
+/// project but what builds and tools make (`target/`, `.venv/`,
+/// `node_modules/`, caches), the vendored WIT, and `extra` (the world, the
+/// entry point, the tool's version). componentize-py and componentize-js
+/// do not give the same bytes twice for the same source (their runtime's
+/// heap is snapshotted with its randomness), so an unchanged project keeps
+/// its component instead: same source, same file, same hash, and weir's
+/// compile cache still holds its machine code.
+fn build_inputs(dir: &Path, extra: &[&str]) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    fn walk(dir: &Path, root: &Path, files: &mut Vec<PathBuf>) -> Result<()> {
+        for entry in std::fs::read_dir(dir)?.flatten() {
+            let path = entry.path();
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let skipped = ["target", ".venv", "node_modules", "__pycache__", ".git", ".pytest_cache"];
+            if skipped.contains(&name.as_ref()) || name.ends_with(".pyc") {
+                continue;
+            }
+            if path.is_dir() {
+                walk(&path, root, files)?;
+            } else {
+                files.push(path.strip_prefix(root).unwrap_or(&path).to_path_buf());
+            }
+        }
+        Ok(())
+    }
+    let mut files = Vec::new();
+    walk(dir, dir, &mut files)?;
+    files.sort();
+    let mut digest = Sha256::new();
+    for file in &files {
+        digest.update(file.to_string_lossy().as_bytes());
+        digest.update([0]);
+        digest.update(std::fs::read(dir.join(file))?);
+        digest.update([0]);
+    }
+    for e in extra {
+        digest.update(e.as_bytes());
+        digest.update([0]);
+    }
+    Ok(hex::encode(digest.finalize()))
+}
+
+/// The first line a build tool prints for `--version`.
+fn tool_version(tool: &Path) -> String {
+    let out = Command::new(tool).arg("--version").stdin(Stdio::null()).output();
+    out.map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or_default().to_string()).unwrap_or_default()
+}
+
+/// Whether `wasm` was built from `inputs` (and says so).
+fn unchanged(wasm: &Path, inputs: &str) -> bool {
+    let stamp = wasm.with_extension("inputs");
+    let same = wasm.exists() && std::fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == inputs);
+    if same {
+        eprintln!("weir: sources unchanged since the last build: keeping {} (same hash)", wasm.display());
+    }
+    same
+}
+
+fn remember(wasm: &Path, inputs: &str) -> Result<()> {
+    std::fs::write(wasm.with_extension("inputs"), format!("{inputs}\n"))
+        .with_context(|| format!("writing {}", wasm.with_extension("inputs").display()))
 }
 
 /// A build tool: `local` (inside the project) when it exists, else `name`
