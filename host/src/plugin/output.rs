@@ -40,7 +40,8 @@ impl Output {
     /// What was printed since the last call, if anything (lossy UTF-8,
     /// trailing whitespace trimmed).
     pub(crate) fn take(&self) -> Option<String> {
-        if !self.written.swap(false, Ordering::Acquire) {
+        // A load first: the common case (nothing printed) writes nothing.
+        if !self.written.load(Ordering::Relaxed) || !self.written.swap(false, Ordering::Acquire) {
             return None;
         }
         let text = std::mem::take(&mut *self.text.lock());
