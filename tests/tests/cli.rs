@@ -615,15 +615,20 @@ fn templates_build_and_pass_their_cases(lang: &str) -> Result<()> {
         assert!(built.ok && wasm.exists(), "{world} in {lang}: {}{}", built.stdout, built.stderr);
         if world == "balancer" {
             // Unchanged sources: the same component (so the same hash, and a
-            // compile-cache hit in weir); a changed source builds anew.
+            // compile-cache hit in weir). Rust builds are reproducible; the
+            // Python and JavaScript toolchains are not, so weir keeps the
+            // component, and a changed source builds anew.
             let first = std::fs::read(&wasm)?;
             let again = weir_building(&["plugin", "build"], &project)?;
-            assert!(again.ok && again.stderr.contains("sources unchanged"), "{}", again.stderr);
+            assert!(again.ok, "{}", again.stderr);
             assert!(std::fs::read(&wasm)? == first, "{lang}: an unchanged project built different bytes");
-            let readme = project.join("README.md");
-            std::fs::write(&readme, std::fs::read_to_string(&readme)? + "\n")?;
-            let changed = weir_building(&["plugin", "build"], &project)?;
-            assert!(changed.ok && !changed.stderr.contains("sources unchanged"), "{}", changed.stderr);
+            if lang != "rust" {
+                assert!(again.stderr.contains("sources unchanged"), "{}", again.stderr);
+                let readme = project.join("README.md");
+                std::fs::write(&readme, std::fs::read_to_string(&readme)? + "\n")?;
+                let changed = weir_building(&["plugin", "build"], &project)?;
+                assert!(changed.ok && !changed.stderr.contains("sources unchanged"), "{}", changed.stderr);
+            }
         }
 
         let readme = std::fs::read_to_string(project.join("README.md"))?;
