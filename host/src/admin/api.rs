@@ -364,30 +364,6 @@ pub struct LogLevel {
     pub level: String,
 }
 
-/// What a reload or a listener change changed.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Reloaded {
-    /// Listeners opened.
-    pub listeners_added: Vec<String>,
-    /// Listeners closed (their connections drain).
-    pub listeners_removed: Vec<String>,
-    /// Plugin instances loaded anew.
-    pub plugins_loaded: Vec<String>,
-    /// Pools in the new config.
-    pub pools: Vec<String>,
-}
-
-impl From<crate::server::ReloadSummary> for Reloaded {
-    fn from(s: crate::server::ReloadSummary) -> Self {
-        Self {
-            listeners_added: s.listeners_added,
-            listeners_removed: s.listeners_removed,
-            plugins_loaded: s.plugins_loaded,
-            pools: s.pools,
-        }
-    }
-}
-
 /// The schemas a document collects, by name.
 type Schemas = Vec<(String, RefOr<Schema>)>;
 
@@ -520,9 +496,9 @@ pub const ROUTES: &[Route] = &[
     route!(Listener, GET, "/listeners/{name}", "One listener", auth = true, request = None,
         [200 => "the listener", Body::Json(json::<Listener>); 404 => "no such listener", ERROR]),
     route!(AddListener, POST, "/listeners", "Add a listener to the config in force (applied like a reload)", auth = true, request = Some(Body::Json(json::<NewListener>)),
-        [201 => "added", Body::Json(json::<Reloaded>); 400 => "the listener or the config it makes is wrong; nothing changed", ERROR; 409 => "a listener has that name", ERROR]),
+        [201 => "added", Body::Json(json::<crate::server::ReloadSummary>); 400 => "the listener or the config it makes is wrong; nothing changed", ERROR; 409 => "a listener has that name", ERROR]),
     route!(RemoveListener, DELETE, "/listeners/{name}", "Remove a listener (its connections drain)", auth = true, request = None,
-        [200 => "removed", Body::Json(json::<Reloaded>); 400 => "nothing changed", ERROR; 404 => "no such listener", ERROR]),
+        [200 => "removed", Body::Json(json::<crate::server::ReloadSummary>); 400 => "nothing changed", ERROR; 404 => "no such listener", ERROR]),
     route!(Pools, GET, "/pools", "Every pool", auth = true, request = None,
         [200 => "the pools", Body::Json(list::<PoolSummary>)]),
     route!(Pool, GET, "/pools/{name}", "A pool and its backends", auth = true, request = None,
@@ -546,7 +522,7 @@ pub const ROUTES: &[Route] = &[
     route!(PushPlugin, PUT, "/plugins/{name}", "Swap in a new component (query: rollout, max_failure_rate, promote_after)", auth = true, request = Some(Body::Bytes("application/wasm")),
         [200 => "swapped", Body::Json(json::<Swapped>); 400 => "init failed or a bad query; the old one serves", ERROR; 404 => "no such plugin instance", ERROR; 413 => "too large", ERROR; 422 => "not a component, wrong world or cannot link; the old one serves", ERROR]),
     route!(Reload, POST, "/reload", "Re-read the config file, or apply the TOML in the body", auth = true, request = Some(Body::Text("application/toml")),
-        [200 => "applied", Body::Json(json::<Reloaded>); 400 => "refused, with the error's file, line and key; the old config serves", ERROR]),
+        [200 => "applied", Body::Json(json::<crate::server::ReloadSummary>); 400 => "refused, with the error's file, line and key; the old config serves", ERROR]),
     route!(Upgrade, POST, "/upgrade", "Hand the sockets to a new process of the installed binary", auth = true, request = None,
         [200 => "the new process serves", Body::Json(json::<Upgraded>); 500 => "the new process could not take over; this one goes on", ERROR]),
     route!(LogLevel, GET, "/log-level", "The application log's filter", auth = true, request = None,

@@ -195,7 +195,7 @@ fn overload_view(o: &crate::overload::Overload) -> api::Overload {
 /// A changed config's answer.
 fn reloaded(status: StatusCode, result: Result<crate::server::ReloadSummary, String>, refused: &str) -> Answer {
     match result {
-        Ok(summary) => reply(status, api::Reloaded::from(summary)),
+        Ok(summary) => reply(status, summary),
         Err(e) => error(StatusCode::BAD_REQUEST, format!("{refused}: {e}")),
     }
 }

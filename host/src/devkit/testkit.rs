@@ -258,9 +258,22 @@ fn pick_once(
     http: Option<&mut crate::plugin::HttpPick>,
 ) -> String {
     let members = pool.members();
-    let eligible = pool.eligible(&members, &[]);
+    pick_over(pool, &members, &members, conn, hash_key, http)
+}
+
+/// [`pick_once`] with the balancer seeing the member list through `view`
+/// (replay's [`Recording`]).
+fn pick_over<V: crate::plugin::MemberView + 'static>(
+    pool: &Pool,
+    members: &crate::upstream::Members,
+    view: &Arc<V>,
+    conn: &types::Connection,
+    hash_key: Option<&str>,
+    http: Option<&mut crate::plugin::HttpPick>,
+) -> String {
+    let eligible = pool.eligible(members, &[]);
     let Some(plugin) = pool.balancer.plugin() else { return "error: not a balancer plugin".into() };
-    match plugin.pick(&members, eligible, conn, hash_key, http) {
+    match plugin.pick(view, eligible, conn, hash_key, http) {
         Ok(slot) => members.backends[slot as usize].address.clone(),
         Err(e) => format!("error: {e}"),
     }
@@ -801,12 +814,7 @@ pub fn replay(
     let recording = Arc::new(Recording::new(pool_a.members()));
     let recording_b = Arc::new(Recording::new(pool_b.members()));
     let pick = |pool: &Arc<Pool>, view: &Arc<Recording>, conn: &types::Connection| {
-        let eligible = pool.eligible(&view.members, &[]);
-        let Some(plugin) = pool.balancer.plugin() else { return "error: not a balancer plugin".to_string() };
-        match plugin.pick(view, eligible, conn, None, None) {
-            Ok(slot) => view.members.backends[slot as usize].address.clone(),
-            Err(e) => format!("error: {e}"),
-        }
+        pick_over(pool, &view.members, view, conn, None, None)
     };
     let mut differences = Vec::new();
     for e in &entries {

@@ -39,8 +39,9 @@ pub struct ListenerInfo {
     pub tls: Option<Arc<crate::tls::ServerTls>>,
 }
 
-/// What a reload changed.
-#[derive(Debug, Default, Clone, serde::Serialize)]
+/// What a reload changed (the admin API's answer to a reload or a
+/// listener change, so its schema is in the OpenAPI document).
+#[derive(Debug, Default, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct ReloadSummary {
     /// Listeners opened.
     pub listeners_added: Vec<String>,
