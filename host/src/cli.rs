@@ -728,6 +728,13 @@ fn plugin_replay(old: &Path, new: &Path, log: &Path, config: &str, new_config: O
             read.join(", ")
         );
     }
+    if !replayed.missing.is_empty() {
+        println!(
+            "not conclusive: the balancers read {}, which the log has no value for (it keeps a header when the listener's \
+             `access_log` lists `header:NAME`); the replay gave them none, so decisions live may differ.",
+            replayed.missing.join(", ")
+        );
+    }
     Ok(())
 }
 

@@ -35,8 +35,8 @@ pub mod bindings {
         path: "../wit",
         world: "access-filter",
         with: {
-            "weir:plugin/host@0.1.0": crate::imports::weir::plugin::host,
-            "weir:plugin/types@0.1.0": crate::imports::weir::plugin::types,
+            "weir:plugin/host@0.2.0": crate::imports::weir::plugin::host,
+            "weir:plugin/types@0.2.0": crate::imports::weir::plugin::types,
         },
         pub_export_macro: true,
         export_macro_name: "__export_access_filter_world",

@@ -8,8 +8,8 @@ pub mod bindings {
         path: "../wit",
         world: "balancer",
         with: {
-            "weir:plugin/host@0.1.0": crate::imports::weir::plugin::host,
-            "weir:plugin/types@0.1.0": crate::imports::weir::plugin::types,
+            "weir:plugin/host@0.2.0": crate::imports::weir::plugin::host,
+            "weir:plugin/types@0.2.0": crate::imports::weir::plugin::types,
         },
         pub_export_macro: true,
         export_macro_name: "__export_balancer_world",
@@ -37,6 +37,29 @@ pub trait Balancer: Sized + 'static {
     /// `pool.connection()` gives the whole connection record when
     /// `ctx.client_hash` is not enough.
     fn pick(&mut self, pool: &PoolView, ctx: &PickContext, hash_key: Option<&str>) -> Result<Choice, Error>;
+}
+
+impl PickContext {
+    /// Whether `slot` is eligible: from `eligible-mask` for the first 64
+    /// slots, else asked of the host.
+    pub fn is_eligible(&self, pool: &PoolView, slot: u32) -> bool {
+        if slot < 64 {
+            self.eligible_mask & (1 << slot) != 0
+        } else {
+            pool.is_eligible(slot)
+        }
+    }
+
+    /// The eligible slots in slot order: from `eligible-mask` when it holds
+    /// them all (pools of up to 64 backends, the usual case), else asked of
+    /// the host.
+    pub fn eligible_slots(&self, pool: &PoolView) -> Vec<u32> {
+        if self.eligible_mask.count_ones() == self.eligible_count {
+            (0..64).filter(|&s| self.eligible_mask & (1 << s) != 0).collect()
+        } else {
+            pool.eligible_slots()
+        }
+    }
 }
 
 /// The number of eligible backends, or an `unavailable` error when there are none.

@@ -9,9 +9,9 @@ pub mod bindings {
         path: "../wit",
         world: "discovery-adapter",
         with: {
-            "weir:plugin/host@0.1.0": crate::imports::weir::plugin::host,
-            "weir:plugin/types@0.1.0": crate::imports::weir::plugin::types,
-            "weir:plugin/io@0.1.0": crate::io::bindings::weir::plugin::io,
+            "weir:plugin/host@0.2.0": crate::imports::weir::plugin::host,
+            "weir:plugin/types@0.2.0": crate::imports::weir::plugin::types,
+            "weir:plugin/io@0.2.0": crate::io::bindings::weir::plugin::io,
         },
         pub_export_macro: true,
         export_macro_name: "__export_discovery_world",

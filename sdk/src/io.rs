@@ -21,11 +21,11 @@ pub mod bindings {
     // discovery worlds map their `io` import onto these bindings.
     wit_bindgen::generate!({
         path: "../wit",
-        inline: "package weir:sdk;\nworld io-imports {\n  import weir:plugin/io@0.1.0;\n}\n",
+        inline: "package weir:sdk;\nworld io-imports {\n  import weir:plugin/io@0.2.0;\n}\n",
         world: "io-imports",
         with: {
-            "weir:plugin/types@0.1.0": crate::imports::weir::plugin::types,
-            "weir:plugin/io@0.1.0": generate,
+            "weir:plugin/types@0.2.0": crate::imports::weir::plugin::types,
+            "weir:plugin/io@0.2.0": generate,
         },
     });
 }

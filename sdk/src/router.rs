@@ -13,8 +13,8 @@
 //!     fn init(_config: Config) -> Result<Self, Error> {
 //!         Ok(ByHost)
 //!     }
-//!     fn route_request(&mut self, _conn: &Connection, req: &Request) -> Result<Decision, Error> {
-//!         if req.host().as_deref() != Some("api.example.com") {
+//!     fn route_request(&mut self, req: &Request, host: Option<&str>, _path: &str) -> Result<Decision, Error> {
+//!         if host != Some("api.example.com") {
 //!             return Ok(Decision::NoMatch);
 //!         }
 //!         Ok(Decision::Forward(Forward {
@@ -36,8 +36,8 @@ pub mod bindings {
         path: "../wit",
         world: "router",
         with: {
-            "weir:plugin/host@0.1.0": crate::imports::weir::plugin::host,
-            "weir:plugin/types@0.1.0": crate::imports::weir::plugin::types,
+            "weir:plugin/host@0.2.0": crate::imports::weir::plugin::host,
+            "weir:plugin/types@0.2.0": crate::imports::weir::plugin::types,
         },
         pub_export_macro: true,
         export_macro_name: "__export_router_world",
@@ -54,8 +54,11 @@ pub trait Router: Sized + 'static {
     /// Build the router from its instance config.
     fn init(config: Config) -> Result<Self, Error>;
 
-    /// Route an HTTP request head.
-    fn route_request(&mut self, conn: &Connection, req: &Request) -> Result<Decision, Error>;
+    /// Route an HTTP request head. `host` (the `Host` header or HTTP/2
+    /// `:authority`, without its port) and `path` (without the query) are
+    /// handed in; the rest, the connection included (`req.connection()`),
+    /// is asked of `req`, each a call to the host.
+    fn route_request(&mut self, req: &Request, host: Option<&str>, path: &str) -> Result<Decision, Error>;
 
     /// Route a connection by its TLS SNI and ALPN (passthrough). No match by default.
     fn route_connection(&mut self, _conn: &Connection, _alpn: &[String]) -> Result<Decision, Error> {
@@ -94,8 +97,8 @@ macro_rules! export_router {
                     set_state(plugin);
                     Ok(())
                 }
-                fn route_request(conn: Connection, req: &Request) -> Result<Decision, Error> {
-                    with_state(|p| p.route_request(&conn, req))
+                fn route_request(req: &Request, host: Option<String>, path: String) -> Result<Decision, Error> {
+                    with_state(|p| p.route_request(req, host.as_deref(), &path))
                 }
                 fn route_connection(conn: Connection, alpn: Vec<String>) -> Result<Decision, Error> {
                     with_state(|p| p.route_connection(&conn, &alpn))

@@ -98,8 +98,8 @@ fn check_reports_a_plugin_of_the_wrong_world() {
     std::fs::copy(&balancer, dir.join("first.wasm")).unwrap();
     let o = check(&dir, &GOOD.replace("builtin:ip-access", "first.wasm"));
     let e = error_line(&o);
-    assert!(e.starts_with("error: weir.toml:3:10: plugins.acl: first.wasm: exports weir:plugin/balance@0.1.0"), "{e}");
-    assert!(e.contains("access-filter plugin must export weir:plugin/access@0.1.0"), "{e}");
+    assert!(e.starts_with("error: weir.toml:3:10: plugins.acl: first.wasm: exports weir:plugin/balance@0.2.0"), "{e}");
+    assert!(e.contains("access-filter plugin must export weir:plugin/access@0.2.0"), "{e}");
 }
 
 #[test]
@@ -431,14 +431,12 @@ expect = "no-match"
     // A field the phase does not read is refused, not ignored.
     std::fs::write(
         dir.join("unread.toml"),
-        format!(
-            "{pool}\n[[case]]\nname = \"by header\"\nheaders = {{ x-region = \"eu\" }}\nexpect = [\"10.0.0.1:80\"]\n"
-        ),
+        format!("{pool}\n[[case]]\nname = \"by method\"\nmethod = \"POST\"\nexpect = [\"10.0.0.1:80\"]\n"),
     )
     .unwrap();
     let out = weir(&["plugin", "test", "round-robin.wasm", "--cases", "unread.toml"], &dir);
     assert!(!out.ok, "{}", out.stdout);
-    assert!(out.stderr.contains("case `by header`: `headers` not read by a balancer"), "{}", out.stderr);
+    assert!(out.stderr.contains("case `by method`: `method` not read by a balancer"), "{}", out.stderr);
     std::fs::write(dir.join("unread.toml"), "[[case]]\nname = \"x\"\nactive = [1]\nexpect = \"api\"\n").unwrap();
     let out = weir(&["plugin", "test", "host-path.wasm", "--cases", "unread.toml"], &dir);
     assert!(!out.ok && out.stderr.contains("`active` not read by a router"), "{}", out.stderr);
@@ -703,13 +701,13 @@ fn guide_walkthrough_rust_balancer_then_python_swapped_in_under_traffic() -> Res
         .output()?;
     let unit_out = String::from_utf8_lossy(&unit.stdout);
     assert!(
-        unit.status.success() && unit_out.contains("1 passed"),
+        unit.status.success() && unit_out.contains("2 passed"),
         "{unit_out}{}",
         String::from_utf8_lossy(&unit.stderr)
     );
     step(&["plugin", "build"], &rust)?;
     let out = step(&["plugin", "test", "target/weir/my-balancer.wasm", "--cases", "cases.toml"], &rust)?;
-    assert!(out.stdout.contains("balancer: 2 cases, 2 passed, 0 failed"), "{}", out.stdout);
+    assert!(out.stdout.contains("balancer: 3 cases, 3 passed, 0 failed"), "{}", out.stdout);
 
     // 2. weir runs it in front of three HTTP backends; curl gets answers.
     let rt = tokio::runtime::Runtime::new()?;
@@ -756,6 +754,15 @@ pool = "web"
         seen.insert(text.split("x-backend: ").nth(1).unwrap_or("").lines().next().unwrap_or("").trim().to_string());
     }
     assert_eq!(seen.into_iter().collect::<Vec<_>>(), ["a", "b", "c"], "round the three backends");
+    // The balancer reads a request header: `x-pick: 1` is the second backend, every time.
+    for _ in 0..3 {
+        let curl = Command::new("curl")
+            .args(["-s", "-D", "-", "--max-time", "5", "-H", "x-pick: 1", &format!("http://{web}/")])
+            .stdin(Stdio::null())
+            .output()?;
+        let text = String::from_utf8_lossy(&curl.stdout).to_lowercase();
+        assert!(text.starts_with("http/1.1 200") && text.contains("x-backend: b\r\n"), "{text}");
+    }
 
     // 3. The same balancer in Python, tested on the same cases.
     step(&["plugin", "new", "--world", "balancer", "--lang", "python", "my-balancer-py"], &dir)?;
@@ -763,7 +770,7 @@ pool = "web"
     step(&["plugin", "build"], &python)?;
     let out =
         step(&["plugin", "test", "target/weir/my-balancer-py.wasm", "--cases", "../my-balancer/cases.toml"], &python)?;
-    assert!(out.stdout.contains("balancer: 2 cases, 2 passed, 0 failed"), "{}", out.stdout);
+    assert!(out.stdout.contains("balancer: 3 cases, 3 passed, 0 failed"), "{}", out.stdout);
 
     // 4. Traffic flows while the Python build is pushed in.
     let web_addr: std::net::SocketAddr = web.parse()?;

@@ -237,13 +237,13 @@ fn run_balancer(instance: &Arc<crate::plugin::PluginInstance>, cases: &Cases, ca
         toml::Value::String(s) => vec![s.clone()],
         other => bail!("case `{}`: a balancer case expects addresses, not {other}", case.name),
     };
-    let http = !case.cookies.is_empty();
+    // A case with headers, a host or cookies is an HTTP request's pick.
+    let http = !case.cookies.is_empty() || !case.headers.is_empty() || case.host.is_some();
     let conn = connection(case, if http { types::Protocol::Http } else { types::Protocol::Tcp })?;
-    let cookie = case.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; ");
-    let cookie = http::HeaderValue::from_str(&cookie).with_context(|| format!("case `{}`: cookies", case.name))?;
+    let headers = request(case)?.headers.clone();
     let mut got = Vec::new();
     for _ in &expected {
-        let mut pick = http.then(|| crate::plugin::HttpPick { cookies: vec![cookie.clone()], ..Default::default() });
+        let mut pick = http.then(|| crate::plugin::HttpPick { headers: headers.clone(), ..Default::default() });
         got.push(pick_once(&pool, &conn, hash_key.as_deref(), pick.as_mut()));
     }
     drop(guards);
@@ -518,24 +518,30 @@ fn unused_fields(world: World, cases: &Cases, case: &Case) -> Vec<&'static str> 
         ("client", case.client != default_client()),
         ("protocol", case.protocol.is_some()),
     ];
-    // A pool's hash key may come from the request: then its parts count.
+    // A balancer reads the live numbers, the connection and the request's
+    // headers (`host` is one); a pool's hash key may come from the path too.
+    const BALANCER: &[&str] = &[
+        "active",
+        "latency_us",
+        "bytes_per_sec",
+        "down",
+        "cookies",
+        "hash_key",
+        "client",
+        "protocol",
+        "headers",
+        "host",
+    ];
     let keyed_by = cases.hash_key.as_deref().and_then(crate::config::HashKey::parse);
-    let read: &[&str] = match (world, keyed_by) {
-        (World::Balancer, Some(crate::config::HashKey::Path)) => {
-            &["active", "latency_us", "bytes_per_sec", "down", "cookies", "hash_key", "client", "protocol", "path"]
+    let by_path = matches!(keyed_by, Some(crate::config::HashKey::Path));
+    let read: Vec<&str> = match world {
+        World::Balancer => BALANCER.iter().copied().chain(by_path.then_some("path")).collect(),
+        World::Router => vec!["method", "path", "host", "headers", "cookies", "client", "protocol"],
+        World::AccessFilter => {
+            vec!["method", "path", "host", "headers", "cookies", "client", "protocol", "expect_status"]
         }
-        (World::Balancer, Some(crate::config::HashKey::Header(_))) => {
-            &["active", "latency_us", "bytes_per_sec", "down", "cookies", "hash_key", "client", "protocol", "headers"]
-        }
-        (World::Balancer, _) => {
-            &["active", "latency_us", "bytes_per_sec", "down", "cookies", "hash_key", "client", "protocol"]
-        }
-        (World::Router, _) => &["method", "path", "host", "headers", "cookies", "client", "protocol"],
-        (World::AccessFilter, _) => {
-            &["method", "path", "host", "headers", "cookies", "client", "protocol", "expect_status"]
-        }
-        (World::HealthChecker, _) => &["target", "respond"],
-        (World::DiscoveryAdapter, _) => &[],
+        World::HealthChecker => vec!["target", "respond"],
+        World::DiscoveryAdapter => vec![],
     };
     given.iter().filter(|(field, set)| *set && !read.contains(field)).map(|(field, _)| *field).collect()
 }
@@ -772,6 +778,10 @@ pub struct Replayed {
     /// number of reads. Replayed as zeros: with any, agreement here does
     /// not mean agreement live.
     pub lacking: Vec<(&'static str, u64)>,
+    /// Balancers: request headers and cookies either version read that the
+    /// log has no value for (`header x-backend`, `cookie session`): read as
+    /// absent, which they may not have been live.
+    pub missing: Vec<String>,
 }
 
 /// Run the requests of an access log through two versions of a plugin and
@@ -813,8 +823,22 @@ pub fn replay(
     let (pool_a, pool_b) = (pool_of(&a), pool_of(&b));
     let recording = Arc::new(Recording::new(pool_a.members()));
     let recording_b = Arc::new(Recording::new(pool_b.members()));
-    let pick = |pool: &Arc<Pool>, view: &Arc<Recording>, conn: &types::Connection| {
-        pick_over(pool, &view.members, view, conn, None, None)
+    // A pick sees the request head as logged (its host and the headers
+    // the log kept); what it asks for beyond that is noted as lacking.
+    let mut missing: Vec<String> = Vec::new();
+    let mut pick = |pool: &Arc<Pool>, view: &Arc<Recording>, conn: &types::Connection, case: &Case| {
+        let mut http = crate::plugin::HttpPick {
+            headers: request(case)?.headers.clone(),
+            missing: Some(Vec::new()),
+            ..Default::default()
+        };
+        let picked = pick_over(pool, &view.members, view, conn, None, Some(&mut http));
+        for what in http.missing.unwrap_or_default() {
+            if !missing.contains(&what) {
+                missing.push(what);
+            }
+        }
+        anyhow::Ok(picked)
     };
     let mut differences = Vec::new();
     for e in &entries {
@@ -840,7 +864,7 @@ pub fn replay(
         let (x, y) = match world {
             World::Balancer => {
                 let conn = connection(&case, types::Protocol::Http)?;
-                (pick(&pool_a, &recording, &conn), pick(&pool_b, &recording_b, &conn))
+                (pick(&pool_a, &recording, &conn, &case)?, pick(&pool_b, &recording_b, &conn, &case)?)
             }
             World::Router => (route_decision(&a, &case)?, route_decision(&b, &case)?),
             World::AccessFilter => {
@@ -861,7 +885,7 @@ pub fn replay(
             None => lacking.push((what, n)),
         }
     }
-    Ok(Replayed { world, requests: entries.len(), differences, lacking })
+    Ok(Replayed { world, requests: entries.len(), differences, lacking, missing })
 }
 
 #[cfg(test)]

@@ -363,13 +363,21 @@ impl HttpService {
         pool.retries.request();
         let replayable = body.is_end_stream();
         let mut body = Some(body);
-        let mut http_pick = HttpPick {
-            cookies: parts.headers.get_all(http::header::COOKIE).iter().cloned().collect(),
-            response_headers: Vec::new(),
-        };
+        let mut http_pick = HttpPick::default();
         let mut parts = Some(parts);
         let mut attempts = Attempts::new(pool, &conn.record, hash_key.as_deref());
-        while let Some(backend) = attempts.next(Some(&mut http_pick)).map_err(Failure::PluginFailed)? {
+        loop {
+            // The balancer reads the head as it will be forwarded: its
+            // headers are lent to the pick (moved, not copied) and taken back.
+            let lend = |parts: &mut Option<http::request::Parts>, pick: &mut HttpPick| {
+                if let Some(p) = parts {
+                    std::mem::swap(&mut p.headers, &mut pick.headers);
+                }
+            };
+            lend(&mut parts, &mut http_pick);
+            let next = attempts.next(Some(&mut http_pick));
+            lend(&mut parts, &mut http_pick);
+            let Some(backend) = next.map_err(Failure::PluginFailed)? else { break };
             log.set(|e| e.backend = backend.address.clone());
             let outgoing: ProxyBody = match body.take() {
                 Some(b) if !b.is_end_stream() => {

@@ -32,7 +32,7 @@ use state::PluginState;
 /// The package every world lives in.
 pub const PACKAGE: &str = "weir:plugin";
 /// The package version this host implements.
-pub const PACKAGE_VERSION: &str = "0.1.0";
+pub const PACKAGE_VERSION: &str = "0.2.0";
 
 /// How often the epoch advances: the resolution of call deadlines (a call
 /// is stopped between its timeout and one tick later). Each tick wakes a

@@ -182,15 +182,46 @@ pub struct PickCall {
 /// What an HTTP `pick` sees of its request and adds to its response.
 #[derive(Debug, Default)]
 pub struct HttpPick {
-    /// The request's `Cookie` header fields.
-    pub cookies: Vec<::http::HeaderValue>,
+    /// The request's header fields, lent for the pick and given back.
+    pub headers: ::http::HeaderMap,
+    /// When `Some` (a replay), the headers and cookies a pick asked for and
+    /// did not find, as `header x` or `cookie x`.
+    pub missing: Option<Vec<String>>,
     /// Headers the balancer adds to the response.
     pub response_headers: Vec<(String, String)>,
+}
+
+impl HttpPick {
+    /// `value`, noting `what` among the missing when it is `None` and
+    /// missing reads are kept.
+    fn note_missing(&mut self, value: Option<String>, what: impl FnOnce() -> String) -> Option<String> {
+        if let (None, Some(missing)) = (&value, &mut self.missing) {
+            let what = what();
+            if !missing.contains(&what) {
+                missing.push(what);
+            }
+        }
+        value
+    }
 }
 
 /// An HTTP request head as plugins see it: the request's own parts, lent
 /// for the duration of the phase calls and taken back afterwards.
 pub type RequestHead = ::http::request::Parts;
+
+/// What the `request` resource of an access or route call reads.
+pub struct RequestCall {
+    /// The request's head.
+    pub head: Arc<RequestHead>,
+    /// The connection it came on.
+    pub conn: super::bindings::types::Connection,
+}
+
+/// `request.host`: the URI's host (HTTP/2 `:authority`, absolute form) or
+/// the `Host` header's, without the port.
+pub fn request_host(req: &RequestHead) -> Option<&str> {
+    req.uri.host().or_else(|| req.headers.get(::http::header::HOST)?.to_str().ok().map(strip_port))
+}
 
 /// The memory cap of a store, remembering whether it was hit so that a
 /// failed call can be told apart from an ordinary trap.
@@ -229,7 +260,7 @@ pub struct PluginState {
     table: ResourceTable,
     wasi: WasiCtx,
     pub(crate) pick: Option<PickCall>,
-    pub(crate) request: Option<Arc<RequestHead>>,
+    pub(crate) request: Option<RequestCall>,
     /// What `io` may reach, from the instance's config.
     pub(crate) grants: Arc<super::grants::Grants>,
     /// Set during a background call: the call's I/O scope.
@@ -270,8 +301,13 @@ impl PluginState {
         self.pick.as_ref().ok_or_else(|| wasmtime::format_err!("pool-view used outside of pick"))
     }
 
+    fn http_pick(&mut self) -> wasmtime::Result<Option<&mut HttpPick>> {
+        let call = self.pick.as_mut().ok_or_else(|| wasmtime::format_err!("pool-view used outside of pick"))?;
+        Ok(call.http.as_mut())
+    }
+
     fn request(&self) -> wasmtime::Result<&RequestHead> {
-        self.request.as_deref().ok_or_else(|| wasmtime::format_err!("request used outside of its call"))
+        self.request.as_ref().map(|r| &*r.head).ok_or_else(|| wasmtime::format_err!("request used outside of its call"))
     }
 }
 
@@ -450,14 +486,20 @@ impl pool::HostPoolView for PluginState {
         Ok(self.pick()?.conn.clone())
     }
 
+    fn request_header(&mut self, _: Resource<PoolViewRep>, name: String) -> wasmtime::Result<Option<String>> {
+        let Some(http) = self.http_pick()? else { return Ok(None) };
+        let value = http.headers.get(name.as_str()).and_then(header_str);
+        Ok(http.note_missing(value, || format!("header {}", name.to_ascii_lowercase())))
+    }
+
     fn request_cookie(&mut self, _: Resource<PoolViewRep>, name: String) -> wasmtime::Result<Option<String>> {
-        let Some(http) = &self.pick()?.http else { return Ok(None) };
-        Ok(cookie_value(http.cookies.iter(), &name))
+        let Some(http) = self.http_pick()? else { return Ok(None) };
+        let value = cookie_value(http.headers.get_all(::http::header::COOKIE).iter(), &name);
+        Ok(http.note_missing(value, || format!("cookie {name}")))
     }
 
     fn add_response_header(&mut self, _: Resource<PoolViewRep>, name: String, value: String) -> wasmtime::Result<()> {
-        let call = self.pick.as_mut().ok_or_else(|| wasmtime::format_err!("pool-view used outside of pick"))?;
-        if let Some(http) = &mut call.http {
+        if let Some(http) = self.http_pick()? {
             if http.response_headers.len() < 16 {
                 http.response_headers.push((name, value));
             }
@@ -482,6 +524,11 @@ fn header_str(v: &::http::HeaderValue) -> Option<String> {
 }
 
 impl http::HostRequest for PluginState {
+    fn connection(&mut self, _: Resource<RequestRep>) -> wasmtime::Result<super::bindings::types::Connection> {
+        let call = self.request.as_ref().ok_or_else(|| wasmtime::format_err!("request used outside of its call"))?;
+        Ok(call.conn.clone())
+    }
+
     fn method(&mut self, _: Resource<RequestRep>) -> wasmtime::Result<String> {
         Ok(self.request()?.method.as_str().to_owned())
     }
@@ -495,9 +542,7 @@ impl http::HostRequest for PluginState {
     }
 
     fn host(&mut self, _: Resource<RequestRep>) -> wasmtime::Result<Option<String>> {
-        let req = self.request()?;
-        let host = req.uri.host().or_else(|| req.headers.get(::http::header::HOST)?.to_str().ok().map(strip_port));
-        Ok(host.map(str::to_owned))
+        Ok(request_host(self.request()?).map(str::to_owned))
     }
 
     fn header(&mut self, _: Resource<RequestRep>, name: String) -> wasmtime::Result<Option<String>> {

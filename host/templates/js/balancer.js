@@ -14,8 +14,12 @@
 let offset = 0;
 
 // The decision, kept free of host calls: an index among the eligible
-// backends. `sequence` is a BigInt (WIT u64).
-function choose(sequence, offset, eligible) {
+// backends, the one a request's `x-pick: N` header names, else the next in
+// turn, `offset` further on. `sequence` is a BigInt (WIT u64).
+function choose(pinned, sequence, offset, eligible) {
+  if (pinned !== undefined && /^\s*\d+\s*$/.test(pinned) && Number(pinned) < eligible) {
+    return Number(pinned);
+  }
   return Number((sequence + BigInt(offset)) % BigInt(eligible));
 }
 
@@ -35,6 +39,8 @@ export const balance = {
     if (ctx.eligibleCount === 0) {
       throw fail("unavailable", "no eligible backend");
     }
-    return { tag: "eligible-index", val: choose(ctx.sequence, offset, ctx.eligibleCount) };
+    // HTTP requests only (undefined on L4); a host call, like every `pool` read.
+    const pinned = pool.requestHeader("x-pick");
+    return { tag: "eligible-index", val: choose(pinned, ctx.sequence, offset, ctx.eligibleCount) };
   },
 };

@@ -7,7 +7,7 @@
 // Build with `weir plugin build`; check with
 // `weir plugin check target/weir/NAME.wasm --config '{ timeout_ms = 500 }'`.
 
-import { tcpProbe } from "weir:plugin/io@0.1.0";
+import { tcpProbe } from "weir:plugin/io@0.2.0";
 
 // SETTINGS
 

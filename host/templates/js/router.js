@@ -29,8 +29,10 @@ export const route = {
     pool = cfg.pool;
   },
 
-  routeRequest(conn, req) {
-    const target = poolFor(req.path(), prefix, pool);
+  // `host` and `path` come with the call; anything else is asked of `req`
+  // (`req.header("x-user")`, `req.connection()`, ...).
+  routeRequest(req, host, path) {
+    const target = poolFor(path, prefix, pool);
     if (target === undefined) return { tag: "no-match" };
     return {
       tag: "forward",

@@ -19,8 +19,12 @@ from settings import settings
 OFFSET = 0
 
 
-def choose(sequence: int, offset: int, eligible: int) -> int:
-    """The decision, kept free of host calls: an index among the eligible backends."""
+def choose(pinned: str | None, sequence: int, offset: int, eligible: int) -> int:
+    """The decision, kept free of host calls: an index among the eligible
+    backends, the one a request's `x-pick: N` header names, else the next in
+    turn, `offset` further on."""
+    if pinned is not None and pinned.strip().isdigit() and int(pinned) < eligible:
+        return int(pinned)
     return (sequence + offset) % eligible
 
 
@@ -40,4 +44,6 @@ class Balance(wit_world.exports.Balance):
     def pick(self, pool, ctx: balance.PickContext, hash_key: str | None) -> balance.Choice:
         if ctx.eligible_count == 0:
             raise Err(types.Error_Unavailable("no eligible backend"))
-        return balance.Choice_EligibleIndex(choose(ctx.sequence, OFFSET, ctx.eligible_count))
+        # HTTP requests only (None on L4); a host call, like every `pool` read.
+        pinned = pool.request_header("x-pick")
+        return balance.Choice_EligibleIndex(choose(pinned, ctx.sequence, OFFSET, ctx.eligible_count))

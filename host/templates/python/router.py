@@ -34,8 +34,10 @@ class Route(wit_world.exports.Route):
                 raise Err(types.Error_InvalidConfig(f"{key}: expected a non-empty string"))
         PREFIX, POOL = cfg["prefix"], cfg["pool"]
 
-    def route_request(self, conn: types.Connection, req) -> route.Decision:
-        pool = pool_for(req.path(), PREFIX, POOL)
+    def route_request(self, req, host: str | None, path: str) -> route.Decision:
+        # `host` and `path` come with the call; anything else is asked of
+        # `req` (`req.header("x-user")`, `req.connection()`, ...).
+        pool = pool_for(path, PREFIX, POOL)
         if pool is None:
             return route.Decision_NoMatch()
         return route.Decision_Forward(route.Forward(pool, None, [], []))

@@ -20,8 +20,10 @@ impl Router for TYPE {
         Ok(Self(config.parse()?))
     }
 
-    fn route_request(&mut self, _conn: &Connection, req: &Request) -> Result<Decision, Error> {
-        Ok(match pool_for(&req.path(), &self.0.prefix, &self.0.pool) {
+    // `host` and `path` come with the call; anything else is asked of
+    // `req` (`req.header("x-user")`, `req.connection()`, ...).
+    fn route_request(&mut self, _req: &Request, _host: Option<&str>, path: &str) -> Result<Decision, Error> {
+        Ok(match pool_for(path, &self.0.prefix, &self.0.pool) {
             Some(pool) => forward(pool),
             None => Decision::NoMatch,
         })

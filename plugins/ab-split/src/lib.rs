@@ -141,7 +141,7 @@ impl Router for AbSplit {
         Ok(Self { rules: s.rules, split, by, sticky: s.sticky_cookie, max_age: s.sticky_max_age })
     }
 
-    fn route_request(&mut self, conn: &Connection, req: &Request) -> Result<Decision, Error> {
+    fn route_request(&mut self, req: &Request, _host: Option<&str>, _path: &str) -> Result<Decision, Error> {
         for rule in &self.rules {
             let found = match (&rule.header, &rule.cookie) {
                 (Some(h), _) => req.header(h),
@@ -161,7 +161,7 @@ impl Router for AbSplit {
         }
         let x = match &self.by {
             None => random_u64(),
-            Some(By::ClientIp) => stable_hash(&client_ip(conn).to_string()),
+            Some(By::ClientIp) => stable_hash(&client_ip(&req.connection()).to_string()),
             Some(By::Header(h)) => req.header(h).map_or_else(random_u64, |v| stable_hash(&v)),
             Some(By::Cookie(c)) => req.cookie(c).map_or_else(random_u64, |v| stable_hash(&v)),
         };

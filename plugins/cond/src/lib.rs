@@ -60,42 +60,57 @@ pub fn compile(rules: &[(String, String)]) -> Result<Vec<(Cond, String)>, String
 
 /// What conditions are evaluated against: a request, or on L4 only the
 /// connection (request conditions are then false).
+/// An HTTP request's host and path, handed to `route-request`, and the
+/// request the rest is asked of.
+struct Head<'a> {
+    req: &'a Request,
+    host: Option<&'a str>,
+    path: &'a str,
+}
+
 struct RequestFacts<'a> {
-    req: Option<&'a Request>,
-    conn: &'a Connection,
+    head: Option<Head<'a>>,
+    /// The connection: given on L4, asked of the request on first use on HTTP.
+    conn: std::cell::OnceCell<Connection>,
+}
+
+impl RequestFacts<'_> {
+    fn conn(&self) -> &Connection {
+        self.conn.get_or_init(|| self.head.as_ref().expect("a connection or a request").req.connection())
+    }
 }
 
 impl Facts for RequestFacts<'_> {
     fn host(&self) -> Option<String> {
-        self.req?.host().map(|h| h.to_ascii_lowercase())
+        self.head.as_ref()?.host.map(|h| h.to_ascii_lowercase())
     }
     fn path(&self) -> String {
-        self.req.map(Request::path).unwrap_or_default()
+        self.head.as_ref().map(|h| h.path.to_string()).unwrap_or_default()
     }
     fn method(&self) -> String {
-        self.req.map(Request::method).unwrap_or_default()
+        self.head.as_ref().map(|h| h.req.method()).unwrap_or_default()
     }
     fn header(&self, name: &str) -> Option<String> {
-        self.req?.header(name)
+        self.head.as_ref()?.req.header(name)
     }
     fn cookie(&self, name: &str) -> Option<String> {
-        self.req?.cookie(name)
+        self.head.as_ref()?.req.cookie(name)
     }
     fn query(&self, name: &str) -> Option<String> {
-        self.req?.query_param(name)
+        self.head.as_ref()?.req.query_param(name)
     }
     fn client_ip(&self) -> IpAddr {
-        client_ip(self.conn)
+        client_ip(self.conn())
     }
     fn sni(&self) -> Option<String> {
-        self.conn.sni.clone()
+        self.conn().sni.clone()
     }
     fn client_identity(&self) -> Option<String> {
-        self.conn.client_identity.clone()
+        self.conn().client_identity.clone()
     }
     fn alpn(&self) -> Vec<String> {
         // One protocol when settled; on passthrough the offered ones, comma-separated.
-        self.conn.alpn.iter().flat_map(|a| a.split(',')).map(String::from).collect()
+        self.conn().alpn.iter().flat_map(|a| a.split(',')).map(String::from).collect()
     }
 }
 
@@ -112,12 +127,12 @@ impl Router for CondRouter {
         Ok(Self { rules, default: s.default })
     }
 
-    fn route_request(&mut self, conn: &Connection, req: &Request) -> Result<Decision, Error> {
-        Ok(self.decide(&RequestFacts { req: Some(req), conn }))
+    fn route_request(&mut self, req: &Request, host: Option<&str>, path: &str) -> Result<Decision, Error> {
+        Ok(self.decide(&RequestFacts { head: Some(Head { req, host, path }), conn: Default::default() }))
     }
 
     fn route_connection(&mut self, conn: &Connection, _alpn: &[String]) -> Result<Decision, Error> {
-        Ok(self.decide(&RequestFacts { req: None, conn }))
+        Ok(self.decide(&RequestFacts { head: None, conn: conn.clone().into() }))
     }
 }
 

@@ -140,7 +140,7 @@ impl Balancer for ConsistentHash {
         };
         // With every backend eligible, no host call is needed.
         let all = n == *total;
-        match ring.lookup_point(point, |slot| all || pool.is_eligible(slot)) {
+        match ring.lookup_point(point, |slot| all || ctx.is_eligible(pool, slot)) {
             Some(slot) => Ok(Choice::Slot(slot)),
             None => Err(Error::Unavailable("no eligible backend on the ring".into())),
         }

@@ -174,9 +174,8 @@ impl Router for HostPath {
         Table::build(&s.routes, s.default).map(HostPath).map_err(Error::InvalidConfig)
     }
 
-    fn route_request(&mut self, _conn: &Connection, req: &Request) -> Result<Decision, Error> {
-        let host = req.host();
-        Ok(match self.0.route(host.as_deref(), &req.path()) {
+    fn route_request(&mut self, _req: &Request, host: Option<&str>, path: &str) -> Result<Decision, Error> {
+        Ok(match self.0.route(host, path) {
             Some(pool) => forward(pool),
             None => Decision::NoMatch,
         })

@@ -103,7 +103,7 @@ impl Balancer for LeastConnections {
         };
         // Every backend eligible (the usual case) or equal weights: the
         // slot list need not cross the boundary.
-        let slots = (weights.len() != active.len() && !weights.uniform()).then(|| pool.eligible_slots());
+        let slots = (weights.len() != active.len() && !weights.uniform()).then(|| ctx.eligible_slots(pool));
         Ok(Choice::EligibleIndex(weights.least_loaded(&active, slots.as_deref(), ctx.sequence) as u32))
     }
 }

@@ -64,7 +64,7 @@ impl Balancer for Priority {
 
     fn pick(&mut self, pool: &PoolView, ctx: &PickContext, _key: Option<&str>) -> Result<Choice, Error> {
         eligible_or_err(ctx)?;
-        let slots = pool.eligible_slots();
+        let slots = ctx.eligible_slots(pool);
         let all = self.priorities.get(&ctx.pool).map(Vec::as_slice).unwrap_or(&[]);
         let prios: Vec<u32> = slots.iter().map(|&s| all.get(s as usize).copied().unwrap_or(0)).collect();
         let group = best_group(&prios);

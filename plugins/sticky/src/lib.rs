@@ -94,7 +94,7 @@ impl Balancer for Sticky {
             .request_cookie(&self.settings.cookie)
             .and_then(|v| u64::from_str_radix(&v, 16).ok())
             .and_then(|h| self.pools.get(&ctx.pool)?.0.get(&h).copied());
-        if let Some(slot) = remembered.filter(|&s| pool.is_eligible(s)) {
+        if let Some(slot) = remembered.filter(|&s| ctx.is_eligible(pool, s)) {
             return Ok(Choice::Slot(slot));
         }
         let index = match self.settings.inner {

@@ -63,7 +63,7 @@ impl Balancer for Wrr {
         let start = ctx.sequence % len;
         for k in 0..len {
             let slot = schedule[((start + k) % len) as usize];
-            if pool.is_eligible(slot) {
+            if ctx.is_eligible(pool, slot) {
                 return Ok(Choice::Slot(slot));
             }
         }

@@ -21,12 +21,12 @@ typedef struct {
     uint32_t len;
 } list_t;
 
-IMPORT("weir:plugin/pool@0.1.0", "[method]pool-view.eligible-slots")
+IMPORT("weir:plugin/pool@0.2.0", "[method]pool-view.eligible-slots")
 extern void pool_view_eligible_slots(int32_t self, list_t *ret);
-IMPORT("weir:plugin/pool@0.1.0", "[method]pool-view.eligible-active")
+IMPORT("weir:plugin/pool@0.2.0", "[method]pool-view.eligible-active")
 extern void pool_view_eligible_active(int32_t self, list_t *ret);
 /* A borrowed handle handed to an export must be released before it returns. */
-IMPORT("weir:plugin/pool@0.1.0", "[resource-drop]pool-view")
+IMPORT("weir:plugin/pool@0.2.0", "[resource-drop]pool-view")
 extern void pool_view_drop(int32_t self);
 
 /* The host lowers arguments into memory it asks for here; they are ours to
@@ -101,7 +101,7 @@ static void free_backends(backend_t *b, uint32_t len) {
 }
 
 /* init: func(config: string) -> result<_, error>. Reads `"tag_prefix": "..."`. */
-EXPORT("weir:plugin/balance@0.1.0#init")
+EXPORT("weir:plugin/balance@0.2.0#init")
 void *balance_init(char *config, uint32_t len) {
     static const char key[] = "\"tag_prefix\"";
     char *end = config + len;
@@ -123,7 +123,7 @@ void *balance_init(char *config, uint32_t len) {
 }
 
 /* set-backends: func(pool: u32, backends: list<backend>) -> result<_, error> */
-EXPORT("weir:plugin/balance@0.1.0#set-backends")
+EXPORT("weir:plugin/balance@0.2.0#set-backends")
 void *balance_set_backends(uint32_t pool, backend_t *backends, uint32_t len) {
     uint32_t i = 0;
     while (i < npools && pools[i].pool != pool) i++;
@@ -153,11 +153,14 @@ static int tagged(const pool_t *p, uint32_t slot, const char *key, uint32_t key_
 }
 
 /* pick: func(pool: borrow<pool-view>, ctx: pick-context, hash-key: option<string>) -> result<choice, error>
- * pick-context { pool: u32, eligible-count: u32, sequence: u64, client-hash: u64 } is passed flat. */
-EXPORT("weir:plugin/balance@0.1.0#pick")
+ * pick-context { pool: u32, eligible-count: u32, sequence: u64, client-hash: u64, eligible-mask: u64 }
+ * is passed flat. */
+EXPORT("weir:plugin/balance@0.2.0#pick")
 void *balance_pick(int32_t view, uint32_t pool, uint32_t eligible_count, uint64_t sequence,
-                   uint64_t client_hash, int32_t has_key, char *key, uint32_t key_len) {
+                   uint64_t client_hash, uint64_t eligible_mask, int32_t has_key, char *key,
+                   uint32_t key_len) {
     (void)client_hash;
+    (void)eligible_mask;
     if (eligible_count == 0) {
         if (has_key) release(key, key_len);
         pool_view_drop(view);

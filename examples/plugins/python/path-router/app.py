@@ -74,8 +74,7 @@ class Route(wit_world.exports.Route):
         routes.sort(key=lambda pr: len(pr[0]), reverse=True)
         ROUTES[:] = routes
 
-    def route_request(self, conn, req) -> route.Decision:
-        path = req.path()
+    def route_request(self, req, host, path) -> route.Decision:
         for prefix, forward in ROUTES:
             if path.startswith(prefix):
                 return route.Decision_Forward(forward)

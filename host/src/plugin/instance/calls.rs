@@ -5,7 +5,7 @@ use super::slots::Bound;
 use super::slots::Slot;
 use super::{CallError, CallErrorKind, PluginInstance};
 use crate::plugin::bindings::{access, balancer, health, router, types};
-use crate::plugin::state::{HttpPick, MemberView, PickCall, RequestHead};
+use crate::plugin::state::{HttpPick, MemberView, PickCall, RequestCall, RequestHead};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -89,6 +89,7 @@ impl PluginInstance {
             eligible_count: eligible.len() as u32,
             sequence: members.next_sequence(),
             client_hash: client_hash(&conn.client.ip),
+            eligible_mask: eligible_mask(&eligible),
         };
         let check = eligible.clone();
         let choice = self.with_slot(|slot| {
@@ -146,7 +147,7 @@ impl PluginInstance {
     pub fn check_request(&self, conn: &types::Connection, head: Arc<RequestHead>) -> Result<Verdict, CallError> {
         self.with_slot(|slot| {
             let Bound::Access(a) = &slot.bound else { unreachable!("access slot") };
-            slot.store.data_mut().request = Some(head);
+            slot.store.data_mut().request = Some(RequestCall { head, conn: conn.clone() });
             let r = a.weir_plugin_access().call_check_request(&mut slot.store, conn, Resource::new_borrow(0));
             slot.store.data_mut().request = None;
             Ok(r?.map(verdict))
@@ -222,12 +223,25 @@ impl PluginInstance {
     pub fn route_request(&self, conn: &types::Connection, head: Arc<RequestHead>) -> Result<RouteDecision, CallError> {
         self.with_slot(|slot| {
             let Bound::Router(r) = &slot.bound else { unreachable!("router slot") };
-            slot.store.data_mut().request = Some(head);
-            let d = r.weir_plugin_route().call_route_request(&mut slot.store, conn, Resource::new_borrow(0));
+            let host = crate::plugin::state::request_host(&head);
+            let path = head.uri.path();
+            let d = {
+                // The head is lent to the call; the connection is copied
+                // only if the router asks for it (`request.connection`).
+                let call = RequestCall { head: head.clone(), conn: conn.clone() };
+                slot.store.data_mut().request = Some(call);
+                r.weir_plugin_route().call_route_request(&mut slot.store, Resource::new_borrow(0), host, path)
+            };
             slot.store.data_mut().request = None;
             Ok(d?.map(decision))
         })
     }
+}
+
+/// `pick-context.eligible-mask`: bit `s` for each eligible slot `s` below 64
+/// (`eligible` is in slot order).
+pub fn eligible_mask(eligible: &[u32]) -> u64 {
+    eligible.iter().take_while(|&&s| s < 64).fold(0, |mask, &s| mask | 1 << s)
 }
 
 /// `pick-context.client-hash`: FNV-1a over the address bytes with a 64-bit

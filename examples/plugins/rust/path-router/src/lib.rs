@@ -74,9 +74,8 @@ impl Router for PathRouter {
         Ok(PathRouter { routes })
     }
 
-    fn route_request(&mut self, _conn: &Connection, req: &Request) -> Result<Decision, Error> {
-        let path = req.path();
-        Ok(match longest_prefix(self.routes.iter().map(|(p, _)| p.as_str()), &path) {
+    fn route_request(&mut self, _req: &Request, _host: Option<&str>, path: &str) -> Result<Decision, Error> {
+        Ok(match longest_prefix(self.routes.iter().map(|(p, _)| p.as_str()), path) {
             Some(i) => Decision::Forward(self.routes[i].1.clone()),
             None => Decision::NoMatch,
         })

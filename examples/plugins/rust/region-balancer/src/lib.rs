@@ -64,7 +64,7 @@ impl Balancer for RegionBalancer {
 
     fn pick(&mut self, pool: &PoolView, ctx: &PickContext, hash_key: Option<&str>) -> Result<Choice, Error> {
         eligible_or_err(ctx)?;
-        let slots = pool.eligible_slots();
+        let slots = ctx.eligible_slots(pool);
         let active = pool.eligible_active();
         let want = hash_key.filter(|k| !k.is_empty()).map(|k| format!("{}{k}", self.prefix));
         let tags = self.tags.get(&ctx.pool);
