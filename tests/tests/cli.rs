@@ -406,7 +406,7 @@ expect = "no-match"
     assert!(out.ok && out.stdout.contains("router: 2 cases, 2 passed"), "{}{}", out.stdout, out.stderr);
 
     // Live numbers and cookies: latency, throughput and a sticky cookie.
-    for name in ["least-latency", "least-bandwidth", "sticky"] {
+    for name in ["least-latency", "least-bandwidth", "sticky", "weighted-round-robin"] {
         std::fs::write(dir.join(format!("{name}.wasm")), weir::plugin::bundled(name).unwrap()).unwrap();
     }
     let cases = [
@@ -421,6 +421,13 @@ expect = "no-match"
             ),
         ),
         ("sticky", "cookies = { weir_sticky = \"forged\" }\nexpect = [\"10.0.0.1:80\", \"10.0.0.2:80\"]".into()),
+        // Eligibility from `pick-context.eligible-mask`: the down backend's
+        // turns go to the next in the schedule.
+        (
+            "weighted-round-robin",
+            "down = [\"10.0.0.1:80\"]\nexpect = [\"10.0.0.2:80\", \"10.0.0.2:80\", \"10.0.0.3:80\", \"10.0.0.2:80\"]"
+                .into(),
+        ),
     ];
     for (i, (plugin, case)) in cases.iter().enumerate() {
         std::fs::write(dir.join("live.toml"), format!("{pool}\n[[case]]\nname = \"live {i}\"\n{case}\n")).unwrap();
@@ -564,6 +571,12 @@ async fn plugin_replay_runs_a_real_access_log_through_two_versions() -> Result<(
         assert!(out.ok, "{}{}", out.stdout, out.stderr);
         let verdict = out.stdout.lines().find(|l| l.starts_with("not conclusive")).unwrap_or_default();
         assert!(verdict.contains("latencies (") && verdict.contains("--rollout"), "{}", out.stdout);
+        // A balancer reading a request cookie the log does not keep: named.
+        std::fs::write(dir.join("sticky.wasm"), weir::plugin::bundled("sticky").unwrap())?;
+        let out = weir(&["plugin", "replay", "rr.wasm", "sticky.wasm", "--log", "access.log"], &dir);
+        assert!(out.ok, "{}{}", out.stdout, out.stderr);
+        let verdict = out.stdout.lines().find(|l| l.contains("the log has no value for")).unwrap_or_default();
+        assert!(verdict.starts_with("not conclusive: the balancers read cookie weir_sticky,"), "{}", out.stdout);
         let _ = std::fs::remove_dir_all(&dir);
     }
     Ok(())
@@ -626,6 +639,53 @@ fn templates_build_and_pass_their_cases(lang: &str) -> Result<()> {
                 std::fs::write(&readme, std::fs::read_to_string(&readme)? + "\n")?;
                 let changed = weir_building(&["plugin", "build"], &project)?;
                 assert!(changed.ok && !changed.stderr.contains("sources unchanged"), "{}", changed.stderr);
+            }
+        }
+
+        // Python and JavaScript: the build wrote typed bindings, and the
+        // unit tests run natively against them with the host stubbed.
+        let unit_tests = |project: &Path| -> Result<Option<(bool, String)>> {
+            let mut c = match lang {
+                "python" => Command::new("python3"),
+                "js" => Command::new("node"),
+                _ => return Ok(None),
+            };
+            match lang {
+                "python" => c.args(["-m", "unittest"]),
+                _ => c.args(["--import", "./weir/testing/register.js", "--test"]),
+            };
+            let out = c.current_dir(project).stdin(Stdio::null()).output()?;
+            let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+            Ok(Some((out.status.success(), text)))
+        };
+        let typed = match lang {
+            "python" => project.join("target/weir/py/wit_world/__init__.py"),
+            "js" => project.join(format!("target/weir/types/{world}.d.ts")),
+            _ => project.join("Cargo.toml"),
+        };
+        assert!(typed.exists(), "{world} in {lang}: no {}", typed.display());
+        if let Some((ok, text)) = unit_tests(&project)? {
+            let ran = if lang == "python" {
+                text.contains("\nOK") && !text.contains("Ran 0 tests")
+            } else {
+                text.contains("# fail 0") && !text.contains("# pass 0")
+            };
+            assert!(ok && ran, "{world} in {lang}: the unit tests\n{text}");
+            if world == "balancer" {
+                // They are real: a wrong expectation fails them.
+                let file = if lang == "python" {
+                    project.join("test_app.py")
+                } else {
+                    project.join(format!("{name}.test.js"))
+                };
+                let tests = std::fs::read_to_string(&file)?;
+                let broken =
+                    tests.replacen("(1, 2, 0, 1)", "(1, 2, 0, 2)", 1).replacen("[1, 2, 0, 1]", "[1, 2, 0, 2]", 1);
+                assert_ne!(broken, tests, "the balancer's unit tests changed shape");
+                std::fs::write(&file, broken)?;
+                let (ok, text) = unit_tests(&project)?.unwrap_or_default();
+                assert!(!ok, "{lang}: a wrong expectation passed\n{text}");
+                std::fs::write(&file, tests)?;
             }
         }
 
@@ -768,6 +828,9 @@ pool = "web"
     step(&["plugin", "new", "--world", "balancer", "--lang", "python", "my-balancer-py"], &dir)?;
     let python = dir.join("my-balancer-py");
     step(&["plugin", "build"], &python)?;
+    let unit = Command::new("python3").args(["-m", "unittest"]).current_dir(&python).stdin(Stdio::null()).output()?;
+    let unit_err = String::from_utf8_lossy(&unit.stderr);
+    assert!(unit.status.success() && unit_err.contains("Ran 2 tests") && unit_err.contains("\nOK"), "{unit_err}");
     let out =
         step(&["plugin", "test", "target/weir/my-balancer-py.wasm", "--cases", "../my-balancer/cases.toml"], &python)?;
     assert!(out.stdout.contains("balancer: 3 cases, 3 passed, 0 failed"), "{}", out.stdout);

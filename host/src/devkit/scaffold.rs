@@ -54,6 +54,23 @@ fn source(lang: &str, world: World) -> &'static str {
     }
 }
 
+/// The native unit tests of `world`'s template in `lang` (Python: unittest,
+/// run by `python3 -m unittest` or pytest; JavaScript: node's test runner).
+fn unit_tests(lang: &str, world: World) -> &'static str {
+    match (lang, world) {
+        ("python", World::Balancer) => include_str!("../../templates/python/tests/balancer.py"),
+        ("python", World::Router) => include_str!("../../templates/python/tests/router.py"),
+        ("python", World::AccessFilter) => include_str!("../../templates/python/tests/access-filter.py"),
+        ("python", World::HealthChecker) => include_str!("../../templates/python/tests/health-checker.py"),
+        ("python", World::DiscoveryAdapter) => include_str!("../../templates/python/tests/discovery-adapter.py"),
+        (_, World::Balancer) => include_str!("../../templates/js/tests/balancer.test.js"),
+        (_, World::Router) => include_str!("../../templates/js/tests/router.test.js"),
+        (_, World::AccessFilter) => include_str!("../../templates/js/tests/access-filter.test.js"),
+        (_, World::HealthChecker) => include_str!("../../templates/js/tests/health-checker.test.js"),
+        (_, World::DiscoveryAdapter) => include_str!("../../templates/js/tests/discovery-adapter.test.js"),
+    }
+}
+
 /// The `weir plugin test` cases of a world's template.
 fn cases(world: World) -> &'static str {
     match world {
@@ -150,12 +167,24 @@ requires-python = ">=3.10"
 world = "{world}"
 module = "app"
 componentize-py = "{COMPONENTIZE_PY}"
+
+# The typed bindings `weir plugin build` writes (componentize-py's), for
+# type checkers and the unit tests (`python3 -m unittest`, or pytest).
+[tool.pyright]
+extraPaths = ["target/weir/py"]
+
+[tool.mypy]
+mypy_path = "target/weir/py"
+
+[tool.pytest.ini_options]
+pythonpath = [".", "target/weir/py"]
 "#,
         world = world.name()
     );
     let mut files = vec![
         (PathBuf::from("pyproject.toml"), pyproject),
         (PathBuf::from("app.py"), source("python", world).replace("NAME", name)),
+        (PathBuf::from("test_app.py"), unit_tests("python", world).to_string()),
         (PathBuf::from("settings.py"), include_str!("../../templates/python/settings.py").to_string()),
         (PathBuf::from(".gitignore"), "/target\n/.venv\n__pycache__/\n".to_string()),
     ];
@@ -174,7 +203,8 @@ fn js_files(name: &str, world: World) -> Vec<(PathBuf, String)> {
   "main": "{name}.js",
   "weir": {{ "world": "{world}" }},
   "scripts": {{
-    "build": "weir plugin build"
+    "build": "weir plugin build",
+    "test": "node --import ./weir/testing/register.js --test"
   }},
   "devDependencies": {{
     "@bytecodealliance/componentize-js": "{COMPONENTIZE_JS}"
@@ -189,9 +219,28 @@ fn js_files(name: &str, world: World) -> Vec<(PathBuf, String)> {
     let script = source("js", world)
         .replace("// SETTINGS\n", include_str!("../../templates/js/_settings.js"))
         .replace("NAME", name);
+    // Editors find the declarations `weir plugin build` writes with jco.
+    let interfaces = ["types", "host", "io", "pool", "http"];
+    let paths: Vec<String> = interfaces
+        .iter()
+        .map(|i| {
+            format!(
+                "      \"weir:plugin/{i}@{v}\": [\"./target/weir/types/interfaces/weir-plugin-{i}.d.ts\"]",
+                v = crate::plugin::PACKAGE_VERSION
+            )
+        })
+        .collect();
+    let jsconfig = format!(
+        "{{\n  \"compilerOptions\": {{\n    \"checkJs\": true,\n    \"module\": \"nodenext\",\n    \"paths\": {{\n{}\n    }}\n  }},\n  \"exclude\": [\"node_modules\", \"target\"]\n}}\n",
+        paths.join(",\n")
+    );
     let mut files = vec![
         (PathBuf::from("package.json"), package),
         (PathBuf::from(format!("{name}.js")), script),
+        (PathBuf::from(format!("{name}.test.js")), unit_tests("js", world).replace("NAME", name)),
+        (PathBuf::from("jsconfig.json"), jsconfig),
+        (PathBuf::from("weir/testing/register.js"), include_str!("../../templates/js/testing/register.js").to_string()),
+        (PathBuf::from("weir/testing/hooks.js"), include_str!("../../templates/js/testing/hooks.js").to_string()),
         (PathBuf::from(".gitignore"), "/target\n/node_modules\n".to_string()),
     ];
     files.extend(wit_files());
@@ -221,17 +270,29 @@ fn readme(name: &str, world: World, lang: &str) -> String {
             "Python, built into a component by componentize-py. `weir plugin build` uses \
              `.venv/bin/componentize-py`, else `componentize-py` on `PATH`, else installs \
              the version in `pyproject.toml` into `.venv` (needs `python3 -m venv`). \
-             `weir/wit` holds the WIT package the bindings come from.",
+             `weir/wit` holds the WIT package the bindings come from; the build also writes \
+             them, typed, to `target/weir/py` for type checkers and for `test_app.py`, the \
+             plugin's unit tests run natively with the host's answers stubbed.",
             "",
             INTERPRETER_LIMITS,
         ),
         _ => (
             "JavaScript, built into a component by componentize-js. `weir plugin build` uses \
              `node_modules/.bin/componentize-js`, else `componentize-js` on `PATH`, else runs \
-             `npm install --no-save` first. `weir/wit` holds the WIT package the bindings come from.",
+             `npm install --no-save` first. `weir/wit` holds the WIT package the bindings come from; \
+             the build also writes TypeScript declarations of them to `target/weir/types` (with jco, \
+             which comes with componentize-js; `jsconfig.json` maps the imports to them). \
+             `npm test` runs the unit tests natively under node's test runner, the `weir:plugin` \
+             imports stubbed (`weir/testing`).",
             "",
             INTERPRETER_LIMITS,
         ),
+    };
+    // The native unit tests run after a build (which writes the bindings).
+    let after = match lang {
+        "python" => "python3 -m unittest              # the plugin's logic, natively (after a build)\n",
+        "js" => "npm test                         # the plugin's logic, natively, under node's test runner\n",
+        _ => "",
     };
     format!(
         r#"# {name}
@@ -240,7 +301,7 @@ A weir {world} plugin in {intro}
 
 ```sh
 {unit}weir plugin build                # -> {wasm}
-{test}weir plugin check {wasm} --config '{config}'
+{after}{test}weir plugin check {wasm} --config '{config}'
 ```
 
 Use it in weir's config:
@@ -376,7 +437,17 @@ pub fn build_project(dir: &Path) -> Result<PathBuf> {
             std::fs::create_dir_all(&out)?;
             let wasm = out.join(format!("{name}.wasm"));
             let inputs = build_inputs(&dir, &[&world, &module, &tool_version(&tool)])?;
-            if unchanged(&wasm, &inputs) {
+            // The typed bindings, for type checkers and native unit tests.
+            let bindings = out.join("py");
+            let fresh = unchanged(&wasm, &inputs);
+            if !fresh || !bindings.exists() {
+                let _ = std::fs::remove_dir_all(&bindings);
+                let mut c = Command::new(&tool);
+                c.arg("-d").arg(dir.join("weir/wit")).args(["-w", &world, "bindings"]).arg(&bindings);
+                c.current_dir(&out);
+                run(c, "componentize-py bindings (typed, into target/weir/py)")?;
+            }
+            if fresh {
                 return Ok(wasm);
             }
             let mut c = Command::new(&tool);
@@ -393,7 +464,11 @@ pub fn build_project(dir: &Path) -> Result<PathBuf> {
             std::fs::create_dir_all(&out)?;
             let wasm = out.join(format!("{name}.wasm"));
             let inputs = build_inputs(&dir, &[&world, &main, &tool_version(&tool)])?;
-            if unchanged(&wasm, &inputs) {
+            let fresh = unchanged(&wasm, &inputs);
+            if !fresh || !out.join("types").exists() {
+                js_types(&tool, &dir, &world, &out.join("types"))?;
+            }
+            if fresh {
                 return Ok(wasm);
             }
             let mut c = Command::new(&tool);
@@ -510,6 +585,22 @@ fn js_tool(dir: &Path) -> Result<PathBuf> {
         c.args(["install", "--no-save", "--no-audit", "--no-fund"]).current_dir(dir);
         run(c, "npm install (Debian: apt install npm)")
     })
+}
+
+/// TypeScript declarations of the world's bindings into `types`, with the
+/// jco that comes with componentize-js (beside it, else on `PATH`); a
+/// build without jco says so and goes on.
+fn js_types(componentize: &Path, dir: &Path, world: &str, types: &Path) -> Result<()> {
+    let beside = componentize.parent().filter(|p| !p.as_os_str().is_empty()).map(|p| p.join("jco"));
+    let jco = beside.filter(|p| p.exists()).unwrap_or_else(|| PathBuf::from("jco"));
+    if !Command::new(&jco).arg("--version").stdin(Stdio::null()).output().is_ok_and(|o| o.status.success()) {
+        eprintln!("weir: no jco beside componentize-js or on PATH: no TypeScript declarations written");
+        return Ok(());
+    }
+    let _ = std::fs::remove_dir_all(types);
+    let mut c = Command::new(jco);
+    c.arg("types").arg(dir.join("weir/wit")).args(["--world-name", world, "-o"]).arg(types).current_dir(dir);
+    run(c, "jco types (TypeScript declarations, into target/weir/types)")
 }
 
 /// Run a toolchain step with no stdin, saying what runs and how long it

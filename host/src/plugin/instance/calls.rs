@@ -296,3 +296,13 @@ fn verdict(v: access::exports::weir::plugin::access::Verdict) -> Verdict {
         V::Deny(d) => Verdict::Deny { reason: d.reason, status: d.status, headers: d.headers },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_eligible_mask_holds_the_slots_below_64() {
+        assert_eq!(super::eligible_mask(&[]), 0);
+        assert_eq!(super::eligible_mask(&[0, 2, 63]), 1 | 4 | 1 << 63);
+        assert_eq!(super::eligible_mask(&[1, 63, 64, 100]), 2 | 1 << 63, "slots from 64 on are not in it");
+    }
+}
