@@ -720,6 +720,46 @@ fn templates_build_and_pass_their_cases(lang: &str) -> Result<()> {
     Ok(())
 }
 
+/// An exception a Python or JavaScript plugin does not catch reaches the
+/// log whole (Python's traceback with its file, line and message; the
+/// JavaScript error and its stack), and `weir plugin check` refuses the
+/// component with it.
+#[test]
+fn python_and_js_exceptions_reach_the_log_with_their_message() -> Result<()> {
+    let dir = scratch("exceptions");
+    let cases = [
+        ("python", "app.py", "        if ctx.eligible_count == 0:", "        raise RuntimeError(\"boom in pick\")\n"),
+        ("js", "js-boom.js", "    if (ctx.eligibleCount === 0) {", "    throw new Error(\"boom in pick\");\n"),
+    ];
+    for (lang, file, at, raise) in cases {
+        let name = format!("{lang}-boom");
+        let out = weir(&["plugin", "new", "--world", "balancer", "--lang", lang, &name], &dir);
+        assert!(out.ok, "{}", out.stderr);
+        let project = dir.join(&name);
+        let source = std::fs::read_to_string(project.join(file))?;
+        assert!(source.contains(at), "{lang}: the template changed shape");
+        std::fs::write(project.join(file), source.replacen(at, &format!("{raise}{at}"), 1))?;
+        let built = weir_building(&["plugin", "build"], &project)?;
+        assert!(built.ok, "{lang}: {}", built.stderr);
+        let wasm = format!("target/weir/{name}.wasm");
+        let check = weir(&["plugin", "check", &wasm, "--config", "{ offset = 0 }"], &project);
+        let text = check.stdout.clone() + &check.stderr;
+        assert!(!check.ok && text.contains("refused: one call of its phase failed: Trap"), "{lang}: {text}");
+        let logged = text.lines().find(|l| l.contains("WARN") && l.contains("it printed:")).unwrap_or_default();
+        match lang {
+            "python" => assert!(
+                logged.contains("Traceback (most recent call last):")
+                    && logged.contains("app.py\", line ")
+                    && logged.contains("RuntimeError: boom in pick"),
+                "{text}"
+            ),
+            _ => assert!(logged.contains("Error: boom in pick") && logged.contains("Stack:"), "{text}"),
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
 #[test]
 fn rust_templates_build_and_pass_their_cases() -> Result<()> {
     templates_build_and_pass_their_cases("rust")
