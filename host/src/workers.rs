@@ -105,7 +105,6 @@ pub async fn accept<F, Fut>(
         Ok(a) => a,
         Err(e) => return tracing::error!(listener = %name, "cannot hand connections to workers: {e}"),
     };
-    let serve = Arc::new(serve);
     loop {
         if !caps.room(&stop).await {
             break;
@@ -135,24 +134,25 @@ pub async fn accept<F, Fut>(
             tracing::debug!(listener = %name, %peer, "refused: the client is at max_connections_per_client");
             continue;
         };
-        let serve = serve.clone();
-        let name = name.to_owned();
-        let run = async move {
-            match socket.register() {
-                Ok(stream) => serve(stream, peer, ticket).await,
-                Err(e) => tracing::warn!(listener = %name, "accepted connection dropped: {e}"),
-            }
+        // The connection's future is made here, from the registered socket,
+        // and spawned as it is: a future keeps a slot for everything it
+        // captures for its whole life, so wrapping the making in an `async`
+        // block kept the socket, the peer and the ticket twice, and awaiting
+        // the task inside another block kept the whole of it twice (an idle
+        // connection cost 1 888 bytes with two workers instead of 840).
+        let started = match LOOPS.get() {
+            Some(loops) => loops.start(socket, |stream| tracker.track_future(serve(stream, peer, ticket))),
+            None => socket.register().map(|stream| drop(tracker.spawn(serve(stream, peer, ticket)))),
         };
-        match LOOPS.get() {
-            Some(loops) => loops.spawn(tracker.track_future(run)),
-            None => drop(tracker.spawn(run)),
+        if let Err(e) = started {
+            tracing::warn!(listener = %name, "accepted connection dropped: {e}");
         }
     }
 }
 
 /// A listening socket: registered with this runtime when it serves its own
 /// connections; with worker loops, only the listener is, and each accepted
-/// socket is registered by the loop that serves it.
+/// socket is registered with the reactor of the loop that serves it.
 enum Acceptor {
     Here(TcpListener),
     Handoff(tokio::io::unix::AsyncFd<std::net::TcpListener>),
@@ -195,7 +195,7 @@ impl Acceptor {
 }
 
 impl Accepted {
-    /// The socket, registered with the calling loop's reactor.
+    /// The socket, registered with the reactor of the runtime entered.
     fn register(self) -> std::io::Result<TcpStream> {
         match self {
             Accepted::Registered(s) => Ok(s),
@@ -216,15 +216,26 @@ impl Accepted {
 }
 
 impl Loops {
-    /// Run a connection's task on the loop with the fewest connections.
-    fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+    /// Register `socket` with the loop with the fewest connections and run
+    /// there the task `serve` makes of it.
+    fn start<Fut>(&self, socket: Accepted, serve: impl FnOnce(TcpStream) -> Fut) -> std::io::Result<()>
+    where
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        use futures::FutureExt;
         let counts = self.connections.iter().map(|c| c.load(Relaxed));
         let i = counts.enumerate().min_by_key(|&(_, c)| c).map_or(0, |(i, _)| i);
+        // Registering from this thread is safe: the reactor's registry is
+        // shared, and an edge-triggered registration of a socket that is
+        // readable already reports it at once.
+        let stream = {
+            let _entered = self.handles[i].enter();
+            socket.register()?
+        };
         self.connections[i].fetch_add(1, Relaxed);
-        self.handles[i].spawn(async move {
-            let _running = Running(i);
-            task.await
-        });
+        let running = Running(i);
+        drop(self.handles[i].spawn(serve(stream).map(move |()| drop(running))));
+        Ok(())
     }
 }
 

@@ -553,7 +553,8 @@ pub async fn serve(listener: TcpListener, service: Arc<HttpService>, stop: Cance
     let connection_stop = stop.clone();
     let caps = service.caps.clone();
     crate::workers::accept(listener, &name, caps, stop, tracker, move |stream, peer, ticket| {
-        serve_connection(service.clone(), stream, peer, ticket, connection_stop.clone())
+        let open = OpenConnection { _counted: service.stats.accepted(), _ticket: ticket };
+        serve_connection(service.clone(), stream, peer, open, connection_stop.clone())
     })
     .await
 }
@@ -586,10 +587,9 @@ async fn serve_connection(
     service: Arc<HttpService>,
     stream: TcpStream,
     peer: SocketAddr,
-    ticket: crate::listener::Ticket,
+    open: OpenConnection,
     stop: CancellationToken,
 ) {
-    let open = OpenConnection { _counted: service.stats.accepted(), _ticket: ticket };
     let (header_timeout, plain) = {
         let routes = service.routes.load();
         (routes.settings.header_timeout, routes.tls.is_none() && routes.proxy_accept.is_none())
