@@ -124,34 +124,41 @@ impl Upstream {
 
     /// Send `req` to `backend`, as `path`; the response head must come
     /// within `timeout` (connecting included).
-    pub async fn send(
-        &self,
-        backend: &Backend,
+    /// (A function returning an `async` block rather than an `async fn`:
+    /// an `async fn` keeps its by-value parameters twice, the argument and
+    /// the body's binding, and the request's future is moved whole when a
+    /// stream's task is spawned and ends; see `HttpService::handle`.)
+    #[allow(clippy::manual_async_fn)] // an `async fn` would keep its by-value parameters twice
+    pub fn send<'a>(
+        &'a self,
+        backend: &'a Backend,
         mut req: Request<ProxyBody>,
         path: PathAndQuery,
         timeout: Duration,
-    ) -> Result<Response<UpstreamBody>, SendError> {
-        let Some(authority) = backend.authority.clone() else {
-            return Err(SendError::Connect("no address".into(), Some(Box::new(req))));
-        };
-        match &self.kind {
-            Kind::Http1(http1) => {
-                // Origin form: the connection already names the backend.
-                *req.uri_mut() = Uri::from(path);
-                tokio::time::timeout(timeout, http1.send(authority, req)).await.unwrap_or(Err(SendError::Timeout))
-            }
-            Kind::Http2(clients) => {
-                let client = &clients[crate::workers::index() % clients.len()];
-                let mut uri = http::uri::Parts::default();
-                uri.scheme = Some(self.scheme.clone());
-                uri.authority = Some(authority);
-                uri.path_and_query = Some(path);
-                *req.uri_mut() = Uri::from_parts(uri).map_err(|e| SendError::Connect(e.to_string(), None))?;
-                match tokio::time::timeout(timeout, client.request(req)).await {
-                    Ok(Ok(resp)) => Ok(resp.map(|inner| UpstreamBody { inner, held: None })),
-                    Ok(Err(e)) if e.is_connect() => Err(SendError::Connect(format!("{e:#}"), None)),
-                    Ok(Err(e)) => Err(SendError::Failed(format!("{e:#}"))),
-                    Err(_) => Err(SendError::Timeout),
+    ) -> impl Future<Output = Result<Response<UpstreamBody>, SendError>> + 'a {
+        async move {
+            let Some(authority) = backend.authority.clone() else {
+                return Err(SendError::Connect("no address".into(), Some(Box::new(req))));
+            };
+            match &self.kind {
+                Kind::Http1(http1) => {
+                    // Origin form: the connection already names the backend.
+                    *req.uri_mut() = Uri::from(path);
+                    tokio::time::timeout(timeout, http1.send(authority, req)).await.unwrap_or(Err(SendError::Timeout))
+                }
+                Kind::Http2(clients) => {
+                    let client = &clients[crate::workers::index() % clients.len()];
+                    let mut uri = http::uri::Parts::default();
+                    uri.scheme = Some(self.scheme.clone());
+                    uri.authority = Some(authority);
+                    uri.path_and_query = Some(path);
+                    *req.uri_mut() = Uri::from_parts(uri).map_err(|e| SendError::Connect(e.to_string(), None))?;
+                    match tokio::time::timeout(timeout, client.request(req)).await {
+                        Ok(Ok(resp)) => Ok(resp.map(|inner| UpstreamBody { inner, held: None })),
+                        Ok(Err(e)) if e.is_connect() => Err(SendError::Connect(format!("{e:#}"), None)),
+                        Ok(Err(e)) => Err(SendError::Failed(format!("{e:#}"))),
+                        Err(_) => Err(SendError::Timeout),
+                    }
                 }
             }
         }
@@ -221,31 +228,37 @@ fn drive(driver: &mut Option<Driver>, cx: &mut Context<'_>) -> bool {
 }
 
 impl Http1 {
-    async fn send(
+    #[allow(clippy::manual_async_fn)] // an `async fn` would keep its by-value parameters twice
+    fn send(
         self: &Arc<Self>,
         authority: Authority,
         mut req: Request<ProxyBody>,
-    ) -> Result<Response<UpstreamBody>, SendError> {
-        // Idle connections may turn out closed by the backend as the
-        // request goes out: a request never written is sent again, at most
-        // on a few idle connections and then on a new one.
-        for _ in 0..3 {
-            let Some(mut conn) = self.checkout(&authority).await else { break };
-            match conn.request(req).await {
-                Ok(resp) => return Ok(self.hold(resp, conn, authority)),
-                Err(mut e) => match e.take_message() {
-                    Some(again) => req = again,
-                    None => return Err(SendError::Failed(format!("{:#}", e.into_error()))),
-                },
+    ) -> impl Future<Output = Result<Response<UpstreamBody>, SendError>> + '_ {
+        async move {
+            // Idle connections may turn out closed by the backend as the
+            // request goes out: a request never written is sent again, at most
+            // on a few idle connections and then on a new one.
+            for _ in 0..3 {
+                let Some(mut conn) = self.checkout(&authority).await else { break };
+                match conn.request(req).await {
+                    Ok(resp) => return Ok(self.hold(resp, conn, authority)),
+                    Err(mut e) => match e.take_message() {
+                        Some(again) => req = again,
+                        None => return Err(SendError::Failed(format!("{:#}", e.into_error()))),
+                    },
+                }
             }
-        }
-        let mut conn = match self.connect(&authority).await {
-            Ok(conn) => conn,
-            Err(e) => return Err(SendError::Connect(e, Some(Box::new(req)))),
-        };
-        match conn.request(req).await {
-            Ok(resp) => Ok(self.hold(resp, conn, authority)),
-            Err(e) => Err(SendError::Failed(format!("{:#}", e.into_error()))),
+            // Boxed: connecting (with hyper's handshake) is most of this
+            // future's size and happens once per backend connection, not per
+            // request.
+            let mut conn = match Box::pin(self.connect(&authority)).await {
+                Ok(conn) => conn,
+                Err(e) => return Err(SendError::Connect(e, Some(Box::new(req)))),
+            };
+            match conn.request(req).await {
+                Ok(resp) => Ok(self.hold(resp, conn, authority)),
+                Err(e) => Err(SendError::Failed(format!("{:#}", e.into_error()))),
+            }
         }
     }
 

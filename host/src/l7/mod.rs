@@ -21,6 +21,7 @@ use hyper::body::{Body as _, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::collections::BTreeMap;
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::sync::Arc;
@@ -222,72 +223,87 @@ impl HttpService {
         crate::plugin::bindings::connection_record(peer, self.local, self.listener_id, types::Protocol::Http)
     }
 
-    async fn handle(
+    /// A request's future, made for each request (and on HTTP/2 spawned as
+    /// a task, moved whole into the task and out of it): the functions on
+    /// its path return `async` blocks rather than being `async fn`s, which
+    /// would keep each by-value parameter twice (the argument and the
+    /// body's binding), and rare paths are boxed.
+    #[allow(clippy::manual_async_fn)] // an `async fn` would keep its by-value parameters twice
+    fn handle(
         self: Arc<Self>,
         conn: Arc<ClientConn>,
         req: Request<Incoming>,
-    ) -> Result<Response<ProxyBody>, Infallible> {
-        conn.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let http2 = req.version() == http::Version::HTTP_2;
-        // Written once per connection, not per stream: streams of one
-        // connection run side by side.
-        if http2 && !conn.http2.load(std::sync::atomic::Ordering::Relaxed) {
-            conn.http2.store(true, std::sync::atomic::Ordering::Relaxed);
+    ) -> impl Future<Output = Result<Response<ProxyBody>, Infallible>> {
+        async move {
+            conn.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let http2 = req.version() == http::Version::HTTP_2;
+            // Written once per connection, not per stream: streams of one
+            // connection run side by side.
+            if http2 && !conn.http2.load(std::sync::atomic::Ordering::Relaxed) {
+                conn.http2.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            let mut answer = self.answer(&conn, req).await;
+            let upgraded = answer.status() == StatusCode::SWITCHING_PROTOCOLS;
+            if !http2 && !upgraded && self.retiring.load(std::sync::atomic::Ordering::Relaxed) {
+                // Draining for a successor: this connection ends after this
+                // response, and the client knows it before it sends another.
+                answer.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            Ok(answer)
         }
-        let mut answer = self.answer(&conn, req).await;
-        let upgraded = answer.status() == StatusCode::SWITCHING_PROTOCOLS;
-        if !http2 && !upgraded && self.retiring.load(std::sync::atomic::Ordering::Relaxed) {
-            // Draining for a successor: this connection ends after this
-            // response, and the client knows it before it sends another.
-            answer.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
-        }
-        Ok(answer)
     }
 
     /// A request's answer: an ACME challenge's, the backend's, or the
     /// failure's status.
-    async fn answer(&self, conn: &Arc<ClientConn>, req: Request<Incoming>) -> Response<ProxyBody> {
-        if let Some(answer) = self.challenges.answer(req.uri().path()) {
-            let mut resp = Response::new(full(answer));
-            resp.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-            return resp;
-        }
-        let id = req.headers().get(&headers::REQUEST_ID).cloned().unwrap_or_else(request_id);
-        let started = Instant::now();
-        let routes = self.routes.load_full();
-        let mut log = Line::new(routes.access_log.as_ref(), &self.name, conn.peer);
-        log.set(|e| {
-            e.method = req.method().to_string();
-            e.host = req
-                .uri()
-                .host()
-                .or_else(|| req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()))
-                .unwrap_or("")
-                .to_string();
-            e.path = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_string();
-            e.request_id = id.to_str().unwrap_or("").to_string();
-            e.version = match req.version() {
-                http::Version::HTTP_10 => "HTTP/1.0",
-                http::Version::HTTP_2 => "HTTP/2.0",
-                _ => "HTTP/1.1",
-            };
-            e.capture_headers(req.headers());
-        });
-        let answered = self.forward(&routes, conn, req, &id, &mut log).await;
-        self.stats.response_time.observe(started.elapsed());
-        match answered {
-            Ok(resp) => {
-                self.stats.record_status(resp.status().as_u16());
-                resp
+    #[allow(clippy::manual_async_fn)] // an `async fn` would keep its by-value parameters twice
+    fn answer<'a>(
+        &'a self,
+        conn: &'a Arc<ClientConn>,
+        req: Request<Incoming>,
+    ) -> impl Future<Output = Response<ProxyBody>> + 'a {
+        async move {
+            if let Some(answer) = self.challenges.answer(req.uri().path()) {
+                let mut resp = Response::new(full(answer));
+                resp.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+                return resp;
             }
-            Err(failure) => {
-                self.stats.record_status(failure.status().as_u16());
-                log.set(|e| {
-                    e.status = failure.status().as_u16();
-                    e.error = failure.reason().to_string();
-                });
-                tracing::debug!(listener = %self.name, peer = %conn.peer, request_id = ?id, status = %failure.status(), "{}: {}", failure.reason(), failure.detail());
-                failure.response(&id)
+            let id = req.headers().get(&headers::REQUEST_ID).cloned().unwrap_or_else(request_id);
+            let started = Instant::now();
+            let routes = self.routes.load_full();
+            let mut log = Line::new(routes.access_log.as_ref(), &self.name, conn.peer);
+            log.set(|e| {
+                e.method = req.method().to_string();
+                e.host = req
+                    .uri()
+                    .host()
+                    .or_else(|| req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()))
+                    .unwrap_or("")
+                    .to_string();
+                e.path = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_string();
+                e.request_id = id.to_str().unwrap_or("").to_string();
+                e.version = match req.version() {
+                    http::Version::HTTP_10 => "HTTP/1.0",
+                    http::Version::HTTP_2 => "HTTP/2.0",
+                    _ => "HTTP/1.1",
+                };
+                e.capture_headers(req.headers());
+            });
+            let answered = self.forward(&routes, conn, req, &id, &mut log).await;
+            self.stats.response_time.observe(started.elapsed());
+            match answered {
+                Ok(resp) => {
+                    self.stats.record_status(resp.status().as_u16());
+                    resp
+                }
+                Err(failure) => {
+                    self.stats.record_status(failure.status().as_u16());
+                    log.set(|e| {
+                        e.status = failure.status().as_u16();
+                        e.error = failure.reason().to_string();
+                    });
+                    tracing::debug!(listener = %self.name, peer = %conn.peer, request_id = ?id, status = %failure.status(), "{}: {}", failure.reason(), failure.detail());
+                    failure.response(&id)
+                }
             }
         }
     }
@@ -302,148 +318,163 @@ impl HttpService {
         id: &HeaderValue,
         log: &mut Line,
     ) -> Result<Response<ProxyBody>, Failure> {
-        if let Some(reason) = self.caps.overload.refusing(crate::workers::index()) {
-            self.caps.overload.shed(reason);
-            return Err(Failure::Overloaded(reason));
-        }
-        let (parts, body) = req.into_parts();
-        let head = Arc::new(parts);
-        if let Some(refused) = &conn.refused {
-            return Err(refused.clone());
-        }
-        pipeline::check_request(&routes.access, &conn.access, &conn.record, &head)?;
-
-        let routed = pipeline::route(routes.router.as_ref(), |r| r.route_request(&conn.record, head.clone()))
-            .map_err(|e| Failure::PluginFailed(e.to_string()))?;
-        log.set(|e| e.route = routed.how);
-        let (target, hash_key, request_edits, response_edits) = match routed.decision {
-            RouteDecision::Forward { pool, hash_key, request_headers, response_headers } => (
-                routes.pools.get(&pool).ok_or(Failure::UnknownPool(pool))?,
-                hash_key,
-                request_headers,
-                response_headers,
-            ),
-            RouteDecision::NoMatch => (&routes.default_pool, None, Vec::new(), Vec::new()),
-            RouteDecision::Respond { status, headers, body } => {
-                log.set(|e| e.status = status);
-                return Ok(headers::direct_response(status, headers, body, id));
+        // The head is made ready in a block of its own: what the block
+        // borrows ends with it, so this future keeps none of it (the
+        // parts, the route's answer) while the request is out.
+        let (target, request) = {
+            if let Some(reason) = self.caps.overload.refusing(crate::workers::index()) {
+                self.caps.overload.shed(reason);
+                return Err(Failure::Overloaded(reason));
             }
-        };
-        log.set(|e| e.pool = target.pool.name.clone());
+            let (parts, body) = req.into_parts();
+            let head = Arc::new(parts);
+            if let Some(refused) = &conn.refused {
+                return Err(refused.clone());
+            }
+            pipeline::check_request(&routes.access, &conn.access, &conn.record, &head)?;
 
-        let mut parts = Arc::try_unwrap(head).unwrap_or_else(|shared| (*shared).clone_parts());
-        let hash_key = hash_key
-            .or_else(|| pipeline::request_hash_key(&target.pool, &parts, conn.peer, conn.record.sni.as_deref()));
-        let upgrade = headers::prepare_request(&mut parts, conn.peer, &routes.settings, id, &request_edits);
-        let on_client_upgrade = upgrade.then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>()).flatten();
-        parts.version = if target.upstream.http2() { http::Version::HTTP_2 } else { http::Version::HTTP_11 };
-        let request = Outgoing { parts, body, hash_key, on_client_upgrade, response_edits };
+            let routed = pipeline::route(routes.router.as_ref(), |r| r.route_request(&conn.record, head.clone()))
+                .map_err(|e| Failure::PluginFailed(e.to_string()))?;
+            log.set(|e| e.route = routed.how);
+            let (target, hash_key, request_edits, response_edits) = match routed.decision {
+                RouteDecision::Forward { pool, hash_key, request_headers, response_headers } => (
+                    routes.pools.get(&pool).ok_or(Failure::UnknownPool(pool))?,
+                    hash_key,
+                    request_headers,
+                    response_headers,
+                ),
+                RouteDecision::NoMatch => (&routes.default_pool, None, Vec::new(), Vec::new()),
+                RouteDecision::Respond { status, headers, body } => {
+                    log.set(|e| e.status = status);
+                    return Ok(headers::direct_response(status, headers, body, id));
+                }
+            };
+            log.set(|e| e.pool = target.pool.name.clone());
+
+            let mut parts = Arc::try_unwrap(head).unwrap_or_else(|shared| (*shared).clone_parts());
+            let hash_key = hash_key
+                .or_else(|| pipeline::request_hash_key(&target.pool, &parts, conn.peer, conn.record.sni.as_deref()));
+            let upgrade = headers::prepare_request(&mut parts, conn.peer, &routes.settings, id, &request_edits);
+            let on_client_upgrade = upgrade.then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>()).flatten();
+            parts.version = if target.upstream.http2() { http::Version::HTTP_2 } else { http::Version::HTTP_11 };
+            (target, Outgoing { parts, body, hash_key, on_client_upgrade, response_edits })
+        };
         self.send(target, conn, request, id, log).await
     }
 
     /// Balance and send, retrying on another backend after a failed connect
     /// (a request without a body) or a status in `retry_on` (an idempotent
     /// request without a body, within the pool's retry budget).
-    async fn send(
-        &self,
-        target: &HttpPool,
-        conn: &Arc<ClientConn>,
+    #[allow(clippy::manual_async_fn)] // an `async fn` would keep its by-value parameters twice
+    fn send<'a>(
+        &'a self,
+        target: &'a HttpPool,
+        conn: &'a Arc<ClientConn>,
         request: Outgoing,
-        id: &HeaderValue,
-        log: &mut Line,
-    ) -> Result<Response<ProxyBody>, Failure> {
-        let Outgoing { parts, body, hash_key, on_client_upgrade, mut response_edits } = request;
-        let pool = &target.pool;
-        let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
-        // A request without a body can be sent again to another backend.
-        let idempotent = matches!(
-            parts.method,
-            http::Method::GET | http::Method::HEAD | http::Method::OPTIONS | http::Method::PUT | http::Method::DELETE
-        );
-        pool.retries.request();
-        let replayable = body.is_end_stream();
-        let mut body = Some(body);
-        let mut http_pick = HttpPick::default();
-        let mut parts = Some(parts);
-        let mut attempts = Attempts::new(pool, &conn.record, hash_key.as_deref());
-        loop {
-            // The balancer reads the head as it will be forwarded: its
-            // headers are lent to the pick (moved, not copied) and taken back.
-            let lend = |parts: &mut Option<http::request::Parts>, pick: &mut HttpPick| {
-                if let Some(p) = parts {
-                    std::mem::swap(&mut p.headers, &mut pick.headers);
-                }
-            };
-            lend(&mut parts, &mut http_pick);
-            let next = attempts.next(Some(&mut http_pick));
-            lend(&mut parts, &mut http_pick);
-            let Some(backend) = next.map_err(Failure::PluginFailed)? else { break };
-            log.set(|e| e.backend = backend.address.clone());
-            let outgoing: ProxyBody = match body.take() {
-                Some(b) if !b.is_end_stream() => {
-                    Counted::new(b, backend.stats.clone(), Direction::ToBackend, None).boxed_unsync()
-                }
-                _ => body::empty(),
-            };
-            // The head is copied only where another attempt may need it and
-            // the upstream would not give it back: a retry on a status, or
-            // HTTP/2 backends (whose failed connects keep the request).
-            let keep = replayable
-                && attempts.another_allowed()
-                && (target.upstream.http2() || !pool.settings.retry_on.is_empty());
-            let head = if keep { parts.as_ref().map(CloneParts::clone_parts) } else { parts.take() };
-            let head = head.ok_or(Failure::Unreachable)?;
-            let upstream = Request::from_parts(head, outgoing);
-            let active = backend.stats.open_request();
-            let started = Instant::now();
-            match target.upstream.send(&backend, upstream, path.clone(), pool.settings.response_timeout).await {
-                Ok(resp) => {
-                    backend.stats.record_latency(started.elapsed());
-                    let status = resp.status().as_u16();
-                    log.set(|e| {
-                        e.head = Some(started.elapsed());
-                        e.status = status;
-                    });
-                    backend.stats.record_status(status);
-                    // A status the pool retries on counts as a failed attempt
-                    // for passive health, as in nginx's proxy_next_upstream.
-                    let failed = pool.settings.retry_on.contains(&status);
-                    if failed || pool.settings.fail_on.contains(&status) {
-                        backend.stats.record_failed_response();
-                        pool.report_failure(&backend);
-                    } else {
-                        pool.report_success(&backend);
+        id: &'a HeaderValue,
+        log: &'a mut Line,
+    ) -> impl Future<Output = Result<Response<ProxyBody>, Failure>> + 'a {
+        async move {
+            // Fields taken one by one: destructuring would give every field a
+            // second slot in this future.
+            let (hash_key, on_client_upgrade, mut response_edits) =
+                (request.hash_key, request.on_client_upgrade, request.response_edits);
+            let pool = &target.pool;
+            let path = request.parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+            // A request without a body can be sent again to another backend.
+            let idempotent = matches!(
+                request.parts.method,
+                http::Method::GET
+                    | http::Method::HEAD
+                    | http::Method::OPTIONS
+                    | http::Method::PUT
+                    | http::Method::DELETE
+            );
+            pool.retries.request();
+            let replayable = request.body.is_end_stream();
+            let mut body = Some(request.body);
+            let mut http_pick = HttpPick::default();
+            let mut parts = Some(request.parts);
+            let mut attempts = Attempts::new(pool, &conn.record, hash_key.as_deref());
+            loop {
+                // The balancer reads the head as it will be forwarded: its
+                // headers are lent to the pick (moved, not copied) and taken back.
+                let lend = |parts: &mut Option<http::request::Parts>, pick: &mut HttpPick| {
+                    if let Some(p) = parts {
+                        std::mem::swap(&mut p.headers, &mut pick.headers);
                     }
-                    let retry = failed
-                        && idempotent
-                        && replayable
-                        && attempts.another_allowed()
-                        && pool.retries.try_retry(pool.settings.retry_budget);
-                    if retry {
-                        tracing::debug!(pool = %pool.name, backend = %backend.address, status = %resp.status(), "retrying on another backend");
-                        attempts.exclude(&backend);
-                        continue;
+                };
+                lend(&mut parts, &mut http_pick);
+                let next = attempts.next(Some(&mut http_pick));
+                lend(&mut parts, &mut http_pick);
+                let Some(backend) = next.map_err(Failure::PluginFailed)? else { break };
+                log.set(|e| e.backend = backend.address.clone());
+                let outgoing: ProxyBody = match body.take() {
+                    Some(b) if !b.is_end_stream() => {
+                        Counted::new(b, backend.stats.clone(), Direction::ToBackend, None).boxed_unsync()
                     }
-                    response_edits
-                        .extend(http_pick.response_headers.drain(..).map(|(name, value)| (name, Some(value))));
-                    let served = Served { backend, active, log: log.take() };
-                    return Ok(self.respond(resp, served, on_client_upgrade, conn, &response_edits, id));
+                    _ => body::empty(),
+                };
+                // The head is copied only where another attempt may need it and
+                // the upstream would not give it back: a retry on a status, or
+                // HTTP/2 backends (whose failed connects keep the request).
+                let keep = replayable
+                    && attempts.another_allowed()
+                    && (target.upstream.http2() || !pool.settings.retry_on.is_empty());
+                let head = if keep { parts.as_ref().map(CloneParts::clone_parts) } else { parts.take() };
+                let head = head.ok_or(Failure::Unreachable)?;
+                let upstream = Request::from_parts(head, outgoing);
+                let active = backend.stats.open_request();
+                let started = Instant::now();
+                match target.upstream.send(&backend, upstream, path.clone(), pool.settings.response_timeout).await {
+                    Ok(resp) => {
+                        backend.stats.record_latency(started.elapsed());
+                        let status = resp.status().as_u16();
+                        log.set(|e| {
+                            e.head = Some(started.elapsed());
+                            e.status = status;
+                        });
+                        backend.stats.record_status(status);
+                        // A status the pool retries on counts as a failed attempt
+                        // for passive health, as in nginx's proxy_next_upstream.
+                        let failed = pool.settings.retry_on.contains(&status);
+                        if failed || pool.settings.fail_on.contains(&status) {
+                            backend.stats.record_failed_response();
+                            pool.report_failure(&backend);
+                        } else {
+                            pool.report_success(&backend);
+                        }
+                        let retry = failed
+                            && idempotent
+                            && replayable
+                            && attempts.another_allowed()
+                            && pool.retries.try_retry(pool.settings.retry_budget);
+                        if retry {
+                            tracing::debug!(pool = %pool.name, backend = %backend.address, status = %resp.status(), "retrying on another backend");
+                            attempts.exclude(&backend);
+                            continue;
+                        }
+                        response_edits
+                            .extend(http_pick.response_headers.drain(..).map(|(name, value)| (name, Some(value))));
+                        let served = Served { backend, active, log: log.take() };
+                        return Ok(self.respond(resp, served, on_client_upgrade, conn, &response_edits, id));
+                    }
+                    Err(SendError::Connect(e, unsent)) => {
+                        tracing::debug!(pool = %pool.name, backend = %backend.address, "connect failed: {e}");
+                        if let Some(request) = unsent {
+                            parts = Some(request.into_parts().0);
+                        }
+                        attempts.failed(&backend);
+                        if !replayable {
+                            return Err(Failure::Unreachable);
+                        }
+                    }
+                    Err(SendError::Failed(e)) => return Err(Failure::BackendError(e)),
+                    Err(SendError::Timeout) => return Err(Failure::Timeout),
                 }
-                Err(SendError::Connect(e, unsent)) => {
-                    tracing::debug!(pool = %pool.name, backend = %backend.address, "connect failed: {e}");
-                    if let Some(request) = unsent {
-                        parts = Some(request.into_parts().0);
-                    }
-                    attempts.failed(&backend);
-                    if !replayable {
-                        return Err(Failure::Unreachable);
-                    }
-                }
-                Err(SendError::Failed(e)) => return Err(Failure::BackendError(e)),
-                Err(SendError::Timeout) => return Err(Failure::Timeout),
             }
+            Err(if attempts.failures() == 0 { Failure::NoBackend } else { Failure::Unreachable })
         }
-        Err(if attempts.failures() == 0 { Failure::NoBackend } else { Failure::Unreachable })
     }
 
     fn respond(
