@@ -1023,9 +1023,18 @@ impl Tally {
 /// One HTTP/1.1 GET on `stream`: whether the answer (a 200 from the `web`
 /// backend, read whole by its content-length) said `connection: close`.
 async fn get_on(stream: &mut tokio::net::TcpStream, path: &str, close: bool) -> Result<bool> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let connection = if close { "connection: close\r\n" } else { "" };
-    stream.write_all(format!("GET {path} HTTP/1.1\r\nhost: t\r\n{connection}\r\n").as_bytes()).await?;
+    let (head, _) = request_on(stream, path, connection).await?;
+    anyhow::ensure!(head.contains("x-backend: web"), "answer: {head}");
+    Ok(head.contains("connection: close"))
+}
+
+/// One HTTP/1.1 GET with `headers` (lines ending in CRLF) on `stream`: the
+/// answer's head (lowercased) and body, a 200 read whole by its
+/// content-length.
+async fn request_on(stream: &mut tokio::net::TcpStream, path: &str, headers: &str) -> Result<(String, Vec<u8>)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.write_all(format!("GET {path} HTTP/1.1\r\nhost: t\r\n{headers}\r\n").as_bytes()).await?;
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     let deadline = Duration::from_secs(10);
@@ -1038,7 +1047,6 @@ async fn get_on(stream: &mut tokio::net::TcpStream, path: &str, close: bool) -> 
         }
     };
     anyhow::ensure!(head.starts_with("http/1.1 200"), "answer: {head}");
-    anyhow::ensure!(head.contains("x-backend: web"), "answer: {head}");
     let length: usize = head
         .lines()
         .find_map(|l| l.strip_prefix("content-length:"))
@@ -1050,7 +1058,16 @@ async fn get_on(stream: &mut tokio::net::TcpStream, path: &str, close: bool) -> 
         anyhow::ensure!(n > 0, "closed in the body");
         got.extend_from_slice(&buf[..n]);
     }
-    Ok(head.contains("connection: close"))
+    Ok((head, got[body_at..body_at + length].to_vec()))
+}
+
+/// `GET /` of the admin API on a kept-alive `stream`: the pid of the
+/// process that answered and whether it said `connection: close`.
+async fn admin_pid_on(stream: &mut tokio::net::TcpStream) -> Result<(u32, bool)> {
+    let (head, body) = request_on(stream, "/", "authorization: Bearer t\r\n").await?;
+    let about: serde_json::Value = serde_json::from_slice(&body)?;
+    let pid = about["pid"].as_u64().ok_or_else(|| anyhow::anyhow!("no pid in GET /"))?;
+    Ok((pid as u32, head.contains("connection: close")))
 }
 
 /// A pid this test started indirectly (a process a weir upgrade started),
@@ -1194,6 +1211,10 @@ async fn an_upgrade_hands_the_sockets_to_a_new_process_and_no_request_is_refused
     // A listener added through the admin API lives only in this process:
     // the upgrade says it is not carried over, and the new process closes
     // the socket it was handed for it.
+    // An admin client between two requests on a kept-alive connection when
+    // the upgrade starts: the retiring process still answers its next one.
+    let mut admin_client = tokio::net::TcpStream::connect(&admin).await?;
+    assert_eq!(admin_pid_on(&mut admin_client).await?, (first.child.id(), false));
     let added = Command::new("curl")
         .args(["-s", "-f", "--max-time", "5", "-H", "authorization: Bearer t"])
         .args(["-d", r#"{"name": "extra", "bind": "127.0.0.1:0", "pool": "echo"}"#])
@@ -1206,6 +1227,8 @@ async fn an_upgrade_hands_the_sockets_to_a_new_process_and_no_request_is_refused
     let second = Pid(second);
     assert!(done.stdout.contains("warning: not carried over: the config in force is not"), "{}", done.stdout);
     assert_ne!(second.0, first.child.id());
+    assert_eq!(admin_pid_on(&mut admin_client).await?, (first.child.id(), true));
+    drop(admin_client);
     echo_on(&mut long, b"during").await?;
     let mark = (served(&http_tally), served(&tcp_tally));
     eventually_blocking("load after the first upgrade", || {

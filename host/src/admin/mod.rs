@@ -613,11 +613,20 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// How long a retiring process waits for the next request on an admin
+/// connection it accepted (see [`serve`]).
+const RETIRING_IDLE: Duration = Duration::from_secs(5);
+
 /// Serve the admin API on `listener` until `stop`.
 ///
-/// At the stop, idle connections close and requests in progress (the answer
-/// to `POST /upgrade` among them, or a plugin push under way) get up to
-/// `grace` to be answered.
+/// At a plain stop, idle connections close and requests in progress (a
+/// plugin push under way among them) get up to `grace` to be answered.
+/// Handing over to a successor, a connection this process accepted is still
+/// its to answer, as on the listeners: a client may have sent its request
+/// (or be about to) on a connection accepted a moment before the stop, so
+/// each connection gets its next request answered, with `connection:
+/// close` (the answer to `POST /upgrade` among them), or closes after
+/// [`RETIRING_IDLE`] without one.
 pub async fn serve(listener: TcpListener, control: Arc<Control>, stop: CancellationToken, grace: Duration) {
     let connections = tokio_util::task::TaskTracker::new();
     loop {
@@ -632,9 +641,17 @@ pub async fn serve(listener: TcpListener, control: Arc<Control>, stop: Cancellat
         let control = control.clone();
         let stop = stop.clone();
         connections.spawn(async move {
+            let core = control.core.clone();
             let service = hyper::service::service_fn(move |req| {
                 let control = control.clone();
-                async move { Ok::<_, std::convert::Infallible>(control.handle(req).await) }
+                async move {
+                    let core = control.core.clone();
+                    let mut answer = control.handle(req).await;
+                    if core.is_retiring() {
+                        answer.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+                    }
+                    Ok::<_, std::convert::Infallible>(answer)
+                }
             });
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).http1_only();
             let connection = builder.serve_connection(TokioIo::new(stream), service);
@@ -642,8 +659,12 @@ pub async fn serve(listener: TcpListener, control: Arc<Control>, stop: Cancellat
             tokio::select! {
                 _ = connection.as_mut() => {}
                 _ = stop.cancelled() => {
-                    connection.as_mut().graceful_shutdown();
-                    let _ = connection.await;
+                    if core.is_retiring() {
+                        let _ = tokio::time::timeout(RETIRING_IDLE.min(grace), connection.as_mut()).await;
+                    } else {
+                        connection.as_mut().graceful_shutdown();
+                        let _ = connection.await;
+                    }
                 }
             }
         });
