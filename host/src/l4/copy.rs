@@ -9,14 +9,23 @@ use std::io;
 use std::net::Shutdown;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 
 /// Copy both ways until both sides are done, an error occurs, or neither side
 /// moves a byte for `idle`. Counts bytes into `stats` (tx: to the backend).
-pub async fn proxy(client: TcpStream, backend: TcpStream, stats: &BackendStats, idle: Duration) -> io::Result<()> {
+pub async fn proxy(
+    mut client: TcpStream,
+    mut backend: TcpStream,
+    stats: &BackendStats,
+    idle: Duration,
+) -> io::Result<()> {
     let last = AtomicU64::new(crate::clock::now_nanos());
-    let up = one_way(&client, &backend, &last, |n| stats.add_tx(n));
-    let down = one_way(&backend, &client, &last, |n| stats.add_rx(n));
+    let (client_r, client_w) = client.split();
+    let (backend_r, backend_w) = backend.split();
+    let up = one_way(client_r, backend_w, &last, |n| stats.add_tx(n));
+    let down = one_way(backend_r, client_w, &last, |n| stats.add_rx(n));
     tokio::select! {
         r = async { tokio::try_join!(up, down) } => r.map(|_| ()),
         _ = idle_watch(&last, idle) => Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout")),
@@ -48,41 +57,44 @@ fn shutdown_write(s: &TcpStream) {
 /// `splice-auto`): splicing a few bytes costs more than copying them. The
 /// buffer is taken at the first byte, so a silent connection holds none.
 /// Elsewhere the buffered copy carries everything.
-async fn one_way(src: &TcpStream, dst: &TcpStream, last: &AtomicU64, count: impl Fn(u64)) -> io::Result<()> {
+///
+/// Reads and writes go through tokio's `AsyncRead`/`AsyncWrite` of the
+/// stream's halves, not `readable()` and `try_read`: those take a read that
+/// came back short as the sign the socket is drained (true with epoll's
+/// edge-triggered events, which report the next byte to arrive), so a
+/// message costs one `recvfrom`, not a second one that says `EAGAIN`.
+async fn one_way(
+    mut src: ReadHalf<'_>,
+    mut dst: WriteHalf<'_>,
+    last: &AtomicU64,
+    count: impl Fn(u64),
+) -> io::Result<()> {
     const BUF: usize = 16 << 10;
     let mut buf = Vec::new();
     loop {
-        src.readable().await?;
         if buf.is_empty() {
+            src.as_ref().readable().await?;
             buf = vec![0u8; BUF];
         }
-        let n = match src.try_read(&mut buf) {
-            Ok(0) => {
-                shutdown_write(dst);
-                return Ok(());
-            }
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
-        };
+        let n = src.read(&mut buf).await?;
+        if n == 0 {
+            shutdown_write(dst.as_ref());
+            return Ok(());
+        }
         touch(last);
         count(n as u64);
         let mut off = 0;
         while off < n {
-            dst.writable().await?;
-            match dst.try_write(&buf[off..n]) {
-                Ok(w) => {
-                    off += w;
-                    touch(last);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
+            match dst.write(&buf[off..n]).await? {
+                0 => return Err(io::ErrorKind::WriteZero.into()),
+                w => off += w,
             }
+            touch(last);
         }
         #[cfg(target_os = "linux")]
         if n == BUF {
             drop(buf);
-            return splice_rest(src, dst, last, count).await;
+            return splice_rest(src.as_ref(), dst.as_ref(), last, count).await;
         }
     }
 }
@@ -184,7 +196,6 @@ async fn copy_io(
     last: &AtomicU64,
     count: impl Fn(u64),
 ) -> io::Result<()> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut buf = vec![0u8; 16 << 10];
     loop {
         let n = match src.read(&mut buf).await {
