@@ -632,51 +632,57 @@ const REQUEST_TIMEOUT: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nconnection: clo
 /// hyper's buffers and the connection's state are built (and boxed) only
 /// then, so idle connections stay cheap. A client silent for the listener's
 /// `header_timeout` is closed (with a 408 on plain HTTP).
-async fn serve_connection(
+/// (A function returning an `async` block rather than an `async fn`: an
+/// `async fn` keeps its by-value parameters twice, the arguments and the
+/// body's bindings, and this future is what every idle connection costs.)
+#[allow(clippy::manual_async_fn)] // an `async fn` would keep its by-value parameters twice
+fn serve_connection(
     service: Arc<HttpService>,
     stream: TcpStream,
     peer: SocketAddr,
     open: OpenConnection,
     stop: CancellationToken,
-) {
-    let (header_timeout, plain) = {
-        let routes = service.routes.load();
-        (routes.settings.header_timeout, routes.tls.is_none() && routes.proxy_accept.is_none())
-    };
-    // The first byte, the timeout and a stop polled by hand: a `select!` of
-    // `timeout(peek)` and `cancelled()` makes this waiting future twice as big.
-    // A peek, not `readable()`: readiness may be reported with no byte there.
-    // A connection accepted just before a successor took over is still
-    // this process's to answer: only a plain stop closes it here.
-    let first = {
-        let mut expired = std::pin::pin!(tokio::time::sleep(header_timeout));
-        let mut stopped = std::pin::pin!(stop.cancelled());
-        let retiring = &service.retiring;
-        std::future::poll_fn(|cx| {
-            use std::{future::Future, task::Poll};
-            if stopped.as_mut().poll(cx).is_ready() && !retiring.load(std::sync::atomic::Ordering::Relaxed) {
-                return Poll::Ready(None);
+) -> impl std::future::Future<Output = ()> + Send {
+    async move {
+        let (header_timeout, plain) = {
+            let routes = service.routes.load();
+            (routes.settings.header_timeout, routes.tls.is_none() && routes.proxy_accept.is_none())
+        };
+        // The first byte, the timeout and a stop polled by hand: a `select!` of
+        // `timeout(peek)` and `cancelled()` makes this waiting future twice as big.
+        // A peek, not `readable()`: readiness may be reported with no byte there.
+        // A connection accepted just before a successor took over is still
+        // this process's to answer: only a plain stop closes it here.
+        let first = {
+            let mut expired = std::pin::pin!(tokio::time::sleep(header_timeout));
+            let mut stopped = std::pin::pin!(stop.cancelled());
+            let retiring = &service.retiring;
+            std::future::poll_fn(|cx| {
+                use std::{future::Future, task::Poll};
+                if stopped.as_mut().poll(cx).is_ready() && !retiring.load(std::sync::atomic::Ordering::Relaxed) {
+                    return Poll::Ready(None);
+                }
+                let mut byte = [0u8; 1];
+                if let Poll::Ready(r) = stream.poll_peek(cx, &mut tokio::io::ReadBuf::new(&mut byte)) {
+                    return Poll::Ready(Some(r));
+                }
+                expired.as_mut().poll(cx).map(|()| Some(Err(std::io::ErrorKind::TimedOut.into())))
+            })
+            .await
+        };
+        match first {
+            None | Some(Ok(0)) => return,
+            Some(Ok(_)) => {}
+            Some(Err(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
+                if plain {
+                    let _ = stream.try_write(REQUEST_TIMEOUT);
+                }
+                return tracing::debug!(listener = %service.name, %peer, "no request within header_timeout");
             }
-            let mut byte = [0u8; 1];
-            if let Poll::Ready(r) = stream.poll_peek(cx, &mut tokio::io::ReadBuf::new(&mut byte)) {
-                return Poll::Ready(Some(r));
-            }
-            expired.as_mut().poll(cx).map(|()| Some(Err(std::io::ErrorKind::TimedOut.into())))
-        })
-        .await
-    };
-    match first {
-        None | Some(Ok(0)) => return,
-        Some(Ok(_)) => {}
-        Some(Err(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
-            if plain {
-                let _ = stream.try_write(REQUEST_TIMEOUT);
-            }
-            return tracing::debug!(listener = %service.name, %peer, "no request within header_timeout");
+            Some(Err(e)) => return tracing::debug!(listener = %service.name, %peer, "connection: {e}"),
         }
-        Some(Err(e)) => return tracing::debug!(listener = %service.name, %peer, "connection: {e}"),
+        Box::pin(serve_active(service, stream, peer, open, stop)).await
     }
-    Box::pin(serve_active(service, stream, peer, open, stop)).await
 }
 
 /// A connection whose client has started talking.
