@@ -181,16 +181,33 @@ impl Acceptor {
             Acceptor::Here(l) => l.accept().await.map(|(s, peer)| (Accepted::Registered(s), peer)),
             Acceptor::Handoff(l) => loop {
                 let mut ready = l.readable().await?;
-                match l.get_ref().accept() {
-                    Ok((s, peer)) => {
-                        s.set_nonblocking(true)?;
-                        return Ok((Accepted::Detached(s), peer));
-                    }
+                match accept_nonblocking(l.get_ref()) {
+                    Ok((s, peer)) => return Ok((Accepted::Detached(s), peer)),
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => ready.clear_ready(),
                     Err(e) => return Err(e),
                 }
             },
         }
+    }
+}
+
+/// Accept a connection as a non-blocking socket: on Linux `accept4` with
+/// `SOCK_NONBLOCK`, one syscall per connection where `accept` and
+/// `set_nonblocking` take two (tokio's own accept does the same).
+fn accept_nonblocking(listener: &std::net::TcpListener) -> std::io::Result<(std::net::TcpStream, SocketAddr)> {
+    #[cfg(target_os = "linux")]
+    {
+        use rustix::net::SocketFlags;
+        let (fd, peer) = rustix::net::acceptfrom_with(listener, SocketFlags::NONBLOCK | SocketFlags::CLOEXEC)?;
+        let peer = peer.and_then(|a| SocketAddr::try_from(a).ok());
+        let peer = peer.ok_or_else(|| std::io::Error::other("accepted a connection without an IP address"))?;
+        Ok((std::net::TcpStream::from(fd), peer))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let (socket, peer) = listener.accept()?;
+        socket.set_nonblocking(true)?;
+        Ok((socket, peer))
     }
 }
 
