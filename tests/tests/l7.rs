@@ -539,13 +539,24 @@ fn worker_loops_take_connections_evenly_and_keep_exact_turns() -> Result<()> {
         a.addr, b.addr
     );
     let weir = WeirProcess::spawn(std::path::Path::new(env!("CARGO_BIN_EXE_weir-under-test")), "worker-loops", &text)?;
-    let mut threads: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", weir.child.id()))?
-        .flatten()
-        .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
-        .map(|name| name.trim().to_string())
-        .filter(|name| name.starts_with("weir-worker"))
-        .collect();
-    threads.sort();
+    // A thread names itself once it first runs, which on a busy machine
+    // may be after weir logged its listener: poll, within a bound.
+    let workers = || -> Result<Vec<String>> {
+        let mut threads: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", weir.child.id()))?
+            .flatten()
+            .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+            .map(|name| name.trim().to_string())
+            .filter(|name| name.starts_with("weir-worker"))
+            .collect();
+        threads.sort();
+        Ok(threads)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut threads = workers()?;
+    while threads.len() < 3 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        threads = workers()?;
+    }
     assert_eq!(threads, ["weir-worker-0", "weir-worker-1", "weir-worker-2"]);
     let admin = weir.logged_address("admin API listening")?;
     let addr = weir.addr;
