@@ -645,9 +645,8 @@ pub async fn serve(listener: TcpListener, control: Arc<Control>, stop: Cancellat
             let service = hyper::service::service_fn(move |req| {
                 let control = control.clone();
                 async move {
-                    let core = control.core.clone();
-                    let mut answer = control.handle(req).await;
-                    if core.is_retiring() {
+                    let mut answer = control.clone().handle(req).await;
+                    if control.core.is_retiring() {
                         answer.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
                     }
                     Ok::<_, std::convert::Infallible>(answer)

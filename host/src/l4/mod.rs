@@ -197,10 +197,8 @@ impl TcpService {
         log.set(|e| e.client = peer.to_string());
         // A listener bound to one address accepts on that address alone:
         // `getsockname` only when it is bound to all of them.
-        let local = match self.local.ip().is_unspecified() {
-            true => client.local_addr().unwrap_or(self.local),
-            false => self.local,
-        };
+        let local =
+            if self.local.ip().is_unspecified() { client.local_addr().unwrap_or(self.local) } else { self.local };
         let _ = client.set_nodelay(true);
         let protocol = if matches!(routes.tls, TlsMode::None) { types::Protocol::Tcp } else { types::Protocol::Tls };
         let mut conn = bindings::connection_record(peer, self.local, self.listener_id, protocol);
