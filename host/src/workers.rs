@@ -101,9 +101,34 @@ pub async fn accept<F, Fut>(
     F: Fn(TcpStream, SocketAddr, Ticket) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    // The connection's future is made here, from the registered socket,
+    // and spawned as it is: a future keeps a slot for everything it
+    // captures for its whole life, so wrapping the making in an `async`
+    // block kept the socket, the peer and the ticket twice, and awaiting
+    // the task inside another block kept the whole of it twice (an idle
+    // connection cost 1 888 bytes with two workers instead of 840).
+    hand_off(listener, name, caps, stop, move |socket, peer, ticket, place| {
+        let stream = place.register(socket)?;
+        place.spawn(tracker.track_future(serve(stream, peer, ticket)));
+        Ok(())
+    })
+    .await
+}
+
+/// Accept as [`accept`] does, and give `take` each admitted connection,
+/// not yet registered with any reactor, with the loop it is to run on.
+pub async fn hand_off<F>(
+    listener: TcpListener,
+    name: &str,
+    caps: Arc<ConnectionCaps>,
+    stop: CancellationToken,
+    mut take: F,
+) where
+    F: FnMut(std::net::TcpStream, SocketAddr, Ticket, Place) -> std::io::Result<()>,
+{
     let acceptor = match Acceptor::new(listener) {
         Ok(a) => a,
-        Err(e) => return tracing::error!(listener = %name, "cannot hand connections to workers: {e}"),
+        Err(e) => return tracing::error!(listener = %name, "cannot accept connections: {e}"),
     };
     loop {
         if !caps.room(&stop).await {
@@ -124,69 +149,44 @@ pub async fn accept<F, Fut>(
         };
         if let Some(reason) = caps.overload.refusing_connection() {
             caps.overload.shed(reason);
-            socket.refuse(caps.shed_refusal());
+            refuse(socket, caps.shed_refusal());
             tracing::debug!(listener = %name, %peer, reason = reason.name(), "shed: overloaded");
             continue;
         }
         let Some(ticket) = caps.admit(&stop).await else { break };
         let Some(ticket) = ticket.for_client(peer.ip()) else {
-            socket.refuse(caps.refusal());
+            refuse(socket, caps.refusal());
             tracing::debug!(listener = %name, %peer, "refused: the client is at max_connections_per_client");
             continue;
         };
-        // The connection's future is made here, from the registered socket,
-        // and spawned as it is: a future keeps a slot for everything it
-        // captures for its whole life, so wrapping the making in an `async`
-        // block kept the socket, the peer and the ticket twice, and awaiting
-        // the task inside another block kept the whole of it twice (an idle
-        // connection cost 1 888 bytes with two workers instead of 840).
-        let started = match LOOPS.get() {
-            Some(loops) => loops.start(socket, |stream| tracker.track_future(serve(stream, peer, ticket))),
-            None => socket.register().map(|stream| drop(tracker.spawn(serve(stream, peer, ticket)))),
-        };
-        if let Err(e) = started {
+        if let Err(e) = take(socket, peer, ticket, Place::choose()) {
             tracing::warn!(listener = %name, "accepted connection dropped: {e}");
         }
     }
 }
 
-/// A listening socket: registered with this runtime when it serves its own
-/// connections; with worker loops, only the listener is, and each accepted
-/// socket is registered with the reactor of the loop that serves it.
-enum Acceptor {
-    Here(TcpListener),
-    Handoff(tokio::io::unix::AsyncFd<std::net::TcpListener>),
-}
-
-/// An accepted connection, before it is registered with a reactor.
-enum Accepted {
-    Registered(TcpStream),
-    Detached(std::net::TcpStream),
-}
+/// A listening socket, registered with the runtime of its accept loop.
+/// Accepted sockets are not: each is registered with the reactor of the
+/// loop that serves it, when it needs one ([`Place::register`]).
+struct Acceptor(tokio::io::unix::AsyncFd<std::net::TcpListener>);
 
 impl Acceptor {
     fn new(listener: TcpListener) -> std::io::Result<Self> {
-        if LOOPS.get().is_none() {
-            return Ok(Acceptor::Here(listener));
-        }
         let listener = listener.into_std()?;
         // SAFETY: the `AsyncFd` owns the listener, whose descriptor stays
         // open and the same for as long as the `AsyncFd` lives.
         let registered = unsafe { tokio::io::unix::AsyncFd::register(listener) };
-        Ok(Acceptor::Handoff(registered.map_err(std::io::Error::from)?))
+        Ok(Acceptor(registered.map_err(std::io::Error::from)?))
     }
 
-    async fn accept(&self) -> std::io::Result<(Accepted, SocketAddr)> {
-        match self {
-            Acceptor::Here(l) => l.accept().await.map(|(s, peer)| (Accepted::Registered(s), peer)),
-            Acceptor::Handoff(l) => loop {
-                let mut ready = l.readable().await?;
-                match accept_nonblocking(l.get_ref()) {
-                    Ok((s, peer)) => return Ok((Accepted::Detached(s), peer)),
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => ready.clear_ready(),
-                    Err(e) => return Err(e),
-                }
-            },
+    async fn accept(&self) -> std::io::Result<(std::net::TcpStream, SocketAddr)> {
+        loop {
+            let mut ready = self.0.readable().await?;
+            match accept_nonblocking(self.0.get_ref()) {
+                Ok(accepted) => return Ok(accepted),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => ready.clear_ready(),
+                Err(e) => return Err(e),
+            }
         }
     }
 }
@@ -211,58 +211,71 @@ fn accept_nonblocking(listener: &std::net::TcpListener) -> std::io::Result<(std:
     }
 }
 
-impl Accepted {
-    /// The socket, registered with the reactor of the runtime entered.
-    fn register(self) -> std::io::Result<TcpStream> {
-        match self {
-            Accepted::Registered(s) => Ok(s),
-            Accepted::Detached(s) => TcpStream::from_std(s),
-        }
-    }
-
-    /// Tell a refused client why (best effort: never waits), then close.
-    fn refuse(self, why: &[u8]) {
-        if why.is_empty() {
-            return;
-        }
-        match self {
-            Accepted::Registered(s) => drop(s.try_write(why)),
-            Accepted::Detached(mut s) => drop(std::io::Write::write(&mut s, why)),
-        }
+/// Tell a refused client why (best effort: never waits), then close.
+fn refuse(mut socket: std::net::TcpStream, why: &[u8]) {
+    if !why.is_empty() {
+        drop(std::io::Write::write(&mut socket, why));
     }
 }
 
-impl Loops {
-    /// Register `socket` with the loop with the fewest connections and run
-    /// there the task `serve` makes of it.
-    fn start<Fut>(&self, socket: Accepted, serve: impl FnOnce(TcpStream) -> Fut) -> std::io::Result<()>
+/// The loop a connection runs on, counted there until it ends (with one
+/// loop, the runtime of the accept loop, and nothing is counted).
+pub struct Place {
+    running: Running,
+}
+
+impl Place {
+    /// The loop with the fewest connections.
+    fn choose() -> Place {
+        let Some(loops) = LOOPS.get() else { return Place { running: Running(None) } };
+        let counts = loops.connections.iter().map(|c| c.load(Relaxed));
+        let i = counts.enumerate().min_by_key(|&(_, c)| c).map_or(0, |(i, _)| i);
+        loops.connections[i].fetch_add(1, Relaxed);
+        Place { running: Running(Some(i)) }
+    }
+
+    /// The loop's index, as [`index`] tells on it.
+    pub fn index(&self) -> usize {
+        self.running.0.unwrap_or(0)
+    }
+
+    /// `socket`, registered with the loop's reactor. Registering from
+    /// another thread is safe: the reactor's registry is shared, and an
+    /// edge-triggered registration of a socket that is readable already
+    /// reports it at once.
+    pub fn register(&self, socket: std::net::TcpStream) -> std::io::Result<TcpStream> {
+        match (LOOPS.get(), self.running.0) {
+            (Some(loops), Some(i)) => {
+                let _entered = loops.handles[i].enter();
+                TcpStream::from_std(socket)
+            }
+            _ => TcpStream::from_std(socket),
+        }
+    }
+
+    /// Run `task` on the loop; the connection counts there until it ends.
+    pub fn spawn<Fut>(self, task: Fut)
     where
         Fut: Future<Output = ()> + Send + 'static,
     {
         use futures::FutureExt;
-        let counts = self.connections.iter().map(|c| c.load(Relaxed));
-        let i = counts.enumerate().min_by_key(|&(_, c)| c).map_or(0, |(i, _)| i);
-        // Registering from this thread is safe: the reactor's registry is
-        // shared, and an edge-triggered registration of a socket that is
-        // readable already reports it at once.
-        let stream = {
-            let _entered = self.handles[i].enter();
-            socket.register()?
-        };
-        self.connections[i].fetch_add(1, Relaxed);
-        let running = Running(i);
-        drop(self.handles[i].spawn(serve(stream).map(move |()| drop(running))));
-        Ok(())
+        let Place { running } = self;
+        let on = running.0;
+        let task = task.map(move |()| drop(running));
+        match (LOOPS.get(), on) {
+            (Some(loops), Some(i)) => drop(loops.handles[i].spawn(task)),
+            _ => drop(tokio::spawn(task)),
+        }
     }
 }
 
-/// Counts a connection on its loop until it ends.
-struct Running(usize);
+/// Counts a connection on its worker loop until it ends.
+struct Running(Option<usize>);
 
 impl Drop for Running {
     fn drop(&mut self) {
-        if let Some(loops) = LOOPS.get() {
-            loops.connections[self.0].fetch_sub(1, Relaxed);
+        if let (Some(loops), Some(i)) = (LOOPS.get(), self.0) {
+            loops.connections[i].fetch_sub(1, Relaxed);
         }
     }
 }

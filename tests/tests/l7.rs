@@ -620,6 +620,99 @@ fn worker_loops_take_connections_evenly_and_keep_exact_turns() -> Result<()> {
 }
 
 #[test]
+fn silent_clients_wait_on_their_loops_and_get_408_at_header_timeout() -> Result<()> {
+    // Two worker loops, each with its waiting room: 30 clients connect and
+    // say nothing, one hangs up at once, one speaks late but in time.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let a = rt.block_on(HttpBackend::start("a"))?;
+    let text = format!(
+        "[runtime]\nworkers = 2\n\n[pools.p]\nbackends = [\"{}\"]\n\n\
+         [listeners.web]\nbind = \"127.0.0.1:0\"\nprotocol = \"http\"\npool = \"p\"\nheader_timeout = \"1s\"\n\n\
+         [admin]\nbind = \"127.0.0.1:0\"\n",
+        a.addr
+    );
+    let weir = WeirProcess::spawn(std::path::Path::new(env!("CARGO_BIN_EXE_weir-under-test")), "silent", &text)?;
+    let admin = weir.logged_address("admin API listening")?;
+    let addr = weir.addr;
+    rt.block_on(async {
+        let per_worker = || async {
+            let got =
+                send(&client_h1(), Request::get(format!("http://{admin}/metrics")).body(body(Bytes::new()))?).await?;
+            let text = String::from_utf8(got.body.to_vec())?;
+            let counts: Vec<f64> = text
+                .lines()
+                .filter(|l| l.starts_with("weir_worker_active_connections{"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+                .collect();
+            anyhow::Ok(counts)
+        };
+        let opened = std::time::Instant::now();
+        let mut silent = Vec::new();
+        for _ in 0..30 {
+            silent.push(tokio::net::TcpStream::connect(addr).await?);
+        }
+        drop(tokio::net::TcpStream::connect(addr).await?);
+        let mut late = tokio::net::TcpStream::connect(addr).await?;
+        // The 31 that stay are counted on their loops, evenly.
+        let deadline = tokio::time::Instant::now() + STEP;
+        loop {
+            let counts = per_worker().await?;
+            if counts.len() == 2 && counts.iter().sum::<f64>() == 31.0 {
+                assert!(counts.iter().all(|&c| c >= 14.0), "spread over both loops: {counts:?}");
+                break;
+            }
+            anyhow::ensure!(tokio::time::Instant::now() < deadline, "waiting connections counted: {counts:?}");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        late.write_all(b"GET /late HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await?;
+        let mut got = Vec::new();
+        tokio::time::timeout(STEP, late.read_to_end(&mut got)).await??;
+        let text = String::from_utf8_lossy(&got).to_lowercase();
+        assert!(text.starts_with("http/1.1 200 ok\r\n") && text.contains("x-seen-path: /late"), "{text}");
+        for (i, mut s) in silent.into_iter().enumerate() {
+            let mut got = Vec::new();
+            tokio::time::timeout(STEP, s.read_to_end(&mut got)).await??;
+            let text = String::from_utf8_lossy(&got);
+            assert!(text.starts_with("HTTP/1.1 408 Request Timeout\r\n"), "silent client {i}: {text:?}");
+            let waited = opened.elapsed();
+            assert!(waited >= std::time::Duration::from_millis(900), "closed after {waited:?}");
+        }
+        // Served, timed out or gone: nothing is left on the loops.
+        let deadline = tokio::time::Instant::now() + STEP;
+        loop {
+            let counts = per_worker().await?;
+            if counts == [0.0, 0.0] {
+                break;
+            }
+            anyhow::ensure!(tokio::time::Instant::now() < deadline, "connections still counted: {counts:?}");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let got = send(&client_h1(), get(addr, "x", "/after")).await?;
+        assert_eq!(got.status, StatusCode::OK);
+        anyhow::Ok(())
+    })?;
+    drop(weir);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_closes_connections_still_waiting_for_their_first_byte() -> Result<()> {
+    use tokio::io::AsyncReadExt;
+    let a = HttpBackend::start("a").await?;
+    let weir = start_weir(&http_config(&[("p", &[&a])], "header_timeout = \"60s\"", "")).await?;
+    let addr = weir.listener_addr("web").unwrap();
+    let mut silent = tokio::net::TcpStream::connect(addr).await?;
+    eventually("the silent connection counted", || weir.core().open_connections() == 1).await?;
+    // The stop does not wait for its header_timeout, and says nothing.
+    tokio::time::timeout(STEP, weir.shutdown()).await?;
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(STEP, silent.read_to_end(&mut rest)).await?.unwrap_or(0);
+    assert_eq!(n, 0, "closed without an answer: {:?}", String::from_utf8_lossy(&rest));
+    Ok(())
+}
+
+#[test]
 fn one_gib_each_way_with_bounded_memory() -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let backend = rt.block_on(HttpBackend::start("big"))?;

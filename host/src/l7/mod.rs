@@ -5,6 +5,7 @@
 mod body;
 mod client;
 pub mod headers;
+mod waiting;
 
 use crate::access_log::Line;
 use crate::pipeline::{self, Admission, Attempts, Refusal};
@@ -599,11 +600,12 @@ where
 /// Serve HTTP on `listener` until `stop` is cancelled.
 pub async fn serve(listener: TcpListener, service: Arc<HttpService>, stop: CancellationToken, tracker: TaskTracker) {
     let name = service.name.clone();
-    let connection_stop = stop.clone();
     let caps = service.caps.clone();
-    crate::workers::accept(listener, &name, caps, stop, tracker, move |stream, peer, ticket| {
+    let rooms = waiting::Rooms::open(&service, &stop, &tracker);
+    crate::workers::hand_off(listener, &name, caps, stop, move |socket, peer, ticket, place| {
         let open = OpenConnection { _counted: service.stats.accepted(), _ticket: ticket };
-        serve_connection(service.clone(), stream, peer, open, connection_stop.clone())
+        rooms.admit(&service, socket, peer, open, place);
+        Ok(())
     })
     .await
 }
@@ -627,65 +629,7 @@ pub const OVERLOADED: &[u8] =
 /// Answer of a plain HTTP listener to a client that sent nothing in time.
 const REQUEST_TIMEOUT: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
 
-/// A new client connection. Until its first byte arrives it costs this small
-/// future, a timer and the socket: the PROXY header parse, the TLS handshake,
-/// hyper's buffers and the connection's state are built (and boxed) only
-/// then, so idle connections stay cheap. A client silent for the listener's
-/// `header_timeout` is closed (with a 408 on plain HTTP).
-/// (A function returning an `async` block rather than an `async fn`: an
-/// `async fn` keeps its by-value parameters twice, the arguments and the
-/// body's bindings, and this future is what every idle connection costs.)
-#[allow(clippy::manual_async_fn)] // an `async fn` would keep its by-value parameters twice
-fn serve_connection(
-    service: Arc<HttpService>,
-    stream: TcpStream,
-    peer: SocketAddr,
-    open: OpenConnection,
-    stop: CancellationToken,
-) -> impl std::future::Future<Output = ()> + Send {
-    async move {
-        let (header_timeout, plain) = {
-            let routes = service.routes.load();
-            (routes.settings.header_timeout, routes.tls.is_none() && routes.proxy_accept.is_none())
-        };
-        // The first byte, the timeout and a stop polled by hand: a `select!` of
-        // `timeout(peek)` and `cancelled()` makes this waiting future twice as big.
-        // A peek, not `readable()`: readiness may be reported with no byte there.
-        // A connection accepted just before a successor took over is still
-        // this process's to answer: only a plain stop closes it here.
-        let first = {
-            let mut expired = std::pin::pin!(tokio::time::sleep(header_timeout));
-            let mut stopped = std::pin::pin!(stop.cancelled());
-            let retiring = &service.retiring;
-            std::future::poll_fn(|cx| {
-                use std::{future::Future, task::Poll};
-                if stopped.as_mut().poll(cx).is_ready() && !retiring.load(std::sync::atomic::Ordering::Relaxed) {
-                    return Poll::Ready(None);
-                }
-                let mut byte = [0u8; 1];
-                if let Poll::Ready(r) = stream.poll_peek(cx, &mut tokio::io::ReadBuf::new(&mut byte)) {
-                    return Poll::Ready(Some(r));
-                }
-                expired.as_mut().poll(cx).map(|()| Some(Err(std::io::ErrorKind::TimedOut.into())))
-            })
-            .await
-        };
-        match first {
-            None | Some(Ok(0)) => return,
-            Some(Ok(_)) => {}
-            Some(Err(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
-                if plain {
-                    let _ = stream.try_write(REQUEST_TIMEOUT);
-                }
-                return tracing::debug!(listener = %service.name, %peer, "no request within header_timeout");
-            }
-            Some(Err(e)) => return tracing::debug!(listener = %service.name, %peer, "connection: {e}"),
-        }
-        Box::pin(serve_active(service, stream, peer, open, stop)).await
-    }
-}
-
-/// A connection whose client has started talking.
+/// A connection whose client has started talking (see [`waiting`]).
 async fn serve_active(
     service: Arc<HttpService>,
     mut stream: TcpStream,
