@@ -40,27 +40,44 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
 /// Remove hop-by-hop fields, including those the `Connection` field names.
 /// `TE: trailers` survives (HTTP/2 and gRPC need it).
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // The usual head has none but `Connection`, or none at all: look before
-    // removing (a removal hashes and probes even when nothing is there).
-    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+    // The usual head has none but `Connection: keep-alive` (or `close`), or
+    // none at all: see which are there in one pass, and remove only those (a
+    // removal hashes and probes even when nothing is there).
+    let mut present = 0u8; // bit i: HOP_BY_HOP[i]
+    for key in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == key) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
         return;
     }
+    // What `Connection` names beyond those (and its `close`): parsed as
+    // header names only then, since a name that is not a standard one is
+    // allocated.
+    let fixed =
+        |t: &str| t.eq_ignore_ascii_case("close") || HOP_BY_HOP.iter().any(|h| t.eq_ignore_ascii_case(h.as_str()));
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && !fixed(t))
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect();
-    let te_trailers = headers
-        .get(header::TE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
+    let te_trailers = present & (1 << 3) != 0
+        && headers
+            .get(header::TE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
     for name in named {
         headers.remove(name);
     }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
     if te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
@@ -188,9 +205,30 @@ mod tests {
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("te", HeaderValue::from_static("trailers, deflate"));
         h.insert("x-kept", HeaderValue::from_static("yes"));
+        h.insert("upgrade", HeaderValue::from_static("h2c"));
         strip_hop_by_hop(&mut h);
         assert!(!h.contains_key("connection") && !h.contains_key("x-secret") && !h.contains_key("keep-alive"));
+        assert!(!h.contains_key("upgrade"));
         assert_eq!(h["te"], "trailers");
+        assert_eq!(h["x-kept"], "yes");
+        // `Connection` naming a fixed one, in any case, and `close`.
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("Keep-Alive, close, X-Other"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-other", HeaderValue::from_static("1"));
+        h.insert("content-length", HeaderValue::from_static("2"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.keys().map(HeaderName::as_str).collect::<Vec<_>>(), ["content-length"]);
+        // A head with none keeps everything, `TE` included.
+        let mut h = HeaderMap::new();
+        h.insert("te", HeaderValue::from_static("gzip"));
+        h.insert("x-kept", HeaderValue::from_static("yes"));
+        let mut only_te = h.clone();
+        only_te.remove("x-kept");
+        strip_hop_by_hop(&mut only_te);
+        assert!(only_te.is_empty(), "TE without trailers goes");
+        h.remove("te");
+        strip_hop_by_hop(&mut h);
         assert_eq!(h["x-kept"], "yes");
     }
 

@@ -429,10 +429,11 @@ impl HttpService {
                 let started = Instant::now();
                 match target.upstream.send(&backend, upstream, path.clone(), pool.settings.response_timeout).await {
                     Ok(resp) => {
-                        backend.stats.record_latency(started.elapsed());
+                        let head_time = started.elapsed();
+                        backend.stats.record_latency(head_time);
                         let status = resp.status().as_u16();
                         log.set(|e| {
-                            e.head = Some(started.elapsed());
+                            e.head = Some(head_time);
                             e.status = status;
                         });
                         backend.stats.record_status(status);
