@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::os::fd::AsFd;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
@@ -612,10 +612,8 @@ pub async fn serve(listener: TcpListener, service: Arc<HttpService>, stop: Cance
 }
 
 /// Tell a client that never finished its first request head why it is cut off.
-fn request_timeout(socket: &std::net::TcpStream) {
-    use std::io::Write;
-    let mut s = socket;
-    let _ = s.write_all(REQUEST_TIMEOUT);
+fn request_timeout(socket: BorrowedFd<'_>) {
+    let _ = rustix::net::send(socket, REQUEST_TIMEOUT, rustix::net::SendFlags::NOSIGNAL);
 }
 
 /// Answer of a plain HTTP listener to a client refused at its
@@ -649,10 +647,10 @@ async fn serve_active(
     let tls = service.routes.load().tls.clone();
     match tls {
         None => {
-            // A second handle on the socket, to answer 408 after hyper gives
-            // up on a request head (hyper itself just closes).
-            let spare = stream.as_fd().try_clone_to_owned().ok().map(std::net::TcpStream::from);
-            serve_http(service, TokioIo::new(stream), record, peer, open, spare, stop).await
+            // The socket's descriptor, to answer 408 after hyper gives up on
+            // a request head (hyper itself just closes).
+            let fd = stream.as_raw_fd();
+            serve_http(service, TokioIo::new(stream), record, peer, open, Some(fd), stop).await
         }
         Some(tls) => match tls.accept(stream).await {
             Ok((stream, handshake)) => {
@@ -673,7 +671,7 @@ async fn serve_http<I>(
     record: types::Connection,
     peer: SocketAddr,
     open: OpenConnection,
-    spare: Option<std::net::TcpStream>,
+    timeout_answer_fd: Option<RawFd>,
     stop: CancellationToken,
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
@@ -721,8 +719,12 @@ async fn serve_http<I>(
         r = connection.as_mut() => {
             if let Err(e) = r {
                 let timed_out = e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_timeout);
-                if let (true, false, Some(socket)) = (timed_out, first_request_seen(), &spare) {
-                    request_timeout(socket);
+                if let (true, false, Some(fd)) = (timed_out, first_request_seen(), timeout_answer_fd) {
+                    // SAFETY: `connection` owns the socket and is alive until
+                    // this function returns: hyper keeps a connection's I/O
+                    // after an error (it gives it up only to an upgrade, which
+                    // is no error), so `fd` is still this client's socket.
+                    request_timeout(unsafe { BorrowedFd::borrow_raw(fd) });
                 }
                 tracing::debug!(listener = %service.name, %peer, "connection: {e}");
             }
