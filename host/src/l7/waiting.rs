@@ -104,20 +104,34 @@ async fn run(
     let poll = mio::Poll::new().and_then(|p| {
         unsafe { AsyncFd::register_with_interest(p, tokio::io::Interest::READABLE) }.map_err(std::io::Error::from)
     });
-    let mut poll = match poll {
-        Ok(poll) => poll,
-        Err(e) => {
-            tracing::error!(listener = %service.name, "no waiting room for new connections ({e}): each is served at once");
-            while let Some(Arrival { guest, .. }) = arrivals.recv().await {
-                enter(guest);
-            }
-            return;
-        }
+    let broken = match poll {
+        Ok(poll) => match seat(&service, &mut arrivals, &stop, poll, &enter).await {
+            Ok(()) => return,
+            Err(e) => e,
+        },
+        Err(e) => e,
     };
+    // Without its poll a room cannot wait: its guests and every later
+    // connection are served at once (hyper's header timeout still holds).
+    tracing::error!(listener = %service.name, "waiting room: {broken}; new connections are served at once");
+    while let Some(Arrival { guest, .. }) = arrivals.recv().await {
+        enter(guest);
+    }
+}
+
+/// Seat guests until the room closes (`Ok`), or until its poll fails: then
+/// its guests are let in and the error returned.
+async fn seat(
+    service: &HttpService,
+    arrivals: &mut mpsc::UnboundedReceiver<Arrival>,
+    stop: &CancellationToken,
+    mut poll: AsyncFd<mio::Poll>,
+    enter: &impl Fn(Guest),
+) -> std::io::Result<()> {
     let mut events = Events::with_capacity(256);
     let mut guests: Slab<(Guest, delay_queue::Key)> = Slab::new();
     let mut timers: DelayQueue<usize> = DelayQueue::new();
-    let (mut open, mut stopping) = (true, false);
+    let (mut open, mut stopping, mut broken) = (true, false, None);
     while open || !guests.is_empty() {
         tokio::select! {
             _ = stop.cancelled(), if !stopping => {
@@ -125,7 +139,7 @@ async fn run(
                 // is still this process's to answer: only a plain stop
                 // closes the room (and its guests' connections) at once.
                 if !service.retiring.load(Relaxed) {
-                    return;
+                    return Ok(());
                 }
                 stopping = true;
             }
@@ -148,22 +162,24 @@ async fn run(
                 }
             }
             ready = poll.readable_mut() => {
-                let mut ready = match ready {
-                    Ok(ready) => ready,
-                    Err(e) => return tracing::error!(listener = %service.name, "waiting room: {e}"),
-                };
-                if let Err(e) = ready.get_inner_mut().poll(&mut events, Some(Duration::ZERO)) {
-                    if e.kind() != std::io::ErrorKind::Interrupted {
-                        tracing::warn!(listener = %service.name, "waiting room: {e}");
+                let polled = ready.and_then(|mut ready| {
+                    ready.get_inner_mut().poll(&mut events, Some(Duration::ZERO))?;
+                    // Fewer events than room for them: none is left, until
+                    // the next readiness (which tokio keeps if it came
+                    // meanwhile).
+                    if events.iter().count() < events.capacity() {
+                        ready.clear_ready();
                     }
-                    continue;
+                    Ok(())
+                });
+                match polled {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        broken = Some(e);
+                        break;
+                    }
                 }
-                // Fewer events than room for them: none is left, until the
-                // next readiness (which tokio keeps if it came meanwhile).
-                if events.iter().count() < events.capacity() {
-                    ready.clear_ready();
-                }
-                drop(ready);
                 for event in &events {
                     let key = event.token().0;
                     let Some((guest, _)) = guests.get(key) else { continue };
@@ -193,6 +209,12 @@ async fn run(
             }
         }
     }
+    let Some(broken) = broken else { return Ok(()) };
+    drop(poll);
+    for (_, (guest, _)) in guests {
+        enter(guest);
+    }
+    Err(broken)
 }
 
 /// A guest's first byte is there: serve its connection on its loop.
