@@ -57,11 +57,12 @@ pub fn start(n: usize) -> std::io::Result<()> {
     LOOPS.set(loops).map_err(|_| std::io::Error::other("worker loops started twice"))
 }
 
-/// Run `task(i)` on every loop that serves connections (this runtime's,
-/// as loop 0, when there are no worker loops).
-pub fn spawn_on_each<F, Fut>(task: F)
+/// Run `task(i)` on every loop that serves connections, called for loop 0,
+/// 1, ... in turn (this runtime's, as loop 0, when there are no worker
+/// loops).
+pub fn spawn_on_each<F, Fut>(mut task: F)
 where
-    F: Fn(usize) -> Fut,
+    F: FnMut(usize) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     match LOOPS.get() {
@@ -239,18 +240,18 @@ impl Place {
         self.running.0.unwrap_or(0)
     }
 
+    /// The loop's runtime, when it is a worker loop (else the caller's).
+    fn handle(&self) -> Option<&'static Handle> {
+        Some(&LOOPS.get()?.handles[self.running.0?])
+    }
+
     /// `socket`, registered with the loop's reactor. Registering from
     /// another thread is safe: the reactor's registry is shared, and an
     /// edge-triggered registration of a socket that is readable already
     /// reports it at once.
     pub fn register(&self, socket: std::net::TcpStream) -> std::io::Result<TcpStream> {
-        match (LOOPS.get(), self.running.0) {
-            (Some(loops), Some(i)) => {
-                let _entered = loops.handles[i].enter();
-                TcpStream::from_std(socket)
-            }
-            _ => TcpStream::from_std(socket),
-        }
+        let _entered = self.handle().map(Handle::enter);
+        TcpStream::from_std(socket)
     }
 
     /// Run `task` on the loop; the connection counts there until it ends.
@@ -259,12 +260,12 @@ impl Place {
         Fut: Future<Output = ()> + Send + 'static,
     {
         use futures::FutureExt;
+        let handle = self.handle();
         let Place { running } = self;
-        let on = running.0;
         let task = task.map(move |()| drop(running));
-        match (LOOPS.get(), on) {
-            (Some(loops), Some(i)) => drop(loops.handles[i].spawn(task)),
-            _ => drop(tokio::spawn(task)),
+        match handle {
+            Some(h) => drop(h.spawn(task)),
+            None => drop(tokio::spawn(task)),
         }
     }
 }

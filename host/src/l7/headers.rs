@@ -52,6 +52,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if present == 0 {
         return;
     }
+    let has = |name: &HeaderName| HOP_BY_HOP.iter().position(|h| h == name).is_some_and(|i| present & (1 << i) != 0);
     // What `Connection` names beyond those (and its `close`): parsed as
     // header names only then, since a name that is not a standard one is
     // allocated.
@@ -66,7 +67,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .filter(|t| !t.is_empty() && !fixed(t))
         .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect();
-    let te_trailers = present & (1 << 3) != 0
+    let te_trailers = has(&header::TE)
         && headers
             .get(header::TE)
             .and_then(|v| v.to_str().ok())

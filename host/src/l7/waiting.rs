@@ -61,9 +61,9 @@ impl Rooms {
     pub(super) fn open(service: &Arc<HttpService>, stop: &CancellationToken, tracker: &TaskTracker) -> Rooms {
         let (doors, arrivals): (Vec<_>, Vec<_>) =
             (0..crate::workers::count()).map(|_| mpsc::unbounded_channel()).unzip();
-        let arrivals = parking_lot::Mutex::new(arrivals.into_iter().map(Some).collect::<Vec<_>>());
-        crate::workers::spawn_on_each(|i| {
-            let arrivals = arrivals.lock()[i].take().expect("one room per loop");
+        let mut arrivals = arrivals.into_iter();
+        crate::workers::spawn_on_each(|_| {
+            let arrivals = arrivals.next().expect("one room per loop");
             tracker.track_future(run(service.clone(), arrivals, stop.clone(), tracker.clone()))
         });
         Rooms { doors: doors.into() }
