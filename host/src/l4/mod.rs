@@ -9,6 +9,7 @@ use crate::pipeline::{self, Admission};
 use crate::plugin::bindings::{self, types};
 use crate::plugin::{PluginInstance, RouteDecision};
 use crate::proxy_protocol::{self, ProxyAccept};
+use crate::tls::BackendStream;
 use crate::upstream::{Backend, Pool};
 use arc_swap::ArcSwap;
 use std::net::SocketAddr;
@@ -18,7 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use copy::{proxy, proxy_io, Io};
+pub use copy::{proxy, proxy_io, Io, Prefixed};
 
 /// What a TCP listener does with its connections.
 pub struct TcpService {
@@ -77,21 +78,6 @@ enum ClientSide {
     Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
 }
 
-/// The backend side of a proxied connection.
-enum BackendSide {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
-}
-
-impl BackendSide {
-    fn into_io(self) -> Box<dyn Io> {
-        match self {
-            BackendSide::Plain(s) => Box::new(s),
-            BackendSide::Tls(s) => s,
-        }
-    }
-}
-
 /// Read from `client` until the bytes hold a whole ClientHello.
 async fn read_client_hello(
     client: &mut TcpStream,
@@ -147,7 +133,7 @@ impl TcpService {
         conn: &types::Connection,
         peer: SocketAddr,
         local: SocketAddr,
-    ) -> Option<(BackendSide, Arc<Backend>)> {
+    ) -> Option<(BackendStream, Arc<Backend>)> {
         let hash_key = pipeline::connection_hash_key(pool, peer, conn.sni.as_deref());
         // Latency is the successful attempt's own: connect (and handshake).
         let attempt = |backend: Arc<Backend>| async move {
@@ -159,8 +145,8 @@ impl TcpService {
                 proxy_protocol::send_header(&mut stream, version, peer, local).await?;
             }
             let side = match &pool.settings.tls {
-                None => BackendSide::Plain(stream),
-                Some(tls) => BackendSide::Tls(Box::new(tls.connect(&backend.address, stream).await?)),
+                None => BackendStream::Plain(stream),
+                Some(tls) => BackendStream::Tls(Box::new(tls.connect(&backend.address, stream).await?)),
             };
             backend.stats.record_latency(started.elapsed());
             Ok::<_, std::io::Error>(side)
@@ -262,80 +248,26 @@ impl TcpService {
     async fn splice(
         &self,
         client: ClientSide,
-        upstream: BackendSide,
+        upstream: BackendStream,
         backend: &Backend,
         idle_timeout: Duration,
     ) -> std::io::Result<()> {
         let _active = backend.stats.open_connection();
         match (client, upstream) {
-            (ClientSide::Plain(client, first), BackendSide::Plain(mut upstream)) => {
+            (ClientSide::Plain(client, first), BackendStream::Plain(mut upstream)) => {
                 use tokio::io::AsyncWriteExt;
                 upstream.write_all(&first).await?;
                 backend.stats.add_tx(first.len() as u64);
                 proxy(client, upstream, &backend.stats, idle_timeout).await
             }
             (ClientSide::Plain(client, first), upstream) => {
-                let client: Box<dyn Io> = Box::new(Prefixed::new(first, client));
-                proxy_io(client, upstream.into_io(), &backend.stats, idle_timeout).await
+                let client: Box<dyn Io> = Box::new(Prefixed::new(first.into(), client));
+                proxy_io(client, Box::new(upstream), &backend.stats, idle_timeout).await
             }
             (ClientSide::Tls(client), upstream) => {
-                proxy_io(client, upstream.into_io(), &backend.stats, idle_timeout).await
+                proxy_io(client, Box::new(upstream), &backend.stats, idle_timeout).await
             }
         }
-    }
-}
-
-/// A stream that first yields bytes already read from it.
-struct Prefixed {
-    first: Vec<u8>,
-    at: usize,
-    inner: TcpStream,
-}
-
-impl Prefixed {
-    fn new(first: Vec<u8>, inner: TcpStream) -> Self {
-        Self { first, at: 0, inner }
-    }
-}
-
-impl tokio::io::AsyncRead for Prefixed {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        if self.at < self.first.len() {
-            let n = (self.first.len() - self.at).min(buf.remaining());
-            let at = self.at;
-            buf.put_slice(&self.first[at..at + n]);
-            self.at += n;
-            return std::task::Poll::Ready(Ok(()));
-        }
-        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl tokio::io::AsyncWrite for Prefixed {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

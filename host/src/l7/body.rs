@@ -10,8 +10,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+/// The error of a body on either side of the proxy.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// The body type on both sides of the proxy.
-pub type ProxyBody = http_body_util::combinators::UnsyncBoxBody<Bytes, hyper::Error>;
+pub type ProxyBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
 
 /// A body of known bytes.
 pub fn full(b: impl Into<Bytes>) -> ProxyBody {

@@ -1,22 +1,23 @@
 //! The proxy's side towards a pool's backends.
 //!
-//! HTTP/1.1 backends (the usual case) use weir's own keep-alive connections:
-//! an idle list per backend, and each connection driven by the task of the
-//! request that holds it, from the send to the last byte of the response
-//! body. Nothing is spawned per request or per connection, and a request
-//! wakes no other task: the client's connection, the backend's and the
-//! plugins' calls all run in one task, as one event loop would run them.
+//! HTTP/1.1 backends (the usual case) use weir's own keep-alive connections
+//! (`h1`): an idle list per backend, and each connection driven by the task
+//! of the request that holds it, from the send to the last byte of the
+//! response body. Nothing is spawned per request or per connection, and a
+//! request wakes no other task: the client's connection, the backend's and
+//! the plugins' calls all run in one task, as one event loop would run them.
 //! HTTP/2 backends multiplex many requests on one connection, which needs a
 //! task of its own to drive it: hyper-util's pooled client does that.
 
-use super::body::ProxyBody;
+use super::body::{BoxError, ProxyBody};
+use super::h1::{self, Conn, RequestError};
+use crate::tls::BackendStream;
 use crate::upstream::Backend;
 use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use parking_lot::Mutex;
@@ -26,12 +27,8 @@ use std::pin::Pin;
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tower_service::Service;
 
 type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
-/// A backend connection's I/O, driven by its holder; it ends when the
-/// connection closes or is handed over to an upgrade.
-type Driver = Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>;
 
 /// How a pool's requests reach its backends.
 #[derive(Clone)]
@@ -79,6 +76,18 @@ impl Upstream {
     /// The upstream side of a pool; with `tls`, backends are reached over
     /// TLS (ALPN `h2` when the pool speaks HTTP/2, else `http/1.1`).
     pub fn new(s: UpstreamSettings<'_>) -> Upstream {
+        let scheme = if s.tls.is_some() { Scheme::HTTPS } else { Scheme::HTTP };
+        if !s.http2 {
+            let http1 = Arc::new(Http1 {
+                tls: s.tls.cloned(),
+                connect_timeout: s.connect_timeout,
+                idle: (0..crate::workers::count()).map(|_| Mutex::default()).collect(),
+                keepalive: s.keepalive,
+                keepalive_timeout: s.keepalive_timeout,
+            });
+            http1.sweep_in_background();
+            return Upstream { kind: Kind::Http1(http1), scheme };
+        }
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(s.connect_timeout));
@@ -92,29 +101,17 @@ impl Upstream {
             Some(name) => builder.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name)),
             None => builder,
         };
-        let scheme = if s.tls.is_some() { Scheme::HTTPS } else { Scheme::HTTP };
-        if s.http2 {
-            let connector = builder.enable_http2().wrap_connector(connector);
-            let clients = (0..crate::workers::count()).map(|_| {
-                hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-                    .pool_idle_timeout(s.keepalive_timeout)
-                    .pool_max_idle_per_host(s.keepalive)
-                    .pool_timer(TokioTimer::new())
-                    .timer(TokioTimer::new())
-                    .http2_only(true)
-                    .build(connector.clone())
-            });
-            return Upstream { kind: Kind::Http2(clients.collect()), scheme };
-        }
-        let http1 = Arc::new(Http1 {
-            connector: builder.enable_http1().wrap_connector(connector),
-            scheme: scheme.clone(),
-            idle: (0..crate::workers::count()).map(|_| Mutex::default()).collect(),
-            keepalive: s.keepalive,
-            keepalive_timeout: s.keepalive_timeout,
+        let connector = builder.enable_http2().wrap_connector(connector);
+        let clients = (0..crate::workers::count()).map(|_| {
+            hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(s.keepalive_timeout)
+                .pool_max_idle_per_host(s.keepalive)
+                .pool_timer(TokioTimer::new())
+                .timer(TokioTimer::new())
+                .http2_only(true)
+                .build(connector.clone())
         });
-        http1.sweep_in_background();
-        Upstream { kind: Kind::Http1(http1), scheme }
+        Upstream { kind: Kind::Http2(clients.collect()), scheme }
     }
 
     /// Whether backends speak HTTP/2 (h2c, or h2 over TLS).
@@ -154,7 +151,7 @@ impl Upstream {
                     uri.path_and_query = Some(path);
                     *req.uri_mut() = Uri::from_parts(uri).map_err(|e| SendError::Connect(e.to_string(), None))?;
                     match tokio::time::timeout(timeout, client.request(req)).await {
-                        Ok(Ok(resp)) => Ok(resp.map(|inner| UpstreamBody { inner, held: None })),
+                        Ok(Ok(resp)) => Ok(resp.map(|body| UpstreamBody { inner: Inner::Http2(body) })),
                         Ok(Err(e)) if e.is_connect() => Err(SendError::Connect(format!("{e:#}"), None)),
                         Ok(Err(e)) => Err(SendError::Failed(format!("{e:#}"))),
                         Err(_) => Err(SendError::Timeout),
@@ -167,8 +164,8 @@ impl Upstream {
 
 /// A pool's HTTP/1.1 connections.
 struct Http1 {
-    connector: Connector,
-    scheme: Scheme,
+    tls: Option<crate::tls::BackendTls>,
+    connect_timeout: Duration,
     /// Idle connections per worker loop (each registered with its loop's
     /// reactor) and backend, the most recently used last.
     idle: Box<[Mutex<IdleLists>]>,
@@ -184,49 +181,6 @@ struct Idle {
     since: Instant,
 }
 
-/// One HTTP/1.1 connection to a backend.
-struct Conn {
-    sender: SendRequest<ProxyBody>,
-    /// `None` once the connection has ended.
-    driver: Option<Driver>,
-}
-
-impl Conn {
-    /// Drive the connection's I/O; false once it has ended.
-    fn drive(&mut self, cx: &mut Context<'_>) -> bool {
-        drive(&mut self.driver, cx)
-    }
-
-    /// Whether it can take a request now (an idle connection the backend
-    /// has not closed).
-    fn usable(&mut self, cx: &mut Context<'_>) -> bool {
-        self.drive(cx) && matches!(self.sender.poll_ready(cx), Poll::Ready(Ok(())))
-    }
-
-    /// Send a request and wait for the response head, driving the
-    /// connection meanwhile. A request that was never written comes back.
-    async fn request(
-        &mut self,
-        req: Request<ProxyBody>,
-    ) -> Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<ProxyBody>>> {
-        let Conn { sender, driver } = self;
-        let mut response = std::pin::pin!(sender.try_send_request(req));
-        std::future::poll_fn(|cx| {
-            drive(driver, cx);
-            response.as_mut().poll(cx)
-        })
-        .await
-    }
-}
-
-/// Poll a connection's driver, dropping it once it has ended; false then.
-fn drive(driver: &mut Option<Driver>, cx: &mut Context<'_>) -> bool {
-    if driver.as_mut().is_some_and(|d| d.as_mut().poll(cx).is_ready()) {
-        *driver = None;
-    }
-    driver.is_some()
-}
-
 impl Http1 {
     #[allow(clippy::manual_async_fn)] // an `async fn` would keep its by-value parameters twice
     fn send(
@@ -236,35 +190,34 @@ impl Http1 {
     ) -> impl Future<Output = Result<Response<UpstreamBody>, SendError>> + '_ {
         async move {
             // Idle connections may turn out closed by the backend as the
-            // request goes out: a request never written is sent again, at most
-            // on a few idle connections and then on a new one.
+            // request goes out: a request of which nothing was written is
+            // sent again, at most on a few idle connections and then on a
+            // new one.
             for _ in 0..3 {
-                let Some(mut conn) = self.checkout(&authority).await else { break };
+                let Some(conn) = self.checkout(&authority).await else { break };
                 match conn.request(req).await {
-                    Ok(resp) => return Ok(self.hold(resp, conn, authority)),
-                    Err(mut e) => match e.take_message() {
-                        Some(again) => req = again,
-                        None => return Err(SendError::Failed(format!("{:#}", e.into_error()))),
-                    },
+                    Ok(resp) => return Ok(self.hold(resp, authority)),
+                    Err(RequestError::Unsent(unsent, _)) => req = *unsent,
+                    Err(RequestError::Failed(e)) => return Err(SendError::Failed(e)),
                 }
             }
-            // Boxed: connecting (with hyper's handshake) is most of this
+            // Boxed: connecting (with a TLS handshake) is most of this
             // future's size and happens once per backend connection, not per
             // request.
-            let mut conn = match Box::pin(self.connect(&authority)).await {
+            let conn = match Box::pin(self.connect(&authority)).await {
                 Ok(conn) => conn,
                 Err(e) => return Err(SendError::Connect(e, Some(Box::new(req)))),
             };
             match conn.request(req).await {
-                Ok(resp) => Ok(self.hold(resp, conn, authority)),
-                Err(e) => Err(SendError::Failed(format!("{:#}", e.into_error()))),
+                Ok(resp) => Ok(self.hold(resp, authority)),
+                Err(RequestError::Unsent(_, e) | RequestError::Failed(e)) => Err(SendError::Failed(e)),
             }
         }
     }
 
-    fn hold(self: &Arc<Self>, resp: Response<Incoming>, conn: Conn, authority: Authority) -> Response<UpstreamBody> {
-        let held = Held { conn, home: self.clone(), authority };
-        resp.map(|inner| UpstreamBody { inner, held: Some(held) })
+    fn hold(self: &Arc<Self>, resp: Response<h1::Body>, authority: Authority) -> Response<UpstreamBody> {
+        let home = self.clone();
+        resp.map(|body| UpstreamBody { inner: Inner::Http1 { body, home, authority } })
     }
 
     /// The most recently used idle connection to `authority` that is still
@@ -283,24 +236,17 @@ impl Http1 {
     }
 
     async fn connect(&self, authority: &Authority) -> Result<Conn, String> {
-        let uri = Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(authority.clone())
-            .path_and_query("/")
-            .build()
-            .map_err(|e| e.to_string())?;
-        let io = self.connector.clone().call(uri).await.map_err(|e| format!("{e:#}"))?;
-        let (sender, connection) =
-            hyper::client::conn::http1::Builder::new().handshake(io).await.map_err(|e| format!("{e:#}"))?;
-        Ok(Conn { sender, driver: Some(Box::pin(connection.with_upgrades())) })
+        let connect = BackendStream::connect(authority.as_str(), self.tls.as_ref());
+        match tokio::time::timeout(self.connect_timeout, connect).await {
+            Ok(Ok(io)) => Ok(Conn::new(io)),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no connection within {:?}", self.connect_timeout)),
+        }
     }
 
-    /// Keep a connection whose response has been read to its end, if it is
-    /// ready for the next request and the list has room.
-    fn give_back(&self, authority: Authority, mut conn: Conn, cx: &mut Context<'_>) {
-        if !conn.usable(cx) {
-            return;
-        }
+    /// Keep a connection whose response has been read to its end, if the
+    /// list has room.
+    fn give_back(&self, authority: Authority, conn: Conn) {
         let mut idle = self.idle().lock();
         let list = idle.entry(authority).or_default();
         if list.len() < self.keepalive {
@@ -314,7 +260,7 @@ impl Http1 {
         let mut cx = Context::from_waker(std::task::Waker::noop());
         for idle in &self.idle {
             idle.lock().retain(|_, list| {
-                list.retain_mut(|i| now.duration_since(i.since) < self.keepalive_timeout && i.conn.drive(&mut cx));
+                list.retain_mut(|i| now.duration_since(i.since) < self.keepalive_timeout && i.conn.usable(&mut cx));
                 !list.is_empty()
             });
         }
@@ -344,67 +290,65 @@ impl Http1 {
     }
 }
 
-/// The connection a response body came on, held until the body ends.
-struct Held {
-    conn: Conn,
-    home: Arc<Http1>,
-    authority: Authority,
-}
-
-/// A backend's response body. On an HTTP/1.1 connection it drives the
-/// connection as it is read and, at its end, gives the connection back to
+/// A backend's response body. On an HTTP/1.1 connection it reads the
+/// connection as it is polled and, at its end, gives the connection back to
 /// the idle list; dropped before its end, it closes the connection.
 pub struct UpstreamBody {
-    inner: Incoming,
-    held: Option<Held>,
+    inner: Inner,
+}
+
+enum Inner {
+    Http1 { body: h1::Body, home: Arc<Http1>, authority: Authority },
+    Http2(Incoming),
 }
 
 impl UpstreamBody {
-    /// For a `101 Switching Protocols`: what must keep running for the
-    /// upgrade to complete (the connection hands its socket over at its end).
-    pub fn into_upgrade(mut self) -> Option<impl Future<Output = ()> + Send> {
-        let driver = self.held.take()?.conn.driver?;
-        Some(async move {
-            let _ = driver.await;
-        })
-    }
-
-    fn release(&mut self, cx: &mut Context<'_>) {
-        if let Some(Held { conn, home, authority }) = self.held.take() {
-            home.give_back(authority, conn, cx);
+    /// For a `101 Switching Protocols`: the backend's connection, now
+    /// carrying the new protocol.
+    pub fn take_upgraded(&mut self) -> Option<crate::l4::Prefixed<BackendStream>> {
+        match &mut self.inner {
+            Inner::Http1 { body, .. } => body.take_upgraded(),
+            Inner::Http2(_) => None,
         }
+    }
+}
+
+/// Give an HTTP/1.1 body's connection back once it has been read to its end.
+fn release(body: &mut h1::Body, home: &Http1, authority: &Authority) {
+    if let Some(conn) = body.reusable() {
+        home.give_back(authority.clone(), conn);
     }
 }
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = &mut *self;
-        if let Some(held) = this.held.as_mut() {
-            if !held.conn.drive(cx) {
-                // Closed after (or while) sending this body: what is left
-                // of it is in `inner`, and the connection is not kept.
-                this.held = None;
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match &mut self.inner {
+            Inner::Http1 { body, home, authority } => {
+                let polled = Pin::new(&mut *body).poll_frame(cx);
+                if body.is_end_stream() {
+                    release(body, home, authority);
+                }
+                polled
             }
+            Inner::Http2(inner) => Pin::new(inner).poll_frame(cx).map_err(Into::into),
         }
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => this.release(cx),
-            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.release(cx),
-            Poll::Ready(Some(Err(_))) => this.held = None,
-            _ => {}
-        }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            Inner::Http1 { body, .. } => body.is_end_stream(),
+            Inner::Http2(inner) => inner.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Inner::Http1 { body, .. } => body.size_hint(),
+            Inner::Http2(inner) => inner.size_hint(),
+        }
     }
 }
 
@@ -412,8 +356,10 @@ impl Drop for UpstreamBody {
     fn drop(&mut self) {
         // A body with nothing to read (204, 304, HEAD, length 0) is never
         // polled: its connection is as reusable as one read to its end.
-        if self.held.is_some() && self.inner.is_end_stream() {
-            self.release(&mut Context::from_waker(std::task::Waker::noop()));
+        if let Inner::Http1 { body, home, authority } = &mut self.inner {
+            if body.is_end_stream() {
+                release(body, home, authority);
+            }
         }
     }
 }

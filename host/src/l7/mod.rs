@@ -4,6 +4,7 @@
 
 mod body;
 mod client;
+mod h1;
 pub mod headers;
 mod waiting;
 
@@ -13,7 +14,7 @@ use crate::plugin::bindings::types;
 use crate::plugin::{HeaderEdit, HttpPick, PluginInstance, RouteDecision};
 use crate::upstream::{Backend, Pool};
 use arc_swap::ArcSwap;
-use body::{full, Counted, ProxyBody};
+use body::{full, BoxError, Counted, ProxyBody};
 pub use client::{SendError, Upstream, UpstreamBody, UpstreamSettings};
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Response, StatusCode};
@@ -412,7 +413,8 @@ impl HttpService {
                 log.set(|e| e.backend = backend.address.clone());
                 let outgoing: ProxyBody = match body.take() {
                     Some(b) if !b.is_end_stream() => {
-                        Counted::new(b, backend.stats.clone(), Direction::ToBackend, None).boxed_unsync()
+                        Counted::new(b.map_err(BoxError::from), backend.stats.clone(), Direction::ToBackend, None)
+                            .boxed_unsync()
                     }
                     _ => body::empty(),
                 };
@@ -489,15 +491,9 @@ impl HttpService {
         id: &HeaderValue,
     ) -> Response<ProxyBody> {
         let Served { backend, active, log } = served;
-        let (mut parts, body) = resp.into_parts();
+        let (mut parts, mut body) = resp.into_parts();
         if parts.status == StatusCode::SWITCHING_PROTOCOLS {
-            if let (Some(client), Some(server)) =
-                (on_client_upgrade, parts.extensions.remove::<hyper::upgrade::OnUpgrade>())
-            {
-                // The backend's connection hands its socket over as it ends.
-                if let Some(handover) = body.into_upgrade() {
-                    tokio::spawn(handover);
-                }
+            if let (Some(client), Some(server)) = (on_client_upgrade, body.take_upgraded()) {
                 // Tracked, so shutdown waits for it; it holds the client's
                 // connection open in the listener's counters and caps.
                 let idle = self.routes.load().settings.idle_timeout;
@@ -552,14 +548,14 @@ pub enum Direction {
 /// `idle_timeout` without a byte either way.
 async fn tunnel(
     client: hyper::upgrade::OnUpgrade,
-    server: hyper::upgrade::OnUpgrade,
+    server: crate::l4::Prefixed<crate::tls::BackendStream>,
     stats: Arc<crate::upstream::BackendStats>,
     _active: crate::upstream::ActiveGuard,
     _conn: Arc<ClientConn>,
     idle: Duration,
 ) {
-    let (Ok(client), Ok(server)) = (client.await, server.await) else { return };
-    let (client, server) = (Box::new(TokioIo::new(client)), Box::new(TokioIo::new(server)));
+    let Ok(client) = client.await else { return };
+    let (client, server) = (Box::new(TokioIo::new(client)), Box::new(server));
     if let Err(e) = crate::l4::proxy_io(client, server, &stats, idle).await {
         tracing::debug!("upgraded connection ended: {e}");
     }

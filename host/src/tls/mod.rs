@@ -453,6 +453,91 @@ fn system_roots() -> Result<rustls::RootCertStore, String> {
     Ok(roots)
 }
 
+/// A connection to a backend: plain TCP, or TLS over it.
+pub enum BackendStream {
+    /// Plain TCP.
+    Plain(TcpStream),
+    /// TLS, client side.
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl BackendStream {
+    /// Connect to `address` (`host:port`) with `TCP_NODELAY`, and run the
+    /// TLS handshake when the pool has `tls`.
+    pub async fn connect(address: &str, tls: Option<&BackendTls>) -> std::io::Result<BackendStream> {
+        let stream = TcpStream::connect(address).await?;
+        let _ = stream.set_nodelay(true);
+        Ok(match tls {
+            None => BackendStream::Plain(stream),
+            Some(tls) => BackendStream::Tls(Box::new(tls.connect(address, stream).await?)),
+        })
+    }
+}
+
+impl tokio::io::AsyncRead for BackendStream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            BackendStream::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            BackendStream::Tls(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for BackendStream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            BackendStream::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            BackendStream::Tls(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            BackendStream::Plain(s) => std::pin::Pin::new(s).poll_write_vectored(cx, bufs),
+            BackendStream::Tls(s) => std::pin::Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            BackendStream::Plain(s) => s.is_write_vectored(),
+            BackendStream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            BackendStream::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
+            BackendStream::Tls(s) => std::pin::Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            BackendStream::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            BackendStream::Tls(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
 /// Which key of `[pools.NAME.tls]` a [`BackendTls::load`] error is about.
 pub type KeyedError = (&'static str, String);
 
