@@ -26,8 +26,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 const MAX_HEADERS: usize = 100;
 /// Largest response head, or chunk-size line with trailers, accepted.
 const MAX_HEAD: usize = 64 * 1024;
-/// What a read asks for at least.
+/// What a read makes room for at least...
 const READ_SIZE: usize = 8 * 1024;
+/// ...and at most.
+const MAX_READ: usize = 64 * 1024;
 /// Request body bytes queued for the socket before the body is read further.
 const MAX_QUEUED: usize = 64 * 1024;
 
@@ -273,10 +275,13 @@ impl Conn {
         Poll::Ready(Ok(()))
     }
 
-    /// Read more into `rbuf`; the number of bytes read (0 at the end).
-    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.rbuf.capacity() - self.rbuf.len() < READ_SIZE / 2 {
-            self.rbuf.reserve(READ_SIZE);
+    /// Read more into `rbuf`, with room for about `want` bytes (what the
+    /// body still has: a large body is read in large reads); the number of
+    /// bytes read (0 at the end).
+    fn poll_fill(&mut self, cx: &mut Context<'_>, want: u64) -> Poll<io::Result<usize>> {
+        let want = usize::try_from(want).unwrap_or(MAX_READ).clamp(READ_SIZE, MAX_READ);
+        if self.rbuf.capacity() - self.rbuf.len() < want / 2 {
+            self.rbuf.reserve(want);
         }
         tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.rbuf)
     }
@@ -294,7 +299,7 @@ impl Conn {
                 }
             }
             let empty = self.rbuf.is_empty();
-            if ready!(self.poll_fill(cx))? == 0 {
+            if ready!(self.poll_fill(cx, READ_SIZE as u64))? == 0 {
                 let why = if empty { "closed before a response" } else { "closed within the response head" };
                 return Poll::Ready(Err(io::Error::new(io::ErrorKind::UnexpectedEof, why)));
             }
@@ -367,7 +372,7 @@ fn parse_head(
                 .map_err(|_| invalid("invalid header value"))?;
             headers.append(name, value);
         }
-        let framing = framing(status, version, &headers, head_request)?;
+        let framing = framing(status, version, &mut headers, head_request)?;
         let mut resp = Response::new(());
         *resp.status_mut() = status;
         *resp.version_mut() = version;
@@ -378,7 +383,7 @@ fn parse_head(
 
 /// How a response's body is delimited (RFC 9112, 6.3), and whether the
 /// connection may carry another request after it.
-fn framing(status: StatusCode, version: Version, headers: &HeaderMap, head_request: bool) -> io::Result<Framing> {
+fn framing(status: StatusCode, version: Version, headers: &mut HeaderMap, head_request: bool) -> io::Result<Framing> {
     let tokens = |name: header::HeaderName| {
         headers
             .get_all(name)
@@ -401,10 +406,13 @@ fn framing(status: StatusCode, version: Version, headers: &HeaderMap, head_reque
     }
     if headers.contains_key(header::TRANSFER_ENCODING) {
         let chunked = tokens(header::TRANSFER_ENCODING).next_back().is_some_and(|t| t.eq_ignore_ascii_case("chunked"));
-        if chunked {
-            return Ok(Framing { body: Delimit::Chunked(Chunk::Size), keep });
+        // A length beside a transfer coding is not to be trusted (RFC 9112,
+        // 6.3): it is not passed on, and the connection is not kept.
+        if headers.remove(header::CONTENT_LENGTH).is_some() {
+            keep = false;
         }
-        return Ok(Framing { body: Delimit::Eof, keep: false });
+        let body = if chunked { Delimit::Chunked(Chunk::Size) } else { Delimit::Eof };
+        return Ok(Framing { body, keep: keep && chunked });
     }
     let mut length = None;
     for value in headers.get_all(header::CONTENT_LENGTH) {
@@ -592,7 +600,7 @@ impl http_body::Body for Body {
                     return Poll::Ready(None);
                 }
                 Delimit::Length(left) => {
-                    if conn.rbuf.is_empty() && ready!(conn.poll_fill(cx))? == 0 {
+                    if conn.rbuf.is_empty() && ready!(conn.poll_fill(cx, left))? == 0 {
                         return Poll::Ready(Some(Err("backend closed the connection within the body".into())));
                     }
                     let take = (conn.rbuf.len() as u64).min(left) as usize;
@@ -604,7 +612,7 @@ impl http_body::Body for Body {
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
                 Delimit::Eof => {
-                    if conn.rbuf.is_empty() && ready!(conn.poll_fill(cx))? == 0 {
+                    if conn.rbuf.is_empty() && ready!(conn.poll_fill(cx, MAX_READ as u64))? == 0 {
                         this.end();
                         return Poll::Ready(None);
                     }
@@ -616,8 +624,9 @@ impl http_body::Body for Body {
                     Some(None) if matches!(this.framing.body, Delimit::Done) => return Poll::Ready(None),
                     Some(None) => {}
                     None => {
+                        let want = if let Chunk::Data(left) = state { left } else { READ_SIZE as u64 };
                         let conn = this.conn.as_mut().expect("checked above");
-                        if ready!(conn.poll_fill(cx))? == 0 {
+                        if ready!(conn.poll_fill(cx, want))? == 0 {
                             return Poll::Ready(Some(Err("backend closed the connection within the body".into())));
                         }
                     }
@@ -835,6 +844,27 @@ mod tests {
             let resp = tokio::time::timeout(LIMIT, conn.request(req)).await.unwrap().ok().unwrap();
             assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
             assert!(resp.into_body().reusable().is_none());
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_length_beside_chunked_is_dropped_and_the_connection_not_kept() {
+        bounded(async {
+            let (conn, mut server) = pair().await;
+            tokio::spawn(async move {
+                read_head(&mut server).await;
+                let response = b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\ntransfer-encoding: chunked\r\n\r\n\
+                    3\r\nabc\r\n0\r\n\r\n";
+                server.write_all(response).await.unwrap();
+                // Held open: the body ends by its chunks, not by a close.
+                tokio::time::sleep(LIMIT).await;
+            });
+            let resp = conn.request(get(Method::GET, super::super::body::empty())).await.ok().unwrap();
+            assert!(!resp.headers().contains_key(header::CONTENT_LENGTH));
+            let mut body = resp.into_body();
+            assert_eq!(drain(&mut body).await.0, b"abc");
+            assert!(body.reusable().is_none());
         })
         .await;
     }
