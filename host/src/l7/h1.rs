@@ -28,8 +28,9 @@ const MAX_HEADERS: usize = 100;
 const MAX_HEAD: usize = 64 * 1024;
 /// What a read makes room for at least...
 const READ_SIZE: usize = 8 * 1024;
-/// ...and at most.
-const MAX_READ: usize = 64 * 1024;
+/// ...and at most: a connection's reads grow while they fill their room
+/// (large bodies) and shrink back when they do not, as hyper's do.
+const MAX_READ: usize = 256 * 1024;
 /// Request body bytes queued for the socket before the body is read further.
 const MAX_QUEUED: usize = 64 * 1024;
 
@@ -48,6 +49,8 @@ pub struct Conn {
     flush: bool,
     /// Where the last response head's fields were (kept for its capacity).
     spans: Vec<Span>,
+    /// How much room the next read makes, between `READ_SIZE` and `MAX_READ`.
+    read_size: usize,
 }
 
 /// The request body, as far as it has gone out.
@@ -82,6 +85,7 @@ impl Conn {
             wrote: false,
             flush: false,
             spans: Vec::new(),
+            read_size: READ_SIZE,
         }
     }
 
@@ -279,11 +283,18 @@ impl Conn {
     /// body still has: a large body is read in large reads); the number of
     /// bytes read (0 at the end).
     fn poll_fill(&mut self, cx: &mut Context<'_>, want: u64) -> Poll<io::Result<usize>> {
-        let want = usize::try_from(want).unwrap_or(MAX_READ).clamp(READ_SIZE, MAX_READ);
+        let want = usize::try_from(want).unwrap_or(usize::MAX).clamp(READ_SIZE, self.read_size);
         if self.rbuf.capacity() - self.rbuf.len() < want / 2 {
             self.rbuf.reserve(want);
         }
-        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.rbuf)
+        let room = self.rbuf.capacity() - self.rbuf.len();
+        let n = ready!(tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.rbuf))?;
+        if n == room {
+            self.read_size = (self.read_size * 2).min(MAX_READ);
+        } else if n < self.read_size / 4 {
+            self.read_size = (self.read_size / 2).max(READ_SIZE);
+        }
+        Poll::Ready(Ok(n))
     }
 
     /// Read until a final response head is whole (skipping `1xx` ones but
@@ -299,7 +310,7 @@ impl Conn {
                 }
             }
             let empty = self.rbuf.is_empty();
-            if ready!(self.poll_fill(cx, READ_SIZE as u64))? == 0 {
+            if ready!(self.poll_fill(cx, u64::MAX))? == 0 {
                 let why = if empty { "closed before a response" } else { "closed within the response head" };
                 return Poll::Ready(Err(io::Error::new(io::ErrorKind::UnexpectedEof, why)));
             }
@@ -612,7 +623,7 @@ impl http_body::Body for Body {
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
                 Delimit::Eof => {
-                    if conn.rbuf.is_empty() && ready!(conn.poll_fill(cx, MAX_READ as u64))? == 0 {
+                    if conn.rbuf.is_empty() && ready!(conn.poll_fill(cx, u64::MAX))? == 0 {
                         this.end();
                         return Poll::Ready(None);
                     }
