@@ -165,12 +165,7 @@ impl Conn {
             None => head.push(b'/'),
         }
         head.extend_from_slice(b" HTTP/1.1\r\n");
-        for (name, value) in &parts.headers {
-            head.extend_from_slice(name.as_str().as_bytes());
-            head.extend_from_slice(b": ");
-            head.extend_from_slice(value.as_bytes());
-            head.extend_from_slice(b"\r\n");
-        }
+        write_fields(&mut head, &parts.headers);
         let has_length = parts.headers.contains_key(header::CONTENT_LENGTH);
         let chunked = !no_body && !has_length;
         if chunked {
@@ -322,14 +317,20 @@ fn invalid(why: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, why.to_string())
 }
 
-fn encode_trailers(trailers: &HeaderMap) -> Vec<u8> {
-    let mut out = b"0\r\n".to_vec();
-    for (name, value) in trailers {
+/// Header (or trailer) fields as they go on the wire, each `name: value` and CRLF.
+fn write_fields(out: &mut Vec<u8>, fields: &HeaderMap) {
+    for (name, value) in fields {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+}
+
+/// The last chunk of a chunked body with its trailer fields.
+fn encode_trailers(trailers: &HeaderMap) -> Vec<u8> {
+    let mut out = b"0\r\n".to_vec();
+    write_fields(&mut out, trailers);
     out.extend_from_slice(b"\r\n");
     out
 }
@@ -437,10 +438,7 @@ fn framing(status: StatusCode, version: Version, headers: &mut HeaderMap, head_r
     }
     match length {
         Some(n) => Ok(Framing { body: Delimit::Length(n), keep }),
-        None => {
-            keep = false;
-            Ok(Framing { body: Delimit::Eof, keep })
-        }
+        None => Ok(Framing { body: Delimit::Eof, keep: false }),
     }
 }
 

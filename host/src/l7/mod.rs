@@ -493,7 +493,9 @@ impl HttpService {
         let Served { backend, active, log } = served;
         let (mut parts, mut body) = resp.into_parts();
         if parts.status == StatusCode::SWITCHING_PROTOCOLS {
-            if let (Some(client), Some(server)) = (on_client_upgrade, body.take_upgraded()) {
+            // The backend's connection is taken only for a client that asked to upgrade.
+            let upgrade = on_client_upgrade.and_then(|client| Some((client, body.take_upgraded()?)));
+            if let Some((client, server)) = upgrade {
                 // Tracked, so shutdown waits for it; it holds the client's
                 // connection open in the listener's counters and caps.
                 let idle = self.routes.load().settings.idle_timeout;

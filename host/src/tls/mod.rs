@@ -453,7 +453,9 @@ fn system_roots() -> Result<rustls::RootCertStore, String> {
     Ok(roots)
 }
 
-/// A connection to a backend: plain TCP, or TLS over it.
+/// A connection to a backend: plain TCP, or TLS over it. (Its I/O traits
+/// forward vectored writes too, which the HTTP/1.1 codec's `writev` of a
+/// head and a body needs.)
 pub enum BackendStream {
     /// Plain TCP.
     Plain(TcpStream),
